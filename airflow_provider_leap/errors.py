@@ -1,0 +1,46 @@
+"""Exceptions of the Airflow-free core.
+
+The hook passes an ``AirflowException`` subclass of :class:`LeapAPIError` to the client, so
+Airflow users get a provider exception while the core never imports Airflow.
+"""
+
+from __future__ import annotations
+
+
+class LeapError(Exception):
+    """Base class of every error this provider raises on purpose."""
+
+
+class LeapConfigError(LeapError):
+    """The connection or arguments are not usable (bad URL, plain HTTP to a remote host...)."""
+
+
+class LeapAPIError(LeapError):
+    """Leap answered with an error, or could not be reached within the retry bound.
+
+    The message names the method, the path (never the query, which may hold Reference IDs, and
+    never the API key), the HTTP status and Leap's ``title`` when the body carries one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        title: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.title = title
+
+
+class LeapAuthError(LeapAPIError):
+    """401 (header missing or malformed) or 403 (invalid key, wrong environment, permission)."""
+
+
+class LeapPagingError(LeapAPIError):
+    """The API repeated a page token or sent a page that cannot be read."""
