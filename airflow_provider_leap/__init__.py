@@ -10,6 +10,53 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
+# importing the hook, and ``LeapHook.get_ui_field_behaviour`` derives its answer from it.
+CONNECTION_FORM: dict[str, Any] = {
+    "conn-fields": {
+        "environment": {
+            "label": "Environment",
+            "description": "Picks Leap's host when Base URL is empty. A key works in one only.",
+            "schema": {
+                "type": ["string", "null"],
+                "enum": ["production", "staging"],
+                "default": "production",
+            },
+        },
+        "timeout": {
+            "label": "Timeout (seconds)",
+            "description": "Per request.",
+            "schema": {"type": ["number", "null"], "default": 30},
+        },
+        "max_retries": {
+            "label": "Retry limit",
+            "description": "Retries of 429, 5xx, timeouts and connection errors per request.",
+            "schema": {"type": ["integer", "null"], "default": 5},
+        },
+        "max_retry_wait": {
+            "label": "Longest total retry wait (seconds)",
+            "schema": {"type": ["number", "null"], "default": 300},
+        },
+        "page_size": {
+            "label": "Page size",
+            "schema": {"type": ["integer", "null"], "default": 500},
+        },
+        "allow_insecure_http": {
+            "label": "Allow plain http:// to a non-loopback host",
+            "schema": {"type": ["boolean", "null"], "default": False},
+        },
+    },
+    "ui-field-behaviour": {
+        "hidden-fields": ["schema", "port", "login"],
+        "relabeling": {"host": "Base URL", "password": "API key"},
+        "placeholders": {
+            "host": "empty = from Environment; or https://api.staging.leap.energy",
+            "password": "the partner API key from Leap's Partner Portal",
+            "extra": '{"environment": "staging", "ref_id_param": "ref-id"}',
+        },
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's ``ProvidersManager`` (the entry point)."""
@@ -18,10 +65,40 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Leap",
         "description": "Leap partner API: Connect status, triage buckets and meters.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Leap",
+                "external-doc-url": "https://leap.energy",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "Leap", "python-modules": ["airflow_provider_leap.hooks.leap"]}
+        ],
+        "operators": [
+            {
+                "integration-name": "Leap",
+                "python-modules": ["airflow_provider_leap.operators.triage"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Leap",
+                "python-modules": ["airflow_provider_leap.sensors.connect"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Leap",
+                "python-modules": ["airflow_provider_leap.triggers.connect"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "leap",
                 "hook-class-name": "airflow_provider_leap.hooks.leap.LeapHook",
+                "hook-name": "Leap",
+                **CONNECTION_FORM,
             }
         ],
     }

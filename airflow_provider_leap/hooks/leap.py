@@ -1,0 +1,226 @@
+"""LeapHook: an Airflow connection of type ``leap`` adapted to the provider's HTTP core."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.exceptions import AirflowException
+from airflow.sdk import BaseHook
+
+from airflow_provider_leap import CONNECTION_FORM, wire
+from airflow_provider_leap.errors import LeapError
+
+if TYPE_CHECKING:
+    from airflow.sdk.definitions.connection import Connection
+
+    from airflow_provider_leap.client import LeapClient
+    from airflow_provider_leap.models import ConnectRecord, Meter
+
+T = TypeVar("T")
+
+
+class LeapException(AirflowException):
+    """Provider exception for every Leap failure; the core error is kept as ``__cause__``.
+
+    ``status`` and ``title`` carry the HTTP status and Leap's error title when there was one.
+    """
+
+    def __init__(self, message: str, status: int | None = None, title: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.title = title
+
+
+def _as_airflow_error(error: LeapError) -> LeapException:
+    return LeapException(
+        str(error), status=getattr(error, "status", None), title=getattr(error, "title", None)
+    )
+
+
+def _iter_airflow_errors(items: Iterator[T]) -> Iterator[T]:
+    try:
+        yield from items
+    except LeapError as exc:
+        raise _as_airflow_error(exc) from exc
+
+
+def connection_extras(conn: Connection) -> dict[str, Any]:
+    """The connection's extras; keys the UI may prefix (``extra__leap__x``) are unprefixed."""
+    raw = conn.extra_dejson if conn.extra else {}
+    prefix = f"extra__{LeapHook.conn_type}__"
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in raw.items()}
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def base_url_for(conn: Connection, extras: Mapping[str, Any]) -> str:
+    """Host when set (full URL or bare host), else Leap's host for ``environment``."""
+    if conn.host:
+        host = conn.host.strip()
+        if "://" not in host and conn.schema in ("http", "https"):
+            host = f"{conn.schema}://{host}"
+        if conn.port and host.count(":") < 2:
+            host = f"{host}:{conn.port}"
+        return host
+    env = str(extras.get("environment") or "production").strip().lower()
+    if env not in wire.ENVIRONMENT_URLS:
+        raise LeapException(
+            f"Leap connection {conn.conn_id!r}: environment {env!r} is not one of "
+            f"{sorted(wire.ENVIRONMENT_URLS)}; or set the host to a base URL"
+        )
+    return wire.ENVIRONMENT_URLS[env]
+
+
+def environment_for(conn: Connection, extras: Mapping[str, Any]) -> str:
+    """``staging`` when the connection points there (by extra or host), else ``production``."""
+    host = (conn.host or "").lower()
+    if "staging" in host or str(extras.get("environment", "")).lower() == "staging":
+        return "staging"
+    return "production"
+
+
+def client_from_connection(conn: Connection, **overrides: Any) -> LeapClient:
+    """Build the HTTP core from an Airflow connection (shared by the hook and the trigger)."""
+    from airflow_provider_leap.client import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, LeapClient
+    from airflow_provider_leap.retry import RetryPolicy
+
+    extras = connection_extras(conn)
+    try:
+        retry = RetryPolicy(
+            max_retries=int(extras.get("max_retries", RetryPolicy.max_retries)),
+            max_wait=float(extras.get("max_retry_wait", RetryPolicy.max_wait)),
+        )
+        settings: dict[str, Any] = {
+            "timeout": float(extras.get("timeout") or DEFAULT_TIMEOUT),
+            "page_size": int(extras.get("page_size") or DEFAULT_PAGE_SIZE),
+            "retry": retry,
+            "wire_names": wire.WireNames.from_extras(extras),
+            "allow_insecure_http": _flag(extras.get("allow_insecure_http", False)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise LeapException(
+            f"Leap connection {conn.conn_id!r} has an invalid extra: {exc}"
+        ) from None
+    settings.update(overrides)
+    try:
+        return LeapClient(base_url_for(conn, extras), conn.password or "", **settings)
+    except LeapError as exc:
+        raise LeapException(f"Leap connection {conn.conn_id!r}: {exc}") from exc
+
+
+class LeapHook(BaseHook):
+    """Talks to Leap's partner API through an Airflow connection of type ``leap``.
+
+    The connection's password is the API key; host is a base URL (empty: ``environment`` extra
+    picks production or staging). Extras: ``timeout``, ``max_retries``, ``max_retry_wait``,
+    ``page_size``, ``allow_insecure_http`` and the wire-name overrides of
+    :class:`airflow_provider_leap.wire.WireNames`.
+
+    :param leap_conn_id: the Airflow connection to use.
+    """
+
+    conn_name_attr = "leap_conn_id"
+    default_conn_name = "leap_default"
+    conn_type = "leap"
+    hook_name = "Leap"
+
+    def __init__(self, leap_conn_id: str = default_conn_name, **client_overrides: Any) -> None:
+        super().__init__()
+        self.leap_conn_id = leap_conn_id
+        self._client_overrides = client_overrides
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Form behaviour for Airflow versions that still ask the hook (same source as 3.x)."""
+        behaviour = CONNECTION_FORM["ui-field-behaviour"]
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
+
+    @functools.cached_property
+    def connection(self) -> Connection:
+        return self.get_connection(self.leap_conn_id)
+
+    @functools.cached_property
+    def client(self) -> LeapClient:
+        """One client (one keep-alive session) per hook instance."""
+        return client_from_connection(self.connection, **self._client_overrides)
+
+    def get_conn(self) -> LeapClient:
+        return self.client
+
+    @property
+    def environment(self) -> str:
+        conn = self.connection
+        return environment_for(conn, connection_extras(conn))
+
+    def iter_connections(
+        self,
+        ref_ids: Iterable[str] | str | None = None,
+        started_after: datetime | date | str | None = None,
+        interacted_after: datetime | date | str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[ConnectRecord]:
+        """Stream every Connect record matching the filters (memory bounded by one page)."""
+        return _iter_airflow_errors(
+            self.client.iter_connections(ref_ids, started_after, interacted_after, page_size)
+        )
+
+    def get_connections(
+        self,
+        ref_ids: Iterable[str] | str | None = None,
+        started_after: datetime | date | str | None = None,
+        interacted_after: datetime | date | str | None = None,
+        page_size: int | None = None,
+    ) -> list[ConnectRecord]:
+        """All matching Connect records as a list: for small result sets."""
+        return list(self.iter_connections(ref_ids, started_after, interacted_after, page_size))
+
+    def iter_meters(
+        self,
+        connection_reference_ids: Iterable[str] | str | None = None,
+        created_after: datetime | date | str | None = None,
+        page_size: int | None = None,
+        **filters: Any,
+    ) -> Iterator[Meter]:
+        """Stream meters from ``POST /v2/meters/search`` (IDs sent 100 per request)."""
+        return _iter_airflow_errors(
+            self.client.iter_meters(connection_reference_ids, created_after, page_size, **filters)
+        )
+
+    def search_meters(
+        self,
+        connection_reference_ids: Iterable[str] | str | None = None,
+        created_after: datetime | date | str | None = None,
+        page_size: int | None = None,
+        **filters: Any,
+    ) -> list[Meter]:
+        """All meters matching the filters, across every page and ID chunk."""
+        return list(self.iter_meters(connection_reference_ids, created_after, page_size, **filters))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap request, no retries: for ``airflow connections test`` and the UI button."""
+        try:
+            return self.client.check()
+        except (LeapException, LeapError) as exc:
+            return False, str(exc)
+
+    def __repr__(self) -> str:
+        return f"LeapHook(leap_conn_id={self.leap_conn_id!r})"
+
+
+def connection_json(base_url: str, api_key: str, **extra: Any) -> str:
+    """An ``AIRFLOW_CONN_<ID>`` JSON value for a Leap connection (used by the demo and docs)."""
+    return json.dumps(
+        {"conn_type": LeapHook.conn_type, "host": base_url, "password": api_key, "extra": extra}
+    )

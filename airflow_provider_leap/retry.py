@@ -1,0 +1,93 @@
+"""Retry decisions: which failures are worth another try, and how long to wait.
+
+Pure functions over a frozen policy, so the rules are tested without a server or a clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+RETRYABLE_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+
+
+def is_retryable_status(status: int) -> bool:
+    """429 and every 5xx are transient; any other 4xx is the caller's to fix."""
+    return status in RETRYABLE_STATUSES
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    Returns None when absent or unreadable (the caller falls back to backoff); a date in the past
+    means "now" (0 seconds).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if seconds == seconds else None  # NaN is unreadable
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = now or datetime.now(timezone.utc)
+    return max((when - current).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded both in attempts and in total waiting time.
+
+    ``max_retries`` counts retries after the first attempt. ``max_wait`` bounds the sum of all
+    waits (and one ``Retry-After`` longer than what is left ends the retries at once), so a task
+    never hangs on an outage longer than it was configured for.
+    """
+
+    max_retries: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    max_wait: float = 300.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_wait < 0:
+            raise ValueError("backoff_base, backoff_cap and max_wait must be >= 0")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff(self, retry_number: int, rng: random.Random) -> float:
+        """Wait before retry ``retry_number`` (1-based): base * 2^(n-1), capped, minus jitter."""
+        delay = min(self.backoff_cap, self.backoff_base * 2.0 ** (retry_number - 1))
+        return delay * (1 - self.jitter * rng.random())
+
+    def next_wait(
+        self,
+        retry_number: int,
+        waited: float,
+        rng: random.Random,
+        retry_after: float | None = None,
+    ) -> float | None:
+        """Seconds to wait before retry ``retry_number``, or None when the budget is spent.
+
+        ``waited`` is what earlier retries of the same request already waited. A server's
+        ``Retry-After`` wins over the computed backoff.
+        """
+        if retry_number > self.max_retries:
+            return None
+        delay = retry_after if retry_after is not None else self.backoff(retry_number, rng)
+        if waited + delay > self.max_wait:
+            return None
+        return delay

@@ -1,0 +1,145 @@
+"""Record parsing: the guide's example verbatim, unknown values, malformed shapes."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_leap.models import (
+    ConnectionStatus,
+    UtilityStatus,
+    connect_record_from_mapping,
+    decode_connect_record,
+    parse_timestamp,
+)
+
+GUIDE = Path(__file__).resolve().parents[2] / "shared" / "leap" / "connect-status-guide.txt"
+
+GUIDE_EXAMPLE = """{
+"id": "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012",
+"transmission_region": "CAISO",
+"ref_id": "Test1012",
+"start_date_time_utc": "2023-01-11T02:44:57Z",
+"last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
+"connection_status": "ERROR",
+"utility_connections": [
+{
+"authorization_uuid": "910bfb80-8b22-4341-8b5b-8752a21dccad",
+"utility_name": "SDG&E: San Diego Gas & Electric",
+"utility_is_required": true,
+"status": "ERROR",
+"error_code": "USER_CANCELED",
+"start_date_time_utc": "2023-01-11T02:44:57Z",
+"last_interaction_date_time_utc": "2023-01-11T02:45:50Z"
+}
+],
+"agreements": {
+"prohibited_resource_attestation_status": "NOT_REQUIRED",
+"demand_response_participation_agreement_status": "NOT_REQUIRED"
+}
+}"""
+
+
+def test_guide_example_is_the_guides_text() -> None:
+    if not GUIDE.exists():
+        pytest.skip("shared/leap is not beside this checkout")
+    assert GUIDE_EXAMPLE in GUIDE.read_text(encoding="utf-8")
+
+
+def test_guide_example_parses_verbatim() -> None:
+    record = decode_connect_record(GUIDE_EXAMPLE.encode())
+    assert record.parse_error is None
+    assert record.id == "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012"
+    assert record.ref_id == "Test1012"
+    assert record.transmission_region == "CAISO"
+    assert record.connection_status == ConnectionStatus.ERROR
+    (utility,) = record.utility_connections
+    assert utility.utility_name == "SDG&E: San Diego Gas & Electric"
+    assert utility.utility_is_required is True
+    assert utility.status == UtilityStatus.ERROR
+    assert utility.error_code == "USER_CANCELED"
+    assert utility.authorization_uuid == "910bfb80-8b22-4341-8b5b-8752a21dccad"
+    assert record.agreements == {
+        "prohibited_resource_attestation_status": "NOT_REQUIRED",
+        "demand_response_participation_agreement_status": "NOT_REQUIRED",
+    }
+    assert record.last_interaction == datetime(2023, 1, 11, 2, 45, 50, tzinfo=timezone.utc)
+    assert record.raw == json.loads(GUIDE_EXAMPLE)
+
+
+def test_records_are_immutable() -> None:
+    record = decode_connect_record(GUIDE_EXAMPLE.encode())
+    with pytest.raises(AttributeError):
+        record.connection_status = "COMPLETED"  # type: ignore[misc]
+
+
+def test_unknown_values_and_fields_flow_through_as_data() -> None:
+    data = json.loads(GUIDE_EXAMPLE)
+    data["connection_status"] = "PAUSED_BY_LEAP"
+    data["utility_connections"][0]["status"] = "VERIFYING"
+    data["utility_connections"][0]["error_code"] = "BRAND_NEW_CODE"
+    data["agreements"]["new_form_status"] = {"state": "PENDING", "version": 2}
+    data["loyalty_tier"] = "gold"
+    record = connect_record_from_mapping(data)
+    assert record.parse_error is None
+    assert record.connection_status == "PAUSED_BY_LEAP"
+    assert record.utility_connections[0].status == "VERIFYING"
+    assert record.utility_connections[0].error_code == "BRAND_NEW_CODE"
+    assert record.agreements["new_form_status"] == {"state": "PENDING", "version": 2}
+    assert record.raw["loyalty_tier"] == "gold"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "x", "ref_id": 5, "connection_status": "ERROR"}',
+        b'{"id": "x", "ref_id": "abc", "utility_connections": "none"}',
+        b'{"id": "x", "ref_id": "abc", "agreements": []}',
+        b"[1, 2]",
+        b'"just a string"',
+    ],
+)
+def test_malformed_record_is_reported_not_raised(body: bytes) -> None:
+    record = decode_connect_record(body)
+    assert record.parse_error
+    assert record.raw is not None
+
+
+def test_malformed_record_keeps_what_is_readable() -> None:
+    record = decode_connect_record(b'{"id": "x", "ref_id": "abc", "utility_connections": 3}')
+    assert (record.id, record.ref_id) == ("x", "abc")
+    assert "utility_connections" in (record.parse_error or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-01-11T02:44:57Z", datetime(2023, 1, 11, 2, 44, 57, tzinfo=timezone.utc)),
+        (
+            "2024-10-21T11:43:05.892Z",
+            datetime(2024, 10, 21, 11, 43, 5, 892000, tzinfo=timezone.utc),
+        ),
+        ("2024-10-21T13:43:05+02:00", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
+        ("2024-10-21T11:43:05", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+        (12345, None),
+    ],
+)
+def test_parse_timestamp(text: object, expected: datetime | None) -> None:
+    assert parse_timestamp(text) == expected
+
+
+def test_last_interaction_falls_back_to_start() -> None:
+    record = connect_record_from_mapping(
+        {
+            "id": "a",
+            "start_date_time_utc": "2023-01-11T02:44:57Z",
+            "last_interaction_date_time_utc": "bad",
+        }
+    )
+    assert record.last_interaction == datetime(2023, 1, 11, 2, 44, 57, tzinfo=timezone.utc)
