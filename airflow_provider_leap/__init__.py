@@ -93,6 +93,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_leap.triggers.connect"],
             }
         ],
+        "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
         "connection-types": [
             {
                 "connection-type": "leap",

@@ -12,3 +12,72 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ.pop("AIRFLOW_CONN_LEAP_DEFAULT", None)
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from airflow_provider_leap.client import LeapClient  # noqa: E402
+from airflow_provider_leap.emulator import EMULATOR_API_KEY, LeapEmulator  # noqa: E402
+from airflow_provider_leap.retry import RetryPolicy  # noqa: E402
+
+
+class SleepRecorder:
+    """Stands in for ``time.sleep``: records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[LeapEmulator]:
+    """One shared emulator (1,234 records): tests reset its faults and request log."""
+    with LeapEmulator(seed=3, records=1234) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator: LeapEmulator) -> Iterator[LeapEmulator]:
+    emulator.reset()
+    yield emulator
+    emulator.reset()
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def make_client(emu: LeapEmulator, sleeps: SleepRecorder) -> Iterator[Callable[..., LeapClient]]:
+    """Clients to the shared emulator that never really sleep between retries."""
+    made: list[LeapClient] = []
+
+    def make(**kwargs: Any) -> LeapClient:
+        kwargs.setdefault("retry", RetryPolicy(max_retries=4, max_wait=60.0))
+        kwargs.setdefault("sleep", sleeps)
+        client = LeapClient(
+            kwargs.pop("url", emu.url), kwargs.pop("key", EMULATOR_API_KEY), **kwargs
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def leap_conn(emu: LeapEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``leap_default`` pointing at the shared emulator, as an ``AIRFLOW_CONN_`` variable."""
+    from airflow_provider_leap.hooks.leap import connection_json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_DEFAULT",
+        connection_json(emu.url, EMULATOR_API_KEY, max_retries=3, max_retry_wait=30),
+    )
+    return "leap_default"

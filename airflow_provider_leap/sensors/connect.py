@@ -1,0 +1,149 @@
+"""ConnectStatusSensor: wait until Reference IDs reach a Connect status."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow.exceptions import AirflowException
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
+
+from airflow_provider_leap import wire
+from airflow_provider_leap.hooks.leap import LeapHook
+from airflow_provider_leap.links import LeapConnectionsLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+HOURLY = timedelta(hours=1).total_seconds()
+
+
+def _default_deferrable() -> bool:
+    from airflow.sdk.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class ConnectStatusSensor(BaseSensorOperator):
+    """Wait until every Reference ID is in one of ``target_statuses``.
+
+    Each poke makes one pass over the Connect API for all IDs (batched by the ``ref-id`` filter,
+    split only when the URL would get too long), never one request per ID. Reference IDs that
+    Leap does not list yet (the customer never clicked the link) keep the sensor waiting and are
+    named in the log. On success the XCom value is the matching records as small dicts.
+
+    Leap refreshes connection data once an hour, so ``poke_interval`` defaults to one hour; a
+    shorter interval against a production host is allowed but logged as a warning.
+
+    :param ref_ids: Reference IDs: a list, or a string of comma-separated IDs. Templated.
+    :param target_statuses: statuses that count as reached (default ``("COMPLETED",)``).
+    :param fail_on_statuses: statuses that end the wait with a failure (default none).
+    :param leap_conn_id: Airflow connection of type ``leap``.
+    :param deferrable: wait in the triggerer instead of a worker slot; defaults to Airflow's
+        ``[operators] default_deferrable``. The sensor's ``timeout`` applies the same way.
+    """
+
+    template_fields: Sequence[str] = ("ref_ids", "target_statuses", "fail_on_statuses")
+    template_fields_renderers = {"ref_ids": "json"}
+    ui_color = "#e8eef8"
+    operator_extra_links = (LeapConnectionsLink(),)
+
+    def __init__(
+        self,
+        *,
+        ref_ids: str | Collection[str],
+        target_statuses: Collection[str] = ("COMPLETED",),
+        fail_on_statuses: Collection[str] = (),
+        leap_conn_id: str = LeapHook.default_conn_name,
+        deferrable: bool | None = None,
+        poke_interval: timedelta | float = HOURLY,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        self.ref_ids = ref_ids
+        self.target_statuses = target_statuses
+        self.fail_on_statuses = fail_on_statuses
+        self.leap_conn_id = leap_conn_id
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        if set(target_statuses) & set(fail_on_statuses):
+            raise ValueError("A status cannot be both a target and a fail status")
+
+    def _ids(self) -> list[str]:
+        from airflow_provider_leap.watch import normalise_ref_ids
+
+        ids = normalise_ref_ids(self.ref_ids)
+        if not ids:
+            raise AirflowException("ConnectStatusSensor needs at least one Reference ID")
+        return ids
+
+    def _warn_if_polling_faster_than_refresh(self, hook: LeapHook) -> None:
+        if self.poke_interval < HOURLY and hook.client.base_url == wire.PRODUCTION_URL:
+            self.log.warning(
+                "poke_interval is %.0f s but Leap refreshes Connect data once an hour: polling "
+                "production more often returns the same data and spends rate limit.",
+                self.poke_interval,
+            )
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from airflow_provider_leap.watch import check_ref_ids
+
+        ids = self._ids()
+        hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        self._warn_if_polling_faster_than_refresh(hook)
+        result = check_ref_ids(hook.client, ids, self.target_statuses, self.fail_on_statuses)
+        message = result.describe(len(ids))
+        self.log.info("%s", message)
+        if result.failed:
+            raise AirflowFailException(f"Leap connection(s) in a fail status: {message}")
+        return PokeReturnValue(is_done=result.done, xcom_value=result.records)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        # Check once in the worker: no deferral when the answer is already there.
+        try:
+            first = self.poke(context)
+        except AirflowFailException as exc:
+            if self.soft_fail or self.never_fail:
+                raise AirflowSkipException(f"Skipped (soft_fail/never_fail): {exc}") from exc
+            raise
+        if first.is_done:
+            return first.xcom_value
+        from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
+
+        end_time = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
+        self.defer(
+            trigger=ConnectStatusTrigger(
+                leap_conn_id=self.leap_conn_id,
+                ref_ids=self._ids(),
+                target_statuses=list(self.target_statuses),
+                fail_on_statuses=list(self.fail_on_statuses),
+                poll_interval=self.poke_interval,
+                end_time=end_time.timestamp(),
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Map the trigger's event to success, failure or timeout; nothing is left implicit."""
+        status = (event or {}).get("status")
+        message = (event or {}).get("message", "")
+        if status == "success":
+            records = event["records"] if event else []
+            self.log.info(
+                "All %d Reference ID(s) reached %s", len(self._ids()), self.target_statuses
+            )
+            return records
+        if status == "timeout":
+            raise AirflowSensorTimeout(f"ConnectStatusSensor timed out: {message}")
+        if status == "failed":
+            raise AirflowFailException(f"Leap connection(s) in a fail status: {message}")
+        if status == "error":
+            raise AirflowException(f"ConnectStatusSensor could not poll Leap: {message}")
+        raise AirflowException(f"ConnectStatusSensor got an unexpected trigger event: {event!r}")
