@@ -240,7 +240,7 @@ def _utilities(record: ConnectRecord, done: frozenset[str]) -> _Decision:
         details = {"error_codes": error_codes, "utilities": missing}
         return _B_UTILITY_ERROR, _P_ERROR + first_code, details
     if missing:
-        if required and other_connected:
+        if other_connected:  # with nothing required, this already met the requirement above
             return _B_OTHER_UTILITY, _R_OTHER_UTILITY, {"utilities": missing}
         return _B_UTILITY_NOT_CONNECTED, _R_NOT_CONNECTED, {"utilities": missing}
     outstanding: list[str] = []

@@ -66,21 +66,30 @@ class Pages:
             ]
             body = b'{"connections":[' + b",".join(records) + b"]"
             self.templates.append(body.split(SLOT))
+        self.sizes = [sum(map(len, parts)) for parts in self.templates]
         self.record_bytes = sum(len(b"".join(parts)) for parts in self.templates) / (
             distinct * PAGE_SIZE
         )
 
     def page(self, k: int, total: int) -> bytes:
-        """Page ``k`` (0-based) of ``total`` records; the last page has no ``nextPageToken``."""
+        """The whole HTTP response of page ``k`` (0-based) of ``total`` records.
+
+        One allocation per request (the head and the token are glued onto the first and last
+        template parts, then one ``join``): serving stays at tens of microseconds a page.
+        """
         count = min(PAGE_SIZE, total - k * PAGE_SIZE)
         number = b"%07d" % k
-        body = number.join(self.templates[k % len(self.templates)])
-        if count < PAGE_SIZE:  # a short last page: cut after the count-th record
-            records = json.loads(body + b"}")["connections"][:count]
-            body = b'{"connections":' + _dumps(records)
-        if (k + 1) * PAGE_SIZE < total:
-            return body + b',"nextPageToken":' + _dumps(page_token(k + 1)) + b"}"
-        return body + b"}"
+        parts = self.templates[k % len(self.templates)]
+        more = (k + 1) * PAGE_SIZE < total
+        tail = (b',"nextPageToken":' + _dumps(page_token(k + 1)) if more else b"") + b"}"
+        if count < PAGE_SIZE:  # a short last page: re-encode the first ``count`` records
+            records = json.loads(number.join(parts) + b"}")["connections"][:count]
+            return _response("200 OK", b'{"connections":' + _dumps(records) + tail)
+        length = self.sizes[k % len(self.templates)] + len(number) * (len(parts) - 1) + len(tail)
+        chunks = parts.copy()
+        chunks[0] = _head("200 OK", length) + chunks[0]
+        chunks[-1] += tail
+        return number.join(chunks)
 
 
 def ref_id_page(ref_ids: list[str], offset: int) -> bytes:
@@ -141,12 +150,14 @@ class Server(socketserver.ThreadingTCPServer):
         self.stats = Stats()
 
 
-def _response(status: str, body: bytes) -> bytes:
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+def _head(status: str, length: int) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
     ).encode()
-    return head + body
+
+
+def _response(status: str, body: bytes) -> bytes:
+    return _head(status, len(body)) + body
 
 
 def _error(status: str, title: str) -> bytes:
@@ -214,7 +225,7 @@ class Handler(socketserver.StreamRequestHandler):
         k = int(found[1]) if found else 0
         if k * PAGE_SIZE >= max(total, 1):
             return _response("200 OK", b'{"connections":[]}')
-        return _response("200 OK", self.server.pages.page(k, total))
+        return self.server.pages.page(k, total)
 
 
 class PageServer:

@@ -77,7 +77,7 @@ def report(dag_id: str, dagrun, demo_dir: Path, requests_served: int) -> int:  #
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = XComModel.get_many(run_id=dagrun.run_id, dag_ids=dag_id, session=session).all()
+        rows = session.scalars(XComModel.get_many(run_id=dagrun.run_id, dag_ids=dag_id)).all()
         xcoms = {(r.task_id, r.key): XComModel.deserialize_value(r) for r in rows}
         states = {ti.task_id: ti.state for ti in dagrun.get_task_instances(session=session)}
     summary = xcoms.get(("triage", "return_value"), {})

@@ -14,6 +14,8 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.
 os.environ.pop("AIRFLOW_CONN_LEAP_DEFAULT", None)
 
 from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -81,3 +83,49 @@ def leap_conn(emu: LeapEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
         connection_json(emu.url, EMULATOR_API_KEY, max_retries=3, max_retry_wait=30),
     )
     return "leap_default"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """The SQLite metadata DB of this session's throwaway AIRFLOW_HOME, migrated once."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return _HOME
+
+
+@dataclass
+class DagRunResult:
+    state: str
+    xcoms: dict[tuple[str, str], Any]
+    task_states: dict[str, str]
+
+
+@pytest.fixture
+def run_dag(airflow_db: str) -> Callable[..., DagRunResult]:
+    """Write a DAG file into the DAGs folder and run it with ``dag.test()`` in real Airflow."""
+    import importlib.util
+
+    def run(name: str, source: str, **test_kwargs: Any) -> DagRunResult:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        dagrun = module.dag.test(**test_kwargs)
+        with create_session() as session:
+            query = XComModel.get_many(run_id=dagrun.run_id, dag_ids=module.dag.dag_id)
+            rows = session.scalars(query).all()
+            xcoms = {(r.task_id, r.key): XComModel.deserialize_value(r) for r in rows}
+            states = {
+                ti.task_id: str(ti.state) for ti in dagrun.get_task_instances(session=session)
+            }
+        return DagRunResult(str(dagrun.state), xcoms, states)
+
+    return run

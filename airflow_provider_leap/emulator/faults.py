@@ -230,8 +230,8 @@ class Faults:
         with self._lock:
             self._eligible += 1
             chaos_fault = self._draw_chaos()
-            for rule in self._every:
-                rule.seen += 1
+            for every in self._every:
+                every.seen += 1
             if self._outage_on:
                 if self._outage_left is not None:
                     self._outage_left -= 1
@@ -246,9 +246,9 @@ class Faults:
                         if rule.remaining <= 0:
                             self._pages.remove(rule)
                     return rule.fault
-            for every in self._every:
-                if every.seen % every.nth == 0:
-                    return every.fault
+            for nth_rule in self._every:
+                if nth_rule.seen % nth_rule.nth == 0:
+                    return nth_rule.fault
             return chaos_fault
 
     def _draw_chaos(self) -> Fault | None:
