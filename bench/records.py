@@ -46,12 +46,14 @@ def make_record(rng: random.Random, ref_id: str) -> dict[str, Any]:
     """One record with 1-3 utility connections whose statuses agree with the top-level one."""
     region = rng.choice(REGIONS)
     status = rng.choices([s for s, _ in STATUSES], [w for _, w in STATUSES])[0]
-    start = NOW - timedelta(seconds=rng.randrange(3600, 60 * 86400))
+    start = NOW - timedelta(seconds=rng.randrange(7200, 60 * 86400))
     # About 5 % were active within the last hour: triage's quiet period keeps them back.
     if rng.random() < 0.05:
         last = NOW - timedelta(seconds=rng.randrange(60, 3600))
     else:
-        last = start + timedelta(seconds=rng.randrange(0, int((NOW - start).total_seconds()) - 3600))
+        last = start + timedelta(
+            seconds=rng.randrange(0, int((NOW - start).total_seconds()) - 3600)
+        )
     count = rng.choice((1, 1, 1, 2, 3))
     names = rng.sample(UTILITIES[region], count)
     utilities = []

@@ -147,10 +147,33 @@ PAGERS: dict[str, Callable[[str, str], Callable[[], int]]] = {
 }
 
 
-def measure_paging(kind: str, base_url: str, key: str) -> dict[str, Any]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_paging(
+    kind: str, base_url: str, key: str, profile: str | None = None
+) -> dict[str, Any]:
+    """One paging run; ``cpu_seconds`` is this process's own CPU, less sensitive to neighbours."""
     run = PAGERS[kind](base_url, key)
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        inner = run
+
+        def run() -> int:
+            profiler.enable()
+            try:
+                return inner()
+            finally:
+                profiler.disable()
+                profiler.dump_stats(profile)
+
     rss_start = current_rss_kb()
     peak_start = peak_rss_kb()
+    cpu_start = cpu_seconds()
     started = time.perf_counter()
     records = run()
     seconds = time.perf_counter() - started
@@ -158,6 +181,7 @@ def measure_paging(kind: str, base_url: str, key: str) -> dict[str, Any]:
         "kind": kind,
         "records": records,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu_start,
         "rss_start_kb": rss_start,
         "peak_start_kb": peak_start,
         "peak_end_kb": peak_rss_kb(),
@@ -234,13 +258,14 @@ def main() -> None:
     paging.add_argument("kind", choices=sorted(PAGERS))
     paging.add_argument("base_url")
     paging.add_argument("key")
+    paging.add_argument("--profile", metavar="PATH", help="write cProfile stats of the run here")
     tri = sub.add_parser("triage")
     tri.add_argument("count", type=int)
     tri.add_argument("--repeats", type=int, default=3)
     tri.add_argument("--sample", type=int, default=20000)
     args = parser.parse_args()
     if args.command == "paging":
-        result = measure_paging(args.kind, args.base_url, args.key)
+        result = measure_paging(args.kind, args.base_url, args.key, args.profile)
     else:
         result = measure_triage(args.count, args.repeats, args.sample)
     json.dump(result, sys.stdout)
