@@ -41,11 +41,11 @@ def parse_timestamp(value: object) -> datetime | None:
     text = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
         return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
 
 
 class _Record(msgspec.Struct, frozen=True, kw_only=True, rename={"raw_json": "__leap_raw__"}):

@@ -315,10 +315,10 @@ def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring its state after.
 
     Triage allocates one small acyclic dict per record. With a million records alive, those
-    allocations set off repeated full collections that walk the whole heap (input included):
-    about 40 % of the run time, for nothing to free. Reference counting still frees everything
-    as usual; only cycles made meanwhile (say by an HTTP pager feeding ``records``) wait for the
-    next collection.
+    allocations set off full collections that walk the whole heap, input included, for nothing
+    to free: about a quarter of the run time (1M records: 2.8 s of CPU with them, 2.1 s
+    without). Reference counting frees as usual; only cycles made meanwhile (say by an HTTP
+    pager feeding ``records``) wait for the next collection.
     """
     was_enabled = gc.isenabled()
     gc.disable()

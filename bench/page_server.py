@@ -122,9 +122,10 @@ class Stats:
         self.busy_seconds = 0.0
         self.bytes_sent = 0
 
-    def add(self, busy: float, sent: int) -> None:
+    def add(self, busy: float, sent: int, new_connection: bool) -> None:
         with self.lock:
             self.requests += 1
+            self.connections += new_connection
             self.busy_seconds += busy
             self.bytes_sent += sent
 
@@ -171,8 +172,7 @@ class Handler(socketserver.StreamRequestHandler):
     server: Server
 
     def handle(self) -> None:
-        with self.server.stats.lock:
-            self.server.stats.connections += 1
+        counted = False  # a connection counts once it carries an API request
         while True:
             line = self.rfile.readline(MAX_HEADER_BYTES)
             if not line.strip():
@@ -188,7 +188,8 @@ class Handler(socketserver.StreamRequestHandler):
             answer = self.answer(line, headers)
             self.connection.sendall(answer)
             if not line.split(b" ", 1)[-1].startswith(b"/_"):  # not the harness's own calls
-                self.server.stats.add(time.perf_counter() - started, len(answer))
+                self.server.stats.add(time.perf_counter() - started, len(answer), not counted)
+                counted = True
             if headers.get(b"connection", b"").lower() == b"close":
                 return
 

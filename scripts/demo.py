@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_FILE = ROOT / "example_dags" / "leap_connect_reengagement.py"
+DAGS = ROOT / "example_dags"
 
 
 def prepare_airflow_home(demo_dir: Path) -> None:
@@ -28,7 +28,7 @@ def prepare_airflow_home(demo_dir: Path) -> None:
     os.environ.update(
         {
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
@@ -37,8 +37,8 @@ def prepare_airflow_home(demo_dir: Path) -> None:
     )
 
 
-def load_dag():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("leap_connect_reengagement", DAG_FILE)
+def load_dag(dag_id: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(dag_id, DAGS / f"{dag_id}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -50,6 +50,12 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=2000, help="emulated connections")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=ROOT / ".demo", help="output folder")
+    parser.add_argument(
+        "--dag",
+        default="leap_connect_reengagement",
+        choices=["leap_connect_reengagement", "leap_connection_watch"],
+        help="which example DAG to run (the watch waits on three COMPLETED Reference IDs)",
+    )
     args = parser.parse_args()
     demo_dir = args.dir.resolve()
     prepare_airflow_home(demo_dir)
@@ -63,10 +69,14 @@ def main() -> int:
         from airflow.utils.db import initdb
 
         initdb()
-        dag = load_dag()
-        print(f"Running {dag.dag_id} with dag.test() ...")
+        dag = load_dag(args.dag)
+        conf = {}
+        if args.dag == "leap_connection_watch":
+            done = [r["ref_id"] for r in emulator.records if r["connection_status"] == "COMPLETED"]
+            conf = {"ref_ids": done[:3]}
+        print(f"Running {dag.dag_id} with dag.test() {json.dumps(conf) if conf else ''}...")
         logging.disable(logging.INFO)
-        dagrun = dag.test()
+        dagrun = dag.test(run_conf=conf or None)
         logging.disable(logging.NOTSET)
         requests_served = len(emulator.requests)
     return report(dag.dag_id, dagrun, demo_dir, requests_served)
@@ -85,18 +95,32 @@ def report(dag_id: str, dagrun, demo_dir: Path, requests_served: int) -> int:  #
     print(f"DAG run {dagrun.run_id}: {dagrun.state}   ({requests_served} request(s) to Leap)")
     for task_id, state in sorted(states.items()):
         print(f"  {task_id:<32} {state}")
+    if not summary:
+        for (task_id, key), value in sorted(xcoms.items()):
+            if key == "return_value":
+                print(f"  {task_id:<32} -> {_short(json.dumps(value), 200)}")
+        return 0 if str(dagrun.state).endswith("success") else 1
     print("\nTriage buckets (XCom key -> items):")
     for bucket, count in summary.get("counts", {}).items():
         items = xcoms.get(("triage", bucket)) or []
-        sample = items[0] if items else None
-        print(f"  {bucket:<24} {count:>6}" + (f"   e.g. {json.dumps(sample)}" if sample else ""))
+        sample = _short(json.dumps(items[0])) if items else ""
+        print(f"  {bucket:<24} {count:>6}   {sample}")
     print(f"  {'records read':<24} {summary.get('records_read', 0):>6}")
     print("\nWhere things went:")
     for (task_id, key), value in sorted(xcoms.items()):
         if key == "return_value" and task_id != "triage" and isinstance(value, dict):
             print(f"  {task_id:<32} {json.dumps(value)}")
+    outboxes = sorted((demo_dir / "output" / "outbox").glob("*/utility_error.jsonl"))
+    outbox = outboxes[0] if outboxes else None
+    if outbox:
+        print("\nA rendered message (utility_error):")
+        print("  " + _short(outbox.read_text(encoding="utf-8").splitlines()[0], 300))
     print(f"\nAll output under {demo_dir}")
-    return 0 if str(dagrun.state) in ("success", "DagRunState.SUCCESS") else 1
+    return 0 if str(dagrun.state).endswith("success") else 1
+
+
+def _short(text: str, limit: int = 110) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def test_malformed_record_keeps_what_is_readable() -> None:
         ),
         ("2024-10-21T13:43:05+02:00", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
         ("2024-10-21T11:43:05", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
+        ("0001-01-01T00:00:00+01:00", None),
         ("yesterday", None),
         ("", None),
         (None, None),

@@ -406,6 +406,34 @@ def _other_utility(g: _Gen, region: str) -> tuple[str, list[dict[str, Any]], dic
     return PARTIAL, g.entries(specs), g.agreements(g.rng.choice(("none", "done")))
 
 
+# Records Leap may send that the triage table cannot act on automatically ("unknown is data"):
+# a status this version does not know, a utility status it does not know, a PARTIAL record with
+# no utility at all, and a PARTIAL record whose utilities and forms are all done.
+UNKNOWN_STATUS = "ON_HOLD"
+UNKNOWN_UTILITY_STATUS = "PENDING_VERIFICATION"
+
+
+def _unknown_status(g: _Gen, region: str) -> tuple[str, list[dict[str, Any]], dict[str, str]]:
+    (name,) = g.utilities(region, 1)
+    return UNKNOWN_STATUS, g.entries([(name, True, CONNECTED)]), g.agreements("pending")
+
+
+def _unknown_utility_status(
+    g: _Gen, region: str
+) -> tuple[str, list[dict[str, Any]], dict[str, str]]:
+    (name,) = g.utilities(region, 1)
+    return PARTIAL, g.entries([(name, True, UNKNOWN_UTILITY_STATUS)]), g.agreements("none")
+
+
+def _no_utilities(g: _Gen, region: str) -> tuple[str, list[dict[str, Any]], dict[str, str]]:
+    return PARTIAL, [], g.agreements("none")
+
+
+def _status_mismatch(g: _Gen, region: str) -> tuple[str, list[dict[str, Any]], dict[str, str]]:
+    (name,) = g.utilities(region, 1)
+    return PARTIAL, g.entries([(name, True, CONNECTED)]), g.agreements("done")
+
+
 SCENARIOS: Mapping[str, tuple[int, _Builder]] = {
     "res_completed": (30, _res_completed),
     "com_completed": (6, _com_completed),
@@ -419,6 +447,10 @@ SCENARIOS: Mapping[str, tuple[int, _Builder]] = {
     "com_partial": (6, _com_partial),
     "com_agreement_pending": (3, _com_agreement_pending),
     "other_utility": (5, _other_utility),
+    "unknown_status": (1, _unknown_status),
+    "unknown_utility_status": (1, _unknown_utility_status),
+    "no_utilities": (1, _no_utilities),
+    "status_mismatch": (1, _status_mismatch),
 }
 _SCENARIO_NAMES = tuple(SCENARIOS)
 _SCENARIO_CUM_WEIGHTS = tuple(itertools.accumulate(w for w, _ in SCENARIOS.values()))
