@@ -37,6 +37,11 @@ CONNECTION_FORM: dict[str, Any] = {
             "label": "Longest total retry wait (seconds)",
             "schema": {"type": ["number", "null"], "default": 300},
         },
+        "retry_backoff": {
+            "label": "First retry backoff (seconds)",
+            "description": "Doubles on each retry, with jitter; Retry-After wins when sent.",
+            "schema": {"type": ["number", "null"], "default": 1},
+        },
         "page_size": {
             "label": "Page size",
             "schema": {"type": ["integer", "null"], "default": 500},

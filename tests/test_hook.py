@@ -90,12 +90,14 @@ def test_extras_configure_timeout_retries_page_size_and_wire_names(monkeypatch, 
         "timeout": 7,
         "max_retries": 2,
         "max_retry_wait": 9,
+        "retry_backoff": 0.25,
         "page_size": 321,
         "connections_path": "/v9/elsewhere",
     }
     set_conn(monkeypatch, "leap_x", host=emu.url, password=EMULATOR_API_KEY, extra=extra)
     client = LeapHook("leap_x").client
     assert (client.timeout, client.retry.max_retries, client.retry.max_wait) == (7.0, 2, 9.0)
+    assert client.retry.backoff_base == 0.25
     assert client.page_size == 321
     with pytest.raises(LeapException, match="GET /v9/elsewhere answered HTTP 404"):
         LeapHook("leap_x").get_connections()

@@ -97,6 +97,7 @@ def client_from_connection(conn: Connection, **overrides: Any) -> LeapClient:
         retry = RetryPolicy(
             max_retries=int(extras.get("max_retries", RetryPolicy.max_retries)),
             max_wait=float(extras.get("max_retry_wait", RetryPolicy.max_wait)),
+            backoff_base=float(extras.get("retry_backoff", RetryPolicy.backoff_base)),
         )
         settings: dict[str, Any] = {
             "timeout": float(extras.get("timeout") or DEFAULT_TIMEOUT),
@@ -121,7 +122,8 @@ class LeapHook(BaseHook):
 
     The connection's password is the API key; host is a base URL (empty: ``environment`` extra
     picks production or staging). Extras: ``timeout``, ``max_retries``, ``max_retry_wait``,
-    ``page_size``, ``allow_insecure_http`` and the wire-name overrides of
+    ``retry_backoff`` (first backoff in seconds, doubling), ``page_size``,
+    ``allow_insecure_http``, ``portal_url`` and the wire-name overrides of
     :class:`airflow_provider_leap.wire.WireNames`.
 
     :param leap_conn_id: the Airflow connection to use.
