@@ -133,10 +133,11 @@ def test_ui_metadata_and_hook_agree() -> None:
 
 def test_providers_manager_sees_the_connection_form() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-leap" in manager.providers
-    hook = manager.hooks["leap"]
+    hook = ProvidersManagerTaskRuntime().hooks["leap"]
     assert hook is not None and hook.connection_type == "leap"
     assert manager.field_behaviours["leap"]["relabeling"]["password"] == "API key"
     env_field = manager.connection_form_widgets["extra__leap__environment"]

@@ -1,0 +1,61 @@
+"""The operator extra link to Leap's Partner Portal resolves from the connection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_leap import get_provider_info, wire
+from airflow_provider_leap.links import LeapConnectionsLink
+from airflow_provider_leap.operators.triage import TriageOperator
+from airflow_provider_leap.sensors.connect import ConnectStatusSensor
+
+
+@pytest.mark.parametrize(
+    ("conn", "expected"),
+    [
+        ({"password": "k:k"}, wire.PORTAL_URLS["production"]),
+        ({"password": "k:k", "extra": {"environment": "staging"}}, wire.PORTAL_URLS["staging"]),
+        (
+            {"host": "https://api.staging.leap.energy", "password": "k:k"},
+            wire.PORTAL_URLS["staging"],
+        ),
+        (
+            {
+                "host": "http://127.0.0.1:8765",
+                "password": "k",
+                "extra": {"portal_url": "http://x/y"},
+            },
+            "http://x/y",
+        ),
+    ],
+)
+def test_link_follows_the_connections_environment(monkeypatch, conn, expected) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_LINK", json.dumps({"conn_type": "leap", **conn}))
+    for task in (
+        TriageOperator(task_id="t", leap_conn_id="leap_link"),
+        ConnectStatusSensor(task_id="s", ref_ids=["abc"], leap_conn_id="leap_link"),
+    ):
+        (link,) = task.operator_extra_links
+        assert isinstance(link, LeapConnectionsLink)
+        assert link.get_link(task, ti_key=None) == expected  # type: ignore[arg-type]
+
+
+def test_link_is_registered_with_airflow() -> None:
+    link_path = f"{LeapConnectionsLink.__module__}.{LeapConnectionsLink.__qualname__}"
+    assert link_path in get_provider_info()["extra-links"]
+    assert LeapConnectionsLink.name == "Leap Connections"
+
+
+def test_link_is_stored_when_the_task_runs(run_dag, leap_conn, emu) -> None:
+    source = """
+from datetime import datetime, timezone
+from airflow.sdk import DAG
+from airflow_provider_leap.operators.triage import TriageOperator
+
+with DAG("link_dag", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+    TriageOperator(task_id="triage", ref_ids=["Test1012"])
+"""
+    result = run_dag("link_dag", source)
+    assert result.xcoms[("triage", "_link_LeapConnectionsLink")] == wire.PORTAL_URLS["production"]
