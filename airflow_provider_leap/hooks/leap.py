@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.exceptions import AirflowException
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap import CONNECTION_FORM, wire
 from airflow_provider_leap.errors import LeapError

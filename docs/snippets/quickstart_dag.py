@@ -1,0 +1,55 @@
+"""Quickstart: triage Leap Connect statuses every hour and hand two buckets to downstream tasks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_leap.operators.triage import TriageOperator
+
+with DAG(
+    dag_id="leap_quickstart",
+    schedule="17 * * * *",  # hourly, after Leap's hourly refresh has landed
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["leap"],
+) as dag:
+    # One API pass over every connection touched in the last 30 days; one XCom per bucket.
+    triage = TriageOperator(
+        task_id="triage",
+        leap_conn_id="leap_default",
+        interacted_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
+    )
+
+    @task
+    def resend_connect_links(items: Any) -> list[str]:
+        """not_started: the customer opened the link but never logged into the utility."""
+        from airflow_provider_leap.storage import load_bucket
+
+        ref_ids = [item["ref_id"] for item in load_bucket(items)]
+        for ref_id in ref_ids:
+            print(f"resend the Connect URL to {ref_id}")
+        return ref_ids
+
+    @task
+    def count_error_codes(items: Any) -> dict[str, int]:
+        """utility_error: the reason carries the first error code, e.g. error:USER_CANCELED."""
+        from airflow_provider_leap.storage import load_bucket
+
+        counts: dict[str, int] = {}
+        for item in load_bucket(items):
+            counts[item["reason"]] = counts.get(item["reason"], 0) + 1
+        return counts
+
+    @task
+    def log_summary(summary: dict[str, Any]) -> dict[str, int]:
+        """The operator's return value: counts per bucket, records read, duplicates dropped."""
+        print(f"{summary['records_read']} record(s) read: {summary['counts']}")
+        return summary["counts"]
+
+    resend_connect_links(triage.output["not_started"])
+    count_error_codes(triage.output["utility_error"])
+    log_summary(triage.output)

@@ -1,0 +1,68 @@
+"""Triage page: TriageOperator arguments and the ways downstream tasks consume its buckets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_leap.operators.triage import TriageOperator
+from airflow_provider_leap.storage import load_bucket
+
+with DAG(
+    dag_id="leap_triage_patterns",
+    schedule="17 * * * *",
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    params={"lookback_days": Param(30, type="integer", minimum=1)},
+) as dag:
+    # --8<-- [start:arguments]
+    triage = TriageOperator(
+        task_id="triage",
+        leap_conn_id="leap_default",
+        # Filters (all three are templated; leave them out to read every connection).
+        ref_ids=None,  # or ["cust-000123", ...], "a,b,c" or "{{ params.ref_ids }}"
+        started_after=None,
+        interacted_after=(
+            "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
+        ),
+        # Decision parameters.
+        quiet_period=timedelta(hours=1),  # or seconds: 3600
+        agreement_done_statuses={"COMPLETED", "SIGNED", "ACCEPTED"},
+        # Paging: records per API page (default: the connection's page_size, else 500).
+        page_size=500,
+    )
+    # --8<-- [end:arguments]
+
+    # --8<-- [start:mapped]
+    @task
+    def resend_link(item: dict[str, Any]) -> str:
+        """One mapped task instance per Reference ID in the bucket."""
+        print(f"resending the Connect URL to {item['ref_id']}")
+        return item["ref_id"]
+
+    @task
+    def tailored_message(bucket: str, item: dict[str, Any]) -> str:
+        reason = item["reason"]  # e.g. "error:USER_CANCELED"
+        return f"{bucket}/{reason} -> {item['ref_id']}"
+
+    resend_link.expand(item=triage.output["not_started"])
+    tailored_message.partial(bucket="utility_error").expand(item=triage.output["utility_error"])
+    # --8<-- [end:mapped]
+
+    # --8<-- [start:batch]
+    @task
+    def record_in_crm(buckets: dict[str, Any]) -> int:
+        """One task for several buckets; load_bucket reads a list or an offloaded file."""
+        rows = [
+            {"ref_id": item["ref_id"], "bucket": bucket, "reason": item["reason"]}
+            for bucket, value in buckets.items()
+            for item in load_bucket(value)
+        ]
+        print(f"{len(rows)} CRM row(s)")
+        return len(rows)
+
+    record_in_crm({name: triage.output[name] for name in ("completed", "needs_review")})
+    # --8<-- [end:batch]
