@@ -110,3 +110,11 @@ def test_outage_fails_the_try_and_the_retry_completes(run_dag, big, monkeypatch,
     counts = json.loads(out.read_text())
     assert set(counts) == set(BUCKETS)
     assert sum(counts.values()) == RECORDS - summary["duplicates_dropped"]
+
+
+def test_fifty_thousand_records_at_page_size_500_each_once(sleeps) -> None:
+    with LeapEmulator(seed=50, records=50_000) as emu:
+        with LeapClient(emu.url, EMULATOR_API_KEY, sleep=sleeps) as client:
+            got = Counter(r.id for r in client.iter_connections(page_size=500))
+        assert got == Counter(r["id"] for r in emu.records)
+        assert len(emu.requests) == 100

@@ -44,7 +44,8 @@ class TriageOperator(BaseOperator):
     Large buckets: with ``bucket_storage`` (an ``ObjectStoragePath`` or URL such as
     ``file:///data/leap`` or ``s3://bucket/leap``, with ``bucket_storage_conn_id`` when it needs
     credentials) a bucket with more than ``offload_threshold`` items is written there as JSON lines
-    and its XCom holds the file's URL instead of the list; :func:`load_bucket` reads either form.
+    and its XCom holds the file's URL instead of the list;
+    :func:`airflow_provider_leap.storage.load_bucket` reads either form.
 
     :param leap_conn_id: Airflow connection of type ``leap``.
     :param ref_ids: only these Reference IDs (default: all). Templated.
