@@ -57,8 +57,8 @@ _ANY_DECODER = msgspec.json.Decoder()
 NO_RETRY = RetryPolicy(max_retries=0)
 
 AUTH_HINTS = {
-    401: "the Authorization header was missing or malformed: is the API key set as the "
-    "connection's password?",
+    401: "the Authorization header was missing or malformed: does the API key hold spaces or "
+    "line breaks, or does a proxy strip the header?",
     403: "the API key is invalid, belongs to the other environment (production vs staging), "
     "or lacks permission for this endpoint",
 }
@@ -356,6 +356,7 @@ class LeapClient:
             )
             yield records
             if token is None:
+                self.log.info("Leap %s %s: read %d page(s)", method, path, page_no)
                 return
             if token in seen:
                 raise LeapPagingError(

@@ -1,7 +1,7 @@
 """Exceptions of the Airflow-free core.
 
-The hook passes an ``AirflowException`` subclass of :class:`LeapAPIError` to the client, so
-Airflow users get a provider exception while the core never imports Airflow.
+The core never imports Airflow; the hook re-raises these as ``LeapException`` (an
+``AirflowException``) carrying the same message, ``status`` and ``title``.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def connect_record_from_mapping(data: Any) -> ConnectRecord:
 
 
 def decode_meter(raw: msgspec.Raw) -> Meter:
-    """Decode one meter; meters are passed on, not triaged, so a bad one raises."""
+    """Decode one meter; raises ``msgspec.DecodeError`` (the client logs and skips such a meter)."""
     meter = _METER_DECODER.decode(raw)
     msgspec.structs.force_setattr(meter, "raw_json", raw)
     return meter

@@ -312,6 +312,13 @@ def machine_info() -> dict[str, Any]:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    # Uncommitted changes to the provider mean the figures are not those of ``commit`` alone.
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "airflow_provider_leap"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return {
         "cpu_model": cpu,
         "cores": os.cpu_count(),
@@ -321,6 +328,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
         "git_commit": commit or None,
+        "provider_has_uncommitted_changes": bool(dirty),
         "loadavg_start": os.getloadavg(),
     }
 

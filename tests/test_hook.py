@@ -81,8 +81,37 @@ def test_invalid_extra_is_named(monkeypatch) -> None:
     set_conn(
         monkeypatch, "leap_x", host="https://x.test", password="k:k", extra={"timeout": "soon"}
     )
-    with pytest.raises(LeapException, match="invalid extra"):
+    with pytest.raises(LeapException, match="extra timeout='soon' is not a number"):
         LeapHook("leap_x").client  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"page_size": 0}, "page_size must be a positive integer"),
+        ({"max_retries": -1}, "max_retries must be >= 0"),
+    ],
+)
+def test_out_of_range_extras_are_refused(monkeypatch, extra, message) -> None:
+    set_conn(monkeypatch, "leap_x", host="https://x.test", password="k:k", extra=extra)
+    with pytest.raises(LeapException, match=message):
+        LeapHook("leap_x").client  # noqa: B018
+
+
+def test_empty_form_fields_mean_the_defaults(monkeypatch) -> None:
+    empty = {
+        "timeout": None,
+        "page_size": "",
+        "max_retries": None,
+        "max_retry_wait": "",
+        "retry_backoff": None,
+        "environment": None,
+    }
+    set_conn(monkeypatch, "leap_x", password="k:k", extra=empty)
+    client = LeapHook("leap_x").client
+    assert (client.timeout, client.page_size, client.retry.max_retries) == (30.0, 500, 5)
+    assert client.base_url == wire.PRODUCTION_URL
 
 
 def test_extras_configure_timeout_retries_page_size_and_wire_names(monkeypatch, emu) -> None:

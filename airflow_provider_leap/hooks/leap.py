@@ -93,23 +93,34 @@ def client_from_connection(conn: Connection, **overrides: Any) -> LeapClient:
     from airflow_provider_leap.retry import RetryPolicy
 
     extras = connection_extras(conn)
+
+    def number(key: str, default: float, cast: type = float) -> Any:
+        # The form sends null or "" for a field left empty: that means the default.
+        value = extras.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            return cast(value)
+        except (TypeError, ValueError):
+            raise LeapException(
+                f"Leap connection {conn.conn_id!r}: extra {key}={value!r} is not a number"
+            ) from None
+
     try:
         retry = RetryPolicy(
-            max_retries=int(extras.get("max_retries", RetryPolicy.max_retries)),
-            max_wait=float(extras.get("max_retry_wait", RetryPolicy.max_wait)),
-            backoff_base=float(extras.get("retry_backoff", RetryPolicy.backoff_base)),
+            max_retries=number("max_retries", RetryPolicy.max_retries, int),
+            max_wait=number("max_retry_wait", RetryPolicy.max_wait),
+            backoff_base=number("retry_backoff", RetryPolicy.backoff_base),
         )
-        settings: dict[str, Any] = {
-            "timeout": float(extras.get("timeout") or DEFAULT_TIMEOUT),
-            "page_size": int(extras.get("page_size") or DEFAULT_PAGE_SIZE),
-            "retry": retry,
-            "wire_names": wire.WireNames.from_extras(extras),
-            "allow_insecure_http": _flag(extras.get("allow_insecure_http", False)),
-        }
-    except (TypeError, ValueError) as exc:
-        raise LeapException(
-            f"Leap connection {conn.conn_id!r} has an invalid extra: {exc}"
-        ) from None
+    except ValueError as exc:
+        raise LeapException(f"Leap connection {conn.conn_id!r}: invalid extra: {exc}") from None
+    settings: dict[str, Any] = {
+        "timeout": number("timeout", DEFAULT_TIMEOUT),
+        "page_size": number("page_size", DEFAULT_PAGE_SIZE, int),
+        "retry": retry,
+        "wire_names": wire.WireNames.from_extras(extras),
+        "allow_insecure_http": _flag(extras.get("allow_insecure_http", False)),
+    }
     settings.update(overrides)
     try:
         return LeapClient(base_url_for(conn, extras), conn.password or "", **settings)

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, task
 
 from airflow_provider_leap.hooks.leap import LeapHook
 from airflow_provider_leap.links import LeapConnectionsLink
@@ -36,10 +36,12 @@ class TriageOperator(BaseOperator):
     """Read Connect records from Leap and push one XCom per triage bucket.
 
     Every bucket of :data:`airflow_provider_leap.triage.BUCKETS` is pushed under an XCom key equal
-    to its name, empty buckets too, so ``triage.output["utility_error"]`` can feed a mapped or a
-    batch task. The return value (``return_value``) is the summary. Records are streamed from the
-    API and triaged as they arrive; buckets are pushed only after the last page was read, so a
-    failure part-way pushes nothing and a retry starts clean.
+    to its name, empty buckets too, so ``triage.output["utility_error"]`` feeds a downstream task
+    that takes the whole list. Airflow maps (``.expand``) only over return values: pass the bucket
+    through :func:`bucket_items` first to map one task instance per item. The return value
+    (``return_value``) is the summary. Records are streamed from the API and triaged as they
+    arrive; buckets are pushed only after the last page was read, so a failure part-way pushes
+    nothing and a retry starts clean.
 
     Large buckets: with ``bucket_storage`` (an ``ObjectStoragePath`` or URL such as
     ``file:///data/leap`` or ``s3://bucket/leap``, with ``bucket_storage_conn_id`` when it needs
@@ -119,7 +121,9 @@ class TriageOperator(BaseOperator):
             records,
             now=now,
             quiet_period=self.quiet_period,
-            agreement_done_statuses=self.agreement_done_statuses or DEFAULT_AGREEMENT_DONE_STATUSES,
+            agreement_done_statuses=DEFAULT_AGREEMENT_DONE_STATUSES
+            if self.agreement_done_statuses is None
+            else self.agreement_done_statuses,
         )
         self.log.info(
             "Triaged %d Leap connection(s) at %s (quiet period %s):\n%s",
@@ -158,3 +162,15 @@ def _run_folder(base: Any, conn_id: str | None, context: Context) -> Any:
     ti = context["ti"]
     safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
     return root / ti.dag_id / safe_run / ti.task_id
+
+
+@task
+def bucket_items(value: Any, conn_id: str | None = None) -> list[dict[str, Any]]:
+    """One bucket as this task's return value, so it can be mapped over with ``.expand``.
+
+    Airflow refuses to map over an XCom pushed under a custom key such as ``"not_started"``.
+    Also reads a bucket that was offloaded to object storage (``conn_id`` for its credentials).
+    """
+    from airflow_provider_leap.storage import load_bucket
+
+    return load_bucket(value, conn_id)

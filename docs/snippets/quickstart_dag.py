@@ -50,6 +50,8 @@ with DAG(
         print(f"{summary['records_read']} record(s) read: {summary['counts']}")
         return summary["counts"]
 
+    # --8<-- [start:wiring]
     resend_connect_links(triage.output["not_started"])
     count_error_codes(triage.output["utility_error"])
     log_summary(triage.output)
+    # --8<-- [end:wiring]

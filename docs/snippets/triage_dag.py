@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_leap.operators.triage import TriageOperator
+from airflow_provider_leap.operators.triage import TriageOperator, bucket_items
 from airflow_provider_leap.storage import load_bucket
 
 with DAG(
@@ -48,8 +48,11 @@ with DAG(
         reason = item["reason"]  # e.g. "error:USER_CANCELED"
         return f"{bucket}/{reason} -> {item['ref_id']}"
 
-    resend_link.expand(item=triage.output["not_started"])
-    tailored_message.partial(bucket="utility_error").expand(item=triage.output["utility_error"])
+    not_started = bucket_items.override(task_id="not_started_items")(triage.output["not_started"])
+    resend_link.expand(item=not_started)
+
+    errors = bucket_items.override(task_id="utility_error_items")(triage.output["utility_error"])
+    tailored_message.partial(bucket="utility_error").expand(item=errors)
     # --8<-- [end:mapped]
 
     # --8<-- [start:batch]
