@@ -240,9 +240,10 @@ def _time_import(more: str, env: dict[str, str]) -> list[float]:
 def measure_imports(repeats: int, env: dict[str, str]) -> dict[str, Any]:
     """Best of ``repeats`` fresh interpreters each, alternating so drift hits both alike.
 
-    The headline is the difference of the two bests; the provider's share measured inside the
-    same process (``in_process_ms``) cross-checks it, as it does not suffer from two noisy
-    seconds-long totals being subtracted.
+    The verdict uses the provider's share measured inside each ``airflow.sdk + provider``
+    process (``in_process_ms``): the difference of the two bests (``overhead_ms``) subtracts
+    two ~3 s totals whose run-to-run spread on a shared 2-core machine is larger than the
+    50 ms being judged, so it is kept as a cross-check only.
     """
     provider = f"import {PROVIDER_MODULES}"
     _time_import(provider, env)  # warm the page cache and AIRFLOW_HOME's config once
@@ -396,16 +397,16 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             f"<= {limit}",
             "met" if info["requests"] <= limit else "missed",
         )
-    overhead = results["imports"]["overhead_ms"]
-    row(
-        "import overhead over airflow.sdk",
-        f"{overhead:.1f} ms",
-        f"< {IMPORT_TARGET_MS:g} ms",
-        "met" if overhead < IMPORT_TARGET_MS else "missed",
-    )
     imports = results["imports"]
-    row("  same, in CPU time (best-of difference)", f"{imports['overhead_cpu_ms']:.1f} ms")
-    row("  same, provider's share within one process", f"{imports['in_process_ms']:.1f} ms")
+    share = imports["in_process_ms"]
+    row(
+        "import overhead: provider's share within one process",
+        f"{share:.1f} ms",
+        f"< {IMPORT_TARGET_MS:g} ms",
+        "met" if share < IMPORT_TARGET_MS else "missed",
+    )
+    row("  difference of best-of fresh processes (wall)", f"{imports['overhead_ms']:.1f} ms")
+    row("  difference of best-of fresh processes (CPU)", f"{imports['overhead_cpu_ms']:.1f} ms")
     return rows
 
 

@@ -200,10 +200,11 @@ class Handler(socketserver.StreamRequestHandler):
             started = time.perf_counter()
             answer = self.answer(line, headers)
             built = time.perf_counter() - started
-            self.connection.sendall(answer)
             if not line.split(b" ", 1)[-1].startswith(b"/_"):  # not the harness's own calls
+                # Counted before sending: once the client has the answer, /_stats must see it.
                 self.server.stats.add(built, len(answer), not counted)
                 counted = True
+            self.connection.sendall(answer)
             if headers.get(b"connection", b"").lower() == b"close":
                 return
 

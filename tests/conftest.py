@@ -37,13 +37,15 @@ class SleepRecorder:
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[LeapEmulator]:
-    """One shared emulator (1,234 records): tests reset its faults and request log."""
+    """This suite's shared emulator: a fixed seed and 1,234 records (the plugin's
+    ``leap_emulator`` keeps its documented defaults for the emulator's own tests)."""
     with LeapEmulator(seed=3, records=1234) as emu:
         yield emu
 
 
 @pytest.fixture
 def emu(emulator: LeapEmulator) -> Iterator[LeapEmulator]:
+    """The shared emulator, reset (faults, request log, clock, records) around each test."""
     emulator.reset()
     yield emulator
     emulator.reset()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
 import signal
@@ -18,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from leap_guide import guide_example
 
 from airflow_provider_leap import wire
 from airflow_provider_leap.emulator import (
@@ -37,32 +37,8 @@ AUTH = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 TIMEOUT = 5
 
-# Typed again from Leap's guide (connect-status-guide.txt), independently of data.py.
-GUIDE_RECORD = json.loads(
-    """{
-"id": "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012",
-"transmission_region": "CAISO",
-"ref_id": "Test1012",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
-"connection_status": "ERROR",
-"utility_connections": [
-{
-"authorization_uuid": "910bfb80-8b22-4341-8b5b-8752a21dccad",
-"utility_name": "SDG&E: San Diego Gas & Electric",
-"utility_is_required": true,
-"status": "ERROR",
-"error_code": "USER_CANCELED",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z"
-}
-],
-"agreements": {
-"prohibited_resource_attestation_status": "NOT_REQUIRED",
-"demand_response_participation_agreement_status": "NOT_REQUIRED"
-}
-}"""
-)
+# Typed again from Leap's guide (tests/leap_guide.py), independently of data.py.
+GUIDE_RECORD = guide_example()
 
 
 @pytest.fixture(scope="module")

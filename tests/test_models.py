@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
+from leap_guide import GUIDE_EXAMPLE_TEXT, GUIDE_PATH, guide_example
 
 from airflow_provider_leap.models import (
     ConnectionStatus,
@@ -16,41 +15,15 @@ from airflow_provider_leap.models import (
     parse_timestamp,
 )
 
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "leap" / "connect-status-guide.txt"
-
-GUIDE_EXAMPLE = """{
-"id": "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012",
-"transmission_region": "CAISO",
-"ref_id": "Test1012",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
-"connection_status": "ERROR",
-"utility_connections": [
-{
-"authorization_uuid": "910bfb80-8b22-4341-8b5b-8752a21dccad",
-"utility_name": "SDG&E: San Diego Gas & Electric",
-"utility_is_required": true,
-"status": "ERROR",
-"error_code": "USER_CANCELED",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z"
-}
-],
-"agreements": {
-"prohibited_resource_attestation_status": "NOT_REQUIRED",
-"demand_response_participation_agreement_status": "NOT_REQUIRED"
-}
-}"""
-
 
 def test_guide_example_is_the_guides_text() -> None:
-    if not GUIDE.exists():
+    if not GUIDE_PATH.exists():
         pytest.skip("shared/leap is not beside this checkout")
-    assert GUIDE_EXAMPLE in GUIDE.read_text(encoding="utf-8")
+    assert GUIDE_EXAMPLE_TEXT in GUIDE_PATH.read_text(encoding="utf-8")
 
 
 def test_guide_example_parses_verbatim() -> None:
-    record = decode_connect_record(GUIDE_EXAMPLE.encode())
+    record = decode_connect_record(GUIDE_EXAMPLE_TEXT.encode())
     assert record.parse_error is None
     assert record.id == "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012"
     assert record.ref_id == "Test1012"
@@ -67,17 +40,17 @@ def test_guide_example_parses_verbatim() -> None:
         "demand_response_participation_agreement_status": "NOT_REQUIRED",
     }
     assert record.last_interaction == datetime(2023, 1, 11, 2, 45, 50, tzinfo=timezone.utc)
-    assert record.raw == json.loads(GUIDE_EXAMPLE)
+    assert record.raw == guide_example()
 
 
 def test_records_are_immutable() -> None:
-    record = decode_connect_record(GUIDE_EXAMPLE.encode())
+    record = decode_connect_record(GUIDE_EXAMPLE_TEXT.encode())
     with pytest.raises(AttributeError):
         record.connection_status = "COMPLETED"  # type: ignore[misc]
 
 
 def test_unknown_values_and_fields_flow_through_as_data() -> None:
-    data = json.loads(GUIDE_EXAMPLE)
+    data = guide_example()
     data["connection_status"] = "PAUSED_BY_LEAP"
     data["utility_connections"][0]["status"] = "VERIFYING"
     data["utility_connections"][0]["error_code"] = "BRAND_NEW_CODE"

@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from leap_guide import GUIDE_EXAMPLE_TEXT, guide_example
 
 from airflow_provider_leap.models import (
     ConnectRecord,
@@ -442,43 +442,11 @@ def test_every_bucket_and_fixed_reason_has_a_case() -> None:
     assert reasons == set(Reason)
 
 
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "leap" / "connect-status-guide.txt"
-GUIDE_EXAMPLE = """{
-"id": "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012",
-"transmission_region": "CAISO",
-"ref_id": "Test1012",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
-"connection_status": "ERROR",
-"utility_connections": [
-{
-"authorization_uuid": "910bfb80-8b22-4341-8b5b-8752a21dccad",
-"utility_name": "SDG&E: San Diego Gas & Electric",
-"utility_is_required": true,
-"status": "ERROR",
-"error_code": "USER_CANCELED",
-"start_date_time_utc": "2023-01-11T02:44:57Z",
-"last_interaction_date_time_utc": "2023-01-11T02:45:50Z"
-}
-],
-"agreements": {
-"prohibited_resource_attestation_status": "NOT_REQUIRED",
-"demand_response_participation_agreement_status": "NOT_REQUIRED"
-}
-}"""
-
-
-def test_guide_example_is_the_guides_text() -> None:
-    if not GUIDE.exists():
-        pytest.skip("shared/leap is not beside this checkout")
-    assert GUIDE_EXAMPLE in GUIDE.read_text(encoding="utf-8")
-
-
 @pytest.mark.parametrize("typed", [False, True], ids=["mapping", "typed"])
 def test_guide_example_is_a_utility_error(typed: bool) -> None:
-    data: Any = json.loads(GUIDE_EXAMPLE)
+    data: Any = guide_example()
     if typed:
-        data = decode_connect_record(GUIDE_EXAMPLE.encode())
+        data = decode_connect_record(GUIDE_EXAMPLE_TEXT.encode())
     result = triage([data], now=datetime(2023, 1, 11, 12, tzinfo=timezone.utc))
     assert result.buckets["utility_error"] == [
         {
