@@ -197,3 +197,19 @@ def test_airflow_cli_lists_the_provider_and_tests_the_connection(emu, tmp_path) 
     bad = _airflow_cli("connections", "test", "leap_wrong", env=env)
     assert "HTTP 403" in bad.stdout + bad.stderr
     assert "wrong:key" not in bad.stdout + bad.stderr
+
+
+def test_ui_connection_form_as_airflow_3_serves_it() -> None:
+    """What the Airflow 3 UI receives for the ``leap`` type (the API server's own code path)."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "leap"]
+    fields = meta.standard_fields
+    assert fields is not None
+    assert fields.password.title == "API key"
+    assert fields.host.title == "Base URL" and fields.host.placeholder
+    assert fields.port.hidden and fields.login.hidden and fields.url_schema.hidden
+    extra = meta.extra_fields or {}
+    assert extra["environment"]["schema"]["enum"] == ["production", "staging"]
+    assert extra["environment"]["value"] == "production"
+    assert extra["timeout"]["schema"]["title"] == "Timeout (seconds)"
