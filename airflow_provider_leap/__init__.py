@@ -83,7 +83,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Leap",
-                "python-modules": ["airflow_provider_leap.operators.triage"],
+                "python-modules": [
+                    "airflow_provider_leap.operators.triage",
+                    "airflow_provider_leap.operators.buckets",
+                ],
             }
         ],
         "sensors": [

@@ -6,13 +6,15 @@ same client in a thread. Everything that crosses the wire lives here, once.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, Union
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -50,8 +52,6 @@ _TRANSIENT_ERRORS = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
-_PAGE_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
-_RAW_LIST_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 _ANY_DECODER = msgspec.json.Decoder()
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -155,6 +155,36 @@ def error_title(body: bytes) -> str | None:
     if isinstance(data, str):
         return data[:200] or None
     return None
+
+
+@dataclass(frozen=True)
+class PageShape:
+    """How to read one page: a decoder built from the wire names, and its field names."""
+
+    decoder: msgspec.json.Decoder[Any]
+    record_fields: tuple[str, ...]
+    token_fields: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=16)
+def page_shape(records_key: str, token_key: str) -> PageShape:
+    """A page type for these wire names (plus the accepted fallbacks), built once.
+
+    The page is decoded in one pass into a small struct whose record list stays raw JSON, so
+    each record is decoded exactly once, straight into its typed record.
+    """
+    record_keys = tuple(dict.fromkeys((records_key, *wire.RECORDS_KEY_FALLBACKS)))
+    token_keys = tuple(dict.fromkeys((token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS)))
+    record_fields = tuple(f"records_{i}" for i in range(len(record_keys)))
+    token_fields = tuple(f"token_{i}" for i in range(len(token_keys)))
+    fields: list[tuple[str, Any, Any]] = [
+        (f, list[msgspec.Raw] | None, None) for f in record_fields
+    ]
+    fields += [(f, str | int | None, None) for f in token_fields]
+    rename = dict(zip(record_fields + token_fields, record_keys + token_keys, strict=True))
+    page_type = msgspec.defstruct("Page", fields, rename=rename)
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[page_type, list[msgspec.Raw]])  # noqa: UP007
+    return PageShape(decoder, record_fields, token_fields)
 
 
 class LeapClient:
@@ -309,31 +339,25 @@ class LeapClient:
     # -- paging ----------------------------------------------------------------------------------
 
     def _decode_page(
-        self, body: bytes, path: str, page_no: int, records_key: str, token_key: str
+        self, body: bytes, method: str, path: str, page_no: int, shape: PageShape
     ) -> tuple[list[msgspec.Raw], str | None]:
-        """Split one page into raw records and the next token without decoding the records."""
+        """Split one page into raw records and the next token, reading the body once."""
         try:
-            page = _PAGE_DECODER.decode(body)
-            if isinstance(page, list):
-                return page, None
-            items = next(
-                (page[k] for k in (records_key, *wire.RECORDS_KEY_FALLBACKS) if k in page), None
-            )
-            records = _RAW_LIST_DECODER.decode(items) if items is not None else []
-            token_raw = next(
-                (page[k] for k in (token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS) if k in page), None
-            )
-            token = _ANY_DECODER.decode(token_raw) if token_raw is not None else None
+            page = shape.decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise LeapPagingError(
-                f"Leap GET {path}: page {page_no} is not readable JSON of the expected shape "
+                f"Leap {method} {path}: page {page_no} is not readable JSON of the expected shape "
                 f"({exc}); nothing after it was read",
-                method="GET",
+                method=method,
                 path=path,
             ) from None
-        if token is not None and not isinstance(token, str):
-            token = str(token)
-        return records, token or None
+        if isinstance(page, list):  # a bare array: one page, no token
+            return page, None
+        records: list[msgspec.Raw] = next(
+            (r for r in map(page.__getattribute__, shape.record_fields) if r), []
+        )
+        token = next((t for t in map(page.__getattribute__, shape.token_fields) if t), None)
+        return records, None if token is None else str(token)
 
     def _pages(
         self,
@@ -344,6 +368,7 @@ class LeapClient:
         token_key: str,
     ) -> Iterator[list[msgspec.Raw]]:
         """Follow page tokens until the last page; a token seen before is an error, not a loop."""
+        shape = page_shape(records_key, token_key)
         seen: set[str] = set()
         token: str | None = None
         page_no = 0
@@ -351,9 +376,7 @@ class LeapClient:
             page_no += 1
             params, body = build(token)
             response = self.request(method, path, params=params, json=body)
-            records, token = self._decode_page(
-                response.content, path, page_no, records_key, token_key
-            )
+            records, token = self._decode_page(response.content, method, path, page_no, shape)
             yield records
             if token is None:
                 self.log.info("Leap %s %s: read %d page(s)", method, path, page_no)

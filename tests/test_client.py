@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from datetime import timedelta
@@ -13,6 +14,7 @@ from airflow_provider_leap.client import (
     LeapClient,
     chunk_ref_ids,
     format_timestamp,
+    page_shape,
     validate_base_url,
     validate_ref_ids,
 )
@@ -300,3 +302,46 @@ def test_timestamps_are_sent_as_utc_z(value: str, expected: str) -> None:
 def test_unparseable_timestamp_is_a_clear_error() -> None:
     with pytest.raises(LeapConfigError, match="not an ISO-8601"):
         format_timestamp("last tuesday")
+
+
+@pytest.mark.parametrize(
+    ("body", "ids", "token"),
+    [
+        (
+            b'{"connections": [{"id": "a"}, {"id": "b"}], "nextPageToken": "t/+="}',
+            ["a", "b"],
+            "t/+=",
+        ),
+        (b'{"connections": [{"id": "a"}], "nextPageToken": ""}', ["a"], None),
+        (b'{"connections": [], "nextPageToken": null}', [], None),
+        (b'[{"id": "a"}, {"id": "b"}]', ["a", "b"], None),
+        (b'{"data": [{"id": "a"}], "next_page_token": "n"}', ["a"], "n"),
+        (b'{"items": [{"id": "a"}], "nextPageToken": 7, "extra": {"x": 1}}', ["a"], "7"),
+        (b"{}", [], None),
+    ],
+    ids=["adopted", "empty-token", "null-token", "bare-array", "data", "items-int-token", "empty"],
+)
+def test_page_shapes_leap_may_send(body: bytes, ids: list[str], token: str | None) -> None:
+    client = LeapClient("http://127.0.0.1:1", "k:k")
+    shape = page_shape("connections", "nextPageToken")
+    records, next_token = client._decode_page(body, "GET", "/p", 1, shape)
+    assert [json.loads(bytes(r))["id"] for r in records] == ids
+    assert next_token == token
+
+
+def test_wire_name_overrides_shape_the_page() -> None:
+    client = LeapClient("http://127.0.0.1:1", "k:k")
+    shape = page_shape("results", "cursor")
+    records, token = client._decode_page(
+        b'{"results": [{"id": "a"}], "cursor": "c"}', "GET", "/p", 1, shape
+    )
+    assert len(records) == 1 and token == "c"
+
+
+@pytest.mark.parametrize("body", [b'{"meters": [', b'{"meters": 5}', b"<html>"])
+def test_unreadable_page_is_a_paging_error(body: bytes) -> None:
+    client = LeapClient("http://127.0.0.1:1", "k:k")
+    with pytest.raises(LeapPagingError, match="page 4 is not readable JSON"):
+        client._decode_page(
+            body, "POST", "/v2/meters/search", 4, page_shape("meters", "next_page_token")
+        )

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, task
+from airflow.sdk import BaseOperator
 
 from airflow_provider_leap.hooks.leap import LeapHook
 from airflow_provider_leap.links import LeapConnectionsLink
@@ -38,7 +38,8 @@ class TriageOperator(BaseOperator):
     Every bucket of :data:`airflow_provider_leap.triage.BUCKETS` is pushed under an XCom key equal
     to its name, empty buckets too, so ``triage.output["utility_error"]`` feeds a downstream task
     that takes the whole list. Airflow maps (``.expand``) only over return values: pass the bucket
-    through :func:`bucket_items` first to map one task instance per item. The return value
+    through :func:`airflow_provider_leap.operators.buckets.bucket_items` first to map one task
+    instance per item. The return value
     (``return_value``) is the summary. Records are streamed from the API and triaged as they
     arrive; buckets are pushed only after the last page was read, so a failure part-way pushes
     nothing and a retry starts clean.
@@ -162,15 +163,3 @@ def _run_folder(base: Any, conn_id: str | None, context: Context) -> Any:
     ti = context["ti"]
     safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
     return root / ti.dag_id / safe_run / ti.task_id
-
-
-@task
-def bucket_items(value: Any, conn_id: str | None = None) -> list[dict[str, Any]]:
-    """One bucket as this task's return value, so it can be mapped over with ``.expand``.
-
-    Airflow refuses to map over an XCom pushed under a custom key such as ``"not_started"``.
-    Also reads a bucket that was offloaded to object storage (``conn_id`` for its credentials).
-    """
-    from airflow_provider_leap.storage import load_bucket
-
-    return load_bucket(value, conn_id)

@@ -7,7 +7,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_leap.operators.triage import TriageOperator, bucket_items
+from airflow_provider_leap.operators.buckets import bucket_items
+from airflow_provider_leap.operators.triage import TriageOperator
 from airflow_provider_leap.storage import load_bucket
 
 with DAG(
