@@ -109,8 +109,8 @@ def test_large_buckets_go_to_object_storage(run_dag, leap_conn, emu, out_dir, tm
 
 def test_filters_are_templated_and_string_dates_parsed(run_dag, leap_conn, emu, out_dir) -> None:
     args = (
-        'interacted_after="{{ (dag_run.run_after - macros.timedelta(days=3)).isoformat() }}", '
-        "quiet_period=0"
+        # The issue's own example: renders as "2026-11-25 01:02:03.456+00:00", parsed as a date.
+        'interacted_after="{{ data_interval_end - macros.timedelta(days=3) }}", quiet_period=0'
     )
     result = run_dag("triage_templated", dag_source("triage_templated", extra_args=args))
     assert result.state == "success", result.task_states
