@@ -292,3 +292,37 @@ def test_deferred_sensor_times_out_as_configured(run_dag, leap_conn, emu) -> Non
     assert result.task_states["wait"] == "failed"
     assert result.state == "failed"
     assert time.monotonic() - started < 60
+
+
+RESCHEDULE_DAG = """
+from datetime import datetime, timezone
+from airflow.sdk import DAG
+from airflow_provider_leap.sensors.connect import ConnectStatusSensor
+
+with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+    ConnectStatusSensor(task_id="wait", ref_ids={ref_ids!r}, mode="reschedule",
+                        poke_interval=1, timeout=60)
+"""
+
+
+def test_reschedule_mode_in_a_dag_run(run_dag, leap_conn, emu) -> None:
+    import threading
+
+    ids = refs(emu, "PARTIAL", 1)
+    original = [dict(r) for r in emu.records]
+
+    def complete_after_first_poke() -> None:
+        deadline = time.monotonic() + 60
+        while connect_requests(emu) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        emu.set_records(
+            [{**r, "connection_status": "COMPLETED"} if r["ref_id"] in ids else r for r in original]
+        )
+
+    threading.Thread(target=complete_after_first_poke, daemon=True).start()
+    result = run_dag(
+        "watch_reschedule", RESCHEDULE_DAG.format(dag_id="watch_reschedule", ref_ids=ids)
+    )
+    assert result.state == "success", result.task_states
+    assert {r["ref_id"] for r in result.xcoms[("wait", "return_value")]} == set(ids)
+    assert connect_requests(emu) >= 2  # released the slot at least once, then poked again
