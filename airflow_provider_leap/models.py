@@ -130,15 +130,32 @@ _STR_FIELDS = (
 )
 
 
+# Collections Leap may send as null instead of empty (say before the customer picks a utility).
+_NULLABLE_COLLECTIONS: dict[str, Any] = {"utility_connections": [], "agreements": {}}
+
+
 def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
-    """Keep what is readable from a record that does not fit the documented shape."""
+    """Keep what is readable from a record that does not fit the documented shape.
+
+    Off the hot path: only records that failed the typed decode come here. A null where a list
+    or an object belongs is read as empty; anything else keeps ``parse_error``.
+    """
     try:
         data = _ANY_DECODER.decode(raw)
     except msgspec.DecodeError:
         data = None
-    fields: dict[str, Any] = {}
-    if isinstance(data, dict):
-        fields = {k: data[k] for k in _STR_FIELDS if isinstance(data.get(k), str)}
+    if not isinstance(data, dict):
+        return ConnectRecord(raw_json=raw, parse_error=error)
+    nulls = {k: v for k, v in _NULLABLE_COLLECTIONS.items() if k in data and data[k] is None}
+    if nulls:
+        try:
+            record = _CONNECT_DECODER.decode(msgspec.json.encode({**data, **nulls}))
+        except msgspec.DecodeError as exc:
+            error = str(exc)
+        else:
+            msgspec.structs.force_setattr(record, "raw_json", raw)
+            return record
+    fields = {k: data[k] for k in _STR_FIELDS if isinstance(data.get(k), str)}
     return ConnectRecord(raw_json=raw, parse_error=error, **fields)
 
 

@@ -117,3 +117,19 @@ def test_last_interaction_falls_back_to_start() -> None:
         }
     )
     assert record.last_interaction == datetime(2023, 1, 11, 2, 44, 57, tzinfo=timezone.utc)
+
+
+def test_null_collections_read_as_empty() -> None:
+    body = (
+        b'{"id": "x", "ref_id": "abc", "connection_status": "NOT_STARTED",'
+        b' "utility_connections": null, "agreements": null}'
+    )
+    record = decode_connect_record(body)
+    assert record.parse_error is None
+    assert (record.utility_connections, record.agreements) == ((), {})
+    assert record.raw["utility_connections"] is None  # the source stays as sent
+
+
+def test_null_collection_next_to_a_real_error_stays_malformed() -> None:
+    record = decode_connect_record(b'{"id": "x", "ref_id": 7, "utility_connections": null}')
+    assert record.parse_error and "ref_id" in record.parse_error

@@ -119,8 +119,14 @@ CASES: dict[str, Case] = {
     "row0-malformed-wrong-shape": Case(
         record(utilities=[{"status": 5}]), "needs_review", "malformed"
     ),
-    "row0-malformed-utility_connections-null": Case(
-        {**record(), "utility_connections": None}, "needs_review", "malformed"
+    # A null list is read as empty (models), so row 4 applies, not row 0.
+    "row4-utility_connections-null": Case(
+        {**record(), "utility_connections": None}, "needs_review", "no_utilities"
+    ),
+    "row3-not-started-with-null-collections": Case(
+        {**record("NOT_STARTED"), "utility_connections": None, "agreements": None},
+        "not_started",
+        "not_started",
     ),
     # row 0: unknown connection_status, compared exactly as Leap sends it
     "row0-unknown-status": Case(record("CANCELLED"), "needs_review", "unknown_status:CANCELLED"),
