@@ -147,6 +147,7 @@ def test_deferrable_defers_with_a_serialisable_trigger(leap_conn, emu) -> None:
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_leap.triggers.connect.ConnectStatusTrigger"
     assert kwargs["ref_ids"] == ids and kwargs["poll_interval"] == 120
+    assert kwargs["poll_first"] is False  # the worker just polled: no second request at once
     assert abs(kwargs["end_time"] - (time.time() + 600)) < 30
     rebuilt = ConnectStatusTrigger(**kwargs)
     assert rebuilt.serialize() == (path, kwargs)
@@ -326,3 +327,12 @@ def test_reschedule_mode_in_a_dag_run(run_dag, leap_conn, emu) -> None:
     assert result.state == "success", result.task_states
     assert {r["ref_id"] for r in result.xcoms[("wait", "return_value")]} == set(ids)
     assert connect_requests(emu) >= 2  # released the slot at least once, then poked again
+
+
+def test_trigger_can_wait_one_interval_before_its_first_poll(leap_conn, emu) -> None:
+    trigger = make_trigger(refs(emu, "COMPLETED", 1), poll_interval=0.3, poll_first=False)
+    started = time.monotonic()
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "success"
+    assert time.monotonic() - started >= 0.3
+    assert connect_requests(emu) == 1

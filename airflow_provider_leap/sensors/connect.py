@@ -126,6 +126,7 @@ class ConnectStatusSensor(BaseSensorOperator):
                 fail_on_statuses=list(self.fail_on_statuses),
                 poll_interval=self.poke_interval,
                 end_time=end_time.timestamp(),
+                poll_first=False,  # the poke above was the first poll
             ),
             method_name="execute_complete",
         )

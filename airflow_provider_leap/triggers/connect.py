@@ -19,6 +19,9 @@ from airflow_provider_leap.errors import LeapAPIError, LeapError
 class ConnectStatusTrigger(BaseTrigger):
     """Poll Leap until every Reference ID is in a target status, one fails, or ``end_time``.
 
+    ``poll_first=False`` waits one ``poll_interval`` before the first poll: the sensor sets it
+    when it has just checked in the worker, since Leap's data changes at most hourly.
+
     Events (``event["status"]``): ``success`` (with ``records``), ``failed`` (a Reference ID in
     a fail status), ``timeout`` (``end_time`` passed), ``error`` (Leap refused the request, e.g.
     401/403/400: retrying would not help). Transient failures that outlast the client's own
@@ -34,6 +37,7 @@ class ConnectStatusTrigger(BaseTrigger):
         fail_on_statuses: Sequence[str] = (),
         poll_interval: float = 3600.0,
         end_time: float,
+        poll_first: bool = True,
     ) -> None:
         super().__init__()
         self.leap_conn_id = leap_conn_id
@@ -42,6 +46,7 @@ class ConnectStatusTrigger(BaseTrigger):
         self.fail_on_statuses = list(fail_on_statuses)
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time)
+        self.poll_first = poll_first
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -53,6 +58,7 @@ class ConnectStatusTrigger(BaseTrigger):
                 "fail_on_statuses": self.fail_on_statuses,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
+                "poll_first": self.poll_first,
             },
         )
 
@@ -69,6 +75,8 @@ class ConnectStatusTrigger(BaseTrigger):
         total = len(self.ref_ids)
         last = "no successful poll yet"
         try:
+            if not self.poll_first:  # the sensor has just checked: wait one interval first
+                await asyncio.sleep(min(self.poll_interval, max(self.end_time - _now(), 0.0)))
             while True:
                 if _now() >= self.end_time:
                     yield self._timeout_event(last)
