@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import bisect
-import contextlib
 import email.utils
-import gc
 import hashlib
 import hmac
 import socket
@@ -43,6 +41,7 @@ from airflow_provider_leap.emulator.data import (
     to_us,
 )
 from airflow_provider_leap.emulator.faults import Fault, FaultKind, Faults
+from airflow_provider_leap.gc_pause import gc_paused
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -210,18 +209,6 @@ def _parse_time(value: str, name: str) -> int:
             {name: value, "error": "expected ISO-8601 UTC, e.g. 2024-10-21T11:43:05Z"},
         )
     return parsed
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Building 50k records allocates ~1M objects; cyclic GC passes over them cost ~40%."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _record_time(record: Mapping[str, Any], key: str) -> int | None:
@@ -569,7 +556,7 @@ class LeapEmulator:
         self._now_us = to_us(self._initial_now)
         self._port = port
         self._tokens = _Tokens(hashlib.sha256(f"leap-emulator-token:{seed}".encode()).digest())
-        with _gc_paused():
+        with gc_paused():
             if isinstance(records, int):
                 record_list, starts, lasts = generate_records_timed(seed, records, now=now_)
                 meters = generate_meters(record_list, seed)
@@ -620,7 +607,7 @@ class LeapEmulator:
 
     def set_records(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Serve other records from now on (meters are regenerated from them)."""
-        with _gc_paused():
+        with gc_paused():
             record_list = [dict(r) for r in records]
             self._dataset = _Dataset(record_list, generate_meters(record_list, self.seed))
 

@@ -172,11 +172,6 @@ class LeapHook(BaseHook):
     def get_conn(self) -> LeapClient:
         return self.client
 
-    @property
-    def environment(self) -> str:
-        conn = self.connection
-        return environment_for(conn, connection_extras(conn))
-
     def iter_connections(
         self,
         ref_ids: Iterable[str] | str | None = None,

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from airflow_provider_leap.emulator import GUIDE_EXAMPLE_RECORD
 from airflow_provider_leap.triage import BUCKETS, Reason, TriageResult, split_reason, triage
 
 # --8<-- [start:function]
-# The example record of Leap's guide: an ERROR on the one required utility.
-RECORD = {
-    "id": "CAISO_62631455-9dfd-433b-9482-fd043f2336d4_Test1012",
-    "transmission_region": "CAISO",
-    "ref_id": "Test1012",
-    "start_date_time_utc": "2023-01-11T02:44:57Z",
-    "last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
-    "connection_status": "ERROR",
-    "utility_connections": [
-        {
-            "authorization_uuid": "910bfb80-8b22-4341-8b5b-8752a21dccad",
-            "utility_name": "SDG&E: San Diego Gas & Electric",
-            "utility_is_required": True,
-            "status": "ERROR",
-            "error_code": "USER_CANCELED",
-            "start_date_time_utc": "2023-01-11T02:44:57Z",
-            "last_interaction_date_time_utc": "2023-01-11T02:45:50Z",
-        }
-    ],
-    "agreements": {
-        "prohibited_resource_attestation_status": "NOT_REQUIRED",
-        "demand_response_participation_agreement_status": "NOT_REQUIRED",
-    },
-}
+# The example record of Leap's guide (an ERROR on its one required utility, USER_CANCELED), as
+# `airflow_provider_leap.emulator.GUIDE_EXAMPLE_RECORD` ships it: a mapping as the API returns it.
+RECORD = GUIDE_EXAMPLE_RECORD
 
 
 def sort_one_record() -> TriageResult:
