@@ -50,14 +50,14 @@ def child(url: str, key: str) -> None:
 
 
 def measure(records: int, seed: int) -> dict[str, Any]:
-    from airflow_provider_leap.emulator import EMULATOR_API_KEY
-    from airflow_provider_leap.emulator.data import generate_records
+    from airflow_provider_leap.testing import EMULATOR_API_KEY
+    from airflow_provider_leap.testing.data import generate_records
 
     emulator = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "airflow_provider_leap.emulator",
+            "airflow_provider_leap.testing",
             "--port",
             "0",
             "--seed",

@@ -60,7 +60,7 @@ def main() -> int:
     demo_dir = args.dir.resolve()
     prepare_airflow_home(demo_dir)
 
-    from airflow_provider_leap.emulator import EMULATOR_API_KEY, LeapEmulator
+    from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
     from airflow_provider_leap.hooks.leap import connection_json
 
     with LeapEmulator(seed=args.seed, records=args.records) as emulator:

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from airflow_provider_leap.client import LeapClient
-from airflow_provider_leap.emulator import (
+from airflow_provider_leap.testing import (
     DEFAULT_CHAOS_KINDS,
     EMULATOR_API_KEY,
     Fault,

@@ -18,7 +18,7 @@ from airflow_provider_leap.client import (
     validate_base_url,
     validate_ref_ids,
 )
-from airflow_provider_leap.emulator import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
+from airflow_provider_leap.testing import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
 from airflow_provider_leap.errors import (
     LeapAPIError,
     LeapAuthError,

@@ -109,7 +109,7 @@ def test_quickstart_dag_runs_end_to_end(run_dag, leap_conn, emu) -> None:
 
 
 def test_mapping_sample_runs(run_dag, leap_emulator_factory, monkeypatch) -> None:
-    from airflow_provider_leap.emulator import EMULATOR_API_KEY
+    from airflow_provider_leap.testing import EMULATOR_API_KEY
     from airflow_provider_leap.hooks.leap import connection_json
 
     small = leap_emulator_factory(seed=3, records=40)
@@ -256,7 +256,7 @@ def test_connection_examples_resolve_as_documented(monkeypatch) -> None:
 
 def test_reference_covers_every_public_module() -> None:
     text = page("reference.md")
-    skip = {"airflow_provider_leap.emulator.pytest_plugin"}
+    skip = {"airflow_provider_leap.testing.pytest_plugin"}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(ROOT).with_suffix("").parts
         if parts[-1] == "__init__":

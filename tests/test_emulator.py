@@ -20,7 +20,7 @@ import requests
 from leap_guide import guide_example
 
 from airflow_provider_leap import wire
-from airflow_provider_leap.emulator import (
+from airflow_provider_leap.testing import (
     EMULATOR_API_KEY,
     Fault,
     FaultKind,
@@ -29,7 +29,7 @@ from airflow_provider_leap.emulator import (
     generate_records,
     meters_visible_at,
 )
-from airflow_provider_leap.emulator import data as emu_data
+from airflow_provider_leap.testing import data as emu_data
 from airflow_provider_leap.models import parse_timestamp
 
 NAMES = wire.WireNames()
@@ -553,7 +553,7 @@ def test_factory_fixture_custom_key_wire_names_and_records(
 
 
 def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
-    command = [sys.executable, "-m", "airflow_provider_leap.emulator", "--port", "0"]
+    command = [sys.executable, "-m", "airflow_provider_leap.testing", "--port", "0"]
     command += ["--records", "40", "--seed", "2", "--api-key", "cli:key", "--fail-next", "1:429"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -581,9 +581,9 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
 
 def test_plugin_import_is_light_and_nothing_imports_airflow() -> None:
     code = (
-        "import sys, airflow_provider_leap.emulator.pytest_plugin as p;"
-        "assert 'airflow_provider_leap.emulator.server' not in sys.modules;"
-        "import airflow_provider_leap.emulator.server, airflow_provider_leap.emulator.__main__;"
+        "import sys, airflow_provider_leap.testing.pytest_plugin as p;"
+        "assert 'airflow_provider_leap.testing.server' not in sys.modules;"
+        "import airflow_provider_leap.testing.server, airflow_provider_leap.testing.__main__;"
         "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_leap.client import LeapClient
-from airflow_provider_leap.emulator import (
+from airflow_provider_leap.testing import (
     EMULATOR_API_KEY,
     GUIDE_EXAMPLE_RECORD,
     Fault,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow_provider_leap.emulator import GUIDE_EXAMPLE_RECORD
+from airflow_provider_leap.testing import GUIDE_EXAMPLE_RECORD
 from airflow_provider_leap.triage import BUCKETS, Reason, TriageResult, split_reason, triage
 
 # --8<-- [start:function]
 # The example record of Leap's guide (an ERROR on its one required utility, USER_CANCELED), as
-# `airflow_provider_leap.emulator.GUIDE_EXAMPLE_RECORD` ships it: a mapping as the API returns it.
+# `airflow_provider_leap.testing.GUIDE_EXAMPLE_RECORD` ships it: a mapping as the API returns it.
 RECORD = GUIDE_EXAMPLE_RECORD
 
 

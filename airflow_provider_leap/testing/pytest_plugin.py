@@ -1,4 +1,5 @@
-"""pytest fixtures for the Leap emulator (registered through the ``pytest11`` entry point).
+"""pytest fixtures for the Leap emulator; opt-in with
+``pytest_plugins = ["airflow_provider_leap.testing.pytest_plugin"]`` in a ``conftest.py``.
 
 - ``leap_emulator_session``: one emulator per session (seed 0, 500 records, wall-clock ``now``).
 - ``leap_emulator``: that same instance, reset before and after the test (no faults, empty
@@ -6,8 +7,8 @@
 - ``leap_emulator_factory``: ``factory(**LeapEmulator kwargs)`` starts a custom instance and
   stops it at teardown.
 
-Nothing here is autouse and the server module is imported inside the fixtures, so installing the
-plugin costs other test sessions nothing.
+Nothing here is autouse and the server module is imported inside the fixtures, so naming the plugin
+costs a test session nothing until a fixture is used.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from airflow_provider_leap.emulator.server import LeapEmulator
+    from airflow_provider_leap.testing.server import LeapEmulator
 
 
 @pytest.fixture(scope="session")
 def leap_emulator_session() -> Iterator[LeapEmulator]:
-    from airflow_provider_leap.emulator.server import LeapEmulator
+    from airflow_provider_leap.testing.server import LeapEmulator
 
     with LeapEmulator() as emulator:
         yield emulator
@@ -38,7 +39,7 @@ def leap_emulator(leap_emulator_session: LeapEmulator) -> Iterator[LeapEmulator]
 
 @pytest.fixture
 def leap_emulator_factory() -> Iterator[Callable[..., LeapEmulator]]:
-    from airflow_provider_leap.emulator.server import LeapEmulator
+    from airflow_provider_leap.testing.server import LeapEmulator
 
     started: list[LeapEmulator] = []
 

@@ -1,4 +1,4 @@
-"""``python -m airflow_provider_leap.emulator``: serve the Leap emulator until SIGINT/SIGTERM.
+"""``python -m airflow_provider_leap.testing``: serve the Leap emulator until SIGINT/SIGTERM.
 
 Prints one line (URL and API key) so scripts and demos can pick the instance up, then stays
 quiet unless ``--verbose``.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from types import FrameType
 
-from airflow_provider_leap.emulator import EMULATOR_API_KEY
+from airflow_provider_leap.testing import EMULATOR_API_KEY
 
 
 def _count_kind(text: str) -> tuple[int, str]:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = "rate-limit|429, server-error|500, bad-gateway|502, unavailable|503, slow, "
     kinds += "malformed, repeat-token, reset"
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_leap.emulator",
+        prog="python -m airflow_provider_leap.testing",
         description="Local emulator of Leap's Connect and Meters APIs.",
         epilog=f"Fault kinds: {kinds}.",
     )
@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from airflow_provider_leap.emulator.faults import Faults
-    from airflow_provider_leap.emulator.server import LeapEmulator
+    from airflow_provider_leap.testing.faults import Faults
+    from airflow_provider_leap.testing.server import LeapEmulator
 
     try:
         faults = Faults(

@@ -31,8 +31,8 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from airflow_provider_leap import wire
-from airflow_provider_leap.emulator import EMULATOR_API_KEY
-from airflow_provider_leap.emulator.data import (
+from airflow_provider_leap.testing import EMULATOR_API_KEY
+from airflow_provider_leap.testing.data import (
     as_utc,
     generate_meters,
     generate_records_timed,
@@ -40,7 +40,7 @@ from airflow_provider_leap.emulator.data import (
     parse_utc,
     to_us,
 )
-from airflow_provider_leap.emulator.faults import Fault, FaultKind, Faults
+from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
 from airflow_provider_leap.gc_pause import gc_paused
 
 HOST = "127.0.0.1"

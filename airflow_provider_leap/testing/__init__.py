@@ -4,7 +4,7 @@ Serves ``GET /v1.1/connections`` (Connect statuses; the project's adopted, unpub
 from ``wire.WireNames``) and ``POST /v2/meters/search`` (Leap's published Meters API) over real
 HTTP on 127.0.0.1, with Bearer auth, deterministic data, URL-encoding-sensitive page tokens and
 switchable faults. Start it with ``LeapEmulator(...)`` as a context manager, from pytest through
-the ``leap_emulator`` fixtures, or as ``python -m airflow_provider_leap.emulator``.
+the ``leap_emulator`` fixtures, or as ``python -m airflow_provider_leap.testing``.
 
 This module stays cheap to import (the pytest plugin imports it in every session): the server,
 data and fault modules load on first attribute access.
@@ -47,14 +47,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from airflow_provider_leap.emulator.data import (
+    from airflow_provider_leap.testing.data import (
         GUIDE_EXAMPLE_RECORD,
         generate_meters,
         generate_records,
         meters_visible_at,
     )
-    from airflow_provider_leap.emulator.faults import DEFAULT_CHAOS_KINDS, Fault, FaultKind, Faults
-    from airflow_provider_leap.emulator.server import LeapEmulator, RecordedRequest, RequestLog
+    from airflow_provider_leap.testing.faults import DEFAULT_CHAOS_KINDS, Fault, FaultKind, Faults
+    from airflow_provider_leap.testing.server import LeapEmulator, RecordedRequest, RequestLog
 
 
 def __getattr__(name: str) -> Any:
