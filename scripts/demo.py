@@ -60,8 +60,8 @@ def main() -> int:
     demo_dir = args.dir.resolve()
     prepare_airflow_home(demo_dir)
 
-    from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
     from airflow_provider_leap.hooks.leap import connection_json
+    from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
 
     with LeapEmulator(seed=args.seed, records=args.records) as emulator:
         os.environ["AIRFLOW_CONN_LEAP_DEFAULT"] = connection_json(emulator.url, EMULATOR_API_KEY)

@@ -21,9 +21,8 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 from airflow_provider_leap.client import LeapClient  # noqa: E402
-from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator  # noqa: E402
 from airflow_provider_leap.retry import RetryPolicy  # noqa: E402
-
+from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator  # noqa: E402
 
 # The emulator's fixtures are opt-in (no pytest11 entry point): a test suite asks for them.
 pytest_plugins = ["airflow_provider_leap.testing.pytest_plugin"]

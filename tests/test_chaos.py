@@ -8,6 +8,9 @@ from collections import Counter
 import pytest
 
 from airflow_provider_leap.client import LeapClient
+from airflow_provider_leap.errors import LeapAPIError
+from airflow_provider_leap.hooks.leap import connection_json
+from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.testing import (
     DEFAULT_CHAOS_KINDS,
     EMULATOR_API_KEY,
@@ -15,9 +18,6 @@ from airflow_provider_leap.testing import (
     FaultKind,
     LeapEmulator,
 )
-from airflow_provider_leap.errors import LeapAPIError
-from airflow_provider_leap.hooks.leap import connection_json
-from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.triage import BUCKETS
 
 RECORDS = 20_000

@@ -18,7 +18,6 @@ from airflow_provider_leap.client import (
     validate_base_url,
     validate_ref_ids,
 )
-from airflow_provider_leap.testing import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
 from airflow_provider_leap.errors import (
     LeapAPIError,
     LeapAuthError,
@@ -27,6 +26,7 @@ from airflow_provider_leap.errors import (
 )
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.retry import RetryPolicy
+from airflow_provider_leap.testing import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
 
 CONNECTIONS = "/v1.1/connections"
 

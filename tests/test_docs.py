@@ -109,8 +109,8 @@ def test_quickstart_dag_runs_end_to_end(run_dag, leap_conn, emu) -> None:
 
 
 def test_mapping_sample_runs(run_dag, leap_emulator_factory, monkeypatch) -> None:
-    from airflow_provider_leap.testing import EMULATOR_API_KEY
     from airflow_provider_leap.hooks.leap import connection_json
+    from airflow_provider_leap.testing import EMULATOR_API_KEY
 
     small = leap_emulator_factory(seed=3, records=40)
     monkeypatch.setenv("AIRFLOW_CONN_LEAP_DEFAULT", connection_json(small.url, EMULATOR_API_KEY))

@@ -20,6 +20,7 @@ import requests
 from leap_guide import guide_example
 
 from airflow_provider_leap import wire
+from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.testing import (
     EMULATOR_API_KEY,
     Fault,
@@ -30,7 +31,6 @@ from airflow_provider_leap.testing import (
     meters_visible_at,
 )
 from airflow_provider_leap.testing import data as emu_data
-from airflow_provider_leap.models import parse_timestamp
 
 NAMES = wire.WireNames()
 AUTH = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}

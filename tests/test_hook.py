@@ -13,9 +13,9 @@ import pytest
 from airflow.exceptions import AirflowException
 
 from airflow_provider_leap import get_provider_info, wire
-from airflow_provider_leap.testing import EMULATOR_API_KEY
 from airflow_provider_leap.hooks.leap import LeapException, LeapHook, connection_json
 from airflow_provider_leap.models import ConnectRecord
+from airflow_provider_leap.testing import EMULATOR_API_KEY
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 

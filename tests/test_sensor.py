@@ -16,9 +16,9 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.hooks.leap import connection_json
 from airflow_provider_leap.sensors.connect import ConnectStatusSensor
+from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 
 CONNECTIONS = "/v1.1/connections"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.hooks.leap import connection_json
 from airflow_provider_leap.operators.triage import TriageOperator
 from airflow_provider_leap.storage import load_bucket
+from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.triage import BUCKETS, triage
 
 DOWNSTREAM_DAG = """

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from airflow_provider_leap import wire
+from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.testing import EMULATOR_API_KEY
 from airflow_provider_leap.testing.data import (
     as_utc,
@@ -41,7 +42,6 @@ from airflow_provider_leap.testing.data import (
     to_us,
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
-from airflow_provider_leap.gc_pause import gc_paused
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100

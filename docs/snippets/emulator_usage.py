@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_leap.client import LeapClient
+from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.testing import (
     EMULATOR_API_KEY,
     GUIDE_EXAMPLE_RECORD,
@@ -14,7 +15,6 @@ from airflow_provider_leap.testing import (
     FaultKind,
     LeapEmulator,
 )
-from airflow_provider_leap.retry import RetryPolicy
 
 
 # --8<-- [start:python]
