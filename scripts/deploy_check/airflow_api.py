@@ -25,9 +25,7 @@ class CheckFailed(Exception):
     """A check's condition did not hold; the message is the table's detail."""
 
 
-def wait_for(
-    what: str, probe: Callable[[], T | None], until: float, every: float = 1.0
-) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], until: float, every: float = 1.0) -> T:
     """Call ``probe`` until it returns something other than None, or fail at ``until``."""
     while True:
         value = probe()
@@ -38,8 +36,26 @@ def wait_for(
         time.sleep(every)
 
 
+def task_error(task_logs: Path, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """The exception a task try failed with, from its log (structured JSON lines)."""
+    path = task_logs / f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/attempt={try_number}.log"
+    first = ""
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else ():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("level") != "error":
+            continue
+        for detail in event.get("error_detail") or ():
+            return f"{detail.get('exc_type')}: {detail.get('exc_value')}"
+        first = first or str(event.get("event"))
+    return first[:200]
+
+
 class AirflowApi:
-    def __init__(self, base_url: str, out: Path) -> None:
+    def __init__(self, base_url: str, out: Path, task_logs: Path) -> None:
+        self.task_logs = task_logs
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.bodies = out / "api"
@@ -101,8 +117,7 @@ class AirflowApi:
 
     def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
         path = (
-            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
-            f"/taskInstances/{task_id}/tries"
+            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/tries"
         )
         items: list[dict[str, Any]] = self.call("GET", path, keep=False)["task_instances"]
         return items
@@ -127,14 +142,14 @@ class AirflowApi:
             run = self.run(dag_id, run_id)
             if run["state"] in ("success", "failed"):
                 return run
-            bad = {
-                ti["task_id"]: ti["state"]
-                for ti in self.task_instances(dag_id, run_id)
-                if ti["state"] in BAD_TASK_STATES
-            }
+            bad = [
+                ti for ti in self.task_instances(dag_id, run_id) if ti["state"] in BAD_TASK_STATES
+            ]
             if bad:
                 self.set_run_state(dag_id, run_id, "failed")
-                raise CheckFailed(f"{run_id}: {json.dumps(bad)}")
+                ti = bad[0]
+                error = task_error(self.task_logs, dag_id, run_id, ti["task_id"], ti["try_number"])
+                raise CheckFailed(f"{run_id}: {ti['task_id']} {ti['state']}: {error}")
             return None
 
         run = wait_for(f"{dag_id} run {run_id}", probe, until)

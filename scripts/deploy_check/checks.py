@@ -54,6 +54,8 @@ def run_checks(d: Deployment, report: Report) -> None:
     scheduled = None
     with report.check("re-engagement: on schedule", 180) as c:
         scheduled = wait_scheduled_run(d, c)
+    with report.check("large XComs in the object store", 10) as c:
+        c.detail = check_xcom_store(d, scheduled)
     with report.check("re-engagement: manual, no logical date (CLI)", 120) as c:
         c.detail = cli_trigger(d, c, REENGAGEMENT, "deploy_reengagement_cli")
     with report.check("re-engagement: manual, no logical date (REST)", 120) as c:
@@ -86,7 +88,7 @@ def pick_customers(d: Deployment) -> dict[str, Any]:
     per_ref = Counter(r["ref_id"] for r in records)
     now = datetime.now(timezone.utc)
     result = triage(records, now=now)
-    contacts = {}
+    contacts: dict[str, str] = {}
     for bucket in ACTIONABLE:
         for item in result.buckets[bucket]:
             last = datetime.fromisoformat(str(item["last_interaction"]).replace("Z", "+00:00"))
@@ -153,9 +155,9 @@ def check_connection_form(d: Deployment) -> str:
     if set(got) != set(extras):
         problems.append(f"extra fields: UI {sorted(got)}, docs {sorted(extras)}")
     for name, (label, default) in extras.items():
-        field = got.get(name) or {}
-        title = (field.get("schema") or {}).get("title")
-        value = json.dumps(field.get("value")).strip('"')
+        shown_extra = got.get(name) or {}
+        title = (shown_extra.get("schema") or {}).get("title")
+        value = json.dumps(shown_extra.get("value")).strip('"')
         if title != label or value != default:
             problems.append(f"{name}: UI ({title!r}, {value!r}), docs ({label!r}, {default!r})")
     if problems:
@@ -217,6 +219,18 @@ def wait_scheduled_run(d: Deployment, c: Step) -> str:
     run_id = wait_for("the scheduler to create a scheduled run", scheduled, c.until)
     c.detail = _finished(d, c, REENGAGEMENT, run_id)
     return run_id
+
+
+def check_xcom_store(d: Deployment, run_id: str | None) -> str:
+    """Buckets above the threshold were written to the store and read back downstream."""
+    if run_id is None:
+        raise CheckFailed("no successful scheduled run to look at")
+    folder = d.xcom_store / REENGAGEMENT / run_id  # the backend's <dag>/<run>/<task>/<uuid>
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        raise CheckFailed(f"no XCom of {run_id} in {d.xcom_store}")
+    size = sum(p.stat().st_size for p in files)
+    return f"{len(files)} XCom value(s) of {run_id} in the store ({size // 1024} KiB)"
 
 
 # --- deferral -------------------------------------------------------------------------------

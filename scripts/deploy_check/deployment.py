@@ -16,12 +16,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import requests
 from airflow_api import AirflowApi, CheckFailed, wait_for
 from smtp_sink import SmtpSink
-from stack import MARKER, Postgres, Processes, read_proc, free_port, ours, remember, terminate
+from stack import MARKER, Postgres, Processes, free_port, ours, read_proc, remember, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.path.abspath(sys.executable)).parent  # the venv's bin, symlinks kept
@@ -29,6 +28,8 @@ EXAMPLE_DAGS = ("leap_connect_reengagement.py", "leap_connection_watch.py")
 CHECK_DAG = Path(__file__).resolve().parent / "dags" / "leap_deploy_check_watch.py"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EMULATOR_SEED, EMULATOR_RECORDS = 0, 500
+XCOM_BACKEND = "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend"
+XCOM_THRESHOLD = 4096  # bytes; above it an XCom value is a file in the store, not a DB row
 
 
 class Deployment:
@@ -40,6 +41,7 @@ class Deployment:
         self.home = out / "airflow-home"
         self.dags = out / "dags"
         self.leap_output = out / "leap_output"
+        self.xcom_store = out / "xcom-store"
         self.api_key = api_key
         self.marker = str(out)
         self.state_file = out / "state.json"
@@ -48,7 +50,7 @@ class Deployment:
         self.smtp: SmtpSink | None = None
         self.api_port = free_port()
         self.emulator_port = free_port()
-        self.api = AirflowApi(self.api_url, out)
+        self.api = AirflowApi(self.api_url, out, self.home / "logs")
         self.contacts: dict[str, str] = {}
         self.env: dict[str, str] = {}
 
@@ -142,6 +144,12 @@ class Deployment:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # The production settings docs/deploying.md describes, proven by the checks:
+            # sensors defer by default, and large XComs (triage buckets) go to object storage.
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
+            "AIRFLOW__CORE__XCOM_BACKEND": XCOM_BACKEND,
+            "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"file://{self.xcom_store}",
+            "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_THRESHOLD": str(XCOM_THRESHOLD),
             "AIRFLOW_CONN_LEAP_DEFAULT": json.dumps(leap),
             "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
             "AIRFLOW_VAR_LEAP_CONTACTS": json.dumps(contacts),
@@ -231,9 +239,11 @@ class Deployment:
         leftover = ours(self.marker, self.processes.sessions)
         if not leftover:
             return []
-        names = [read_proc(str(pid), "cmdline").split(b"\0")[0].decode() for pid in leftover]
+        described = [
+            (pid, read_proc(str(pid), "cmdline").split(b"\0")[0].decode()) for pid in leftover
+        ]
         terminate(leftover, 5.0)
-        return [f"stopped {len(leftover)} straggling process(es): {list(zip(leftover, names))}"]
+        return [f"stopped {len(leftover)} straggling process(es): {described}"]
 
 
 def _address(hex_address: str) -> str:

@@ -25,13 +25,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self._reply("220 leap-deploy-check sink")
-        sender, recipients = "", []
+        sender, recipients = "", list[str]()
         while line := self.rfile.readline(65536):
             verb = line[:4].decode("ascii", "replace").upper()
             if verb in ("HELO", "EHLO"):
                 self._reply("250 sink")
             elif verb == "MAIL":
-                sender, recipients = line.decode().split(":", 1)[1].strip(), []
+                sender, recipients = line.decode().split(":", 1)[1].strip(), list[str]()
                 self._reply("250 OK")
             elif verb == "RCPT":
                 recipients.append(line.decode().split(":", 1)[1].strip().strip("<>"))

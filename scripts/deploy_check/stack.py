@@ -258,10 +258,11 @@ def clean_previous(state_file: Path, marker: str) -> list[str]:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     sessions = set(state.get("sessions", ()))
     # A recorded session id may have been reused since: only take processes that are ours.
+    needle = marker.encode()
     pids = [
         pid
         for pid in ours(marker, sessions)
-        if b"airflow" in read_proc(str(pid), "cmdline") or marker.encode() in read_proc(str(pid), "environ")
+        if b"airflow" in read_proc(str(pid), "cmdline") or needle in read_proc(str(pid), "environ")
     ]
     if pids:
         terminate(pids, 5.0)

@@ -1,6 +1,7 @@
 // Screenshots of the Airflow UI in Debian's chromium, driven by playwright-core (no download).
 // node screenshots.js <airflow url> <output folder> <dag id> <JSON list of form labels>
-// Exits 1, naming the problem, if a page shows an error or a label is missing.
+// Exits 1, naming the problem, if a page shows an error (an error text or alert, a script
+// error, an error answer from Airflow behind it) or a label of the form is missing.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -11,7 +12,7 @@ const FLAGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
 ];
-const ERROR_TEXT = /something went wrong|page not found|an error occurred|unexpected error/i;
+const ERROR_TEXT = /something went wrong|not found|an error occurred|unexpected error/i;
 
 async function shownErrors(page) {
   const found = [];
@@ -38,8 +39,9 @@ async function main() {
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     page.setDefaultTimeout(20000);
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    // A healthy page gets no error answer from Airflow; an error page starts with one.
     page.on('response', (r) => {
-      if (r.status() >= 500) problems.push(`HTTP ${r.status()} ${r.url()}`);
+      if (r.status() >= 400 && r.url().startsWith(url)) problems.push(`HTTP ${r.status()} ${r.url()}`);
     });
     const shot = async (name, what) => {
       for (const error of await shownErrors(page)) problems.push(`${what}: shows "${error}"`);

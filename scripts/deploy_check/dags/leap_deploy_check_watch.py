@@ -1,8 +1,9 @@
-"""The deployment check's own DAG: the example's deferrable sensor, polling every 5 seconds.
+"""The deployment check's own DAG: the example's sensor, polling every 5 seconds.
 
 The check copies this file into its throwaway DAGs folder, next to the example DAGs, so the
 defer / resume / triggerer-restart checks take seconds instead of the example's hourly polls.
-Trigger it with ``{"ref_ids": [...]}``.
+It does not pass ``deferrable``: the deployment's ``[operators] default_deferrable = True``
+makes it defer. Trigger it with ``{"ref_ids": [...]}``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ with DAG(
         task_id="wait_for_completed",
         ref_ids="{{ params.ref_ids }}",
         target_statuses=["COMPLETED"],
-        deferrable=True,
         poke_interval=5,
         timeout=600,
     )
