@@ -8,7 +8,6 @@ import pytest
 
 from airflow_provider_leap.contact import (
     ContactPolicy,
-    Outcome,
     StallState,
     contact_key,
     plan_contacts,

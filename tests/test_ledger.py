@@ -1,4 +1,4 @@
-"""The delivery ledger and ``deliver``: exactly once across retries, kills and concurrent senders."""
+"""The delivery ledger and ``deliver``: exactly once across retries, kills, concurrent senders."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def run(ledger: DeliveryLedger, items, send, now=T0):  # type: ignore[no-untyped
 def test_what_was_sent_is_never_sent_again(tmp_path: Path) -> None:
     ledger = DeliveryLedger(tmp_path, channel="email")
     outbox = Outbox()
-    plan, report = run(ledger, buckets(20), outbox)
+    _, report = run(ledger, buckets(20), outbox)
     assert report.sent == 20 == len(set(outbox.sent))
     again, report2 = run(DeliveryLedger(tmp_path, channel="email"), buckets(20), outbox)
     assert again.due == [] and again.outcomes["already_sent"] == 20 and report2.sent == 0
