@@ -13,14 +13,17 @@ sent, so every Airflow run, retry or clear computes the same contacts with the s
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
+from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import Bucket
 
@@ -108,12 +111,12 @@ class ContactPolicy:
         if unknown or not self.buckets:
             raise ValueError(f"buckets must be triage bucket names, got {list(self.buckets)}")
 
-    @property
+    @functools.cached_property
     def steps(self) -> tuple[timedelta, ...]:
         """Offset of every step from the stall: the first contact, then the reminders."""
         return (self.quiet_period, *self.cadence)
 
-    @property
+    @functools.cached_property
     def min_gap(self) -> timedelta:
         """The tightest spacing of the schedule: no two messages of a stall come closer."""
         steps = self.steps
@@ -124,11 +127,7 @@ class ContactPolicy:
         """The latest step due at this age of a stall; None before the first or past horizon."""
         if age < self.quiet_period or age > self.horizon:
             return None
-        due = 0
-        for index, offset in enumerate(self.steps):
-            if offset <= age:
-                due = index
-        return due
+        return bisect.bisect_right(self.steps, age) - 1
 
 
 def contact_key(ref_id: str, stall: str, step: int) -> str:
@@ -141,15 +140,38 @@ def contact_key(ref_id: str, stall: str, step: int) -> str:
     return f"lc1-{digest[:40]}"
 
 
+class StallRecord(Protocol):
+    """What the delivery ledger knows about a customer's latest stall (``ledger.Entry``)."""
+
+    stall: str  # the stall's last interaction, as triage reports it
+    sent_step: int  # the last step delivered (or whose delivery is unconfirmed); -1: none
+    sent_at: int | None  # the run's "now" when it was sent, in seconds since the epoch
+    failed_step: int  # the step whose sends failed, and how often
+    failures: int
+    in_flight: bool  # a claim another sender holds right now
+
+
 @dataclass(frozen=True)
 class StallState:
-    """What the delivery ledger knows about one stall (see ``ledger.py``)."""
+    """A :class:`StallRecord` built by hand (tests, a user's own ledger)."""
 
-    sent_step: int = -1  # the last step delivered (or whose delivery is unconfirmed); -1: none
-    sent_at: str | None = None
-    failed_step: int = -1  # the step whose sends failed, and how often
+    stall: str
+    sent_step: int = -1
+    sent_at: int | None = None
+    failed_step: int = -1
     failures: int = 0
-    in_flight: bool = False  # a claim another sender holds right now
+    in_flight: bool = False
+
+
+_NOTHING_SENT = StallState("")
+
+
+def stall_order(stall: str) -> datetime:
+    """A stall's time, for telling which of two stalls of a customer is the later."""
+    return parse_timestamp(stall) or _EPOCH
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -170,68 +192,68 @@ class Contact:
     bucket: str
     reason: str
     attempt: int
-    item: dict[str, Any]
+    item: Mapping[str, Any]
     also: tuple[dict[str, Any], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for XCom, an outbox line or a CRM row)."""
-        return {
-            "contact_key": self.contact_key,
-            "ref_id": self.ref_id,
-            "stall": self.stall,
-            "step": self.step,
-            "first": self.first,
-            "final": self.final,
-            "bucket": self.bucket,
-            "reason": self.reason,
-            "attempt": self.attempt,
-            "item": self.item,
-            "also": list(self.also),
-        }
 
 
 @dataclass
 class ContactPlan:
-    """The due contacts of one run, and what happened to everyone else (counts and samples)."""
+    """The due contacts of one run, and how many customers ended in each outcome."""
 
     due: list[Contact] = field(default_factory=list)
-    outcomes: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
-
-    def count(self, outcome: Outcome) -> None:
-        self.outcomes[outcome.value] += 1
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
 
 
-@dataclass
-class _Customer:
-    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    completed: bool = False
-    stall: str | None = None
-    stall_time: datetime | None = None
+_OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in Outcome)
+_COMPLETED_BUCKET = Bucket.COMPLETED.value
+
+_Item = tuple[str, Mapping[str, Any]]  # (bucket, triage item)
 
 
-def _customers(buckets: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, _Customer]:
-    """Group every triaged item by Reference ID; the stall is the latest interaction of any."""
-    customers: dict[str, _Customer] = {}
+def _customers(
+    buckets: Mapping[str, Iterable[Mapping[str, Any]]],
+) -> dict[str, _Item | list[_Item]]:
+    """Every triaged item grouped by Reference ID: one (bucket, item) pair, or a list of them.
+
+    A bare pair for the usual customer with one record: this holds the partner's whole
+    portfolio at once (see bench.ledger for the memory it takes).
+    """
+    customers: dict[str, _Item | list[_Item]] = {}
     for bucket, items in buckets.items():
         for item in items or ():
             ref_id = item.get("ref_id")
             if not isinstance(ref_id, str) or not ref_id:
                 continue
-            customer = customers.setdefault(ref_id, _Customer())
-            customer.items.append((bucket, dict(item)))
-            if bucket == Bucket.COMPLETED.value:
-                customer.completed = True
-            text = item.get("last_interaction")
-            when = parse_timestamp(text)
-            if when is not None and (customer.stall_time is None or when > customer.stall_time):
-                customer.stall, customer.stall_time = str(text), when
+            seen = customers.get(ref_id)
+            if seen is None:
+                customers[ref_id] = (bucket, item)
+            elif isinstance(seen, tuple):
+                customers[ref_id] = [seen, (bucket, item)]
+            else:
+                seen.append((bucket, item))
     return customers
 
 
-def _pick(customer: _Customer, buckets: Sequence[str]) -> tuple[str, dict[str, Any], list[Any]]:
+def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
+    """The customer's stall (latest last interaction of any record) and whether any record
+    is COMPLETED."""
+    stall: str | None = None
+    when: datetime | None = None
+    completed = False
+    for bucket, item in items:
+        completed = completed or bucket == _COMPLETED_BUCKET
+        text = item.get("last_interaction")
+        time = parse_timestamp(text)
+        if time is not None and (when is None or time > when):
+            stall, when = str(text), time
+    return stall, when, completed
+
+
+def _pick(
+    items: list[_Item], rank: Mapping[str, int]
+) -> tuple[str, Mapping[str, Any], list[dict[str, Any]]]:
     """The most actionable item (bucket order, then the latest) and the customer's others."""
-    rank = {name: index for index, name in enumerate(buckets)}
-    actionable = [(b, i) for b, i in customer.items if b in rank]
+    actionable = [(b, i) for b, i in items if b in rank]
     actionable.sort(key=lambda bi: str(bi[1].get("last_interaction") or ""), reverse=True)
     actionable.sort(key=lambda bi: rank[bi[0]])  # stable: the latest first within a bucket
     (bucket, item), others = actionable[0], actionable[1:]
@@ -247,62 +269,70 @@ def plan_contacts(
     *,
     now: datetime,
     policy: ContactPolicy,
-    ledger: Mapping[tuple[str, str], StallState],
+    ledger: Mapping[str, StallRecord],
 ) -> ContactPlan:
     """Decide, for every customer in the triage buckets, whether a message is due now.
 
     At most one contact per Reference ID, however many records (regions) Leap returned.
-    ``ledger`` maps ``(ref_id, stall)`` to what was sent; a missing key means nothing was.
+    ``ledger`` maps a Reference ID to what was sent in its latest stall; a missing key, or an
+    older stall, means nothing was sent for this one.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
     plan = ContactPlan()
-    for ref_id, customer in _customers(buckets).items():
-        if customer.completed:
-            plan.count(Outcome.COMPLETED)
+    with gc_paused():  # grouping 100,000 customers: collections would walk them all (bench.ledger)
+        customers = _customers(buckets)
+    counts = plan.outcomes
+    rank = {name: index for index, name in enumerate(policy.buckets)}
+    last_step = len(policy.steps) - 1
+    min_gap_seconds = policy.min_gap.total_seconds()
+    for ref_id, group in customers.items():
+        items = [group] if isinstance(group, tuple) else group
+        stall, stall_time, completed = _stall(items)
+        if completed:
+            counts["completed"] += 1
             continue
-        if customer.stall is None or customer.stall_time is None:
-            plan.count(Outcome.NO_ACTION)
+        if stall is None or stall_time is None or not any(b in rank for b, _ in items):
+            counts["no_action"] += 1
             continue
-        if not any(bucket in policy.buckets for bucket, _ in customer.items):
-            plan.count(Outcome.NO_ACTION)
-            continue
-        step = policy.step_at(now - customer.stall_time)
+        age = now - stall_time
+        step = policy.step_at(age)
         if step is None:
-            expired = now - customer.stall_time > policy.horizon
-            plan.count(Outcome.EXPIRED if expired else Outcome.WAITING)
+            counts["expired" if age > policy.horizon else "waiting"] += 1
             continue
-        state = ledger.get((ref_id, customer.stall), StallState())
+        state = ledger.get(ref_id, _NOTHING_SENT)
+        if state.stall != stall:
+            if state.stall and stall_order(state.stall) > stall_time:
+                counts["waiting"] += 1  # Leap shows an older stall than one already answered
+                continue
+            state = _NOTHING_SENT
         if state.in_flight:
-            plan.count(Outcome.IN_FLIGHT)
+            counts["in_flight"] += 1
             continue
         if state.failed_step > state.sent_step and state.failures >= policy.max_attempts:
-            plan.count(Outcome.GIVEN_UP)  # reported once, by the send that gave up
+            counts["given_up"] += 1  # reported once, by the send that gave up
             continue
         if step <= state.sent_step:
-            last = state.sent_step == len(policy.steps) - 1
-            plan.count(Outcome.FINISHED if last else Outcome.ALREADY_SENT)
+            counts["finished" if state.sent_step == last_step else "already_sent"] += 1
             continue
-        sent_at = parse_timestamp(state.sent_at)
-        if sent_at is not None and now - sent_at < policy.min_gap:
-            plan.count(Outcome.WAITING)
+        if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
+            counts["waiting"] += 1
             continue
-        attempt = state.failures + 1 if state.failed_step == step else 1
-        bucket, item, also = _pick(customer, policy.buckets)
+        bucket, item, also = _pick(items, rank)
         plan.due.append(
             Contact(
-                contact_key=contact_key(ref_id, customer.stall, step),
+                contact_key=contact_key(ref_id, stall, step),
                 ref_id=ref_id,
-                stall=customer.stall,
+                stall=stall,
                 step=step,
                 first=state.sent_step < 0,
-                final=step == len(policy.steps) - 1,
+                final=step == last_step,
                 bucket=bucket,
                 reason=str(item.get("reason") or ""),
-                attempt=attempt,
+                attempt=state.failures + 1 if state.failed_step == step else 1,
                 item=item,
                 also=tuple(also),
             )
         )
-        plan.count(Outcome.DUE)
+        counts["due"] += 1
     return plan

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from airflow_provider_leap.contact import DEFAULT_HORIZON, Contact, StallState
+from airflow_provider_leap.contact import DEFAULT_HORIZON, Contact, stall_order
 from airflow_provider_leap.errors import LeapError
+from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,19 @@ class Claim(msgspec.Struct, kw_only=True):
 
 
 class Entry(msgspec.Struct, array_like=True):
-    """One stall in the compacted ledger (array-like: 100,000 stalls stay a few MB)."""
+    """A customer's latest stall in the compacted ledger (array-like: 100,000 stay small).
+
+    It is also what ``plan_contacts`` reads (a ``contact.StallRecord``), so loading the ledger
+    builds no second object per customer.
+    """
 
     ref_id: str
     stall: str
     sent_step: int = -1
-    sent_at: str | None = None
+    sent_at: int | None = None  # the run's "now" of the last send, seconds since the epoch
     failed_step: int = -1
     failures: int = 0
+    in_flight: bool = False  # set in memory only, after the snapshot was written
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
@@ -91,17 +97,10 @@ class Entry(msgspec.Struct, array_like=True):
                 self.failures = max(self.failures, claim.attempt)
         elif claim.step >= self.sent_step:  # sent, or sending and stale (counted as sent)
             self.sent_step = claim.step
-            if self.sent_at is None or claim.now > self.sent_at:
-                self.sent_at = claim.now
-
-    def state(self, in_flight: bool) -> StallState:
-        return StallState(
-            sent_step=self.sent_step,
-            sent_at=self.sent_at,
-            failed_step=self.failed_step,
-            failures=self.failures,
-            in_flight=in_flight,
-        )
+            when = parse_timestamp(claim.now)
+            sent_at = None if when is None else int(when.timestamp())
+            if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
+                self.sent_at = sent_at
 
 
 class Snapshot(msgspec.Struct):
@@ -112,6 +111,19 @@ class Snapshot(msgspec.Struct):
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
 _CLAIM_DECODER = msgspec.json.Decoder(Claim)
+
+
+def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
+    """The customer's entry for the claim's stall: a later stall starts a new entry; a claim
+    for an earlier stall than the one on record no longer matters (None)."""
+    entry = entries.get(claim.ref_id)
+    if entry is not None and entry.stall != claim.stall:
+        if stall_order(entry.stall) > stall_order(claim.stall):
+            return None
+        entry = None
+    if entry is None:
+        entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall)
+    return entry
 
 
 def _utcnow() -> datetime:
@@ -126,7 +138,7 @@ def _iso(when: datetime) -> str:
 class LedgerView:
     """The ledger as one run sees it: ``states`` is what ``plan_contacts`` takes."""
 
-    states: dict[tuple[str, str], StallState] = field(default_factory=dict)
+    states: dict[str, Entry] = field(default_factory=dict)  # by Reference ID
     unconfirmed: list[dict[str, Any]] = field(default_factory=list)  # newly found this run
     compacted: bool = False
     stalls: int = 0
@@ -201,26 +213,26 @@ class DeliveryLedger:
         claims = list(self._read_claims())
         stale_before = _iso(self._clock() - self.stale_after)
         view = LedgerView()
-        live: set[tuple[str, str]] = set()
+        live: list[Claim] = []
         folded: list[StoragePath] = []
         for path, claim in claims:
-            key = (claim.ref_id, claim.stall)
             if claim.state == SENDING and claim.claimed_at >= stale_before:
-                live.add(key)
+                live.append(claim)
                 continue
             if claim.state == SENDING:
                 view.unconfirmed.append(
                     {"ref_id": claim.ref_id, "stall": claim.stall, "step": claim.step}
                 )
-            entry = entries.get(key)
-            if entry is None:
-                entry = entries[key] = Entry(claim.ref_id, claim.stall)
-            entry.fold(claim)
+            entry = _entry_for(entries, claim)
+            if entry is not None:
+                entry.fold(claim)
             folded.append(path)
-        cutoff = now - self.horizon
-        expired = [k for k in entries if (parse_timestamp(k[1]) or now) < cutoff]
-        for key in expired:
-            del entries[key]
+        # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
+        # characters compares the times, to the second, without parsing 100,000 of them.
+        cutoff = _iso(now - self.horizon)[:19]
+        expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
+        for ref_id in expired:
+            del entries[ref_id]
         if (folded or expired) and self._lock():
             try:
                 self._write_snapshot(entries)
@@ -231,13 +243,15 @@ class DeliveryLedger:
                 self._unlock()
         if view.unconfirmed and not view.compacted:
             view.unconfirmed = []  # reported by the task that folds them, once
-        view.states = {key: entry.state(key in live) for key, entry in entries.items()}
-        for key in live - entries.keys():
-            view.states[key] = StallState(in_flight=True)
         view.stalls = len(entries)
+        for claim in live:
+            entry = _entry_for(entries, claim)
+            if entry is not None:
+                entry.in_flight = True
+        view.states = entries
         return view
 
-    def _read_snapshot(self) -> dict[tuple[str, str], Entry]:
+    def _read_snapshot(self) -> dict[str, Entry]:
         path = self.folder / SNAPSHOT
         try:
             with path.open("rb") as handle:
@@ -247,13 +261,14 @@ class DeliveryLedger:
         except Exception as exc:
             raise LedgerError(f"The delivery ledger {path} cannot be read: {exc}") from exc
         try:
-            snapshot = _SNAPSHOT_DECODER.decode(data)
+            with gc_paused():  # 100,000 entries at once (bench.ledger)
+                snapshot = _SNAPSHOT_DECODER.decode(data)
         except msgspec.DecodeError as exc:
             raise LedgerError(
                 f"The delivery ledger {path} is damaged ({exc}); restore it from a backup or "
                 "move it aside (every stall in it would then be contacted again)"
             ) from None
-        return {(e.ref_id, e.stall): e for e in snapshot.entries}
+        return {entry.ref_id: entry for entry in snapshot.entries}
 
     def _read_claims(self) -> Iterator[tuple[StoragePath, Claim]]:
         try:
@@ -275,7 +290,7 @@ class DeliveryLedger:
 
     # -- compaction ------------------------------------------------------------------------------
 
-    def _write_snapshot(self, entries: dict[tuple[str, str], Entry]) -> None:
+    def _write_snapshot(self, entries: dict[str, Entry]) -> None:
         snapshot = Snapshot(1, _iso(self._clock()), list(entries.values()))
         final = self.folder / SNAPSHOT
         temporary = self.folder / f"{SNAPSHOT}.{uuid.uuid4().hex}.tmp"

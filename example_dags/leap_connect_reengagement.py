@@ -179,23 +179,36 @@ def _row(contact: Contact) -> dict[str, Any]:
     }
 
 
-def upsert_crm(contact: Contact) -> None:
+class CrmSender:
     """``send`` for the CRM channel: the contact key is the upsert key."""
-    row = {"contact_key": contact.contact_key, **_row(contact), "leap_id": contact.item.get("id")}
-    if _connection_exists("leap_crm"):
-        import requests
-        from airflow.sdk import BaseHook
 
-        conn = BaseHook.get_connection("leap_crm")
+    def __enter__(self) -> CrmSender:
+        self.url: str | None = None
+        if _connection_exists("leap_crm"):
+            from airflow.sdk import BaseHook
+
+            self.url = str(BaseHook.get_connection("leap_crm").host)
+        self.records = output_dir("crm") / "records.jsonl"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, contact: Contact) -> None:
+        row = {
+            "contact_key": contact.contact_key,
+            **_row(contact),
+            "leap_id": contact.item.get("id"),
+        }
+        if self.url is None:
+            _append_line(self.records, row)
+            return
+        import requests
+
         response = requests.post(
-            str(conn.host),
-            json=row,
-            headers={"Idempotency-Key": contact.contact_key},
-            timeout=30,
+            self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
         )
         response.raise_for_status()
-    else:
-        _append_line(output_dir("crm") / "records.jsonl", row)
 
 
 with DAG(
@@ -230,7 +243,7 @@ with DAG(
         task_id="message_customers", channel="email", send=EmailSender(), policy=POLICY
     )
     crm = LeapContactOperator(
-        task_id="record_in_crm", channel="crm", send=upsert_crm, policy=POLICY
+        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
     )
 
     @task(trigger_rule="all_done")

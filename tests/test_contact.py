@@ -79,7 +79,7 @@ def test_empty_cadence_means_first_contact_only() -> None:
     stall = T0 - 2 * H
     first = plan({"not_started": [item("a1b", stall)]}, T0, policy=policy)
     assert [c.step for c in first.due] == [0] and first.due[0].final
-    sent = {("a1b", iso(stall)): StallState(sent_step=0, sent_at=iso(T0))}
+    sent = {"a1b": StallState(iso(stall), sent_step=0, sent_at=int(T0.timestamp()))}
     later = plan({"not_started": [item("a1b", stall)]}, T0 + 20 * D, sent, policy)
     assert later.due == [] and later.outcomes["finished"] == 1
 
@@ -102,7 +102,7 @@ def test_reminders_keep_their_spacing_after_a_late_first_contact() -> None:
     stall = T0 - (3 * D - H)  # first seen just before the 3-day step
     first = plan({"not_started": [item("a1b", stall)]}, T0).due[0]
     assert first.step == 1
-    ledger = {("a1b", iso(stall)): StallState(sent_step=1, sent_at=iso(T0))}
+    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int(T0.timestamp()))}
     soon = plan({"not_started": [item("a1b", stall)]}, T0 + 2 * H, ledger)
     assert soon.due == [] and soon.outcomes["waiting"] == 1  # step 2 due, but 2 h after step 1
     later = plan({"not_started": [item("a1b", stall)]}, T0 + D, ledger).due
@@ -111,7 +111,7 @@ def test_reminders_keep_their_spacing_after_a_late_first_contact() -> None:
 
 def test_a_new_interaction_is_a_new_stall_with_a_new_key() -> None:
     old, new = T0 - 5 * D, T0 - 2 * H
-    ledger = {("a1b", iso(old)): StallState(sent_step=2, sent_at=iso(T0 - D))}
+    ledger = {"a1b": StallState(iso(old), sent_step=2, sent_at=int((T0 - D).timestamp()))}
     due = plan({"not_started": [item("a1b", new)]}, T0, ledger).due
     assert [(c.stall, c.step, c.first) for c in due] == [(iso(new), 0, True)]
     assert due[0].contact_key == contact_key("a1b", iso(new), 0)
@@ -168,29 +168,40 @@ def test_stalls_past_the_horizon_are_left_alone() -> None:
 
 def test_already_sent_steps_are_not_due_again() -> None:
     stall = T0 - 2 * D
-    ledger = {("a1b", iso(stall)): StallState(sent_step=1, sent_at=iso(T0 - H))}
+    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int((T0 - H).timestamp()))}
     result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
     assert result.due == [] and result.outcomes["already_sent"] == 1
 
 
 def test_failed_sends_stay_due_with_the_next_attempt_then_give_up() -> None:
     stall = T0 - 2 * H
-    key = ("a1b", iso(stall))
+    key = "a1b"
     retry = plan(
-        {"not_started": [item("a1b", stall)]}, T0, {key: StallState(failed_step=0, failures=1)}
+        {"not_started": [item("a1b", stall)]},
+        T0,
+        {key: StallState(iso(stall), failed_step=0, failures=1)},
     )
     assert [(c.step, c.attempt) for c in retry.due] == [(0, 2)]
     gone = plan(
-        {"not_started": [item("a1b", stall)]}, T0, {key: StallState(failed_step=0, failures=3)}
+        {"not_started": [item("a1b", stall)]},
+        T0,
+        {key: StallState(iso(stall), failed_step=0, failures=3)},
     )
     assert gone.due == [] and gone.outcomes["given_up"] == 1
 
 
 def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:
     stall = T0 - 2 * H
-    ledger = {("a1b", iso(stall)): StallState(in_flight=True)}
+    ledger = {"a1b": StallState(iso(stall), in_flight=True)}
     result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
     assert result.due == [] and result.outcomes["in_flight"] == 1
+
+
+def test_an_older_stall_than_the_one_answered_waits() -> None:
+    newer = T0 - 2 * D
+    ledger = {"a1b": StallState(iso(newer), sent_step=1, sent_at=int(T0.timestamp()))}
+    result = plan({"not_started": [item("a1b", T0 - 5 * D)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["waiting"] == 1
 
 
 def test_contact_keys_are_stable_fixed_length_and_distinct() -> None:

@@ -60,8 +60,8 @@ class LeapContactOperator(BaseOperator):
     :param ledger_url: where the ledger lives: a folder path or URL (``file:///...``,
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
-    :param fail_on_errors: after trying every contact, fail the task if any send failed, so
-        Airflow's retries try the failed ones again (those sent stay sent). Default True.
+    :param fail_on_errors: after trying every contact, fail the task if a send failed that
+        may be tried again, so Airflow's retries try it (those sent stay sent). Default True.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, unreachable, unconfirmed).
@@ -144,9 +144,10 @@ class LeapContactOperator(BaseOperator):
             self.log.warning("Needs a person: %s", item)
         ti.xcom_push(key="attention", value=attention)
         ti.xcom_push(key="counts", value=counts)
-        if report.failed and self.fail_on_errors:
+        retryable = report.failed - report.given_up
+        if retryable and self.fail_on_errors:
             raise AirflowException(
-                f"{report.failed} of {len(plan.due)} send(s) on channel {self.channel} failed "
+                f"{retryable} of {len(plan.due)} send(s) on channel {self.channel} failed "
                 f"({report.sent} sent and recorded); a retry sends only what has not gone out"
             )
         return counts
