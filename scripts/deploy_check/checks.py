@@ -327,12 +327,11 @@ def check_triggerer_kill(d: Deployment, c: Step, ref_id: str) -> str:
 
 
 def messages_per_contact(d: Deployment, run_id: str) -> Counter[str]:
-    """Messages the re-engagement run ``run_id`` sent, per contact.
+    """Emails the re-engagement run ``run_id`` sent, per contact (recipient).
 
-    Emails: deliveries at the SMTP sink while one of the run's task tries was running (the DAG
-    allows one active run, so runs never overlap). Outbox and ledger: JSON lines with a
-    ``ref_id`` under ``LEAP_OUTPUT_DIR`` in a folder of this run (the outbox today; the delivery
-    ledger of the re-engagement issue once it writes there).
+    The SMTP sink is the customers' inbox: what reached it was sent, whatever a file or the
+    ledger says. An email belongs to the run when it arrived while one of the run's task tries
+    was running (the DAG allows one active run, so runs never overlap).
     """
     windows = []
     for ti in d.api.task_instances(REENGAGEMENT, run_id):
@@ -341,20 +340,12 @@ def messages_per_contact(d: Deployment, run_id: str) -> Counter[str]:
                 start = _epoch(attempt["start_date"])
                 end = _epoch(attempt["end_date"]) if attempt.get("end_date") else time.time()
                 windows.append((start, end + 1))
-    counts: Counter[str] = Counter()
     assert d.smtp is not None
-    for mail in d.smtp.deliveries():
-        if any(start <= mail["at"] <= end for start, end in windows):
-            counts[f"email {mail['to']}"] += 1
-    folder = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
-    for path in sorted(d.leap_output.glob(f"**/{folder}/**/*.jsonl")):
-        if "outbox" not in path.parts and "ledger" not in str(path):
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            ref_id = json.loads(line).get("ref_id")
-            if ref_id is not None:
-                counts[f"outbox {ref_id}"] += 1
-    return counts
+    return Counter(
+        mail["to"]
+        for mail in d.smtp.deliveries()
+        if any(start <= mail["at"] <= end for start, end in windows)
+    )
 
 
 def _epoch(text: str) -> float:
@@ -365,21 +356,26 @@ def check_clear_sends_nothing_twice(d: Deployment, c: Step, run_id: str | None) 
     if run_id is None:
         raise CheckFailed("no successful scheduled run to clear")
     before = messages_per_contact(d, run_id)
-    emails = sum(n for key, n in before.items() if key.startswith("email "))
-    if not emails:
+    if not before:
         raise CheckFailed(f"{run_id} emailed nobody before the clear: the check proves nothing")
     d.api.clear_run(REENGAGEMENT, run_id)
     time.sleep(2)  # let the scheduler pick the cleared run up before polling its state
     d.api.wait_run(REENGAGEMENT, run_id, c.until)
     after = messages_per_contact(d, run_id)
     again = {k: after[k] - before[k] for k in after if after[k] > before[k]}
-    if again:
+    assert d.smtp is not None
+    keys = Counter(m["contact_key"] for m in d.smtp.deliveries() if m.get("contact_key"))
+    twice = sorted(k for k, n in keys.items() if n > 1)
+    if again or twice:
         raise CheckFailed(
             f"sent again after the clear ({len(again)} contact(s)): "
             + ", ".join(f"{k} +{n}" for k, n in sorted(again.items())[:5])
+            + (f"; contact keys delivered twice: {twice[:3]}" if twice else "")
         )
-    lines = sum(before.values()) - emails
-    return f"{run_id}: {emails} email(s), {lines} outbox line(s) before the clear; none after"
+    return (
+        f"{run_id}: {sum(before.values())} email(s) to {len(before)} contact(s) before the "
+        f"clear, none after; {len(keys)} contact key(s), each delivered once"
+    )
 
 
 # --- the key --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Deployment:
         self.dags = out / "dags"
         self.leap_output = out / "leap_output"
         self.xcom_store = out / "xcom-store"
+        self.ledger = out / "leap-ledger"
         self.api_key = api_key
         self.marker = str(out)
         self.state_file = out / "state.json"
@@ -145,11 +146,13 @@ class Deployment:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # The production settings docs/deploying.md describes, proven by the checks:
-            # sensors defer by default, and large XComs (triage buckets) go to object storage.
+            # sensors defer by default, large XComs (triage buckets) go to object storage, and
+            # the re-engagement example's delivery ledger lives where the deployment says.
             "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
             "AIRFLOW__CORE__XCOM_BACKEND": XCOM_BACKEND,
             "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"file://{self.xcom_store}",
             "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_THRESHOLD": str(XCOM_THRESHOLD),
+            "AIRFLOW__LEAP__LEDGER_URL": f"file://{self.ledger}",
             "AIRFLOW_CONN_LEAP_DEFAULT": json.dumps(leap),
             "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
             "AIRFLOW_VAR_LEAP_CONTACTS": json.dumps(contacts),

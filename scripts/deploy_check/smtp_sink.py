@@ -64,7 +64,12 @@ class _Server(socketserver.ThreadingTCPServer):
 
     def deliver(self, sender: str, recipients: list[str], data: bytes) -> None:
         message = message_from_bytes(data)
-        row = {"at": time.time(), "from": sender, "subject": message.get("Subject", "")}
+        row = {
+            "at": time.time(),
+            "from": sender,
+            "subject": message.get("Subject", ""),
+            "contact_key": message.get("X-Leap-Contact-Key"),  # the example's idempotency key
+        }
         with self.lock, self.log.open("a", encoding="utf-8") as handle:
             for recipient in recipients:
                 handle.write(json.dumps({**row, "to": recipient}) + "\n")
