@@ -62,9 +62,7 @@ def _seed_ledger(root: Path, customers: int) -> None:
 
     sent_at = NOW - timedelta(days=1)
     stall = _iso(NOW - timedelta(days=2))
-    entries = [
-        Entry(f"cust-{i:07d}", stall, 1, int(sent_at.timestamp())) for i in range(customers)
-    ]
+    entries = [Entry(f"cust-{i:07d}", stall, 1, int(sent_at.timestamp())) for i in range(customers)]
     (root / "email").mkdir(parents=True)
     snapshot = Snapshot(1, _iso(sent_at), entries)
     (root / "email" / "ledger.json").write_bytes(msgspec.json.encode(snapshot))
