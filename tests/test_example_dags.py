@@ -135,3 +135,18 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
     )
     assert "PJM" in module.render_message(other, None)["body"]
+
+
+def test_a_bad_cadence_is_an_import_error_that_says_why(airflow_db, tmp_path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "bad_cadence.py").write_text(
+        "from datetime import timedelta\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_provider_leap.contact import ContactPolicy\n"
+        "POLICY = ContactPolicy(cadence=(timedelta(days=3), timedelta(days=1)))\n"
+        "dag = DAG('bad_cadence', schedule=None)\n"
+    )
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "cadence must be positive and strictly increasing" in error
