@@ -29,17 +29,25 @@ POLL_LINE = "reached the target status"  # what the provider's trigger logs on e
 def run_checks(d: Deployment, report: Report) -> None:
     with report.check("PostgreSQL on loopback", 60) as c:
         c.detail = d.start_postgres()
+    if report.failed:
+        return  # nothing below can run without what failed
     with report.check("emulator (admin on, key from env)", 30) as c:
         c.detail = d.start_emulator(c.until)
-    customers = pick_customers(d)
+    if report.failed:
+        return
     with report.check("AIRFLOW_HOME", 10) as c:
+        customers = pick_customers(d)
         c.detail = d.prepare_home(customers["contacts"])
+    if report.failed:
+        return
     with report.check("airflow db migrate", 240) as c:
         c.detail = d.migrate()
+    if report.failed:
+        return
     with report.check("components up, loopback only", 180) as c:
         c.detail = d.start_components(c.until)
-    if report.rows[-1].result != "PASS":
-        return  # nothing below can run without the deployment
+    if report.failed:
+        return
     with report.check("Leap connection form (hook_meta) = docs", 30) as c:
         c.detail = check_connection_form(d)
     with report.check("POST /connections/test: good and bad key", 60) as c:

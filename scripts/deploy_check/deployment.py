@@ -52,7 +52,6 @@ class Deployment:
         self.api_port = free_port()
         self.emulator_port = free_port()
         self.api = AirflowApi(self.api_url, out, self.home / "logs")
-        self.contacts: dict[str, str] = {}
         self.env: dict[str, str] = {}
 
     @property
@@ -103,15 +102,13 @@ class Deployment:
     def prepare_home(self, contacts: dict[str, str]) -> str:
         """AIRFLOW_HOME, the DAGs folder and the environment every component shares."""
         assert self.postgres is not None
-        self.contacts = contacts
         self.home.mkdir(parents=True)
         self.dags.mkdir(parents=True)
         for name in EXAMPLE_DAGS:
             shutil.copy(REPO / "example_dags" / name, self.dags / name)
         shutil.copy(CHECK_DAG, self.dags / CHECK_DAG.name)
-        self.smtp = SmtpSink(self.out / "smtp" / "deliveries.jsonl")
-        (self.out / "smtp").mkdir(exist_ok=True)
-        self.smtp.__enter__()
+        (self.out / "smtp").mkdir()
+        self.smtp = SmtpSink(self.out / "smtp" / "deliveries.jsonl").__enter__()
         from cryptography.fernet import Fernet
 
         leap = {"conn_type": "leap", "host": self.emulator_url, "password": self.api_key}
@@ -241,6 +238,8 @@ class Deployment:
             self.smtp.__exit__(None, None, None)
         leftover = ours(self.marker, self.processes.sessions)
         if not leftover:
+            # Nothing left for a later run to clean up: forget the session ids (they get reused).
+            self.state_file.unlink(missing_ok=True)
             return []
         described = [
             (pid, read_proc(str(pid), "cmdline").split(b"\0")[0].decode()) for pid in leftover

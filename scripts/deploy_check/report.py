@@ -61,6 +61,10 @@ class Report:
         print(f"    {result} {row.seconds:.1f}s {detail}", flush=True)
 
     @property
+    def failed(self) -> bool:
+        return any(r.result != "PASS" for r in self.rows)
+
+    @property
     def ok(self) -> bool:
         return bool(self.rows) and all(r.result == "PASS" for r in self.rows)
 
