@@ -350,9 +350,7 @@ def messages_per_contact(d: Deployment, run_id: str) -> Counter[str]:
                 windows.append((start, end + 1))
     assert d.smtp is not None
     return Counter(
-        mail["to"]
-        for mail in d.smtp.deliveries()
-        if any(start <= mail["at"] <= end for start, end in windows)
+        mail.to for mail in d.smtp.inbox if any(start <= mail.at <= end for start, end in windows)
     )
 
 
@@ -372,7 +370,7 @@ def check_clear_sends_nothing_twice(d: Deployment, c: Step, run_id: str | None) 
     after = messages_per_contact(d, run_id)
     again = {k: after[k] - before[k] for k in after if after[k] > before[k]}
     assert d.smtp is not None
-    keys = Counter(m["contact_key"] for m in d.smtp.deliveries() if m.get("contact_key"))
+    keys = Counter(m.contact_key for m in d.smtp.inbox if m.contact_key)
     twice = sorted(k for k, n in keys.items() if n > 1)
     if again or twice:
         raise CheckFailed(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import requests
 from airflow_api import AirflowApi, CheckFailed, wait_for
-from smtp_sink import SmtpSink
 from stack import MARKER, Postgres, Processes, free_port, ours, read_proc, remember, terminate
+
+from airflow_provider_leap.testing.smtp import SmtpSink
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.path.abspath(sys.executable)).parent  # the venv's bin, symlinks kept
@@ -112,17 +113,7 @@ class Deployment:
         from cryptography.fernet import Fernet
 
         leap = {"conn_type": "leap", "host": self.emulator_url, "password": self.api_key}
-        smtp = {
-            "conn_type": "smtp",
-            "host": "127.0.0.1",
-            "port": self.smtp.port,
-            "extra": {
-                "from_email": "noreply@partner.example",
-                "disable_tls": True,
-                "disable_ssl": True,
-                "timeout": 10,
-            },
-        }
+        smtp = self.smtp.connection()
         settings = {
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
