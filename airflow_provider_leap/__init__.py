@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+DEFAULT_CONN_ID = "leap_default"
 
 # The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
 # importing the hook, and ``LeapHook.get_ui_field_behaviour`` derives its answer from it.

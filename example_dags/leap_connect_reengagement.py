@@ -143,9 +143,7 @@ with DAG(
         """Render one message per item; email when possible, else write it to the outbox."""
         from airflow.sdk import Variable
 
-        from airflow_provider_leap.storage import load_bucket
-
-        items = load_bucket(items)
+        items = items or []
         contacts = Variable.get("leap_contacts", default={}, deserialize_json=True)
         smtp = _connection_exists("smtp_default")
         emailed = 0
@@ -174,8 +172,6 @@ with DAG(
     @task
     def record_in_crm(buckets: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """One CRM record per item; POST to the ``leap_crm`` connection, else JSON lines."""
-        from airflow_provider_leap.storage import load_bucket
-
         rows = [
             {
                 "ref_id": item["ref_id"],
@@ -185,7 +181,7 @@ with DAG(
                 "last_interaction": item["last_interaction"],
             }
             for bucket, value in buckets.items()
-            for item in load_bucket(value)
+            for item in value or []
         ]
         if _connection_exists("leap_crm"):
             import requests
@@ -205,9 +201,7 @@ with DAG(
     @task
     def flag_for_review(items: Any, run_id: str | None = None) -> dict[str, Any]:
         """``needs_review``: a list a person works through, one line per item with its reason."""
-        from airflow_provider_leap.storage import load_bucket
-
-        items = load_bucket(items)
+        items = items or []
         path = output_dir(str(run_id), "review") / "needs_review.jsonl"
         path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
         print(f"needs_review: {len(items)} item(s) for a person -> {path}")

@@ -87,7 +87,8 @@ def test_included_sections_exist() -> None:
 # -- (b) the quickstart DAG and the other runnable samples, against the emulator -----------------
 
 
-def test_quickstart_dag_runs_end_to_end(run_dag, leap_conn, emu) -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_quickstart_dag_runs_end_to_end(run_dag, leap_emulator) -> None:
     source = (SNIPPETS / "quickstart_dag.py").read_text(encoding="utf-8")
     result = run_dag("leap_quickstart", source)
     assert result.state == "success", result.task_states
@@ -127,26 +128,27 @@ def test_triage_function_sample() -> None:
     assert result.summary["records_read"] == 1
 
 
-def test_hook_samples(leap_conn, emu) -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_hook_samples(leap_emulator) -> None:
     from datetime import datetime, timezone
 
     module = load_snippet(SNIPPETS / "hook_usage.py")
     counts = module.statuses_last_week()
     assert sum(counts.values()) > 0 and "COMPLETED" in counts
-    completed = sorted({r["ref_id"] for r in emu.records if r["connection_status"] == "COMPLETED"})[
-        :3
-    ]
+    completed = sorted(
+        {r["ref_id"] for r in leap_emulator.records if r["connection_status"] == "COMPLETED"}
+    )[:3]
     assert sorted(module.completed_ref_ids(completed)) == completed
     since = datetime(2000, 1, 1, tzinfo=timezone.utc)
-    visible = {m["meter_id"] for m in emu.visible_meters()}
+    visible = {m["meter_id"] for m in leap_emulator.visible_meters()}
     assert set(module.meters_since(completed, since)) <= visible
     assert module.can_read_connections() is True
 
 
-def test_hook_sample_reports_a_refused_key(emu, monkeypatch) -> None:
+def test_hook_sample_reports_a_refused_key(leap_emulator, monkeypatch) -> None:
     from airflow_provider_leap.hooks.leap import connection_json
 
-    monkeypatch.setenv("AIRFLOW_CONN_LEAP_WRONG", connection_json(emu.url, "wrong:key"))
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_WRONG", connection_json(leap_emulator.url, "wrong:key"))
     module = load_snippet(SNIPPETS / "hook_usage.py")
     assert module.can_read_connections("leap_wrong") is False
 

@@ -10,7 +10,8 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
 
 
-def test_example_dags_import_cleanly(airflow_db) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_example_dags_import_cleanly() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(EXAMPLES))
@@ -21,7 +22,8 @@ def test_example_dags_import_cleanly(airflow_db) -> None:
     assert hourly.timetable.expression == "17 * * * *"
 
 
-def test_reengagement_runs_end_to_end(run_dag, leap_conn, emu, tmp_path, monkeypatch) -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_reengagement_runs_end_to_end(run_dag, leap_emulator, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path))
     source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
     result = run_dag("leap_connect_reengagement", source)
@@ -44,14 +46,17 @@ def test_reengagement_runs_end_to_end(run_dag, leap_conn, emu, tmp_path, monkeyp
         assert by_reason["error:USER_CANCELED"]["subject"] == "Did you mean to stop?"
 
 
-def test_connection_watch_runs_end_to_end(run_dag, leap_conn, emu) -> None:
-    done = sorted({r["ref_id"] for r in emu.records if r["connection_status"] == "COMPLETED"})[:3]
+@pytest.mark.usefixtures("leap_conn")
+def test_connection_watch_runs_end_to_end(run_dag, leap_emulator) -> None:
+    done = sorted(
+        {r["ref_id"] for r in leap_emulator.records if r["connection_status"] == "COMPLETED"}
+    )[:3]
     source = (EXAMPLES / "leap_connection_watch.py").read_text()
     result = run_dag("leap_connection_watch", source, run_conf={"ref_ids": done})
     assert result.state == "success", result.task_states
     rows = result.xcoms[("follow_up_meters", "return_value")]
     assert sorted(row["ref_id"] for row in rows) == done
-    visible = {m["meter_id"] for m in emu.visible_meters()}
+    visible = {m["meter_id"] for m in leap_emulator.visible_meters()}
     for row in rows:
         assert set(row["meters"]) <= visible
         assert (
