@@ -532,7 +532,7 @@ class LeapClient:
         interacted_after: TimeArg | None = None,
         page_size: int | None = None,
     ) -> Iterator[ConnectRecord]:
-        """Every Connect record matching the filters, page by page (memory: one page).
+        """Every Connect record matching the filters, page by page (memory: two pages).
 
         Reference IDs go as repeated ``ref-id`` parameters, split over several requests when the
         query would get long; an empty collection means no record (``None``: every record). A
@@ -563,6 +563,7 @@ class LeapClient:
 
     def iter_meters(
         self,
+        /,
         connection_reference_ids: Iterable[str] | str | None = None,
         created_after: TimeArg | None = None,
         page_size: int | None = None,

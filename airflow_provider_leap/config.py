@@ -35,12 +35,18 @@ _WIRE_EXTRAS = tuple(f.name for f in fields(WireNames))
 class ConnectionLike(Protocol):
     """The fields of an Airflow ``Connection`` that a Leap connection uses."""
 
-    conn_id: str | None
-    host: str | None
-    schema: str | None
-    port: int | None
-    password: str | None
-    extra: str | None
+    @property
+    def conn_id(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def schema(self) -> str | None: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def extra(self) -> str | None: ...
 
 
 @dataclass(frozen=True)

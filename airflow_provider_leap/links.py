@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class LeapConnectionsLink(BaseOperatorLink):
-    """"Leap Connections": the Partner Portal of the connection's environment (or the
+    """ "Leap Connections": the Partner Portal of the connection's environment (or the
     ``portal_url`` extra).
 
     Airflow 3 resolves the link in the worker when the task finishes and stores it, so the

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
+from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import (
     IDENTITY_FIELDS,
     NOT_REQUIRED,
@@ -91,6 +93,7 @@ _KNOWN_STATUSES = frozenset(status.value for status in ConnectionStatus)
 _COMPLETED, _NOT_STARTED = ConnectionStatus.COMPLETED.value, ConnectionStatus.NOT_STARTED.value
 _CONNECTED, _NOT_CONNECTED, _UTILITY_ERROR = (s.value for s in UtilityStatus)
 
+_BATCH = 10_000  # records sorted between two reads of the input
 Decision = tuple[str, str, dict[str, Any] | None]  # bucket, reason, bucket-specific fields
 
 
@@ -271,24 +274,30 @@ def _sort(
     buckets: dict[str, list[dict[str, Any]]] = {name: [] for name in BUCKETS}
     kept: dict[str, dict[str, Any]] = {}  # id -> the item kept for it
     read = dropped = 0
-    for obj in records:
-        read += 1
-        try:
-            bucket, item, when = _item(obj, cutoff, done)
-        except Exception:  # a record breaking the rules of its own type: review, go on
-            bucket, item, when = Bucket.NEEDS_REVIEW, _malformed_item(obj), None
-        record_id = item["id"]
-        if record_id:  # records without an id are never duplicates
-            previous = kept.get(record_id)
-            if previous is not None:
-                dropped += 1
-                # Unreadable time = oldest; the later copy wins ties (it was fetched later).
-                previous_when = parse_timestamp(previous["last_interaction"])
-                if previous_when is not None and (when is None or when < previous_when):
-                    continue
-                previous.clear()  # an item is never empty: marks the one to drop
-            kept[record_id] = item
-        buckets[bucket].append(item)
+    records = iter(records)
+    while batch := list(islice(records, _BATCH)):  # reading a batch may wait on the network
+        read += len(batch)
+        # The cyclic GC is paused while a batch is sorted, never while the next one is read:
+        # building a million small items sets off full collections with nothing to free, a
+        # quarter of triage's time in bench/ (docs/performance.md).
+        with gc_paused():
+            for obj in batch:
+                try:
+                    bucket, item, when = _item(obj, cutoff, done)
+                except Exception:  # a record breaking the rules of its own type: review, go on
+                    bucket, item, when = Bucket.NEEDS_REVIEW, _malformed_item(obj), None
+                record_id = item["id"]
+                if record_id:  # records without an id are never duplicates
+                    previous = kept.get(record_id)
+                    if previous is not None:
+                        dropped += 1
+                        # Unreadable time = oldest; the later copy wins ties (fetched later).
+                        previous_when = parse_timestamp(previous["last_interaction"])
+                        if previous_when is not None and (when is None or when < previous_when):
+                            continue
+                        previous.clear()  # an item is never empty: marks the one to drop
+                    kept[record_id] = item
+                buckets[bucket].append(item)
     if dropped:
         for name, items in buckets.items():
             buckets[name] = [item for item in items if item]

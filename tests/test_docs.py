@@ -19,6 +19,7 @@ from types import ModuleType
 import pytest
 
 from airflow_provider_leap import CONNECTION_FORM, wire
+from airflow_provider_leap.config import KNOWN_EXTRAS
 from airflow_provider_leap.triage import BUCKETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,14 +207,6 @@ def test_triage_table_has_every_row() -> None:
 # -- (d) every extra the hook accepts is documented, with the code's defaults ---------------------
 
 
-def extras_read_by_code() -> set[str]:
-    """Keys the package reads from a connection's extras (``extras.get("...")``)."""
-    found: set[str] = set()
-    for path in PACKAGE.rglob("*.py"):
-        found.update(re.findall(r'extras\.get\(\s*"([a-z_]+)"', path.read_text(encoding="utf-8")))
-    return found
-
-
 def table_row(text: str, key: str) -> str:
     rows = [line for line in text.splitlines() if line.startswith(f"| `{key}` |")]
     assert rows, f"connection.md has no table row for `{key}`"
@@ -222,11 +215,8 @@ def table_row(text: str, key: str) -> str:
 
 def test_every_extra_is_documented_in_connection_page() -> None:
     text = page("connection.md")
-    wire_fields = {f.name for f in dataclasses.fields(wire.WireNames)}
-    form_fields = set(CONNECTION_FORM["conn-fields"])
-    keys = wire_fields | form_fields | extras_read_by_code()
-    assert {"ref_id_param", "timeout", "portal_url"} <= keys  # the discovery itself works
-    missing = sorted(key for key in keys if f"`{key}`" not in text)
+    assert set(CONNECTION_FORM["conn-fields"]) <= set(KNOWN_EXTRAS)  # the form sets extras
+    missing = sorted(key for key in KNOWN_EXTRAS if f"`{key}`" not in text)
     assert not missing, missing
 
 
