@@ -97,8 +97,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class Failure:
-    """No HTTP answer: ``kind`` (``RETRYABLE_FAILURES``, or ``tls``, ``dns``, ``other``) decides
-    the retry; ``detail`` names the cause, never the URL (its query holds IDs) or the key."""
+    """No answer: ``kind`` (``RETRYABLE_FAILURES``, ``tls``, ``dns``, ``other``) decides the
+    retry; ``detail`` names the cause, never the URL (its query holds IDs) or the key."""
 
     kind: str
     detail: str
@@ -146,37 +146,31 @@ class RequestAttempts:
 
     def after(self, outcome: Answer | Failure, policy: RetryPolicy) -> float | None:
         self.number += 1
-        method, path, config, retry_after = self.method, self.path, self.config, None
-        if isinstance(outcome, Failure):
-            if outcome.kind not in RETRYABLE_FAILURES:
-                raise LeapAPIError(
-                    f"Leap {method} {path}: {outcome.detail} at {config.base_url}; not retried, "
-                    "waiting would not change it",
-                    method=method,
-                    path=path,
-                )
-            reason = outcome.detail
-        elif outcome.status < 300:
-            return None
-        elif not is_retryable_status(outcome.status):
-            raise http_error(method, path, outcome, config)
-        else:
+        method, path, config = self.method, self.path, self.config
+        if isinstance(outcome, Answer):
+            if outcome.status < 300:
+                return None
+            if not is_retryable_status(outcome.status):
+                raise http_error(method, path, outcome, config)
             retry_after = parse_retry_after(outcome.headers.get("Retry-After"))
             hint = "" if retry_after is None else f" (Retry-After {retry_after:g} s)"
             reason = f"HTTP {outcome.status}{hint}"
+        elif outcome.kind in RETRYABLE_FAILURES:
+            retry_after, reason = None, outcome.detail
+        else:
+            where = f"at {config.base_url}; not retried, waiting would not change it"
+            raise LeapAPIError(
+                f"Leap {method} {path}: {outcome.detail} {where}", method=method, path=path
+            )
         delay = policy.next_wait(self.number, self.waited, self.rng, retry_after)
         if delay is None:
-            why = policy.give_up_reason(self.number, self.waited, retry_after)
+            why = f"({policy.give_up_reason(self.number, self.waited, retry_after)})"
             if isinstance(outcome, Answer):
                 retries = self.number - 1
-                tail = f"; still failing after {retries} retr{'y' if retries == 1 else 'ies'}"
-                raise http_error(method, path, outcome, config, f"{tail} ({why})")
-            raise LeapAPIError(
-                f"Leap {method} {path}: {reason}; gave up after {self.number} attempt(s) ({why}) "
-                f"at {config.base_url}",
-                method=method,
-                path=path,
-            )
+                tail = f"; still failing after {retries} retr{'y' if retries == 1 else 'ies'} {why}"
+                raise http_error(method, path, outcome, config, tail)
+            where = f"gave up after {self.number} attempt(s) {why} at {config.base_url}"
+            raise LeapAPIError(f"Leap {method} {path}: {reason}; {where}", method=method, path=path)
         log.warning(
             "Leap %s %s failed: %s; retry %d/%d in %.1f s",
             *(method, path, reason, self.number, policy.max_retries, delay),
@@ -402,28 +396,12 @@ class LeapClient:
     ) -> None:
         if isinstance(config, str):
             config = LeapConfig(base_url=config, api_key=api_key or "", **settings)
-        self.config, self.rng, self._sleep, self._clock = (
-            config,
-            rng or random.Random(),
-            sleep,
-            clock,
-        )
+        self.config, self.rng = config, rng or random.Random()
+        self._sleep, self._clock = sleep, clock
         self.session = session or requests.Session()
         self.session.headers.update(
             {"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"}
         )
-        names = config.wire
-        self._connect_keys = (
-            (names.records_key, *wire.RECORDS_KEY_FALLBACKS),
-            (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS),
-        )
-
-    @property
-    def base_url(self) -> str:
-        return self.config.base_url
-
-    def __repr__(self) -> str:  # never show the key
-        return f"LeapClient(base_url={self.config.base_url!r})"
 
     def close(self) -> None:
         self.session.close()
@@ -459,13 +437,10 @@ class LeapClient:
     def _send(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer | Failure:
-        """One attempt, its answer read whole within ``request_deadline``; never raises.
-
-        ``timeout`` bounds each wait on the socket; the deadline bounds connecting, waiting and
-        reading together, checked between reads, so a server dripping its body cannot hold a
-        task. The exception becomes a ``Failure`` here: no error raised later has it (or the
-        request it holds, key included) as its context.
-        """
+        """One attempt, read whole within ``request_deadline`` (checked between reads, so a server
+        dripping its body cannot hold a task); ``timeout`` bounds each wait on the socket. Never
+        raises: the exception becomes a ``Failure``, so no error raised later has it (or the
+        request it holds, key included) as its context."""
         config = self.config
         deadline = self._clock() + config.request_deadline
         try:
@@ -556,8 +531,10 @@ class LeapClient:
     ) -> Iterator[list[ConnectRecord]]:
         names, wanted = self.config.wire, None if ids is None else set(ids)
         sent = {getattr(names, name): when for name, when in after.items()}
+        keys = ((names.records_key, *wire.RECORDS_KEY_FALLBACKS),
+                (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS))  # fmt: skip
         for query in connect_queries(names, size, ids, sent) if ids != [] else []:
-            path, keys = names.connections_path, self._connect_keys
+            path = names.connections_path
             for records in self._pages("GET", path, query, None, keys, decode_connect_records):
                 yield check_records(records, names, wanted, after) if sent or wanted else records
 

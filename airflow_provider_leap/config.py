@@ -1,20 +1,20 @@
-"""One Leap connection, parsed once into a typed, validated ``LeapConfig``. No Airflow import.
+"""One Leap connection, parsed once into a typed, checked ``LeapConfig``. No Airflow import.
 
-The hook, the trigger and the extra link all read a connection through ``LeapConfig``, so one
+The hook, the trigger and the extra link read a connection through ``LeapConfig`` only, so one
 rule decides the base URL, the environment and the portal, and every extra is checked once: an
-unknown name, a value of the wrong type or out of range is an error that names the extra, the
-value and what would be accepted. The API key is never part of a message or a ``repr``.
+unknown name, a value of the wrong type or out of range is an error naming the extra and the
+value. The API key is never part of a message or a ``repr``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_leap.errors import LeapConfigError
@@ -22,41 +22,24 @@ from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.wire import ENVIRONMENT_URLS, PORTAL_URLS, WireNames
 
 UI_PREFIX = "extra__leap__"  # how older connection forms stored the extras
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False,
+          "no": False, "off": False}  # fmt: skip
+_NUMBERS = ("timeout", "request_deadline", "max_retry_wait", "retry_backoff")
+_WHOLE_NUMBERS = ("max_retries", "page_size", "max_pages")
 # extra -> RetryPolicy field
-_RETRY_EXTRAS = {
-    "max_retries": "max_retries",
-    "max_retry_wait": "max_wait",
-    "retry_backoff": "backoff_base",
-}
+_RETRY_EXTRAS = {"max_retries": "max_retries", "max_retry_wait": "max_wait",
+                 "retry_backoff": "backoff_base"}  # fmt: skip
 _WIRE_EXTRAS = tuple(f.name for f in fields(WireNames))
-
-
-class ConnectionLike(Protocol):
-    """The fields of an Airflow ``Connection`` that a Leap connection uses."""
-
-    @property
-    def conn_id(self) -> str | None: ...
-    @property
-    def host(self) -> str | None: ...
-    @property
-    def schema(self) -> str | None: ...
-    @property
-    def port(self) -> int | None: ...
-    @property
-    def password(self) -> str | None: ...
-    @property
-    def extra(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
 class LeapConfig:
-    """Everything the client needs to talk to one Leap environment, validated on creation.
+    """Everything the client needs to talk to one Leap environment, checked on creation.
 
     ``base_url`` empty means Leap's host for ``environment``; ``environment`` empty means the one
-    ``base_url`` belongs to (Leap's staging host, or any host whose name contains ``staging``,
-    is staging; everything else production); ``portal_url`` empty means Leap's Partner Portal
-    for the environment. Extras of other features (Connect links, webhooks) are kept as strings.
+    ``base_url`` belongs to (Leap's staging host, or a host whose name contains ``staging``, is
+    staging; any other production); ``portal_url`` empty means Leap's Partner Portal for the
+    environment. The extras of Connect links and webhooks are kept as strings.
     """
 
     base_url: str = ""
@@ -77,93 +60,56 @@ class LeapConfig:
     webhook_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
-        put("api_key", _checked_key(self.api_key))
-        environment, base_url = _environment_and_url(
-            self.environment, self.base_url, self.allow_insecure_http
-        )
-        put("environment", environment)
-        put("base_url", base_url)
-        put("portal_url", self.portal_url.strip() or PORTAL_URLS[environment])
+        env, url = _environment_and_url(self.environment, self.base_url, self.allow_insecure_http)
+        object.__setattr__(self, "api_key", _checked_key(self.api_key))
+        object.__setattr__(self, "environment", env)
+        object.__setattr__(self, "base_url", url)
+        object.__setattr__(self, "portal_url", self.portal_url.strip() or PORTAL_URLS[env])
         for name in ("timeout", "request_deadline"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:
-                raise LeapConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise LeapConfigError(f"{name} must be seconds > 0, got {getattr(self, name)!r}")
         for name in ("page_size", "max_pages"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LeapConfigError(f"{name} must be a whole number >= 1, got {value!r}")
 
     @classmethod
-    def from_connection(cls, conn: ConnectionLike) -> LeapConfig:
-        """Parse an Airflow connection: host, password and the extra JSON, strictly."""
+    def from_connection(cls, conn: Any) -> LeapConfig:
+        """Parse an Airflow ``Connection`` (host, schema, port, password, extra), strictly."""
         try:
-            return cls._from_fields(conn)
+            values = {
+                k: _value(k, v) for k, v in _extras(conn.extra).items() if v not in (None, "")
+            }
+            retry = {_RETRY_EXTRAS[k]: values.pop(k) for k in list(values) if k in _RETRY_EXTRAS}
+            names = {k: values.pop(k) for k in list(values) if k in _WIRE_EXTRAS}
+            return cls(
+                base_url=_host_url(conn.host, conn.schema, conn.port),
+                api_key=conn.password or "",
+                retry=RetryPolicy(**retry),
+                wire=WireNames(**names),
+                **values,
+            )
         except LeapConfigError as exc:
             raise LeapConfigError(f"Leap connection {conn.conn_id!r}: {exc}") from None
-
-    @classmethod
-    def _from_fields(cls, conn: ConnectionLike) -> LeapConfig:
-        extras = _extras(conn.extra)
-        settings: dict[str, Any] = {}
-        retry: dict[str, Any] = {}
-        names: dict[str, str] = {}
-        for name, value in extras.items():
-            if value is None or value == "":  # a form field left empty: the default
-                continue
-            if name in ("timeout", "request_deadline", "max_retry_wait", "retry_backoff"):
-                number: float | int = _number(name, value)
-            elif name in ("max_retries", "page_size", "max_pages"):
-                number = _integer(name, value)
-            elif name == "allow_insecure_http":
-                settings[name] = _flag(name, value)
-                continue
-            elif name in _WIRE_EXTRAS:
-                names[name] = _text(name, value)
-                continue
-            else:
-                settings[name] = _text(name, value)
-                continue
-            if name in _RETRY_EXTRAS:
-                if number < 0:
-                    raise LeapConfigError(f"extra {name} must be >= 0, got {value!r}")
-                retry[_RETRY_EXTRAS[name]] = number
-            else:
-                settings[name] = number
-        return cls(
-            base_url=_host_url(conn),
-            api_key=conn.password or "",
-            retry=RetryPolicy(**retry),
-            wire=WireNames(**names),
-            **settings,
-        )
 
 
 KNOWN_EXTRAS = tuple(
     sorted(
         {f.name for f in fields(LeapConfig)} - {"base_url", "api_key", "retry", "wire"}
-        | set(_RETRY_EXTRAS)
-        | set(_WIRE_EXTRAS)
+        | {*_RETRY_EXTRAS, *_WIRE_EXTRAS}
     )
 )
 
 
-def _extras(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The extra JSON as a dict of known names; anything else is a clear error."""
-    if raw is None or raw == "":
-        return {}
-    data: Any = raw
-    if isinstance(raw, str):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise LeapConfigError(
-                f"the extra is not valid JSON ({exc}); it must be an object such as "
-                '{"environment": "staging"}'
-            ) from None
-    if not isinstance(data, Mapping):
+def _extras(raw: Any) -> dict[str, Any]:
+    """The extra JSON as a dict of known names (an empty form field: absent)."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    except ValueError as exc:
+        raise LeapConfigError(
+            f'the extra is not valid JSON ({exc}); it must be an object like {{"timeout": 60}}'
+        ) from None
+    if not isinstance(data, dict):
         raise LeapConfigError(
             f"the extra must be a JSON object of settings, not a {type(data).__name__}"
         )
@@ -172,54 +118,41 @@ def _extras(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
         if name not in KNOWN_EXTRAS:
             close = difflib.get_close_matches(name, KNOWN_EXTRAS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise LeapConfigError(
-                f"unknown extra {name!r}: {hint}known extras: {', '.join(KNOWN_EXTRAS)}"
-            )
+            raise LeapConfigError(f"unknown extra {name!r}: {hint}known: {', '.join(KNOWN_EXTRAS)}")
     return extras
 
 
-def _number(name: str, value: Any) -> float:
-    # bool is an int to Python, never to a person filling in a form
+def _value(name: str, value: Any) -> Any:
+    """One extra's value, of its type and range; a bool is never a number to a person."""
+    if name == "allow_insecure_http":
+        flag = value if isinstance(value, bool) else _FLAGS.get(str(value).strip().lower())
+        if flag is None:
+            raise LeapConfigError(f"extra {name}={value!r} is not true or false")
+        return flag
+    if name not in _NUMBERS + _WHOLE_NUMBERS:
+        if not isinstance(value, str):
+            raise LeapConfigError(f"extra {name} must be a string, got a {type(value).__name__}")
+        return value.strip()
+    number = math.nan
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(ValueError):
             number = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(number):
-                return number
-    raise LeapConfigError(f"extra {name}={value!r} is not a finite number")
-
-
-def _integer(name: str, value: Any) -> int:
-    number = _number(name, value)
-    if not number.is_integer():
+    if not math.isfinite(number):
+        raise LeapConfigError(f"extra {name}={value!r} is not a finite number")
+    if name in _WHOLE_NUMBERS and not number.is_integer():
         raise LeapConfigError(f"extra {name}={value!r} is not a whole number")
-    return int(number)
+    if name in _RETRY_EXTRAS and number < 0:
+        raise LeapConfigError(f"extra {name} must be >= 0, got {value!r}")
+    return int(number) if name in _WHOLE_NUMBERS else number
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE + _FALSE:
-        return text in _TRUE
-    raise LeapConfigError(f"extra {name}={value!r} is not true or false")
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise LeapConfigError(f"extra {name} must be a string, got a {type(value).__name__}")
-    return value.strip()
-
-
-def _host_url(conn: ConnectionLike) -> str:
+def _host_url(host: str | None, schema: str | None, port: int | None) -> str:
     """The host field as a URL: the URI form's schema sets the scheme, its port is appended."""
-    host = (conn.host or "").strip()
-    if host and "://" not in host and conn.schema in ("http", "https"):
-        host = f"{conn.schema}://{host}"
-    if host and conn.port and urlsplit(host if "://" in host else f"//{host}").port is None:
-        host = f"{host}:{conn.port}"
+    host = (host or "").strip()
+    if host and "://" not in host and schema in ("http", "https"):
+        host = f"{schema}://{host}"
+    if host and port and urlsplit(host if "://" in host else f"//{host}").port is None:
+        host = f"{host}:{port}"
     return host
 
 
@@ -253,8 +186,7 @@ def _environment_and_url(environment: str, base_url: str, allow_http: bool) -> t
             "or set the host to a base URL"
         )
     if not base_url.strip():
-        env = env or "production"
-        return env, ENVIRONMENT_URLS[env]
+        return env or "production", ENVIRONMENT_URLS[env or "production"]
     url = _checked_url(base_url, allow_http)
     for leap_env, leap_url in ENVIRONMENT_URLS.items():
         if url == leap_url and env not in ("", leap_env):

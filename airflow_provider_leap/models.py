@@ -16,24 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from airflow_provider_leap.timeutil import parse_timestamp
-
-__all__ = [
-    "IDENTITY_FIELDS",
-    "NOT_REQUIRED",
-    "TIME_FIELDS",
-    "ConnectRecord",
-    "ConnectionStatus",
-    "Meter",
-    "MeterAudit",
-    "UtilityConnection",
-    "UtilityStatus",
-    "connect_record_from_mapping",
-    "decode_connect_record",
-    "decode_connect_records",
-    "decode_meters",
-    "parse_timestamp",
-]
+from airflow_provider_leap.timeutil import parse_timestamp as parse_timestamp  # re-exported
 
 NOT_REQUIRED = "NOT_REQUIRED"
 # A Connect record's top-level string fields: the ones triage items, sensor results and a
@@ -143,6 +126,11 @@ _METER_LIST = msgspec.json.Decoder(list[Meter])
 _NULLABLE_COLLECTIONS: dict[str, Any] = {"utility_connections": [], "agreements": {}}
 
 
+def _attach(record: R, raw: msgspec.Raw) -> R:
+    msgspec.structs.force_setattr(record, "raw_json", raw)
+    return record
+
+
 def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
     """Keep what is readable from a record that does not fit the documented shape.
 
@@ -158,12 +146,9 @@ def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
     nulls = {k: v for k, v in _NULLABLE_COLLECTIONS.items() if k in data and data[k] is None}
     if nulls:
         try:
-            record = _CONNECT.decode(msgspec.json.encode({**data, **nulls}))
+            return _attach(_CONNECT.decode(msgspec.json.encode({**data, **nulls})), raw)
         except msgspec.DecodeError as exc:
             error = str(exc)
-        else:
-            msgspec.structs.force_setattr(record, "raw_json", raw)
-            return record
     text = {k: data[k] for k in IDENTITY_FIELDS + TIME_FIELDS if isinstance(data.get(k), str)}
     return ConnectRecord(raw_json=raw, parse_error=error, **text)
 
@@ -173,11 +158,9 @@ def decode_connect_record(raw: msgspec.Raw | bytes) -> ConnectRecord:
     if not isinstance(raw, msgspec.Raw):
         raw = msgspec.Raw(raw)
     try:
-        record = _CONNECT.decode(raw)
+        return _attach(_CONNECT.decode(raw), raw)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         return _salvage(raw, str(exc))
-    msgspec.structs.force_setattr(record, "raw_json", raw)
-    return record
 
 
 def connect_record_from_mapping(data: Any) -> ConnectRecord:
@@ -213,11 +196,9 @@ def decode_connect_records(records: msgspec.Raw) -> tuple[list[ConnectRecord], i
 
 def _meter_or_none(raw: msgspec.Raw) -> Meter | None:
     try:
-        meter = msgspec.json.decode(raw, type=Meter)
+        return _attach(msgspec.json.decode(raw, type=Meter), raw)
     except msgspec.DecodeError:
         return None
-    msgspec.structs.force_setattr(meter, "raw_json", raw)
-    return meter
 
 
 def decode_meters(records: msgspec.Raw) -> tuple[list[Meter], int]:

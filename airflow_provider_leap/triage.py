@@ -27,28 +27,10 @@ from airflow_provider_leap.models import (
 )
 from airflow_provider_leap.timeutil import UTC, format_timestamp, parse_timestamp
 
-__all__ = [
-    "BUCKETS",
-    "DEFAULT_AGREEMENT_DONE_STATUSES",
-    "DEFAULT_QUIET_PERIOD",
-    "REASONS",
-    "REASON_SEPARATOR",
-    "UNKNOWN_ERROR_CODE",
-    "Bucket",
-    "Reason",
-    "TriageResult",
-    "format_reason",
-    "split_reason",
-    "triage",
-]
-
 
 class Bucket:
-    """Bucket names, the keys of ``TriageResult.buckets``.
-
-    Plain strings, not enum members: they go into XCom, logs and f-strings as they are, and
-    the per-record path compares them at the cost of a string.
-    """
+    """Bucket names, the keys of ``TriageResult.buckets``: plain strings, not enum members, so
+    they go into XCom and f-strings as they are and cost the per-record path a string."""
 
     COMPLETED = "completed"
     NOT_STARTED = "not_started"
@@ -213,10 +195,8 @@ def _decide(
 
 
 def _malformed_item(obj: object, last_interaction: str | None = None) -> dict[str, Any]:
-    """Item for input that is not a record at all, or whose triage failed unexpectedly.
-
-    Keeps whichever identifying strings can be read, so that a person can find the record.
-    """
+    """Item for input that is not a record, or whose triage failed: the identifying strings
+    that can be read, so that a person can find the record."""
     item: dict[str, Any] = dict.fromkeys(IDENTITY_FIELDS)
     for name in IDENTITY_FIELDS:
         try:
@@ -233,7 +213,7 @@ def _malformed_item(obj: object, last_interaction: str | None = None) -> dict[st
 def _item(
     obj: Mapping[str, Any] | ConnectRecord, cutoff: datetime | None, done: frozenset[str]
 ) -> tuple[str, dict[str, Any], datetime | None]:
-    """One input's bucket, item and last interaction (the one used to pick among duplicates)."""
+    """One input's bucket, item and last interaction (what picks among duplicates)."""
     if isinstance(obj, ConnectRecord):
         record = obj
     elif isinstance(obj, Mapping):

@@ -242,7 +242,7 @@ def test_connection_examples_resolve_as_documented(monkeypatch) -> None:
     for value in values:
         value = value.replace("<URL-encoded API key>", "k%3Ak").replace("<API key>", "k:k")
         monkeypatch.setenv("AIRFLOW_CONN_LEAP_DOC", value)
-        urls.add(LeapHook("leap_doc").client.base_url)
+        urls.add(LeapHook("leap_doc").config.base_url)
     assert urls == {wire.PRODUCTION_URL, wire.STAGING_URL, "http://127.0.0.1:8765"}
 
 

@@ -13,6 +13,7 @@ import pytest
 from airflow.exceptions import AirflowException
 
 from airflow_provider_leap import get_provider_info, wire
+from airflow_provider_leap.config import KNOWN_EXTRAS
 from airflow_provider_leap.errors import LeapAuthError, LeapConfigError
 from airflow_provider_leap.hooks.leap import LeapException, LeapHook, connection_json
 from airflow_provider_leap.models import ConnectRecord
@@ -89,7 +90,7 @@ def test_constructor_settings_replace_the_connections(monkeypatch, leap_emulator
     )
     assert LeapHook("leap_x").config.timeout == 7.0
     assert LeapHook("leap_x", timeout=120, page_size=50).config.timeout == 120.0
-    with pytest.raises(LeapException, match="timeout must be a number of seconds > 0"):
+    with pytest.raises(LeapException, match="timeout must be seconds > 0"):
         LeapHook("leap_x", timeout=0).config  # noqa: B018
 
 
@@ -155,17 +156,11 @@ def test_test_connection_succeeds() -> None:
     )
 
 
-def test_ui_metadata_and_hook_agree() -> None:
+def test_the_form_is_the_hooks_and_its_fields_are_extras() -> None:
     (conn_type,) = get_provider_info()["connection-types"]
-    behaviour = conn_type["ui-field-behaviour"]
-    assert LeapHook.get_ui_field_behaviour() == {
-        "hidden_fields": behaviour["hidden-fields"],
-        "relabeling": behaviour["relabeling"],
-        "placeholders": behaviour["placeholders"],
-    }
     assert conn_type["connection-type"] == LeapHook.conn_type
     assert conn_type["hook-class-name"] == f"{LeapHook.__module__}.{LeapHook.__qualname__}"
-    assert behaviour["relabeling"]["password"] == "API key"
+    assert set(conn_type["conn-fields"]) <= set(KNOWN_EXTRAS)
     assert conn_type["conn-fields"]["environment"]["schema"]["enum"] == list(wire.ENVIRONMENT_URLS)
 
 

@@ -7,19 +7,16 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_leap import CONNECTION_FORM, DEFAULT_CONN_ID
+from airflow_provider_leap import DEFAULT_CONN_ID
 from airflow_provider_leap.client import LeapClient, deprecated_alias
-from airflow_provider_leap.config import ConnectionLike, LeapConfig
+from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
-
-if TYPE_CHECKING:
-    from airflow_provider_leap.models import ConnectRecord, Meter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,14 +78,14 @@ def _collect(
     return call
 
 
-def config_from_connection(conn: ConnectionLike, **overrides: Any) -> LeapConfig:
+def config_from_connection(conn: Any, **overrides: Any) -> LeapConfig:
     """The connection parsed and checked (no request); ``overrides`` replace settings."""
     with airflow_errors():
         config = LeapConfig.from_connection(conn)
         return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def client_from_connection(conn: ConnectionLike, **overrides: Any) -> LeapClient:
+def client_from_connection(conn: Any, **overrides: Any) -> LeapClient:
     """A client for an Airflow connection (the deferrable trigger builds its own this way)."""
     return LeapClient(config_from_connection(conn, **overrides))
 
@@ -114,16 +111,6 @@ class LeapHook(BaseHook):
         super().__init__()
         self.leap_conn_id = leap_conn_id
         self._overrides = overrides
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Form behaviour for Airflow versions that still ask the hook (same source as 3.x)."""
-        behaviour = CONNECTION_FORM["ui-field-behaviour"]
-        return {
-            "hidden_fields": list(behaviour["hidden-fields"]),
-            "relabeling": dict(behaviour["relabeling"]),
-            "placeholders": dict(behaviour["placeholders"]),
-        }
 
     @functools.cached_property
     def config(self) -> LeapConfig:
