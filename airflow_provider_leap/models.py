@@ -84,11 +84,11 @@ class ConnectRecord(_Record, frozen=True, kw_only=True):
     id: str | None = None
     transmission_region: str | None = None
     ref_id: str | None = None
-    start_date_time_utc: str | None = None
-    last_interaction_date_time_utc: str | None = None
     connection_status: str | None = None
     utility_connections: tuple[UtilityConnection, ...] = ()
     agreements: dict[str, Any] = {}
+    start_date_time_utc: str | None = None
+    last_interaction_date_time_utc: str | None = None
     parse_error: str | None = msgspec.field(default=None, name="__leap_parse_error__")
 
     @property

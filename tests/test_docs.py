@@ -1,4 +1,5 @@
-"""The documentation: its code samples import and run, its facts match the code, the site builds.
+"""The documentation: its code samples import and run, its facts match the code. (.ci/run
+builds the site, strictly.)
 
 The Python samples of the guides live in ``docs/snippets/*.py`` and are included into the pages,
 so a renamed argument or a changed behaviour breaks a test here instead of silently rotting.
@@ -9,10 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -46,15 +44,6 @@ def load_snippet(path: Path) -> ModuleType:
 
 
 # -- (a) every snippet imports, and every snippet is used by a page ------------------------------
-
-
-def test_there_are_snippets() -> None:
-    assert {p.name for p in SNIPPET_FILES} >= {
-        "quickstart_dag.py",
-        "triage_dag.py",
-        "triage_function.py",
-        "sensor_dag.py",
-    }
 
 
 @pytest.mark.parametrize("path", SNIPPET_FILES, ids=lambda p: p.stem)
@@ -164,38 +153,10 @@ def test_emulator_samples(leap_emulator, leap_emulator_factory, monkeypatch) -> 
 # -- (c) the vocabulary the docs must cover ------------------------------------------------------
 
 
-def test_docs_name_every_bucket_and_the_key_terms() -> None:
-    text = all_pages()
-    required = [
-        *BUCKETS,
-        "nextPageToken",
-        "page-token",
-        "Retry-After",
-        "poke",
-        "reschedule",
-        "deferrable",
-        "AIRFLOW_CONN_",
-        "staging",
-        "emulator",
-    ]
-    missing = [term for term in required if term not in text]
+def test_triage_page_names_every_bucket() -> None:
+    text = page("triage.md")
+    missing = [name for name in BUCKETS if f"`{name}`" not in text]
     assert not missing, missing
-
-
-@pytest.mark.parametrize(
-    ("name", "terms"),
-    [
-        ("triage.md", [f"`{b}`" for b in BUCKETS]),
-        ("sensor.md", ["poke", "reschedule", "deferrable", "end_time", "fail_on_statuses"]),
-        ("hook.md", ["`nextPageToken`", "`page-token`", "Retry-After", "max_retry_wait"]),
-        ("connection.md", ["AIRFLOW_CONN_LEAP_DEFAULT", "staging", "ASSUMED", "emulator"]),
-        ("emulator.md", ["--port", "leap_emulator", "leap_emulator_factory"]),
-    ],
-)
-def test_each_page_covers_its_subject(name: str, terms: list[str]) -> None:
-    text = page(name)
-    missing = [term for term in terms if term not in text]
-    assert not missing, (name, missing)
 
 
 def test_triage_table_has_every_row() -> None:
@@ -259,26 +220,3 @@ def test_reference_covers_every_public_module() -> None:
         empty = path.name == "__init__.py" and not path.read_text(encoding="utf-8").strip()
         if not empty:
             assert f"::: {module}\n" in text, f"{module} is missing from reference.md"
-
-
-# -- (e) the site builds, strictly ----------------------------------------------------------------
-
-
-def test_site_builds_without_warnings(tmp_path: Path) -> None:
-    if importlib.util.find_spec("mkdocs") is None:
-        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    assert "WARNING" not in output, output
-    assert (tmp_path / "reference" / "index.html").is_file()
-    assert "LeapHook" in (tmp_path / "reference" / "index.html").read_text(encoding="utf-8")

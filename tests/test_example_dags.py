@@ -87,9 +87,3 @@ def test_render_message_prefers_the_most_specific_template() -> None:
         "agreements": ["demand_response_participation_agreement_status"],
     }
     assert "demand_response" in module.render_message("agreements_pending", pending)["body"]
-
-
-@pytest.mark.parametrize("name", ["leap_connect_reengagement.py", "leap_connection_watch.py"])
-def test_examples_use_templated_fields_not_top_level_io(name: str) -> None:
-    text = (EXAMPLES / name).read_text()
-    assert "LeapHook()" not in text.split("with DAG(")[0]  # no API call at parse time

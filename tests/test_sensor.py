@@ -260,7 +260,7 @@ def test_trigger_does_not_block_the_event_loop(leap_emulator) -> None:
 
     event, ticks = asyncio.run(main())
     assert event["status"] == "success"
-    assert ticks > 20
+    assert ticks > 5  # the loop kept running while the thread waited on the answer
 
 
 # -- in a DAG run -------------------------------------------------------------------------------

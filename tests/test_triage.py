@@ -1,4 +1,4 @@
-"""TRIAGE.md's decision table, one case per row: breaking a row fails the case named after it."""
+"""docs/triage.md's decision table, one case per row: breaking a row fails the case named for it."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def test_large_buckets_stay_out_of_the_metadata_db(
 @pytest.mark.usefixtures("leap_conn", "out_dir")
 def test_filters_are_templated_and_string_dates_parsed(run_dag, leap_emulator) -> None:
     args = (
-        # The issue's own example: renders as "2026-11-25 01:02:03.456+00:00", parsed as a date.
+        # The docs' own example: renders as "2026-11-25 01:02:03.456+00:00", parsed as a date.
         'interacted_after="{{ data_interval_end - macros.timedelta(days=3) }}", quiet_period=0'
     )
     result = run_dag("triage_templated", dag_source("triage_templated", extra_args=args))

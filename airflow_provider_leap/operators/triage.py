@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -58,13 +58,7 @@ class TriageOperator(BaseOperator):
     :param page_size: records per API page (default: the connection's, else 500).
     """
 
-    template_fields: Sequence[str] = (
-        "ref_ids",
-        "started_after",
-        "interacted_after",
-        "now",
-        "leap_conn_id",
-    )
+    template_fields = ("ref_ids", "started_after", "interacted_after", "now", "leap_conn_id")
     template_fields_renderers = {"ref_ids": "json"}
     ui_color = "#e8f4ea"
     operator_extra_links = (LeapConnectionsLink(),)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +54,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         ``[operators] default_deferrable``. The sensor's ``timeout`` applies the same way.
     """
 
-    template_fields: Sequence[str] = (
-        "ref_ids",
-        "target_statuses",
-        "fail_on_statuses",
-        "leap_conn_id",
-    )
+    template_fields = ("ref_ids", "target_statuses", "fail_on_statuses", "leap_conn_id")
     template_fields_renderers = {"ref_ids": "json"}
     ui_color = "#e8eef8"
     operator_extra_links = (LeapConnectionsLink(),)
