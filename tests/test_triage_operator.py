@@ -170,7 +170,7 @@ def test_large_buckets_stay_out_of_the_metadata_db(
 def test_filters_are_templated_and_string_dates_parsed(run_dag, leap_emulator) -> None:
     args = (
         # The docs' own example: renders as "2026-11-25 01:02:03.456+00:00", parsed as a date.
-        'interacted_after="{{ data_interval_end - macros.timedelta(days=3) }}", quiet_period=0'
+        'interacted_after="{{ dag_run.run_after - macros.timedelta(days=3) }}", quiet_period=0'
     )
     result = run_dag("triage_templated", dag_source("triage_templated", extra_args=args))
     assert result.state == "success", result.task_states
@@ -191,3 +191,22 @@ def test_ref_ids_filter(run_dag, leap_emulator) -> None:
     pushed = result.xcoms[("triage", "utility_error")]
     assert [i["ref_id"] for i in pushed] == ["Test1012"]
     assert pushed[0]["reason"] == "error:USER_CANCELED"
+
+
+@pytest.mark.usefixtures("leap_conn", "out_dir")
+def test_now_is_templated_and_a_run_with_no_logical_date_triages_at_run_after(
+    run_dag, leap_emulator
+) -> None:
+    args = 'now="{{ dag_run.run_after }}"'
+    run_after = leap_emulator.now - timedelta(days=2)
+    result = run_dag(
+        "triage_now",
+        dag_source("triage_now", extra_args=args),
+        logical_date=None,
+        run_after=run_after,
+    )
+    assert result.state == "success", result.task_states
+    summary = result.xcoms[("triage", "return_value")]
+    assert datetime.fromisoformat(summary["now"].replace("Z", "+00:00")) == run_after
+    expected = triage(leap_emulator.records, now=run_after)
+    assert summary["counts"] == expected.summary["counts"]

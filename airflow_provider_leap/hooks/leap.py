@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_leap import DEFAULT_CONN_ID
 from airflow_provider_leap.client import LeapClient, deprecated_alias
 from airflow_provider_leap.config import LeapConfig
+from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
 
@@ -138,6 +139,20 @@ class LeapHook(BaseHook):
         """Where these Reference IDs stand: one pass over the Connect API (the sensor's poke)."""
         with airflow_errors():
             return check_ref_ids(self.client, ref_ids, targets, fails)
+
+    def connect_url(self, ref_id: str, transmission_region: str) -> str | None:
+        """The customer's Leap Connect link, from the extras ``connect_account`` (required),
+        ``connect_variant`` and ``connect_base_url``; None when no account is configured."""
+        config = self.config
+        if not config.connect_account:
+            return None
+        return connect_url(
+            ref_id,
+            transmission_region=transmission_region,
+            account=config.connect_account,
+            variant=config.connect_variant or DEFAULT_VARIANT,
+            base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap request, no retries: for ``airflow connections test`` and the UI button."""

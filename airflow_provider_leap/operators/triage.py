@@ -49,9 +49,11 @@ class TriageOperator(BaseOperator):
         is read as ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``).
     :param interacted_after: only connections whose last interaction is at or after this time.
         Templated, like ``started_after``.
-    :param now: the time the triage runs for: ``None`` (the wall clock), a datetime, or ISO-8601
-        text such as ``{{ dag_run.run_after }}``, so manual runs and replays triage as of their
-        own time. Templated.
+    :param now: the time the triage runs for (the quiet period counts back from it, and a
+        downstream ``LeapContactOperator`` plans with the summary's ``now``): ``None`` (the wall
+        clock), a datetime, or ISO-8601 text. ``"{{ dag_run.run_after }}"`` makes retries and
+        clears of a run triage at the same instant, and works for manual runs with no logical
+        date. Templated.
     :param quiet_period: records touched more recently than this go to ``too_recent``: Leap
         refreshes hourly, so acting sooner risks acting on stale data. Default one hour.
     :param agreement_done_statuses: agreement values that count as done (besides NOT_REQUIRED).

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -42,6 +42,10 @@ from airflow_provider_leap.testing.data import (
     to_us,
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
+from airflow_provider_leap.testing.journeys import Population
+
+if TYPE_CHECKING:
+    from airflow_provider_leap.testing.admin import EmulatorAdmin
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -410,6 +414,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if emulator.admin is not None and emulator.admin.owns(split.path):
+                answer = emulator.admin.handle(self.command, split.path, split.query, body)
+                self._send(200, answer, _JSON, {}, None)
+                return
             page = emulator._route(self.command, split.path, split.query, headers, body)
         except ApiError as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
@@ -532,6 +540,7 @@ class LeapEmulator:
     ``records`` is a count of generated records or a ready list of record dicts (e.g. to serve
     deliberately odd records). ``now`` is the reference time of the generated data and the
     clock that decides which meters exist; it stays fixed until set (``now = ...``/``advance``).
+    ``admin=True`` serves the ``/_emulator/`` endpoints of ``testing/admin.py`` as well.
     """
 
     def __init__(
@@ -545,6 +554,7 @@ class LeapEmulator:
         *,
         wire_names: wire.WireNames | None = None,
         verbose: bool = False,
+        admin: bool = False,
     ) -> None:
         self.seed = seed
         self.api_key = api_key
@@ -565,9 +575,15 @@ class LeapEmulator:
                 record_list = [dict(r) for r in records]
                 dataset = _Dataset(record_list, generate_meters(record_list, seed))
         self._initial_dataset = self._dataset = dataset
+        self._journeys: Population | None = None
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.admin: EmulatorAdmin | None = None
+        if admin:
+            from airflow_provider_leap.testing.admin import EmulatorAdmin
+
+            self.admin = EmulatorAdmin(self)
 
     # --- data and clock --------------------------------------------------------------------
 
@@ -599,11 +615,22 @@ class LeapEmulator:
     @now.setter
     def now(self, value: datetime) -> None:
         self._now_us = to_us(as_utc(value))
+        self._follow_journeys()
 
     def advance(self, delta: timedelta) -> datetime:
         """Move the emulator's clock (e.g. 25 h, so meters of recent completions appear)."""
         self._now_us += delta // timedelta(microseconds=1)
+        self._follow_journeys()
         return self.now
+
+    def play(self, population: Population) -> None:
+        """Serve customers who move over time: from now on the records follow the clock."""
+        self._journeys = population
+        self._follow_journeys()
+
+    def _follow_journeys(self) -> None:
+        if self._journeys is not None:
+            self.set_records(self._journeys.records_at(self.now))
 
     def set_records(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Serve other records from now on (meters are regenerated from them)."""
@@ -627,6 +654,7 @@ class LeapEmulator:
         self.request_log.reset()
         self._now_us = to_us(self._initial_now)
         self._dataset = self._initial_dataset
+        self._journeys = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
