@@ -45,7 +45,7 @@ Respond = Callable[[Seen], Reply]
 
 
 class FakeLeap:
-    """``FakeLeap(respond)``: answers every request with ``respond(seen)``; logs them."""
+    """Answers every request with ``respond(seen)`` and logs them; run it with ``fake_leap``."""
 
     def __init__(self, respond: Respond, certificate: Path | None = None) -> None:
         self.respond = respond
@@ -86,21 +86,18 @@ class FakeLeap:
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
             scheme = "https"
         self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeLeap:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @contextmanager
 def fake_leap(respond: Respond, certificate: Path | None = None) -> Iterator[FakeLeap]:
-    with FakeLeap(respond, certificate) as server:
-        yield server
+    """A ``FakeLeap`` serving on its own thread while the block runs."""
+    fake = FakeLeap(respond, certificate)
+    threading.Thread(target=fake.server.serve_forever, daemon=True).start()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
 
 
 def self_signed_certificate(folder: Path) -> Path:
