@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -132,24 +132,33 @@ def http_error(
             f"key must not travel on); set the base URL ({config.base_url}) to where Leap answers"
         )
     cls = LeapAuthError if status in AUTH_HINTS else LeapAPIError
-    return cls(message + why, method=method, path=path, status=status, title=title)
+    return cls(
+        message + why,
+        method=method,
+        path=path,
+        status=status,
+        title=title,
+        transient=is_retryable_status(status),
+    )
 
 
 class RequestAttempts:
-    """The retry rules of one request: ``after`` takes each attempt's outcome and returns None
-    (a success) or the seconds to wait; it raises the request's error when retrying is
-    pointless or the policy's budget is spent."""
+    """The retry rules of one request: ``after`` takes each attempt's outcome and returns the
+    answer (a success) or the seconds to wait before the next attempt; it raises the request's
+    error when retrying is pointless or the policy's budget is spent. A transport's request
+    loop sends, passes the outcome to ``after``, and waits or returns what it says.
+    """
 
     def __init__(self, config: LeapConfig, method: str, path: str, rng: random.Random) -> None:
         self.config, self.method, self.path, self.rng = config, method, path, rng
         self.number, self.waited = 0, 0.0
 
-    def after(self, outcome: Answer | Failure, policy: RetryPolicy) -> float | None:
+    def after(self, outcome: Answer | Failure, policy: RetryPolicy) -> Answer | float:
         self.number += 1
         method, path, config = self.method, self.path, self.config
         if isinstance(outcome, Answer):
             if outcome.status < 300:
-                return None
+                return outcome
             if not is_retryable_status(outcome.status):
                 raise http_error(method, path, outcome, config)
             retry_after = parse_retry_after(outcome.headers.get("Retry-After"))
@@ -170,7 +179,9 @@ class RequestAttempts:
                 tail = f"; still failing after {retries} retr{'y' if retries == 1 else 'ies'} {why}"
                 raise http_error(method, path, outcome, config, tail)
             where = f"gave up after {self.number} attempt(s) {why} at {config.base_url}"
-            raise LeapAPIError(f"Leap {method} {path}: {reason}; {where}", method=method, path=path)
+            raise LeapAPIError(
+                f"Leap {method} {path}: {reason}; {where}", method=method, path=path, transient=True
+            )
         log.warning(
             "Leap %s %s failed: %s; retry %d/%d in %.1f s",
             *(method, path, reason, self.number, policy.max_retries, delay),
@@ -197,9 +208,9 @@ def decode_page(
         records = next((page[k] for k in record_keys if k in page), None)
         tokens = (_TOKEN.decode(page[k]) for k in token_keys if k in page)
         token = next((t for t in tokens if t is not None and t != ""), None)
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # a body cut off on the way, most likely: transient
         raise LeapPagingError(
-            f"{where} is not readable JSON of the expected shape ({exc})"
+            f"{where} is not readable JSON of the expected shape ({exc})", transient=True
         ) from None
     if records is None:
         seen = ", ".join(sorted(page)) or "none"
@@ -212,20 +223,63 @@ def decode_page(
     )
 
 
-class Pager:
-    """One listing's paging rules: ``follow`` returns the token for the next page, or None
-    after the last page, and stops a repeated token, a page that repeats the previous one (a
-    server ignoring the token) and a listing longer than ``max_pages``."""
+class Pager(Generic[T]):
+    """One listing's requests and paging rules, without I/O, for any transport::
 
-    def __init__(self, method: str, path: str, config: LeapConfig) -> None:
-        self.name, self.config = f"Leap {method} {path}", config
-        self.pages = 0
+        while pager.more():
+            records = pager.page(<the answer to pager.params / pager.body>)
+
+    ``more`` follows the previous page's token (into the query, or into the body) and is
+    false after the last page; it stops a repeated token, a page that repeats the previous
+    one (a server ignoring the token) and a listing longer than ``max_pages``. ``page``
+    decodes one answer; it is called before the token is followed, so a page's records are
+    handed on before a paging error about what comes after them.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        config: LeapConfig,
+        keys: tuple[Sequence[str], Sequence[str]],
+        decode: Callable[[msgspec.Raw], tuple[list[T], int]],
+        *,
+        query: Query | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        self.method, self.path, self.name = method, path, f"Leap {method} {path}"
+        self.config, self.keys, self.decode = config, keys, decode
+        self.query, self.params, self.body = query, query, body
+        self.pages, self.done = 0, False
         self.seen: set[str] = set()
         self.previous: list[Any] = []
+        self._last: tuple[list[T], str | None] | None = None
 
     @property
     def where(self) -> str:
         return f"{self.name}: page {self.pages + 1}"
+
+    def page(self, answer: Answer) -> list[T]:
+        """The records of one answer, decoded (a record that does not fit is logged)."""
+        records_json, token = decode_page(answer.body, *self.keys, self.where)
+        try:
+            records, skipped = self.decode(records_json)
+        except msgspec.DecodeError:
+            raise LeapPagingError(f"{self.where}: the records are not a JSON list") from None
+        if skipped:
+            log.warning("%s: skipped %d record(s) that do not fit", self.where, skipped)
+        self._last = records, token
+        return records
+
+    def more(self) -> bool:
+        if self._last is not None:
+            token = self.follow(*self._last)
+            self._last, self.done = None, token is None
+            if token is not None and self.query is not None:
+                self.params = [*self.query, (self.config.wire.page_token_param, token)]
+            if token is not None and self.body is not None:
+                self.body = {**self.body, "page_token": token}
+        return not self.done
 
     def follow(self, records: list[Any], token: str | None) -> str | None:
         self.pages += 1
@@ -317,26 +371,88 @@ def _sent_time(value: TimeArg, param: str) -> datetime:
         raise LeapConfigError(str(exc)) from None
 
 
-# -- the requests transport -----------------------------------------------------------------------
+class ConnectQuery:
+    """One Connect listing as asked for, whatever the transport: the arguments checked (at
+    once: a bad one raises here), a ``Pager`` per request and the check of every page.
+
+    Reference IDs go as repeated ``ref-id`` parameters, split over several requests when the
+    query would get long; an empty collection means no request (``None``: every record).
+    """
+
+    def __init__(
+        self,
+        config: LeapConfig,
+        ref_ids: Iterable[str] | str | None = None,
+        started_after: TimeArg | None = None,
+        interacted_after: TimeArg | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        names, size = config.wire, config.page_size if page_size is None else page_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise LeapConfigError(f"page_size must be a positive integer, got {size!r}")
+        times = zip(TIME_FILTERS, (started_after, interacted_after), strict=True)
+        self.after = {
+            name: _sent_time(t, getattr(names, name)) for name, t in times if t is not None
+        }
+        self.ids = None if ref_ids is None else validate_ref_ids(ref_ids)
+        self.wanted = None if self.ids is None else set(self.ids)
+        self.config, self.size = config, size
+
+    def pagers(self) -> Iterator[Pager[ConnectRecord]]:
+        names = self.config.wire
+        sent = {getattr(names, name): when for name, when in self.after.items()}
+        keys = ((names.records_key, *wire.RECORDS_KEY_FALLBACKS),
+                (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS))  # fmt: skip
+        for query in connect_queries(names, self.size, self.ids, sent) if self.ids != [] else []:
+            path = names.connections_path
+            yield Pager("GET", path, self.config, keys, decode_connect_records, query=query)
+
+    def check(self, records: list[ConnectRecord]) -> list[ConnectRecord]:
+        """The page's records within the filters sent (see ``check_records``)."""
+        if self.wanted is None and not self.after:
+            return records
+        return check_records(records, self.config.wire, self.wanted, self.after)
 
 
-class _DeadlinePassed(Exception):
-    pass
+# -- transports: what their errors mean ------------------------------------------------------------
 
 
-# Everything requests, urllib3 and the socket layer raise for one request (ValueError covers
-# UnicodeError and http.client refusing a header value).
-_TRANSPORT_ERRORS = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    OSError,
-    ValueError,
-    _DeadlinePassed,
+class DeadlinePassed(Exception):
+    """A transport's read loop passed ``request_deadline``."""
+
+
+@dataclass(frozen=True)
+class TransportErrors:
+    """One HTTP library's exceptions, by what they mean for a retry (see ``transport_failure``).
+
+    ``caught``: everything one attempt may raise. A ``timeout`` type anywhere in the chain of
+    causes is a timeout; ``tls`` and ``connection`` types are matched on the exception itself.
+    """
+
+    caught: tuple[type[BaseException], ...]
+    tls: tuple[type[BaseException], ...]
+    timeout: tuple[type[BaseException], ...]
+    connection: tuple[type[BaseException], ...]
+
+
+# ValueError covers UnicodeError and http.client refusing a header value. Not urllib3's
+# TimeoutError as a timeout: its NewConnectionError (refused) is one.
+REQUESTS_ERRORS = TransportErrors(
+    caught=(
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+        OSError,
+        ValueError,
+        DeadlinePassed,
+    ),
+    tls=(requests.exceptions.SSLError,),
+    timeout=(requests.Timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError),
+    connection=(requests.ConnectionError, urllib3.exceptions.ProtocolError, OSError),
 )
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and all it wraps: requests and urllib3 nest causes in several ways."""
+    """``exc`` and all it wraps: HTTP libraries nest causes in several ways."""
     found: list[BaseException] = []
     todo = [exc]
     while todo:
@@ -348,27 +464,28 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def transport_failure(exc: BaseException, config: LeapConfig) -> Failure:
-    """What went wrong, from a requests, urllib3 or socket error; never its URL or the key."""
+def transport_failure(
+    exc: BaseException, config: LeapConfig, errors: TransportErrors = REQUESTS_ERRORS
+) -> Failure:
+    """What went wrong, from an HTTP library's or the socket layer's error; never its URL (the
+    query holds Reference IDs) or the key."""
     causes = _causes(exc)
     tls = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
     dns = next((e for e in causes if isinstance(e, socket.gaierror)), None)
     os_error = next((e for e in causes[::-1] if isinstance(e, OSError) and e.strerror), None)
     name = type(exc).__name__ + (f": {os_error.strerror}" if os_error else "")
-    if tls is not None or isinstance(exc, requests.exceptions.SSLError):
+    if tls is not None or isinstance(exc, errors.tls):
         kind, detail = "tls", f"TLS failed ({tls or name}): check the certificate and the host"
     elif dns is not None:
         kind, detail = "dns", f"the host name does not resolve ({dns}): check the host"
-    elif isinstance(exc, _DeadlinePassed):
+    elif isinstance(exc, DeadlinePassed):
         kind, detail = (
             "deadline",
             f"no whole answer in request_deadline={config.request_deadline:g} s",
         )
-    elif isinstance(exc, requests.Timeout) or any(
-        isinstance(e, (TimeoutError, urllib3.exceptions.ReadTimeoutError)) for e in causes
-    ):  # not urllib3's TimeoutError: its NewConnectionError (refused) is one
+    elif any(isinstance(e, errors.timeout) for e in causes):
         kind, detail = "timeout", f"{type(exc).__name__} (timeout={config.timeout:g} s)"
-    elif isinstance(exc, (requests.ConnectionError, urllib3.exceptions.ProtocolError, OSError)):
+    elif isinstance(exc, errors.connection):
         kind, detail = "connection", name
     else:
         kind, detail = "other", name
@@ -426,13 +543,12 @@ class LeapClient:
         Raises :class:`LeapAPIError` (or a subclass) naming method, path, status and Leap's title.
         """
         attempts = RequestAttempts(self.config, method, path, self.rng)
+        policy = retry or self.config.retry
         while True:
-            outcome = self._send(method, path, params, json)
-            delay = attempts.after(outcome, retry or self.config.retry)
-            if delay is None:
-                assert isinstance(outcome, Answer)
-                return outcome
-            self._sleep(delay)
+            step = attempts.after(self._send(method, path, params, json), policy)
+            if isinstance(step, Answer):
+                return step
+            self._sleep(step)
 
     def _send(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
@@ -460,45 +576,22 @@ class LeapClient:
                 while chunk := read(_READ_SIZE, decode_content=True):
                     chunks.append(chunk)
                     if self._clock() > deadline:
-                        raise _DeadlinePassed
+                        raise DeadlinePassed
             except BaseException:
                 response.close()
                 raise
             raw.release_conn()  # read to the end: the connection goes back to the pool
             return Answer(response.status_code, response.headers, b"".join(chunks))
-        except _TRANSPORT_ERRORS as exc:
+        except REQUESTS_ERRORS.caught as exc:
             failure = transport_failure(exc, config)
         return failure
 
-    def _pages(
-        self,
-        method: str,
-        path: str,
-        query: Query | None,
-        body: dict[str, Any] | None,
-        keys: tuple[Sequence[str], Sequence[str]],
-        decode: Callable[[msgspec.Raw], tuple[list[T], int]],
-    ) -> Iterator[list[T]]:
-        """Every page of one listing, decoded; the token goes in the query, or in the body."""
-        pager = Pager(method, path, self.config)
-        params = query
-        while True:
-            answer = self.request(method, path, params=params, json=body)
-            records_json, token = decode_page(answer.body, *keys, pager.where)
-            try:
-                records, skipped = decode(records_json)
-            except msgspec.DecodeError:
-                raise LeapPagingError(f"{pager.where}: the records are not a JSON list") from None
-            if skipped:
-                log.warning("%s: skipped %d record(s) that do not fit", pager.where, skipped)
-            yield records
-            token = pager.follow(records, token)
-            if token is None:
-                return
-            if query is not None:
-                params = [*query, (self.config.wire.page_token_param, token)]
-            if body is not None:
-                body = {**body, "page_token": token}
+    def _pages(self, pager: Pager[T]) -> Iterator[list[T]]:
+        """Every page of one listing, decoded."""
+        while pager.more():
+            yield pager.page(
+                self.request(pager.method, pager.path, params=pager.params, json=pager.body)
+            )
 
     def iter_connect_records(
         self,
@@ -516,27 +609,14 @@ class LeapClient:
         filter whose wire name is wrong) are dropped with a warning. Invalid arguments raise at
         the call, API failures while iterating.
         """
-        names, size = self.config.wire, self.config.page_size if page_size is None else page_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise LeapConfigError(f"page_size must be a positive integer, got {size!r}")
-        times = zip(TIME_FILTERS, (started_after, interacted_after), strict=True)
-        after = {name: _sent_time(t, getattr(names, name)) for name, t in times if t is not None}
-        ids = None if ref_ids is None else validate_ref_ids(ref_ids)
-        return chain.from_iterable(self._connect_pages(ids, after, size))
+        query = ConnectQuery(self.config, ref_ids, started_after, interacted_after, page_size)
+        return chain.from_iterable(self._connect_pages(query))
 
     iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
 
-    def _connect_pages(
-        self, ids: list[str] | None, after: dict[str, datetime], size: int
-    ) -> Iterator[list[ConnectRecord]]:
-        names, wanted = self.config.wire, None if ids is None else set(ids)
-        sent = {getattr(names, name): when for name, when in after.items()}
-        keys = ((names.records_key, *wire.RECORDS_KEY_FALLBACKS),
-                (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS))  # fmt: skip
-        for query in connect_queries(names, size, ids, sent) if ids != [] else []:
-            path = names.connections_path
-            for records in self._pages("GET", path, query, None, keys, decode_connect_records):
-                yield check_records(records, names, wanted, after) if sent or wanted else records
+    def _connect_pages(self, query: ConnectQuery) -> Iterator[list[ConnectRecord]]:
+        for pager in query.pagers():
+            yield from map(query.check, self._pages(pager))
 
     def iter_meters(
         self,
@@ -568,7 +648,8 @@ class LeapClient:
         seen: set[str] = set()
         for chunk in chunks:
             chunk_body = body if chunk is None else {**body, "connection_reference_ids": chunk}
-            for page in self._pages("POST", path, None, chunk_body, _METERS_KEYS, decode_meters):
+            pager = Pager("POST", path, self.config, _METERS_KEYS, decode_meters, body=chunk_body)
+            for page in self._pages(pager):
                 for meter in page:
                     if meter.meter_id is not None:
                         if meter.meter_id in seen:

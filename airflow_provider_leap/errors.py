@@ -20,6 +20,8 @@ class LeapAPIError(LeapError):
 
     The message names the method, the path (never the query, which may hold Reference IDs, and
     never the API key), the HTTP status and Leap's ``title`` when the body carries one.
+    ``transient`` is true when trying again later may succeed (Leap overloaded, unreachable or
+    cut off, the request's retries spent), false when Leap refused the request as such.
     """
 
     def __init__(
@@ -30,12 +32,14 @@ class LeapAPIError(LeapError):
         path: str = "",
         status: int | None = None,
         title: str | None = None,
+        transient: bool = False,
     ) -> None:
         super().__init__(message)
         self.method = method
         self.path = path
         self.status = status
         self.title = title
+        self.transient = transient
 
 
 class LeapAuthError(LeapAPIError):
@@ -44,3 +48,8 @@ class LeapAuthError(LeapAPIError):
 
 class LeapPagingError(LeapAPIError):
     """The API repeated a page token or sent a page that cannot be read."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a later attempt may succeed where this one failed (see ``LeapAPIError``)."""
+    return isinstance(exc, LeapAPIError) and exc.transient

@@ -1,7 +1,8 @@
 """Where a set of Reference IDs stands against target statuses. No Airflow import.
 
 One evaluation = one pass over the Connect API for all IDs (the client batches them into as few
-requests as the URL length allows), shared by the sensor's poke and the deferrable trigger.
+requests as the URL length allows): the sensor's poke, or the deferrable trigger's share of a
+coalesced poll (``polls.PollHub``); ``evaluate`` is the rule of both.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class WatchResult:
     @property
     def done(self) -> bool:
         return not (self.waiting or self.failed or self.missing)
+
+    def counts(self) -> dict[str, int]:
+        """How many Reference IDs stand where (what a trigger event carries, not the records)."""
+        parts = ("reached", "waiting", "missing", "failed")
+        return {name: len(getattr(self, name)) for name in parts}
 
     def describe(self, total: int) -> str:
         """The one log line a person needs: how many are still open, and which."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,7 +17,6 @@ from airflow.sdk.exceptions import (
 
 from airflow_provider_leap.hooks.leap import LeapException, connection_json
 from airflow_provider_leap.sensors.connect import ConnectStatusSensor
-from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 
 CONNECTIONS = "/v1.1/connections"
@@ -150,8 +148,12 @@ def test_deferrable_defers_with_a_serialisable_trigger(leap_emulator) -> None:
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_leap.triggers.connect.ConnectStatusTrigger"
     assert kwargs["ref_ids"] == ids and kwargs["poll_interval"] == 120
-    assert kwargs["poll_first"] is False  # the worker just polled: no second request at once
-    assert abs(kwargs["end_time"] - (time.time() + 600)) < 30
+    # Absolute times: a restarted triggerer resumes them. The worker just polled, so the next
+    # poll is on the 120 s grid that every sensor of this interval shares, 60 to 180 s on.
+    now = time.time()
+    assert kwargs["next_poll_at"] % 120 == 0 and now + 30 < kwargs["next_poll_at"] < now + 180
+    assert abs(kwargs["end_time"] - (now + 600)) < 30
+    assert err.value.timeout == timedelta(seconds=600)  # Airflow's own timeout agrees
     rebuilt = ConnectStatusTrigger(**kwargs)
     assert rebuilt.serialize() == (path, kwargs)
 
@@ -177,90 +179,28 @@ def test_execute_complete_maps_every_event(event, expected) -> None:
         sensor(ref_ids=["abc"]).execute_complete({}, event)
 
 
-def test_execute_complete_success_returns_records() -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_execute_complete_reads_the_records_the_event_does_not_carry(leap_emulator) -> None:
+    ids = refs(leap_emulator, "COMPLETED", 2)
+    event = {"status": "success", "message": "2 of 2", "counts": {"reached": 2}}
+    records = sensor(ref_ids=ids).execute_complete({}, event)
+    assert sorted({r["ref_id"] for r in records}) == sorted(ids)
+    assert connect_requests(leap_emulator) == 1
+    assert sensor(ref_ids=ids, return_records=False).execute_complete({}, event) is None
+    assert connect_requests(leap_emulator) == 1  # not asked for: not read
+
+
+def test_execute_complete_takes_an_event_of_the_previous_version() -> None:
     records = [{"ref_id": "abc", "connection_status": "COMPLETED"}]
     event = {"status": "success", "records": records}
     assert sensor(ref_ids=["abc"]).execute_complete({}, event) == records
-
-
-# -- trigger run loop ---------------------------------------------------------------------------
-
-
-async def first_event(trigger: ConnectStatusTrigger) -> dict[str, Any]:
-    async for event in trigger.run():
-        return event.payload
-    raise AssertionError("trigger ended without an event")
-
-
-def make_trigger(ids: list[str], **kwargs: Any) -> ConnectStatusTrigger:
-    kwargs.setdefault("end_time", time.time() + 30)
-    kwargs.setdefault("poll_interval", 0.05)
-    return ConnectStatusTrigger(
-        leap_conn_id="leap_default", ref_ids=ids, target_statuses=["COMPLETED"], **kwargs
-    )
+    assert sensor(ref_ids=["abc"], return_records=False).execute_complete({}, event) is None
 
 
 @pytest.mark.usefixtures("leap_conn")
-def test_trigger_succeeds_against_the_emulator(leap_emulator) -> None:
-    ids = refs(leap_emulator, "COMPLETED", 3)
-    event = asyncio.run(first_event(make_trigger(ids)))
-    assert event["status"] == "success"
-    assert sorted({r["ref_id"] for r in event["records"]}) == sorted(ids)
-
-
-def test_trigger_rides_out_transient_faults(monkeypatch, leap_emulator) -> None:
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_LEAP_DEFAULT",
-        connection_json(leap_emulator.url, EMULATOR_API_KEY, max_retries=0),
-    )
-    leap_emulator.faults.fail_next(2, FaultKind.UNAVAILABLE)
-    event = asyncio.run(first_event(make_trigger(refs(leap_emulator, "COMPLETED", 1))))
-    assert event["status"] == "success"
-    assert [r.status for r in leap_emulator.requests] == [503, 503, 200]
-
-
-@pytest.mark.usefixtures("leap_conn")
-def test_trigger_times_out_at_end_time(leap_emulator) -> None:
-    started = time.monotonic()
-    trigger = make_trigger(
-        refs(leap_emulator, "PARTIAL", 1), end_time=time.time() + 0.3, poll_interval=0.1
-    )
-    event = asyncio.run(first_event(trigger))
-    assert event["status"] == "timeout"
-    assert "waiting on 1" in event["message"]
-    assert time.monotonic() - started < 5
-    assert connect_requests(leap_emulator) >= 2
-
-
-@pytest.mark.usefixtures("leap_conn")
-def test_trigger_reports_a_fail_status(leap_emulator) -> None:
-    trigger = make_trigger(refs(leap_emulator, "ERROR", 1), fail_on_statuses=["ERROR"])
-    event = asyncio.run(first_event(trigger))
-    assert event["status"] == "failed" and event["failed"]
-
-
-def test_trigger_gives_up_on_a_refused_key(monkeypatch, leap_emulator) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_LEAP_DEFAULT", connection_json(leap_emulator.url, "wrong:key"))
-    event = asyncio.run(first_event(make_trigger(["abc"])))
-    assert event["status"] == "error" and "HTTP 403" in event["message"]
-    assert "wrong:key" not in event["message"]
-
-
-@pytest.mark.usefixtures("leap_conn")
-def test_trigger_does_not_block_the_event_loop(leap_emulator) -> None:
-    leap_emulator.faults.fail_next(1, "slow")  # a 1 s answer: the loop must keep ticking meanwhile
-
-    async def main() -> tuple[dict[str, Any], int]:
-        ticks = 0
-        task = asyncio.create_task(first_event(make_trigger(refs(leap_emulator, "COMPLETED", 1))))
-        while not task.done():
-            await asyncio.sleep(0.01)
-            ticks += 1
-        return task.result(), ticks
-
-    event, ticks = asyncio.run(main())
-    assert event["status"] == "success"
-    assert ticks > 5  # the loop kept running while the thread waited on the answer
+def test_return_records_false_pushes_no_records_when_poked(leap_emulator) -> None:
+    result = sensor(ref_ids=refs(leap_emulator, "COMPLETED", 1), return_records=False).poke({})
+    assert result.is_done and result.xcom_value is None
 
 
 # -- in a DAG run -------------------------------------------------------------------------------
@@ -344,13 +284,3 @@ def test_reschedule_mode_in_a_dag_run(run_dag, leap_emulator) -> None:
     assert result.state == "success", result.task_states
     assert {r["ref_id"] for r in result.xcoms[("wait", "return_value")]} == set(ids)
     assert connect_requests(leap_emulator) >= 2  # released the slot at least once, then poked again
-
-
-@pytest.mark.usefixtures("leap_conn")
-def test_trigger_can_wait_one_interval_before_its_first_poll(leap_emulator) -> None:
-    trigger = make_trigger(refs(leap_emulator, "COMPLETED", 1), poll_interval=0.3, poll_first=False)
-    started = time.monotonic()
-    event = asyncio.run(first_event(trigger))
-    assert event["status"] == "success"
-    assert time.monotonic() - started >= 0.3
-    assert connect_requests(leap_emulator) == 1

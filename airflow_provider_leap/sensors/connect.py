@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -38,7 +39,8 @@ class ConnectStatusSensor(BaseSensorOperator):
     Each poke makes one pass over the Connect API for all IDs (batched by the ``ref-id`` filter,
     split only when the URL would get too long), never one request per ID. Reference IDs that
     Leap does not list yet (the customer never clicked the link) keep the sensor waiting and are
-    named in the log. On success the XCom value is the matching records as small dicts.
+    named in the log. On success the XCom value is the matching records as small dicts
+    (``return_records=False``: none).
 
     Leap refreshes connection data once an hour, so ``poke_interval`` defaults to one hour; a
     shorter interval against a production host is allowed but logged as a warning. Arguments
@@ -52,6 +54,10 @@ class ConnectStatusSensor(BaseSensorOperator):
     :param leap_conn_id: Airflow connection of type ``leap``. Templated.
     :param deferrable: wait in the triggerer instead of a worker slot; defaults to Airflow's
         ``[operators] default_deferrable``. The sensor's ``timeout`` applies the same way.
+    :param return_records: return (push to XCom) the records of the Reference IDs on success
+        (default ``True``). A deferred sensor's trigger event carries counts and IDs only, so
+        the records are read again, in one pass, when the task resumes; ``False`` spares that
+        pass and the XCom for thousands of IDs whose records no task reads.
     """
 
     template_fields = ("ref_ids", "target_statuses", "fail_on_statuses", "leap_conn_id")
@@ -68,9 +74,11 @@ class ConnectStatusSensor(BaseSensorOperator):
         leap_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool | None = None,
         poke_interval: timedelta | float = HOURLY,
+        return_records: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
+        self.return_records = return_records
         self.ref_ids = ref_ids
         self.target_statuses = target_statuses
         self.fail_on_statuses = fail_on_statuses
@@ -110,7 +118,8 @@ class ConnectStatusSensor(BaseSensorOperator):
         self.log.info("%s", message)
         if result.failed:
             raise AirflowFailException(f"Leap connection(s) in a fail status: {message}")
-        return PokeReturnValue(is_done=result.done, xcom_value=result.records)
+        records = result.records if self.return_records else None
+        return PokeReturnValue(is_done=result.done, xcom_value=records)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -124,21 +133,26 @@ class ConnectStatusSensor(BaseSensorOperator):
             raise
         if first.is_done:
             return first.xcom_value
+        from airflow_provider_leap.polls import grid_time
         from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 
         ids, targets, fails = self.arguments()
-        end_time = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
+        now, interval = time.time(), self.poke_interval
         self.defer(
             trigger=ConnectStatusTrigger(
                 leap_conn_id=self.leap_conn_id,
                 ref_ids=ids,
                 target_statuses=targets,
                 fail_on_statuses=fails,
-                poll_interval=self.poke_interval,
-                end_time=end_time.timestamp(),
-                poll_first=False,  # the poke above was the first poll
+                poll_interval=interval,
+                end_time=now + self.timeout,
+                # The poke above was a poll: the next is on the epoch's grid of the interval, at
+                # least half an interval on (one interval on average), where other sensors of
+                # this connection poll too.
+                next_poll_at=grid_time(0.0, interval, now + interval / 2),
             ),
             method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),  # the trigger's end_time, for Airflow
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
@@ -146,8 +160,10 @@ class ConnectStatusSensor(BaseSensorOperator):
         status = (event or {}).get("status")
         message = (event or {}).get("message", "")
         if status == "success" and event:
-            self.log.info("All Reference IDs reached %s", self.target_statuses)
-            return event["records"]
+            self.log.info("All Reference IDs reached the target status: %s", message)
+            if "records" in event:  # an event of version 0.1 carried them
+                return event["records"] if self.return_records else None
+            return self._records() if self.return_records else None
         if status == "timeout":
             raise AirflowSensorTimeout(f"ConnectStatusSensor timed out: {message}")
         if status == "failed":
@@ -155,3 +171,11 @@ class ConnectStatusSensor(BaseSensorOperator):
         if status == "error":
             raise AirflowException(f"ConnectStatusSensor could not poll Leap: {message}")
         raise AirflowException(f"ConnectStatusSensor got an unexpected trigger event: {event!r}")
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The records of the Reference IDs, read in one pass (the event does not carry them)."""
+        from airflow_provider_leap.hooks.leap import LeapHook
+
+        ids, targets, fails = self.arguments()
+        result = LeapHook(leap_conn_id=self.leap_conn_id).check_ref_ids(ids, targets, fails)
+        return result.records

@@ -1,31 +1,63 @@
 """ConnectStatusTrigger: the deferrable half of ConnectStatusSensor, run by the triggerer.
 
-It reuses the provider's HTTP core (auth, retries, paging, batching) by running the blocking
-client in a worker thread, so the triggerer's event loop never blocks.
+It waits on the triggerer's event loop and holds no thread: the polls go through the core's
+async transport (``async_client``), shared with every other Leap trigger of the same connection
+and time in this process (``polls.PollHub``), and cancelling it stops its polling at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_leap.errors import LeapAPIError, LeapError
+from airflow_provider_leap.config import LeapConfig
+from airflow_provider_leap.errors import LeapError, is_transient
+from airflow_provider_leap.polls import PollHub, grid_time
+from airflow_provider_leap.watch import WatchResult, evaluate
+
+_HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PollHub] = weakref.WeakKeyDictionary()
+
+
+async def _load_config(conn_id: str) -> LeapConfig:
+    from airflow_provider_leap.hooks.leap import LeapHook
+
+    return LeapConfig.from_connection(await LeapHook.aget_connection(conn_id))
+
+
+def _hub() -> PollHub:
+    """This event loop's hub: the triggerer runs all its triggers on one loop."""
+    loop = asyncio.get_running_loop()
+    hub = _HUBS.get(loop)
+    if hub is None:
+        hub = _HUBS[loop] = PollHub(_load_config)
+    return hub
 
 
 class ConnectStatusTrigger(BaseTrigger):
     """Poll Leap until every Reference ID is in a target status, one fails, or ``end_time``.
 
-    ``poll_first=False`` waits one ``poll_interval`` before the first poll: the sensor sets it
-    when it has just checked in the worker, since Leap's data changes at most hourly.
+    Times are absolute (seconds since the epoch), so a trigger restarted from its kwargs (a
+    triggerer restart, or the trigger moving to another triggerer) resumes its schedule: it
+    polls at ``next_poll_at``, then every ``poll_interval`` after it (the next of those times
+    still ahead, after a restart), and gives up at ``end_time``. Without ``next_poll_at`` it
+    polls at once, then on the epoch's grid of ``poll_interval``. ``poll_first`` is read only
+    from rows of version 0.1: ``False`` (the sensor had just checked) joins that grid without
+    polling at once.
 
-    Events (``event["status"]``): ``success`` (with ``records``), ``failed`` (a Reference ID in
-    a fail status), ``timeout`` (``end_time`` passed), ``error`` (Leap refused the request, e.g.
-    401/403/400: retrying would not help). Transient failures that outlast the client's own
-    retries are logged and tried again at the next poll.
+    Events (``event["status"]``), each with a ``message`` (the last poll, one line) and
+    ``counts`` (Reference IDs reached, waiting, missing, failed), never the records:
+    ``success``; ``failed`` (with ``failed``: the Reference IDs in a fail status); ``timeout``
+    (``end_time`` passed); ``error`` (Leap refused the request, e.g. 401/403/400, or the
+    connection cannot be used: trying again would not help). A transient failure (429, 5xx, a
+    timeout, a dropped connection) that outlasts the client's own retries is logged and tried
+    again at the next poll.
     """
 
     def __init__(
@@ -37,6 +69,7 @@ class ConnectStatusTrigger(BaseTrigger):
         fail_on_statuses: Sequence[str] = (),
         poll_interval: float = 3600.0,
         end_time: float,
+        next_poll_at: float | None = None,
         poll_first: bool = True,
     ) -> None:
         super().__init__()
@@ -46,7 +79,9 @@ class ConnectStatusTrigger(BaseTrigger):
         self.fail_on_statuses = list(fail_on_statuses)
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time)
-        self.poll_first = poll_first
+        if next_poll_at is None and not poll_first:  # a 0.1 row: the sensor had just checked
+            next_poll_at = grid_time(0.0, self.poll_interval, time.time())
+        self.next_poll_at = None if next_poll_at is None else float(next_poll_at)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -58,75 +93,69 @@ class ConnectStatusTrigger(BaseTrigger):
                 "fail_on_statuses": self.fail_on_statuses,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
-                "poll_first": self.poll_first,
+                "next_poll_at": self.next_poll_at,
             },
         )
 
+    def _next_poll(self, previous: float | None) -> float:
+        """When to poll next: on the grid, ahead of now, and after the previous poll."""
+        now = time.time()
+        if previous is None and self.next_poll_at is None:
+            return now
+        not_before = now if previous is None else max(now, previous + self.poll_interval / 2)
+        return grid_time(self.next_poll_at or 0.0, self.poll_interval, not_before)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_leap.hooks.leap import LeapHook, client_from_connection
-        from airflow_provider_leap.watch import check_ref_ids
+        hub, total = _hub(), len(self.ref_ids)
+        last: WatchResult | None = None
+        at: float | None = None
+        while True:
+            at = self._next_poll(at)
+            if at >= self.end_time:
+                await asyncio.sleep(max(self.end_time - time.time(), 0.0))
+                yield self._timeout_event(last)
+                return
+            try:
+                found = await asyncio.wait_for(
+                    hub.records(self.leap_conn_id, at, self.ref_ids),
+                    timeout=max(self.end_time - time.time(), 0.0),
+                )
+            except asyncio.TimeoutError:
+                yield self._timeout_event(last)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    why = str(exc) if isinstance(exc, LeapError) else f"{type(exc).__name__}: {exc}"
+                    yield TriggerEvent({"status": "error", "message": why})
+                    return
+                self.log.warning("Leap poll failed, trying again next poll: %s", exc)
+                continue
+            records = chain.from_iterable(
+                found.get(ref_id, ()) for ref_id in dict.fromkeys(self.ref_ids)
+            )
+            last = evaluate(records, self.ref_ids, self.target_statuses, self.fail_on_statuses)
+            message = last.describe(total)
+            self.log.info("%s", message)
+            if last.failed:
+                yield self._event("failed", last, message, failed=sorted(last.failed))
+                return
+            if last.done:
+                yield self._event("success", last, message)
+                return
 
-        try:
-            conn = await LeapHook.aget_connection(self.leap_conn_id)
-            client = await asyncio.to_thread(client_from_connection, conn)
-        except Exception as exc:
-            yield TriggerEvent({"status": "error", "message": str(exc)})
-            return
-        total = len(self.ref_ids)
-        last = "no successful poll yet"
-        try:
-            if not self.poll_first:  # the sensor has just checked: wait one interval first
-                await asyncio.sleep(min(self.poll_interval, max(self.end_time - _now(), 0.0)))
-            while True:
-                if _now() >= self.end_time:
-                    yield self._timeout_event(last)
-                    return
-                try:
-                    result = await asyncio.to_thread(
-                        check_ref_ids,
-                        client,
-                        self.ref_ids,
-                        self.target_statuses,
-                        self.fail_on_statuses,
-                    )
-                except LeapAPIError as exc:
-                    if exc.status is not None and exc.status < 500 and exc.status != 429:
-                        yield TriggerEvent({"status": "error", "message": str(exc)})
-                        return
-                    self.log.warning("Leap poll failed, trying again next poll: %s", exc)
-                except LeapError as exc:
-                    yield TriggerEvent({"status": "error", "message": str(exc)})
-                    return
-                else:
-                    self.log.info("%s", result.describe(total))
-                    if result.failed:
-                        yield TriggerEvent(
-                            {
-                                "status": "failed",
-                                "message": result.describe(total),
-                                "failed": result.failed,
-                                "records": result.records,
-                            }
-                        )
-                        return
-                    if result.done:
-                        yield TriggerEvent({"status": "success", "records": result.records})
-                        return
-                    last = result.describe(total)
-                remaining = self.end_time - _now()
-                if remaining <= 0:
-                    yield self._timeout_event(last)
-                    return
-                await asyncio.sleep(min(self.poll_interval, remaining))
-        finally:
-            await asyncio.to_thread(client.close)
-
-    def _timeout_event(self, last: str) -> TriggerEvent:
-        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
+    @staticmethod
+    def _event(status: str, result: WatchResult, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent(
-            {"status": "timeout", "message": f"Timed out at {end}; last poll: {last}"}
+            {"status": status, "message": message, "counts": result.counts(), **extra}
         )
 
-
-def _now() -> float:
-    return datetime.now(timezone.utc).timestamp()
+    def _timeout_event(self, last: WatchResult | None) -> TriggerEvent:
+        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
+        summary = "no successful poll yet" if last is None else last.describe(len(self.ref_ids))
+        return TriggerEvent(
+            {
+                "status": "timeout",
+                "message": f"Timed out at {end}; last poll: {summary}",
+                "counts": None if last is None else last.counts(),
+            }
+        )

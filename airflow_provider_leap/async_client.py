@@ -1,0 +1,158 @@
+"""The async transport: Leap's Connect records over httpx, for the triggerer. No Airflow.
+
+Every rule is ``client.py``'s: ``ConnectQuery`` builds the requests and checks the records,
+``Pager`` decodes and follows the pages, ``RequestAttempts`` decides the retries and maps the
+errors, ``transport_failure`` names what went wrong. Only ``AsyncLeapClient._send`` touches
+httpx, and the backoff is an ``asyncio.sleep``: a waiting poll holds no thread, and cancelling
+it stops it at once (nothing is sent after the cancellation, the connection is closed on the
+loop that opened it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+
+from airflow_provider_leap.client import (
+    Answer,
+    ConnectQuery,
+    DeadlinePassed,
+    Failure,
+    Pager,
+    RequestAttempts,
+    TimeArg,
+    TransportErrors,
+    transport_failure,
+)
+from airflow_provider_leap.config import LeapConfig
+from airflow_provider_leap.models import ConnectRecord
+from airflow_provider_leap.retry import RetryPolicy
+
+T = TypeVar("T")
+
+HTTPX_ERRORS = TransportErrors(
+    caught=(
+        httpx.HTTPError,
+        httpx.InvalidURL,
+        httpx.StreamError,
+        OSError,
+        ValueError,
+        DeadlinePassed,
+    ),
+    tls=(),
+    timeout=(httpx.TimeoutException, TimeoutError),
+    connection=(httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, OSError),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle takes 0.1 to 0.3 s of the event loop,
+    which every new ``httpx.AsyncClient`` would otherwise pay again."""
+    return httpx.create_ssl_context()
+
+
+class AsyncLeapClient:
+    """An ``httpx.AsyncClient`` to one Leap environment, with the sync client's rules.
+
+    Use it as ``async with AsyncLeapClient(config) as client: ...`` on one event loop. ``sleep``,
+    ``clock`` and ``rng`` are injectable like ``LeapClient``'s.
+    """
+
+    def __init__(
+        self,
+        config: LeapConfig,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config, self.rng = config, rng or random.Random()
+        self._sleep, self._clock = sleep, clock
+        self._http = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers={"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"},
+            timeout=min(config.timeout, config.request_deadline),
+            follow_redirects=False,
+            verify=_tls_context(),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncLeapClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        json: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Answer:
+        """One API call, transient failures retried within the policy's bounds (see
+        ``LeapClient.request``)."""
+        attempts = RequestAttempts(self.config, method, path, self.rng)
+        policy = retry or self.config.retry
+        while not isinstance(
+            step := attempts.after(await self._send(method, path, params, json), policy), Answer
+        ):
+            await self._sleep(step)
+        return step
+
+    async def _send(
+        self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
+    ) -> Answer | Failure:
+        """One attempt, read whole within ``request_deadline`` (see ``LeapClient._send``)."""
+        config = self.config
+        deadline = self._clock() + config.request_deadline
+        try:
+            query = None if params is None else tuple(params)
+            async with self._http.stream(method, path, params=query, json=body) as response:
+                chunks = []
+                async for chunk in response.aiter_bytes():
+                    chunks.append(chunk)
+                    if self._clock() > deadline:
+                        raise DeadlinePassed
+            return Answer(response.status_code, response.headers, b"".join(chunks))
+        except HTTPX_ERRORS.caught as exc:
+            failure = transport_failure(exc, config, HTTPX_ERRORS)
+        return failure
+
+    async def _pages(self, pager: Pager[T]) -> AsyncIterator[list[T]]:
+        while pager.more():
+            answer = await self.request(
+                pager.method, pager.path, params=pager.params, json=pager.body
+            )
+            yield pager.page(answer)
+
+    async def connect_pages(
+        self,
+        ref_ids: Iterable[str] | str | None = None,
+        started_after: TimeArg | None = None,
+        interacted_after: TimeArg | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[list[ConnectRecord]]:
+        """The pages of ``LeapClient.iter_connect_records`` (same arguments, same checks)."""
+        query = ConnectQuery(self.config, ref_ids, started_after, interacted_after, page_size)
+        for pager in query.pagers():
+            async for records in self._pages(pager):
+                yield query.check(records)
+
+    async def get_connect_records(
+        self, ref_ids: Iterable[str] | str | None = None, **filters: Any
+    ) -> list[ConnectRecord]:
+        """Every record of ``connect_pages`` as one list: for the IDs a sensor watches."""
+        return [record async for page in self.connect_pages(ref_ids, **filters) for record in page]
