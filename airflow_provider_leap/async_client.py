@@ -15,7 +15,7 @@ import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -33,7 +33,6 @@ from airflow_provider_leap.client import (
 )
 from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.models import ConnectRecord
-from airflow_provider_leap.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -93,24 +92,16 @@ class AsyncLeapClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Sequence[tuple[str, str]] | None = None,
-        json: Mapping[str, Any] | None = None,
-        retry: RetryPolicy | None = None,
+    async def _request(
+        self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer:
-        """One API call, transient failures retried within the policy's bounds (see
-        ``LeapClient.request``)."""
-        attempts = RequestAttempts(self.config, method, path, self.rng)
-        policy = retry or self.config.retry
-        while not isinstance(
-            step := attempts.after(await self._send(method, path, params, json), policy), Answer
-        ):
+        """One API call, transient failures retried (``LeapClient.request``'s rules)."""
+        attempts, policy = RequestAttempts(self.config, method, path, self.rng), self.config.retry
+        while True:
+            step = attempts.after(await self._send(method, path, params, body), policy)
+            if isinstance(step, Answer):
+                return step
             await self._sleep(step)
-        return step
 
     async def _send(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
@@ -133,10 +124,9 @@ class AsyncLeapClient:
 
     async def _pages(self, pager: Pager[T]) -> AsyncIterator[list[T]]:
         while pager.more():
-            answer = await self.request(
-                pager.method, pager.path, params=pager.params, json=pager.body
+            yield pager.page(
+                await self._request(pager.method, pager.path, pager.params, pager.body)
             )
-            yield pager.page(answer)
 
     async def connect_pages(
         self,

@@ -1,4 +1,5 @@
-"""ConnectStatusSensor (poke, reschedule, deferrable) and its trigger, against the emulator."""
+"""ConnectStatusSensor (poke, reschedule, deferrable) against the emulator; its trigger is in
+test_trigger.py."""
 
 from __future__ import annotations
 
@@ -14,24 +15,11 @@ from airflow.sdk.exceptions import (
     AirflowSensorTimeout,
     AirflowSkipException,
 )
+from emulator_refs import connect_requests, refs
 
 from airflow_provider_leap.hooks.leap import LeapException, connection_json
 from airflow_provider_leap.sensors.connect import ConnectStatusSensor
 from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
-
-CONNECTIONS = "/v1.1/connections"
-
-
-def refs(leap_emulator: Any, status: str, count: int = 3) -> list[str]:
-    """Reference IDs whose every record has ``status`` (an ID may exist in two regions)."""
-    by_ref: dict[str, set[str]] = {}
-    for record in leap_emulator.records:
-        by_ref.setdefault(record["ref_id"], set()).add(record["connection_status"])
-    return [ref for ref, statuses in by_ref.items() if statuses == {status}][:count]
-
-
-def connect_requests(leap_emulator: Any) -> int:
-    return sum(1 for r in leap_emulator.requests if r.path == CONNECTIONS)
 
 
 def sensor(**kwargs: Any) -> ConnectStatusSensor:
@@ -97,7 +85,7 @@ def test_poke_mode_times_out(leap_emulator, mocker) -> None:
 def test_one_pass_per_poke_batches_reference_ids(leap_emulator, count, most) -> None:
     ids = [f"cust-{i:06d}" for i in range(count)]
     sensor(ref_ids=ids).poke({})
-    assert 1 <= connect_requests(leap_emulator) <= most
+    assert 1 <= len(connect_requests(leap_emulator)) <= most
 
 
 def test_poke_errors_are_leap_exceptions(monkeypatch, leap_emulator) -> None:
@@ -185,9 +173,9 @@ def test_execute_complete_reads_the_records_the_event_does_not_carry(leap_emulat
     event = {"status": "success", "message": "2 of 2", "counts": {"reached": 2}}
     records = sensor(ref_ids=ids).execute_complete({}, event)
     assert sorted({r["ref_id"] for r in records}) == sorted(ids)
-    assert connect_requests(leap_emulator) == 1
+    assert len(connect_requests(leap_emulator)) == 1
     assert sensor(ref_ids=ids, return_records=False).execute_complete({}, event) is None
-    assert connect_requests(leap_emulator) == 1  # not asked for: not read
+    assert len(connect_requests(leap_emulator)) == 1  # not asked for: not read
 
 
 def test_execute_complete_takes_an_event_of_the_previous_version() -> None:
@@ -271,7 +259,7 @@ def test_reschedule_mode_in_a_dag_run(run_dag, leap_emulator) -> None:
 
     def complete_after_first_poke() -> None:
         deadline = time.monotonic() + 60
-        while connect_requests(leap_emulator) < 1 and time.monotonic() < deadline:
+        while len(connect_requests(leap_emulator)) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         leap_emulator.set_records(
             [{**r, "connection_status": "COMPLETED"} if r["ref_id"] in ids else r for r in original]
@@ -283,4 +271,6 @@ def test_reschedule_mode_in_a_dag_run(run_dag, leap_emulator) -> None:
     )
     assert result.state == "success", result.task_states
     assert {r["ref_id"] for r in result.xcoms[("wait", "return_value")]} == set(ids)
-    assert connect_requests(leap_emulator) >= 2  # released the slot at least once, then poked again
+    assert (
+        len(connect_requests(leap_emulator)) >= 2
+    )  # released the slot at least once, then poked again

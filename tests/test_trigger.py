@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from emulator_refs import connect_requests, refs
 
 from airflow_provider_leap.async_client import AsyncLeapClient
 from airflow_provider_leap.client import connect_queries
@@ -19,20 +20,6 @@ from airflow_provider_leap.polls import grid_time
 from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
 from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 from airflow_provider_leap.wire import WireNames
-
-CONNECTIONS = "/v1.1/connections"
-
-
-def refs(leap_emulator: Any, status: str, count: int = 3) -> list[str]:
-    """Reference IDs whose every record has ``status`` (an ID may exist in two regions)."""
-    by_ref: dict[str, set[str]] = {}
-    for record in leap_emulator.records:
-        by_ref.setdefault(record["ref_id"], set()).add(record["connection_status"])
-    return [ref for ref, statuses in by_ref.items() if statuses == {status}][:count]
-
-
-def connect_requests(leap_emulator: Any) -> list[Any]:
-    return [r for r in leap_emulator.requests if r.path == CONNECTIONS]
 
 
 async def first_event(trigger: ConnectStatusTrigger) -> dict[str, Any]:
