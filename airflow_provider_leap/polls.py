@@ -15,7 +15,6 @@ import contextvars
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from airflow_provider_leap.async_client import AsyncLeapClient
@@ -34,12 +33,10 @@ def grid_time(anchor: float, interval: float, not_before: float) -> float:
 
 
 class _Tick:
-    """One shared poll: the IDs of those waiting for it, and its outcome once sent."""
+    """One shared poll: who waits for it (each caller's future and IDs), and its task."""
 
     def __init__(self) -> None:
-        self.ids: Counter[str] = Counter()
-        self.waiting = 0
-        self.result: asyncio.Future[Records] = asyncio.get_running_loop().create_future()
+        self.waiters: dict[asyncio.Future[Records], list[str]] = {}
         self.task: asyncio.Task[None] | None = None
 
 
@@ -53,7 +50,12 @@ class PollHub:
     cancelled before the pass ends leaves it; when the last one leaves, the pass is cancelled:
     no request is sent after that, and the client is closed on this loop. The connection is
     read again for every pass (``load_config``), so a changed key is used at the next poll.
+
+    The outcome reaches the callers ``FAN_OUT`` at a time, one turn of the loop apart: each
+    caller then logs and decides, and hundreds of them at once would stall the loop.
     """
+
+    FAN_OUT = 20
 
     def __init__(
         self,
@@ -66,7 +68,6 @@ class PollHub:
         self._open: dict[tuple[str, float], _Tick] = {}
 
     async def records(self, conn_id: str, at: float, ref_ids: Iterable[str]) -> Records:
-        ids = list(dict.fromkeys(ref_ids))
         key = (conn_id, round(at, 3))
         tick = self._open.get(key)
         if tick is None:
@@ -75,23 +76,40 @@ class PollHub:
             tick.task = contextvars.Context().run(
                 asyncio.ensure_future, self._pass(conn_id, key, at, tick)
             )
-        tick.ids.update(ids)
-        tick.waiting += 1
+        mine: asyncio.Future[Records] = asyncio.get_running_loop().create_future()
+        tick.waiters[mine] = list(ref_ids)
         try:
-            return await asyncio.shield(tick.result)
+            return await mine
         finally:
-            tick.waiting -= 1
-            tick.ids.subtract(ids)
-            if tick.result.done() and not tick.result.cancelled():
-                tick.result.exception()  # retrieved: one caller's cancellation is no lost error
-            elif not tick.waiting and tick.task is not None:
+            del tick.waiters[mine]
+            if mine.done() and not mine.cancelled():
+                mine.exception()  # retrieved, even when this caller was cancelled meanwhile
+            elif not tick.waiters and tick.task is not None:
                 tick.task.cancel()
 
     async def _pass(self, conn_id: str, key: tuple[str, float], at: float, tick: _Tick) -> None:
         try:
             await asyncio.sleep(max(at - self._clock(), 0.0))
             self._close(key, tick)  # from now on, a caller for this time makes a pass of its own
-            ids = [ref_id for ref_id, count in tick.ids.items() if count > 0]
+            outcome = await self._poll(conn_id, tick)
+            for number, waiter in enumerate(list(tick.waiters), 1):
+                if waiter.done():  # its caller was cancelled meanwhile
+                    continue
+                if isinstance(outcome, Exception):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+                if number % self.FAN_OUT == 0:
+                    await asyncio.sleep(0)
+        finally:
+            self._close(key, tick)
+            for waiter in tick.waiters:  # cancelled (the loop is closing): no one waits for nothing
+                waiter.cancel()
+
+    async def _poll(self, conn_id: str, tick: _Tick) -> Records | Exception:
+        """One pass over the Reference IDs of everyone waiting: their records, or the error."""
+        ids = list(dict.fromkeys(ref_id for ids in tick.waiters.values() for ref_id in ids))
+        try:
             config = await self._load_config(conn_id)
             async with self._client(config) as client:
                 found: dict[str, list[ConnectRecord]] = {}
@@ -99,17 +117,13 @@ class PollHub:
                     for record in page:
                         if record.ref_id is not None:  # a malformed record matches no one
                             found.setdefault(record.ref_id, []).append(record)
-            log.info(
-                "Polled Leap (connection %s) for %d trigger(s): %d Reference ID(s), %d listed",
-                *(conn_id, tick.waiting, len(ids), len(found)),
-            )
-            tick.result.set_result(found)
         except Exception as exc:
-            tick.result.set_exception(exc)
-        finally:
-            self._close(key, tick)
-            if not tick.result.done():
-                tick.result.cancel()
+            return exc
+        log.info(
+            "Polled Leap (connection %s) for %d trigger(s): %d Reference ID(s), %d listed",
+            *(conn_id, len(tick.waiters), len(ids), len(found)),
+        )
+        return found
 
     def _close(self, key: tuple[str, float], tick: _Tick) -> None:
         if self._open.get(key) is tick:

@@ -223,7 +223,7 @@ def test_a_row_of_the_previous_version_deserializes_and_runs(leap_emulator) -> N
     from airflow.models.trigger import Trigger
     from airflow.serialization.decoders import smart_decode_trigger_kwargs
 
-    # What version 0.1's sensor deferred with: no next_poll_at, poll_first=False.
+    # What the previous version's sensor deferred with: no next_poll_at, poll_first=False.
     old = {
         "leap_conn_id": "leap_default",
         "ref_ids": refs(leap_emulator, "COMPLETED", 2),
@@ -279,6 +279,24 @@ def test_triggers_of_one_connection_share_one_pass_per_poll(leap_emulator) -> No
     # One pass over the merged IDs: what one trigger watching all of them would cost.
     assert len(sent) == len(connect_queries(WireNames(), 500, merged, {}))
     assert sorted(v for r in sent for k, v in r.query if k == "ref-id") == sorted(merged)
+
+
+def test_a_shared_pass_hands_its_outcome_to_every_trigger(monkeypatch, leap_emulator) -> None:
+    """More triggers than the hub wakes in one turn of the loop: each still gets the outcome."""
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_DEFAULT", connection_json(leap_emulator.url, "wrong:key"))
+    at = time.time() + 0.3
+    triggers = [
+        make_trigger([f"ref-{i:03d}"], next_poll_at=at, poll_interval=60) for i in range(45)
+    ]
+
+    async def main() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(first_event(t) for t in triggers)))
+
+    events = run(main())
+    assert [e["status"] for e in events] == ["error"] * 45
+    assert all("HTTP 403" in e["message"] for e in events)
+    [request] = connect_requests(leap_emulator)  # one pass, one request, for all 45
+    assert len([v for k, v in request.query if k == "ref-id"]) == 45
 
 
 def test_other_connections_and_times_poll_apart(monkeypatch, leap_emulator) -> None:

@@ -161,7 +161,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         message = (event or {}).get("message", "")
         if status == "success" and event:
             self.log.info("All Reference IDs reached the target status: %s", message)
-            if "records" in event:  # an event of version 0.1 carried them
+            if "records" in event:  # an event of the previous version carried them
                 return event["records"] if self.return_records else None
             return self._records() if self.return_records else None
         if status == "timeout":

@@ -13,14 +13,14 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.errors import LeapError, is_transient
-from airflow_provider_leap.polls import PollHub, grid_time
-from airflow_provider_leap.watch import WatchResult, evaluate
+from airflow_provider_leap.polls import PollHub, Records, grid_time
+from airflow_provider_leap.watch import evaluate
 
 _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PollHub] = weakref.WeakKeyDictionary()
 
@@ -48,8 +48,8 @@ class ConnectStatusTrigger(BaseTrigger):
     polls at ``next_poll_at``, then every ``poll_interval`` after it (the next of those times
     still ahead, after a restart), and gives up at ``end_time``. Without ``next_poll_at`` it
     polls at once, then on the epoch's grid of ``poll_interval``. ``poll_first`` is read only
-    from rows of version 0.1: ``False`` (the sensor had just checked) joins that grid without
-    polling at once.
+    from rows deferred by the previous version: ``False`` (the sensor had just checked) joins
+    that grid without polling at once.
 
     Events (``event["status"]``), each with a ``message`` (the last poll, one line) and
     ``counts`` (Reference IDs reached, waiting, missing, failed), never the records:
@@ -79,7 +79,7 @@ class ConnectStatusTrigger(BaseTrigger):
         self.fail_on_statuses = list(fail_on_statuses)
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time)
-        if next_poll_at is None and not poll_first:  # a 0.1 row: the sensor had just checked
+        if next_poll_at is None and not poll_first:  # an older row: the sensor had just checked
             next_poll_at = grid_time(0.0, self.poll_interval, time.time())
         self.next_poll_at = None if next_poll_at is None else float(next_poll_at)
 
@@ -106,9 +106,9 @@ class ConnectStatusTrigger(BaseTrigger):
         return grid_time(self.next_poll_at or 0.0, self.poll_interval, not_before)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hub, total = _hub(), len(self.ref_ids)
-        last: WatchResult | None = None
-        at: float | None = None
+        # Between polls the trigger keeps its last summary only, never the records: the
+        # triggerer holds hundreds of these.
+        hub, last, at = _hub(), Summary("no successful poll yet", None), None
         while True:
             at = self._next_poll(at)
             if at >= self.end_time:
@@ -116,9 +116,11 @@ class ConnectStatusTrigger(BaseTrigger):
                 yield self._timeout_event(last)
                 return
             try:
-                found = await asyncio.wait_for(
-                    hub.records(self.leap_conn_id, at, self.ref_ids),
-                    timeout=max(self.end_time - time.time(), 0.0),
+                event, last = self._outcome(
+                    await asyncio.wait_for(
+                        hub.records(self.leap_conn_id, at, self.ref_ids),
+                        timeout=max(self.end_time - time.time(), 0.0),
+                    )
                 )
             except asyncio.TimeoutError:
                 yield self._timeout_event(last)
@@ -130,32 +132,35 @@ class ConnectStatusTrigger(BaseTrigger):
                     return
                 self.log.warning("Leap poll failed, trying again next poll: %s", exc)
                 continue
-            records = chain.from_iterable(
-                found.get(ref_id, ()) for ref_id in dict.fromkeys(self.ref_ids)
-            )
-            last = evaluate(records, self.ref_ids, self.target_statuses, self.fail_on_statuses)
-            message = last.describe(total)
-            self.log.info("%s", message)
-            if last.failed:
-                yield self._event("failed", last, message, failed=sorted(last.failed))
-                return
-            if last.done:
-                yield self._event("success", last, message)
+            if event is not None:
+                yield event
                 return
 
-    @staticmethod
-    def _event(status: str, result: WatchResult, message: str, **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {"status": status, "message": message, "counts": result.counts(), **extra}
+    def _outcome(self, found: Records) -> tuple[TriggerEvent | None, Summary]:
+        """The event this poll ends the wait with, if any, and its summary."""
+        ids = dict.fromkeys(self.ref_ids)
+        records = chain.from_iterable(found.get(ref_id, ()) for ref_id in ids)
+        result = evaluate(records, ids, self.target_statuses, self.fail_on_statuses)
+        summary = Summary(result.describe(len(ids)), result.counts())
+        self.log.info("%s", summary.message)
+        if result.failed:
+            return summary.event("failed", failed=sorted(result.failed)), summary
+        return (summary.event("success") if result.done else None), summary
+
+    def _timeout_event(self, last: Summary) -> TriggerEvent:
+        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
+        return Summary(f"Timed out at {end}; last poll: {last.message}", last.counts).event(
+            "timeout"
         )
 
-    def _timeout_event(self, last: WatchResult | None) -> TriggerEvent:
-        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
-        summary = "no successful poll yet" if last is None else last.describe(len(self.ref_ids))
+
+class Summary(NamedTuple):
+    """One poll, as an event tells it: one line, and how many Reference IDs stand where."""
+
+    message: str
+    counts: dict[str, int] | None
+
+    def event(self, status: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent(
-            {
-                "status": "timeout",
-                "message": f"Timed out at {end}; last poll: {summary}",
-                "counts": None if last is None else last.counts(),
-            }
+            {"status": status, "message": self.message, "counts": self.counts, **extra}
         )
