@@ -56,29 +56,37 @@ if grep -q "^[^/]*/tests/" <<<"$listing"; then
   echo "sdist carries tests/ (MANIFEST.in prunes them)" >&2
   exit 1
 fi
-unzip -l "$wheel" | grep -q "dist-info/licenses/LICENSE" || { echo "wheel lacks LICENSE" >&2; exit 1; }
-
-floor=$(unzip -p "$wheel" '*.dist-info/METADATA' | sed -n 's/^Requires-Dist: apache-airflow[<>=,0-9. ]*>=\([0-9]*\.[0-9]*\).*/\1/p')
+# A file of the wheel whose name ends with $1 (python, not unzip, which a machine may lack).
+wheel_file() {
+  "$ROOT/.venv/bin/python" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+sys.stdout.write("".join(z.read(n).decode() for n in z.namelist() if n.endswith(sys.argv[2])))' \
+    "$wheel" "$1"
+}
+[ -n "$(wheel_file .dist-info/licenses/LICENSE)" ] || { echo "wheel lacks LICENSE" >&2; exit 1; }
+floor=$(wheel_file .dist-info/METADATA |
+  sed -n 's/^Requires-Dist: apache-airflow[<>=,0-9. ]*>=\([0-9]*\.[0-9]*\).*/\1/p')
 [ -n "$floor" ] || { echo "no apache-airflow floor in the wheel's metadata" >&2; exit 1; }
 
-# Oldest Airflow with the oldest Python, newest with the newest, where this machine has them.
+# One environment; run in the background, so its variables, redirection and trap are its own.
 run_env() { # name python airflow_minor
-  local name=$1 python=$2 minor=$3 env=$work/$1 log=$work/$1.log
-  {
-    "$UV" venv --quiet --python "$python" "$env"
-    # shellcheck disable=SC2046 # the pins are words
-    "$UV" pip install --quiet --python "$env/bin/python" "$wheel[test]" \
-      "apache-airflow~=$minor.0" $(pins_for "$minor")
-    mkdir -p "$env/run"
-    cd "$env/run"
-    "$env/bin/python" -c 'import sys, airflow, airflow_provider_leap as p
+  env=$work/$1 minor=$3 t0=$SECONDS
+  trap 'echo $((SECONDS - t0)) >"$env.seconds"' EXIT
+  exec >"$env.log" 2>&1
+  "$UV" venv --quiet --python "$2" "$env"
+  # shellcheck disable=SC2046 # the pins are words
+  "$UV" pip install --quiet --python "$env/bin/python" "$wheel[test]" \
+    "apache-airflow~=$minor.0" $(pins_for "$minor")
+  mkdir -p "$env/run"
+  cd "$env/run" # not the checkout: nothing may import airflow_provider_leap from it
+  "$env/bin/python" -c 'import sys, airflow, airflow_provider_leap as p
 print("python", sys.version.split()[0], "airflow", airflow.__version__, "provider", p.__file__)'
-    AIRFLOW_HOME="$env/airflow-home" "$env/bin/airflow" providers list | grep "airflow-provider-leap"
-    LEAP_EXPECT_WHEEL=1 "$env/bin/pytest" -q -p no:cacheprovider \
-      -c "$ROOT/pyproject.toml" --rootdir "$ROOT" "$ROOT/tests"
-  } >"$log" 2>&1
+  AIRFLOW_HOME="$env/airflow-home" "$env/bin/airflow" providers list | grep "airflow-provider-leap"
+  LEAP_EXPECT_WHEEL=1 "$env/bin/pytest" -q -p no:cacheprovider \
+    -c "$ROOT/pyproject.toml" --rootdir "$ROOT" "$ROOT/tests"
 }
 
+# Oldest Airflow with the oldest Python, newest with the newest, where this machine has them.
 oldest_py=$(find_python 3.10)
 newest_py=$(find_python 3.13)
 names=(oldest newest)
@@ -91,7 +99,7 @@ status=0
 for i in 0 1; do
   name=${names[$i]}
   if wait "${pids[$i]}"; then result=ok; else result=FAILED; status=1; fi
-  echo "== $name: $result"
+  echo "== $name: $result in $(cat "$work/$name.seconds") s"
   if [ $result = ok ]; then
     grep -E "^python |airflow-provider-leap|passed|failed" "$work/$name.log" | sed 's/^/   /'
   else
