@@ -102,7 +102,7 @@ def format_timestamp(value: datetime | date | str) -> str:
         value = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(timezone.utc).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 def validate_ref_ids(ref_ids: Iterable[str] | str) -> list[str]:

@@ -239,6 +239,10 @@ def _one_of(words: str) -> Callable[[Any], bool]:
     return frozenset(words.split()).__contains__
 
 
+def _any_string(value: str) -> bool:
+    return True
+
+
 _ENUMS: Mapping[str, Callable[[Any], bool]] = {
     "transmission_region": frozenset(REGIONS).__contains__,
     "customer_classification": _one_of("RESIDENTIAL COMMERCIAL"),
@@ -248,8 +252,8 @@ _METER_LISTS: Mapping[str, tuple[int, int, Callable[[Any], bool]]] = {
     "meter_ids": (0, 1000, lambda v: bool(_UUID.fullmatch(v))),
     "partner_references": (1, 1000, is_valid_ref_id),
     "connection_reference_ids": (1, wire.METERS_MAX_REFERENCE_IDS, is_valid_ref_id),
-    "customer_groups": (1, 20, bool),
-    "tags": (1, 20, bool),
+    "customer_groups": (1, 20, _any_string),
+    "tags": (1, 20, _any_string),
     "meter_types": (1, 20, _one_of("UTILITY_METER SUBMETER DEVICE")),
     "global_enrollment_statuses": (
         1,
@@ -354,9 +358,7 @@ def _page(
     scope: str,
     keys: tuple[str, str],
 ) -> _Page:
-    if offset > len(indices):
-        raise ApiError(400, "Invalid page token", {"reason": "past the last page"})
-    end = offset + size
+    end = offset + size  # a token past the end (other filters than it came from): an empty page
     return _Page(
         items=[items[i] for i in indices[offset:end]],
         records_key=keys[0],
