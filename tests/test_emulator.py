@@ -146,6 +146,14 @@ def test_unknown_path_404_and_undeclared_methods_405_in_json(
                 assert wrong.json()["details"] == {"allowed": [allowed], "method": method}
 
 
+def test_requests_http_server_refuses_get_json_errors_too(leap_emulator: LeapEmulator) -> None:
+    response = requests.get(
+        leap_emulator.connections_url, headers={"X-Long": "a" * 70_000}, timeout=TIMEOUT
+    )
+    assert response.status_code == 431
+    assert response.json() == {"title": "Line too long", "status": 431, "details": {}}
+
+
 # --- connections: paging and page tokens --------------------------------------------------------
 
 

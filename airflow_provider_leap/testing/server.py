@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -97,7 +97,6 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int | None
     fault: str | None
-    at: float = field(default_factory=time.monotonic)
 
 
 class RequestLog:
@@ -173,11 +172,13 @@ class _Dataset:
 
     def select_connections(
         self, refs: Sequence[str], start: int | None, last: int | None
-    ) -> list[int]:
+    ) -> Sequence[int]:
         if refs:
             indices: Sequence[int] = sorted({i for ref in refs for i in self.by_ref.get(ref, ())})
         else:
             indices = range(len(self.records))
+        if start is None and last is None:
+            return indices  # no scan per page when paging through everything
         starts, lasts = self.starts, self.lasts
         return [
             i
@@ -352,7 +353,7 @@ class _Page:
 
 def _page(
     items: list[bytes],
-    indices: list[int],
+    indices: Sequence[int],
     offset: int,
     size: int,
     scope: str,
@@ -394,6 +395,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 60
     disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms stalls
+    # Errors http.server answers itself (a malformed request line...) in Leap's shape too.
+    error_content_type = _JSON
+    error_message_format = '{"title": "%(message)s", "status": %(code)d, "details": {}}'
     server: _HTTPServer
 
     def __getattr__(self, name: str) -> Any:
