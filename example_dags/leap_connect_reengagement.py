@@ -1,16 +1,25 @@
-"""Hourly re-engagement loop over Leap Connect statuses.
+"""Hourly re-engagement over Leap Connect statuses: each stall answered once, a few reminders, then
+silence, and never the same message twice.
 
-Every hour (at minute 17, after Leap's hourly refresh has landed) the DAG triages the connections
-with a recent last interaction and hands each actionable bucket to a task that writes one
-re-engagement message per customer, worded by bucket and reason (error codes get their own
-wording). A CRM task writes one record per item. ``too_recent`` items are left alone on purpose:
-the next hourly run looks at them again. ``needs_review`` items go to a person.
+Every hour (at minute 17, after Leap's hourly refresh has landed) ``triage`` sorts the customers
+with a recent last interaction into buckets. ``message_customers`` asks the contact policy who is
+due: a first message one hour after a customer stalls, reminders 1, 3 and 7 days after the stall,
+then nothing; one message per customer per run, about the most actionable of their records, with
+their Leap Connect link. Every send is recorded in the delivery ledger before the next one, so a
+retry, a clear, a manual run, the next hour or a second worker never repeats a message, and one
+refused address never blocks the others. ``record_in_crm`` does the same for the CRM, with the
+contact key as the upsert key. ``flag_for_review`` lists what a person should look at.
 
 Where the output goes, so the DAG runs anywhere:
-- messages: Airflow's email (the ``smtp_default`` connection) for customers with an address in
-  the ``leap_contacts`` Variable (a JSON map ref_id -> email); otherwise JSON lines in an outbox
-  folder (``LEAP_OUTPUT_DIR``, default ``$AIRFLOW_HOME/leap_output``).
-- CRM: POSTed as JSON to the ``leap_crm`` HTTP connection when it exists; otherwise JSON lines.
+- messages: email through the ``smtp_default`` connection to the addresses in the
+  ``leap_contacts`` Variable (a JSON map ref_id -> email); a customer without an address is
+  counted and reported. Without ``smtp_default``, messages go to an outbox of JSON lines under
+  ``LEAP_OUTPUT_DIR`` (default ``$AIRFLOW_HOME/leap_output``).
+- CRM: each contact POSTed as JSON to the ``leap_crm`` HTTP connection (``Idempotency-Key`` =
+  the contact key); without it, JSON lines under ``LEAP_OUTPUT_DIR``.
+- the ledger: the ``[leap] ledger_url`` option (default ``$AIRFLOW_HOME/leap_ledger``).
+- Connect links: the ``leap_default`` connection's extras ``connect_account`` and
+  ``connect_variant`` (no link without an account).
 """
 
 from __future__ import annotations
@@ -23,31 +32,28 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from airflow_provider_leap.contact import Contact, ContactPolicy
+from airflow_provider_leap.delivery import ContactUnreachable
+from airflow_provider_leap.operators.contact import LeapContactOperator
 from airflow_provider_leap.operators.triage import TriageOperator
 
-ACTIONABLE = (
-    "not_started",
-    "utility_not_connected",
-    "utility_error",
-    "agreements_pending",
-    "other_utility",
-)
+POLICY = ContactPolicy()  # first contact 1 h after a stall, reminders at 1, 3 and 7 days
 
-# Wording per (bucket, reason); a reason's prefix (``error``, ``agreement``) is the fallback key,
-# then the bucket alone. Error codes beyond USER_CANCELED are illustrative.
+# Wording per bucket, then per (bucket, reason) where an error code deserves its own message.
+# Error codes beyond USER_CANCELED are illustrative.
 MESSAGES: dict[str, tuple[str, str]] = {
     "not_started": (
         "Finish connecting your utility account",
         "You opened your enrolment link but have not logged into your utility yet. "
-        "It takes two minutes: pick up where you left off with the same link.",
+        "It takes two minutes to pick up where you left off.",
     ),
     "utility_not_connected": (
         "One step left: connect {utilities}",
-        "We still need access to {utilities}. Please use your enrolment link to log in.",
+        "We still need access to {utilities}. Please log in to finish.",
     ),
     "utility_error": (
         "We could not connect your utility account",
-        "Connecting {utilities} did not finish. Please try again with your enrolment link.",
+        "Connecting {utilities} did not finish. Please try again.",
     ),
     "utility_error/error:USER_CANCELED": (
         "Did you mean to stop?",
@@ -56,15 +62,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "utility_error/error:INVALID_CREDENTIALS": (
         "Check your utility login",
         "Your utility did not accept the username or password for {utilities}. Reset it on the "
-        "utility's website, then try your enrolment link again.",
-    ),
-    "utility_error/error:ACCOUNT_LOCKED": (
-        "Your utility account is locked",
-        "{utilities} locked your online account. Unlock it with your utility, then retry.",
-    ),
-    "utility_error/error:MFA_TIMEOUT": (
-        "Your verification code expired",
-        "The verification step with {utilities} timed out. Retry and enter the code promptly.",
+        "utility's website, then try again.",
     ),
     "agreements_pending": (
         "Sign the last form to finish enrolling",
@@ -78,27 +76,19 @@ MESSAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def render_message(bucket: str, item: dict[str, Any]) -> dict[str, str]:
-    """Subject and body for one item: the most specific template of (bucket, reason) wins."""
-    reason = str(item.get("reason", ""))
-    keys = (f"{bucket}/{reason}", f"{bucket}/{reason.split(':')[0]}", bucket)
-    subject, body = next(MESSAGES[k] for k in keys if k in MESSAGES)
-    names = list(item.get("utilities") or item.get("error_codes") or [])
-    values = {
-        "utilities": ", ".join(names) or "your utility",
-        "agreements": ", ".join(item.get("agreements") or []) or "the remaining forms",
-    }
-    return {"subject": subject.format(**values), "body": body.format(**values)}
-
-
-def output_dir(run_id: str, kind: str) -> Path:
+def output_dir(kind: str) -> Path:
     base = os.environ.get("LEAP_OUTPUT_DIR") or os.path.join(
         os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "leap_output"
     )
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-    path = Path(base) / kind / safe
+    path = Path(base) / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    """One JSON line, flushed before the ledger records the send."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def _connection_exists(conn_id: str) -> bool:
@@ -111,9 +101,119 @@ def _connection_exists(conn_id: str) -> bool:
     return True
 
 
+def render_message(contact: Contact, link: str | None) -> dict[str, str]:
+    """Subject and body: the most specific wording of (bucket, reason), the step, the link."""
+    item = contact.item
+    keys = (f"{contact.bucket}/{contact.reason}", contact.bucket)
+    subject, body = next(MESSAGES[k] for k in keys if k in MESSAGES)
+    names = list(item.get("utilities") or item.get("error_codes") or [])
+    values = {
+        "utilities": ", ".join(names) or "your utility",
+        "agreements": ", ".join(item.get("agreements") or []) or "the remaining forms",
+    }
+    subject, body = subject.format(**values), body.format(**values)
+    if not contact.first:
+        subject = f"Reminder: {subject}"
+    if link:
+        body += f" Continue here: {link}"
+    if contact.also:
+        regions = ", ".join(sorted({str(a.get("transmission_region")) for a in contact.also}))
+        body += f" (We also have an unfinished enrolment for you in {regions}.)"
+    if contact.final and not contact.first:
+        body += " This is our last reminder."
+    return {"subject": subject, "body": body}
+
+
+class EmailSender:
+    """``send`` for the email channel: one SMTP session per task run, entered by the operator."""
+
+    def __enter__(self) -> EmailSender:
+        from airflow.sdk import Variable
+
+        from airflow_provider_leap.hooks.leap import LeapHook
+
+        self.addresses: dict[str, str] = Variable.get(
+            "leap_contacts", default={}, deserialize_json=True
+        )
+        self.hook = LeapHook()
+        self.smtp: Any = None
+        if _connection_exists("smtp_default"):
+            from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+            self.smtp = SmtpHook().__enter__()
+        self.outbox = output_dir("outbox") / "messages.jsonl"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.smtp is not None:
+            self.smtp.__exit__(None, None, None)
+
+    def __call__(self, contact: Contact) -> None:
+        region = contact.item.get("transmission_region")
+        link = self.hook.connect_url(contact.ref_id, region) if region else None
+        message = render_message(contact, link)
+        if self.smtp is None:
+            _append_line(
+                self.outbox, {"contact_key": contact.contact_key, **_row(contact), **message}
+            )
+            return
+        address = self.addresses.get(contact.ref_id)
+        if not address:
+            raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        self.smtp.send_email_smtp(
+            to=address,
+            subject=message["subject"],
+            html_content=message["body"],
+            custom_headers={"X-Leap-Contact-Key": contact.contact_key},
+        )
+
+
+def _row(contact: Contact) -> dict[str, Any]:
+    return {
+        "ref_id": contact.ref_id,
+        "stall": contact.stall,
+        "step": contact.step,
+        "bucket": contact.bucket,
+        "reason": contact.reason,
+        "transmission_region": contact.item.get("transmission_region"),
+    }
+
+
+class CrmSender:
+    """``send`` for the CRM channel: the contact key is the upsert key."""
+
+    def __enter__(self) -> CrmSender:
+        self.url: str | None = None
+        if _connection_exists("leap_crm"):
+            from airflow.sdk import BaseHook
+
+            self.url = str(BaseHook.get_connection("leap_crm").host)
+        self.records = output_dir("crm") / "records.jsonl"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, contact: Contact) -> None:
+        row = {
+            "contact_key": contact.contact_key,
+            **_row(contact),
+            "leap_id": contact.item.get("id"),
+        }
+        if self.url is None:
+            _append_line(self.records, row)
+            return
+        import requests
+
+        response = requests.post(
+            self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
+        )
+        response.raise_for_status()
+
+
 with DAG(
     dag_id="leap_connect_reengagement",
-    description="Hourly triage of Leap Connect statuses and re-engagement messages",
+    description="Hourly triage of Leap Connect statuses and exactly-once re-engagement messages",
     schedule="17 * * * *",
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -121,7 +221,7 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     params={
         "lookback_days": Param(
-            30,
+            POLICY.horizon.days,
             type="integer",
             minimum=1,
             maximum=365,
@@ -130,92 +230,37 @@ with DAG(
     },
     tags=["leap", "example"],
 ) as dag:
+    # run_after is set for every run, scheduled or manual (with or without a logical date), and
+    # stays the same across retries and clears of the run.
     triage = TriageOperator(
         task_id="triage",
+        now="{{ dag_run.run_after }}",
         interacted_after=(
-            "{{ ((data_interval_end or dag_run.run_after)"
-            " - macros.timedelta(days=params.lookback_days)).isoformat() }}"
+            "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
         ),
     )
-
-    @task
-    def send_messages(bucket: str, items: Any, run_id: str | None = None) -> dict[str, Any]:
-        """Render one message per item; email when possible, else write it to the outbox."""
-        from airflow.sdk import Variable
-
-        from airflow_provider_leap.storage import load_bucket
-
-        items = load_bucket(items)
-        contacts = Variable.get("leap_contacts", default={}, deserialize_json=True)
-        smtp = _connection_exists("smtp_default")
-        emailed = 0
-        outbox = output_dir(str(run_id), "outbox") / f"{bucket}.jsonl"
-        with outbox.open("w", encoding="utf-8") as handle:
-            for item in items:
-                message = {
-                    "ref_id": item["ref_id"],
-                    "reason": item["reason"],
-                    **render_message(bucket, item),
-                }
-                address = contacts.get(item["ref_id"]) if smtp else None
-                if address:
-                    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-                    with SmtpHook() as hook:
-                        hook.send_email_smtp(
-                            to=address, subject=message["subject"], html_content=message["body"]
-                        )
-                    emailed += 1
-                else:
-                    handle.write(json.dumps(message) + "\n")
-        print(f"{bucket}: {len(items)} message(s), {emailed} emailed, the rest in {outbox}")
-        return {"bucket": bucket, "messages": len(items), "emailed": emailed, "outbox": str(outbox)}
-
-    @task
-    def record_in_crm(buckets: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-        """One CRM record per item; POST to the ``leap_crm`` connection, else JSON lines."""
-        from airflow_provider_leap.storage import load_bucket
-
-        rows = [
-            {
-                "ref_id": item["ref_id"],
-                "leap_id": item["id"],
-                "bucket": bucket,
-                "reason": item["reason"],
-                "last_interaction": item["last_interaction"],
-            }
-            for bucket, value in buckets.items()
-            for item in load_bucket(value)
-        ]
-        if _connection_exists("leap_crm"):
-            import requests
-            from airflow.sdk import BaseHook
-
-            conn = BaseHook.get_connection("leap_crm")
-            response = requests.post(str(conn.host), json=rows, timeout=30)
-            response.raise_for_status()
-            target = str(conn.host)
-        else:
-            path = output_dir(str(run_id), "crm") / "records.jsonl"
-            path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-            target = str(path)
-        print(f"CRM: {len(rows)} record(s) -> {target}")
-        return {"records": len(rows), "target": target}
-
-    @task
-    def flag_for_review(items: Any, run_id: str | None = None) -> dict[str, Any]:
-        """``needs_review``: a list a person works through, one line per item with its reason."""
-        from airflow_provider_leap.storage import load_bucket
-
-        items = load_bucket(items)
-        path = output_dir(str(run_id), "review") / "needs_review.jsonl"
-        path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
-        print(f"needs_review: {len(items)} item(s) for a person -> {path}")
-        return {"items": len(items), "path": str(path)}
-
-    for name in ACTIONABLE:
-        send_messages.override(task_id=f"message_{name}")(name, triage.output[name])
-    record_in_crm(
-        {name: triage.output[name] for name in ("completed", *ACTIONABLE, "needs_review")}
+    message = LeapContactOperator(
+        task_id="message_customers", channel="email", send=EmailSender(), policy=POLICY
     )
-    flag_for_review(triage.output["needs_review"])
+    crm = LeapContactOperator(
+        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
+    )
+
+    @task(trigger_rule="all_done")
+    def flag_for_review(
+        needs_review: list[dict[str, Any]] | None,
+        attention: list[dict[str, Any]] | None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """What a person looks at: records triage could not sort, and sends that need a hand."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(run_id))
+        path = output_dir("review") / f"{safe}.jsonl"
+        rows = [{"kind": "needs_review", **item} for item in needs_review or []]
+        rows += [{"kind": "send", **item} for item in attention or []]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        print(f"{len(rows)} item(s) for a person -> {path}")
+        return {"items": len(rows), "path": str(path)}
+
+    triage >> [message, crm]
+    review = flag_for_review(triage.output["needs_review"], message.output["attention"])
+    crm >> review

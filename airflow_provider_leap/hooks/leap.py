@@ -216,6 +216,27 @@ class LeapHook(BaseHook):
         """All meters matching the filters, across every page and ID chunk."""
         return list(self.iter_meters(connection_reference_ids, created_after, page_size, **filters))
 
+    def connect_url(self, ref_id: str, transmission_region: str) -> str | None:
+        """The customer's Leap Connect link, from the extras ``connect_account`` (required),
+        ``connect_variant`` and ``connect_base_url``; None when no account is configured."""
+        from airflow_provider_leap.connect_url import (
+            DEFAULT_CONNECT_BASE_URL,
+            DEFAULT_VARIANT,
+            connect_url,
+        )
+
+        extras = connection_extras(self.connection)
+        account = extras.get("connect_account")
+        if not account:
+            return None
+        return connect_url(
+            ref_id,
+            transmission_region=transmission_region,
+            account=str(account),
+            variant=str(extras.get("connect_variant") or DEFAULT_VARIANT),
+            base_url=str(extras.get("connect_base_url") or DEFAULT_CONNECT_BASE_URL),
+        )
+
     def test_connection(self) -> tuple[bool, str]:
         """One cheap request, no retries: for ``airflow connections test`` and the UI button."""
         try:

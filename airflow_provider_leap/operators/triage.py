@@ -60,9 +60,13 @@ class TriageOperator(BaseOperator):
         refreshes hourly, so acting sooner risks acting on stale data. Default one hour.
     :param agreement_done_statuses: agreement values that count as done (besides NOT_REQUIRED).
     :param page_size: records per API page (default: the connection's, else 500).
+    :param now: the time to triage at (quiet period, and the ``now`` of the summary that a
+        downstream ``LeapContactOperator`` plans with). Default: the clock when the task runs.
+        Templated: ``"{{ dag_run.run_after }}"`` makes retries and clears of a run triage at the
+        same instant, and works for manual runs with no logical date.
     """
 
-    template_fields: Sequence[str] = ("ref_ids", "started_after", "interacted_after")
+    template_fields: Sequence[str] = ("ref_ids", "started_after", "interacted_after", "now")
     template_fields_renderers = {"ref_ids": "json"}
     ui_color = "#e8f4ea"
     operator_extra_links = (LeapConnectionsLink(),)
@@ -80,6 +84,7 @@ class TriageOperator(BaseOperator):
         bucket_storage: Any = None,
         bucket_storage_conn_id: str | None = None,
         offload_threshold: int = 0,
+        now: datetime | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -99,6 +104,17 @@ class TriageOperator(BaseOperator):
         if offload_threshold < 0:
             raise ValueError("offload_threshold must be >= 0")
         self.offload_threshold = offload_threshold
+        self.now = now
+
+    def _now(self) -> datetime:
+        from airflow_provider_leap.models import parse_timestamp
+
+        if self.now is None or self.now == "":
+            return datetime.now(timezone.utc)
+        when = self.now if isinstance(self.now, datetime) else parse_timestamp(str(self.now))
+        if when is None:
+            raise ValueError(f"now={self.now!r} is not an ISO-8601 timestamp")
+        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
     def _ref_ids(self) -> list[str] | None:
         from airflow_provider_leap.watch import normalise_ref_ids
@@ -111,7 +127,7 @@ class TriageOperator(BaseOperator):
         from airflow_provider_leap.triage import DEFAULT_AGREEMENT_DONE_STATUSES, triage
 
         hook = LeapHook(leap_conn_id=self.leap_conn_id)
-        now = datetime.now(timezone.utc)
+        now = self._now()
         records = hook.iter_connections(
             ref_ids=self._ref_ids(),
             started_after=self.started_after or None,

@@ -48,6 +48,7 @@ from airflow_provider_leap.testing.data import (
     to_us,
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
+from airflow_provider_leap.testing.journeys import Population
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -544,6 +545,7 @@ class LeapEmulator:
         self._initial_now = as_utc(now)
         self._now_us = to_us(self._initial_now)
         self._port = port
+        self._journeys: Population | None = None
         if isinstance(records, int):
             with gc_paused():
                 records = generate_records(seed, records, now=self._initial_now)
@@ -582,11 +584,22 @@ class LeapEmulator:
     @now.setter
     def now(self, value: datetime) -> None:
         self._now_us = to_us(as_utc(value))
+        self._follow_journeys()
 
     def advance(self, delta: timedelta) -> datetime:
         """Move the emulator's clock (e.g. 25 h, so meters of recent completions appear)."""
         self._now_us += delta // timedelta(microseconds=1)
+        self._follow_journeys()
         return self.now
+
+    def play(self, population: Population) -> None:
+        """Serve customers who move over time: from now on the records follow the clock."""
+        self._journeys = population
+        self._follow_journeys()
+
+    def _follow_journeys(self) -> None:
+        if self._journeys is not None:
+            self.set_records(self._journeys.records_at(self.now))
 
     def set_records(
         self,
@@ -622,6 +635,7 @@ class LeapEmulator:
         self.request_log.reset()
         self._now_us = to_us(self._initial_now)
         self._dataset = self._initial_dataset
+        self._journeys = None
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""The customer's Leap Connect link, so a message can say "continue here". No Airflow import.
+
+Leap's current link shape (API-NOTES.md, "Connect URL")::
+
+    https://connect.leap.energy?transmissionRegion=<REGION>&variant=<VARIANT>&account=<ACCOUNT>&refId=<REF_ID>
+
+The partner fills in ``account`` (their Leap partner account) and ``variant`` (e.g. RESIDENTIAL
+or COMMERCIAL), as the connection extras ``connect_account`` and ``connect_variant``; the
+region and the Reference ID come from the customer's Connect record.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode, urlsplit
+
+from airflow_provider_leap.errors import LeapConfigError
+
+DEFAULT_CONNECT_BASE_URL = "https://connect.leap.energy"
+DEFAULT_VARIANT = "RESIDENTIAL"
+
+
+def connect_url(
+    ref_id: str,
+    *,
+    transmission_region: str,
+    account: str,
+    variant: str = DEFAULT_VARIANT,
+    base_url: str = DEFAULT_CONNECT_BASE_URL,
+) -> str:
+    """The customer's Connect link; every value URL-encoded exactly once."""
+    if not account:
+        raise LeapConfigError(
+            "No Leap partner account for Connect links: set the connection extra "
+            "connect_account (your account name in Leap's Connect URLs)"
+        )
+    if not ref_id or not transmission_region:
+        raise LeapConfigError("A Connect link needs the Reference ID and the transmission region")
+    parts = urlsplit(base_url)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise LeapConfigError(f"connect_base_url {base_url!r} must be a plain https:// URL")
+    query = urlencode(
+        {
+            "transmissionRegion": transmission_region,
+            "variant": variant,
+            "account": account,
+            "refId": ref_id,
+        },
+        quote_via=quote,
+        safe="",
+    )
+    return f"{base_url.rstrip('/')}?{query}"

@@ -1,0 +1,338 @@
+"""The re-engagement cadence: who is due for a message, and which one. No Airflow import.
+
+A *stall* is a customer (Reference ID) standing still since a given last interaction. Each stall
+is answered once, then reminded on a cadence, then left alone: step 0 (the first contact) is due
+one quiet period after the stall, step ``i`` at ``cadence[i - 1]`` after it. A new interaction
+is a new stall. A stall found late (first run ever, scheduler down) gets one message for the
+latest step already due, never a burst of the missed ones, and two messages of one stall are
+never closer than the tightest gap of the schedule.
+
+Planning is pure: it reads triage buckets, a time ``now`` and what the delivery ledger says was
+sent, so every Airflow run, retry or clear computes the same contacts with the same keys.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any, Protocol
+
+from airflow_provider_leap.gc_pause import gc_paused
+from airflow_provider_leap.models import parse_timestamp
+from airflow_provider_leap.triage import Bucket
+
+DEFAULT_QUIET_PERIOD = timedelta(hours=1)
+DEFAULT_CADENCE = (timedelta(days=1), timedelta(days=3), timedelta(days=7))
+DEFAULT_HORIZON = timedelta(days=30)
+DEFAULT_MAX_ATTEMPTS = 3
+
+# Most actionable first: the bucket whose message a customer with several records (one per
+# region) receives. Closest to completion wins: a signature beats a utility login beats a click.
+DEFAULT_CONTACT_BUCKETS: tuple[str, ...] = (
+    Bucket.AGREEMENTS_PENDING.value,
+    Bucket.UTILITY_ERROR.value,
+    Bucket.UTILITY_NOT_CONNECTED.value,
+    Bucket.NOT_STARTED.value,
+    Bucket.OTHER_UTILITY.value,
+)
+
+
+class Outcome(str, Enum):
+    """What the plan says about one customer this run."""
+
+    DUE = "due"
+    COMPLETED = "completed"  # a record is COMPLETED: never contacted again
+    WAITING = "waiting"  # inside the quiet period, or too soon after the last message
+    ALREADY_SENT = "already_sent"  # the step due now went out before: nothing new to say
+    FINISHED = "finished"  # every step of the stall was sent
+    EXPIRED = "expired"  # the stall is older than the horizon
+    GIVEN_UP = "given_up"  # sends kept failing: left to a person
+    IN_FLIGHT = "in_flight"  # another sender holds a fresh claim on this stall
+    NO_ACTION = "no_action"  # only records no message is for (needs_review, excluded buckets)
+
+
+def _positive_increasing(name: str, steps: Sequence[timedelta]) -> None:
+    previous = timedelta(0)
+    for step in steps:
+        if not isinstance(step, timedelta):
+            raise TypeError(f"{name} holds {step!r}: every step must be a timedelta")
+        if step <= previous:
+            raise ValueError(
+                f"{name} must be positive and strictly increasing, got {[str(s) for s in steps]}"
+            )
+        previous = step
+
+
+@dataclass(frozen=True)
+class ContactPolicy:
+    """When messages are due: a quiet period, then a cadence of reminders, within a horizon.
+
+    :param quiet_period: the first contact waits this long after the last interaction (Leap
+        asks partners to act only on data at least an hour old).
+    :param cadence: reminders, as offsets from the stall; each must be later than the one
+        before and than the quiet period. Empty: first contact only.
+    :param horizon: stalls older than this are never contacted; the ledger forgets them then.
+        Must exceed the last step, so a stall found late still gets its one message.
+    :param max_attempts: failed sends of one contact before the stall is left to a person.
+    :param buckets: the triage buckets that get messages, most actionable first.
+    """
+
+    quiet_period: timedelta = DEFAULT_QUIET_PERIOD
+    cadence: tuple[timedelta, ...] = DEFAULT_CADENCE
+    horizon: timedelta = DEFAULT_HORIZON
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    buckets: tuple[str, ...] = DEFAULT_CONTACT_BUCKETS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cadence", tuple(self.cadence))
+        object.__setattr__(self, "buckets", tuple(self.buckets))
+        if not isinstance(self.quiet_period, timedelta) or self.quiet_period < timedelta(0):
+            raise ValueError(f"quiet_period must be a timedelta >= 0, got {self.quiet_period!r}")
+        _positive_increasing("cadence", self.cadence)
+        if self.cadence and self.cadence[0] <= self.quiet_period:
+            raise ValueError(
+                f"the first reminder ({self.cadence[0]}) must come after the quiet period "
+                f"({self.quiet_period})"
+            )
+        if not isinstance(self.horizon, timedelta) or self.horizon <= self.steps[-1]:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be a timedelta beyond the last step "
+                f"({self.steps[-1]})"
+            )
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        unknown = set(self.buckets) - {b.value for b in Bucket}
+        if unknown or not self.buckets:
+            raise ValueError(f"buckets must be triage bucket names, got {list(self.buckets)}")
+
+    @functools.cached_property
+    def steps(self) -> tuple[timedelta, ...]:
+        """Offset of every step from the stall: the first contact, then the reminders."""
+        return (self.quiet_period, *self.cadence)
+
+    @functools.cached_property
+    def min_gap(self) -> timedelta:
+        """The tightest spacing of the schedule: no two messages of a stall come closer."""
+        steps = self.steps
+        gaps = [later - earlier for earlier, later in itertools.pairwise(steps)]
+        return min(gaps, default=timedelta(0))
+
+    def step_at(self, age: timedelta) -> int | None:
+        """The latest step due at this age of a stall; None before the first or past horizon."""
+        if age < self.quiet_period or age > self.horizon:
+            return None
+        return bisect.bisect_right(self.steps, age) - 1
+
+
+def contact_key(ref_id: str, stall: str, step: int) -> str:
+    """Stable idempotency key of one message: the same customer, stall and step, the same key.
+
+    Fixed length and free of the Reference ID's characters, so any email, SMS or CRM system
+    can take it as an idempotency or upsert key.
+    """
+    digest = hashlib.sha256(f"{ref_id}\x1f{stall}\x1f{step}".encode()).hexdigest()
+    return f"lc1-{digest[:40]}"
+
+
+class StallRecord(Protocol):
+    """What the delivery ledger knows about a customer's latest stall (``ledger.Entry``)."""
+
+    stall: str  # the stall's last interaction, as triage reports it
+    sent_step: int  # the last step delivered (or whose delivery is unconfirmed); -1: none
+    sent_at: int | None  # the run's "now" when it was sent, in seconds since the epoch
+    failed_step: int  # the step whose sends failed, and how often
+    failures: int
+    in_flight: bool  # a claim another sender holds right now
+
+
+@dataclass(frozen=True)
+class StallState:
+    """A :class:`StallRecord` built by hand (tests, a user's own ledger)."""
+
+    stall: str
+    sent_step: int = -1
+    sent_at: int | None = None
+    failed_step: int = -1
+    failures: int = 0
+    in_flight: bool = False
+
+
+_NOTHING_SENT = StallState("")
+
+
+def stall_order(stall: str) -> datetime:
+    """A stall's time, for telling which of two stalls of a customer is the later."""
+    return parse_timestamp(stall) or _EPOCH
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One message that is due: hand it to email, SMS or CRM with ``contact_key`` as the key.
+
+    ``item`` is the triage item the message is about (the most actionable of the customer's
+    records); ``also`` holds the customer's other actionable items (other regions), so the
+    message can mention them.
+    """
+
+    contact_key: str
+    ref_id: str
+    stall: str
+    step: int
+    first: bool  # no earlier message in this stall
+    final: bool  # the last step of the cadence
+    bucket: str
+    reason: str
+    attempt: int
+    item: Mapping[str, Any]
+    also: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
+class ContactPlan:
+    """The due contacts of one run, and how many customers ended in each outcome."""
+
+    due: list[Contact] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
+
+
+_OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in Outcome)
+_COMPLETED_BUCKET = Bucket.COMPLETED.value
+
+_Item = tuple[str, Mapping[str, Any]]  # (bucket, triage item)
+
+
+def _customers(
+    buckets: Mapping[str, Iterable[Mapping[str, Any]]],
+) -> dict[str, _Item | list[_Item]]:
+    """Every triaged item grouped by Reference ID: one (bucket, item) pair, or a list of them.
+
+    A bare pair for the usual customer with one record: this holds the partner's whole
+    portfolio at once (see bench.ledger for the memory it takes).
+    """
+    customers: dict[str, _Item | list[_Item]] = {}
+    for bucket, items in buckets.items():
+        for item in items or ():
+            ref_id = item.get("ref_id")
+            if not isinstance(ref_id, str) or not ref_id:
+                continue
+            seen = customers.get(ref_id)
+            if seen is None:
+                customers[ref_id] = (bucket, item)
+            elif isinstance(seen, tuple):
+                customers[ref_id] = [seen, (bucket, item)]
+            else:
+                seen.append((bucket, item))
+    return customers
+
+
+def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
+    """The customer's stall (latest last interaction of any record) and whether any record
+    is COMPLETED."""
+    stall: str | None = None
+    when: datetime | None = None
+    completed = False
+    for bucket, item in items:
+        completed = completed or bucket == _COMPLETED_BUCKET
+        text = item.get("last_interaction")
+        time = parse_timestamp(text)
+        if time is not None and (when is None or time > when):
+            stall, when = str(text), time
+    return stall, when, completed
+
+
+def _pick(
+    items: list[_Item], rank: Mapping[str, int]
+) -> tuple[str, Mapping[str, Any], list[dict[str, Any]]]:
+    """The most actionable item (bucket order, then the latest) and the customer's others."""
+    actionable = [(b, i) for b, i in items if b in rank]
+    actionable.sort(key=lambda bi: str(bi[1].get("last_interaction") or ""), reverse=True)
+    actionable.sort(key=lambda bi: rank[bi[0]])  # stable: the latest first within a bucket
+    (bucket, item), others = actionable[0], actionable[1:]
+    also = [
+        {"bucket": b, **{k: i.get(k) for k in ("id", "transmission_region", "reason")}}
+        for b, i in others
+    ]
+    return bucket, item, also
+
+
+def plan_contacts(
+    buckets: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    now: datetime,
+    policy: ContactPolicy,
+    ledger: Mapping[str, StallRecord],
+) -> ContactPlan:
+    """Decide, for every customer in the triage buckets, whether a message is due now.
+
+    At most one contact per Reference ID, however many records (regions) Leap returned.
+    ``ledger`` maps a Reference ID to what was sent in its latest stall; a missing key, or an
+    older stall, means nothing was sent for this one.
+    """
+    if now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime")
+    plan = ContactPlan()
+    with gc_paused():  # grouping 100,000 customers: collections would walk them all (bench.ledger)
+        customers = _customers(buckets)
+    counts = plan.outcomes
+    rank = {name: index for index, name in enumerate(policy.buckets)}
+    last_step = len(policy.steps) - 1
+    min_gap_seconds = policy.min_gap.total_seconds()
+    for ref_id, group in customers.items():
+        items = [group] if isinstance(group, tuple) else group
+        stall, stall_time, completed = _stall(items)
+        if completed:
+            counts["completed"] += 1
+            continue
+        if stall is None or stall_time is None or not any(b in rank for b, _ in items):
+            counts["no_action"] += 1
+            continue
+        age = now - stall_time
+        step = policy.step_at(age)
+        if step is None:
+            counts["expired" if age > policy.horizon else "waiting"] += 1
+            continue
+        state = ledger.get(ref_id, _NOTHING_SENT)
+        if state.stall != stall:
+            if state.stall and stall_order(state.stall) > stall_time:
+                counts["waiting"] += 1  # Leap shows an older stall than one already answered
+                continue
+            state = _NOTHING_SENT
+        if state.in_flight:
+            counts["in_flight"] += 1
+            continue
+        if state.failed_step > state.sent_step and state.failures >= policy.max_attempts:
+            counts["given_up"] += 1  # reported once, by the send that gave up
+            continue
+        if step <= state.sent_step:
+            counts["finished" if state.sent_step == last_step else "already_sent"] += 1
+            continue
+        if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
+            counts["waiting"] += 1
+            continue
+        bucket, item, also = _pick(items, rank)
+        plan.due.append(
+            Contact(
+                contact_key=contact_key(ref_id, stall, step),
+                ref_id=ref_id,
+                stall=stall,
+                step=step,
+                first=state.sent_step < 0,
+                final=step == last_step,
+                bucket=bucket,
+                reason=str(item.get("reason") or ""),
+                attempt=state.failures + 1 if state.failed_step == step else 1,
+                item=item,
+                also=tuple(also),
+            )
+        )
+        counts["due"] += 1
+    return plan

@@ -1,0 +1,112 @@
+"""Handing due contacts to a send function, each exactly once, one failure never blocking the rest.
+
+No Airflow import: the Airflow operator, the webhook DAG and a user's own code all deliver
+through :func:`deliver`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from airflow_provider_leap.contact import Contact
+from airflow_provider_leap.ledger import DeliveryLedger
+
+log = logging.getLogger(__name__)
+
+
+class ContactUnreachable(Exception):
+    """Raised by a send function that has no address (or number, or CRM record) for a customer.
+
+    Counted and reported, not an attempt: the contact stays due and is tried again next run.
+    """
+
+
+@dataclass
+class DeliveryReport:
+    """Counts of one delivery, and the cases a person should look at."""
+
+    sent: int = 0
+    failed: int = 0
+    given_up: int = 0
+    unreachable: int = 0
+    claimed_elsewhere: int = 0
+    attention: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "failed": self.failed,
+            "given_up": self.given_up,
+            "unreachable": self.unreachable,
+            "claimed_elsewhere": self.claimed_elsewhere,
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def deliver(
+    contacts: Iterable[Contact],
+    send: Callable[[Contact], Any],
+    ledger: DeliveryLedger,
+    *,
+    now: datetime,
+    max_attempts: int,
+) -> DeliveryReport:
+    """Send each contact whose attempt this process can claim; record each outcome at once.
+
+    A send that raises counts as a failed attempt (tried again next run, up to
+    ``max_attempts``, then reported); :class:`ContactUnreachable` is not an attempt. Anything
+    that is not an ``Exception`` (the task being killed or timing out) leaves the claim
+    ``sending``: that message may have gone out, so it is never sent again.
+    """
+    report = DeliveryReport()
+    for contact in contacts:
+        if not ledger.claim(contact, now):
+            report.claimed_elsewhere += 1
+            continue
+        try:
+            send(contact)
+        except ContactUnreachable as exc:
+            ledger.release(contact)
+            report.unreachable += 1
+            report.attention.append(_attention(contact, "unreachable", _describe(exc)))
+        except Exception as exc:
+            reason = _describe(exc)
+            ledger.settle(contact, now, sent=False, error=reason)
+            report.failed += 1
+            log.warning(
+                "Sending %s (%s, step %d, attempt %d/%d) failed: %s",
+                contact.contact_key,
+                contact.ref_id,
+                contact.step,
+                contact.attempt,
+                max_attempts,
+                reason,
+            )
+            if contact.attempt >= max_attempts:
+                report.given_up += 1
+                report.attention.append(_attention(contact, "given_up", reason))
+        else:
+            ledger.settle(contact, now, sent=True)
+            report.sent += 1
+    return report
+
+
+def _attention(contact: Contact, why: str, detail: str) -> dict[str, Any]:
+    return {
+        "why": why,
+        "detail": detail,
+        "contact_key": contact.contact_key,
+        "ref_id": contact.ref_id,
+        "stall": contact.stall,
+        "step": contact.step,
+        "bucket": contact.bucket,
+        "attempt": contact.attempt,
+    }

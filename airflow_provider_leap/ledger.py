@@ -1,0 +1,385 @@
+"""The delivery ledger: what was sent to whom, so nothing is ever sent twice. No Airflow import.
+
+It lives in storage every Airflow deployment already has: a folder, local or in an object store
+(any ``pathlib.Path`` or Airflow ``ObjectStoragePath``, e.g. ``s3://bucket/leap-ledger``), one
+subfolder per channel::
+
+    <root>/<channel>/ledger.json            compacted: one entry per stall inside the horizon
+    <root>/<channel>/claims/<key>.<n>.json  attempt n of one contact: claimed, then sent/failed
+    <root>/<channel>/compact.lock           held by the one task folding claims into ledger.json
+
+A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
+Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
+only one process ever sends that attempt. The claim becomes ``sent`` or ``failed`` right after
+the send; a claim left ``sending`` (the process was killed mid-send) may or may not have gone
+out: once stale it counts as sent, never repeated, and is reported for a person.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import msgspec
+
+from airflow_provider_leap.contact import DEFAULT_HORIZON, Contact, stall_order
+from airflow_provider_leap.errors import LeapError
+from airflow_provider_leap.gc_pause import gc_paused
+from airflow_provider_leap.models import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "ledger.json"
+CLAIMS = "claims"
+LOCK = "compact.lock"
+DEFAULT_STALE_AFTER = timedelta(minutes=30)
+
+SENDING, SENT, FAILED = "sending", "sent", "failed"
+
+
+class LedgerError(LeapError):
+    """The ledger cannot be read or written: nothing is sent without it."""
+
+
+class StoragePath(Protocol):
+    """What the ledger needs of a path: ``pathlib.Path`` and ``ObjectStoragePath`` both fit."""
+
+    name: str
+
+    def __truediv__(self, key: str) -> StoragePath: ...
+    def open(self, mode: str = ...) -> Any: ...
+    def iterdir(self) -> Iterator[StoragePath]: ...
+    def mkdir(self, parents: bool = ..., exist_ok: bool = ...) -> None: ...
+    def unlink(self, missing_ok: bool = ...) -> None: ...
+    def exists(self) -> bool: ...
+    def replace(self, target: Any) -> Any: ...
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    """One attempt to send one contact, as stored in its claim file."""
+
+    contact_key: str
+    ref_id: str
+    stall: str
+    step: int
+    attempt: int
+    state: str
+    now: str  # the run's notion of now: when the message counts as sent (cadence spacing)
+    claimed_at: str  # wall clock: tells a live claim from one a killed process left behind
+    owner: str = ""
+    error: str | None = None
+
+
+class Entry(msgspec.Struct, array_like=True):
+    """A customer's latest stall in the compacted ledger (array-like: 100,000 stay small).
+
+    It is also what ``plan_contacts`` reads (a ``contact.StallRecord``), so loading the ledger
+    builds no second object per customer.
+    """
+
+    ref_id: str
+    stall: str
+    sent_step: int = -1
+    sent_at: int | None = None  # the run's "now" of the last send, seconds since the epoch
+    failed_step: int = -1
+    failures: int = 0
+    in_flight: bool = False  # set in memory only, after the snapshot was written
+
+    def fold(self, claim: Claim) -> None:
+        if claim.state == FAILED:
+            if claim.step > self.failed_step:
+                self.failed_step, self.failures = claim.step, claim.attempt
+            elif claim.step == self.failed_step:
+                self.failures = max(self.failures, claim.attempt)
+        elif claim.step >= self.sent_step:  # sent, or sending and stale (counted as sent)
+            self.sent_step = claim.step
+            when = parse_timestamp(claim.now)
+            sent_at = None if when is None else int(when.timestamp())
+            if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
+                self.sent_at = sent_at
+
+
+class Snapshot(msgspec.Struct):
+    version: int
+    written_at: str
+    entries: list[Entry]
+
+
+_SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
+_CLAIM_DECODER = msgspec.json.Decoder(Claim)
+
+
+def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
+    """The customer's entry for the claim's stall: a later stall starts a new entry; a claim
+    for an earlier stall than the one on record no longer matters (None)."""
+    entry = entries.get(claim.ref_id)
+    if entry is not None and entry.stall != claim.stall:
+        if stall_order(entry.stall) > stall_order(claim.stall):
+            return None
+        entry = None
+    if entry is None:
+        entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall)
+    return entry
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class LedgerView:
+    """The ledger as one run sees it: ``states`` is what ``plan_contacts`` takes."""
+
+    states: dict[str, Entry] = field(default_factory=dict)  # by Reference ID
+    unconfirmed: list[dict[str, Any]] = field(default_factory=list)  # newly found this run
+    compacted: bool = False
+    stalls: int = 0
+
+
+class DeliveryLedger:
+    """One channel's ledger (``email``, ``sms``, ``crm`` ...) under ``root``.
+
+    :param root: the ledger folder (``pathlib.Path`` or ``ObjectStoragePath``).
+    :param channel: a name per delivery channel: each keeps its own record of what it sent.
+    :param owner: who claims (e.g. ``dag/run/task/try``), written into claims for people.
+    :param horizon: stalls older than this are forgotten (the policy never contacts them).
+    :param stale_after: a ``sending`` claim older than this was left by a killed process.
+    :param clock: wall clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        root: StoragePath,
+        *,
+        channel: str = "email",
+        owner: str = "",
+        horizon: timedelta = DEFAULT_HORIZON,
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if not channel or not channel.replace("_", "").replace("-", "").isalnum():
+            raise LedgerError(f"channel {channel!r} must be letters, digits, '-' or '_'")
+        self.folder = root / channel
+        self.claims = self.folder / CLAIMS
+        self.channel = channel
+        self.owner = owner
+        self.horizon = horizon
+        self.stale_after = stale_after
+        self._clock = clock
+        self._exclusive = True
+        self._prepared = False
+
+    def __repr__(self) -> str:
+        return f"DeliveryLedger({str(self.folder)!r})"
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if not self._prepared:
+            self.claims.mkdir(parents=True, exist_ok=True)
+            self._prepared = True
+
+    def check_writable(self) -> None:
+        """Fail before any send when the ledger cannot be written (wrong path, permissions)."""
+        try:
+            self._prepare()
+            probe = self.folder / f".probe-{uuid.uuid4().hex}"
+            with probe.open("wb") as handle:
+                handle.write(b"ok")
+            probe.unlink()
+        except Exception as exc:
+            raise LedgerError(
+                f"The delivery ledger at {self.folder} cannot be written ({exc}); nothing was "
+                "sent. Fix the location or its permissions ([leap] ledger_url)."
+            ) from exc
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def load(self, now: datetime) -> LedgerView:
+        """Everything known about each stall, with claims not yet compacted folded in.
+
+        Compacts (persists the fold, forgets stalls past the horizon) when no other task is
+        compacting; otherwise reads only.
+        """
+        entries = self._read_snapshot()
+        claims = list(self._read_claims())
+        stale_before = _iso(self._clock() - self.stale_after)
+        view = LedgerView()
+        live: list[Claim] = []
+        folded: list[StoragePath] = []
+        for path, claim in claims:
+            if claim.state == SENDING and claim.claimed_at >= stale_before:
+                live.append(claim)
+                continue
+            if claim.state == SENDING:
+                view.unconfirmed.append(
+                    {"ref_id": claim.ref_id, "stall": claim.stall, "step": claim.step}
+                )
+            entry = _entry_for(entries, claim)
+            if entry is not None:
+                entry.fold(claim)
+            folded.append(path)
+        # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
+        # characters compares the times, to the second, without parsing 100,000 of them.
+        cutoff = _iso(now - self.horizon)[:19]
+        expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
+        for ref_id in expired:
+            del entries[ref_id]
+        if (folded or expired) and self._lock():
+            try:
+                self._write_snapshot(entries)
+                for path in folded:
+                    path.unlink(missing_ok=True)
+                view.compacted = True
+            finally:
+                self._unlock()
+        if view.unconfirmed and not view.compacted:
+            view.unconfirmed = []  # reported by the task that folds them, once
+        view.stalls = len(entries)
+        for claim in live:
+            entry = _entry_for(entries, claim)
+            if entry is not None:
+                entry.in_flight = True
+        view.states = entries
+        return view
+
+    def _read_snapshot(self) -> dict[str, Entry]:
+        path = self.folder / SNAPSHOT
+        try:
+            with path.open("rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise LedgerError(f"The delivery ledger {path} cannot be read: {exc}") from exc
+        try:
+            with gc_paused():  # 100,000 entries at once (bench.ledger)
+                snapshot = _SNAPSHOT_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise LedgerError(
+                f"The delivery ledger {path} is damaged ({exc}); restore it from a backup or "
+                "move it aside (every stall in it would then be contacted again)"
+            ) from None
+        return {entry.ref_id: entry for entry in snapshot.entries}
+
+    def _read_claims(self) -> Iterator[tuple[StoragePath, Claim]]:
+        try:
+            paths = [p for p in self.claims.iterdir() if p.name.endswith(".json")]
+        except (FileNotFoundError, NotADirectoryError):  # nothing claimed yet
+            return
+        for path in paths:
+            try:
+                with path.open("rb") as handle:
+                    claim = _CLAIM_DECODER.decode(handle.read())
+            except FileNotFoundError:  # folded by a concurrent compaction
+                continue
+            except msgspec.DecodeError:
+                # A claim whose write was cut short: its sender died while claiming, so
+                # nothing was sent yet. Left alone; it blocks only that one attempt number.
+                log.warning("Unreadable claim %s in the delivery ledger: left as is", path)
+                continue
+            yield path, claim
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    def _write_snapshot(self, entries: dict[str, Entry]) -> None:
+        snapshot = Snapshot(1, _iso(self._clock()), list(entries.values()))
+        final = self.folder / SNAPSHOT
+        temporary = self.folder / f"{SNAPSHOT}.{uuid.uuid4().hex}.tmp"
+        with temporary.open("wb") as handle:
+            handle.write(msgspec.json.encode(snapshot))
+        temporary.replace(final)
+
+    def _lock(self) -> bool:
+        self._prepare()
+        lock = self.folder / LOCK
+        body = msgspec.json.encode({"owner": self.owner, "at": _iso(self._clock())})
+        for _ in range(2):
+            if self._create_exclusive(lock, body):
+                return True
+            try:
+                with lock.open("rb") as handle:
+                    held_since = msgspec.json.decode(handle.read()).get("at", "")
+            except Exception:
+                held_since = ""
+            if held_since and held_since >= _iso(self._clock() - self.stale_after):
+                return False
+            lock.unlink(missing_ok=True)  # left by a killed compaction
+        return False
+
+    def _unlock(self) -> None:
+        (self.folder / LOCK).unlink(missing_ok=True)
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    def _create_exclusive(self, path: StoragePath, body: bytes) -> bool:
+        """Create ``path`` only if it does not exist; False when someone else did."""
+        if self._exclusive:
+            try:
+                with path.open("xb") as handle:
+                    handle.write(body)
+                return True
+            except FileExistsError:
+                return False
+            except (ValueError, NotImplementedError, TypeError):
+                # An object store without exclusive create: concurrent senders then need an
+                # Airflow pool of one slot (see the docs); a retry or a clear is still safe.
+                log.warning("%s has no exclusive create; relying on one sender at a time", path)
+                self._exclusive = False
+        if path.exists():
+            return False
+        with path.open("wb") as handle:
+            handle.write(body)
+        return True
+
+    def _claim_path(self, contact: Contact) -> StoragePath:
+        return self.claims / f"{contact.contact_key}.{contact.attempt}.json"
+
+    def _claim(self, contact: Contact, state: str, now: datetime, error: str | None) -> Claim:
+        return Claim(
+            contact_key=contact.contact_key,
+            ref_id=contact.ref_id,
+            stall=contact.stall,
+            step=contact.step,
+            attempt=contact.attempt,
+            state=state,
+            now=_iso(now),
+            claimed_at=_iso(self._clock()),
+            owner=self.owner,
+            error=error,
+        )
+
+    def claim(self, contact: Contact, now: datetime) -> bool:
+        """Take attempt ``contact.attempt`` of this contact; False if another sender has it."""
+        body = msgspec.json.encode(self._claim(contact, SENDING, now, None))
+        try:
+            self._prepare()
+            return self._create_exclusive(self._claim_path(contact), body)
+        except Exception as exc:
+            raise LedgerError(f"Cannot record a claim in {self.claims}: {exc}") from exc
+
+    def settle(
+        self, contact: Contact, now: datetime, *, sent: bool, error: str | None = None
+    ) -> None:
+        """Record the outcome of a claimed attempt, right after the send."""
+        claim = self._claim(contact, SENT if sent else FAILED, now, error)
+        try:
+            with self._claim_path(contact).open("wb") as handle:
+                handle.write(msgspec.json.encode(claim))
+        except Exception as exc:
+            raise LedgerError(
+                f"Sent {contact.contact_key} but could not record it in {self.claims}: {exc}; "
+                "its claim stays 'sending', so it is never sent again"
+            ) from exc
+
+    def release(self, contact: Contact) -> None:
+        """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""
+        self._claim_path(contact).unlink(missing_ok=True)

@@ -1,0 +1,153 @@
+"""LeapContactOperator: each due re-engagement message handed to your send function, once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_leap.contact import ContactPolicy, plan_contacts
+from airflow_provider_leap.delivery import deliver
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
+from airflow_provider_leap.models import parse_timestamp
+from airflow_provider_leap.triage import BUCKETS
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_leap.contact import Contact
+
+
+def default_ledger_url() -> str:
+    """``[leap] ledger_url``, else a folder in ``$AIRFLOW_HOME`` (fine for one machine only)."""
+    from airflow.sdk.configuration import conf
+
+    configured = conf.get("leap", "ledger_url", fallback="")
+    if configured:
+        return str(configured)
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return "file://" + os.path.join(os.path.abspath(home), "leap_ledger")
+
+
+class LeapContactOperator(BaseOperator):
+    """Send every re-engagement message that is due, exactly once, through ``send``.
+
+    Reads the buckets a :class:`~airflow_provider_leap.operators.triage.TriageOperator` pushed
+    (``triage_task_id``) and the time it triaged at, asks ``policy`` who is due (a first contact
+    one quiet period after a stall, then the cadence's reminders, at most one message per
+    customer per run), and calls ``send(contact)`` for each due
+    :class:`~airflow_provider_leap.contact.Contact`. Every outcome is recorded at once in the
+    delivery ledger of ``channel``, so a retry, a clear, a re-run, the next hourly run or a
+    second worker never sends the same contact again.
+
+    ``send`` raises to fail one attempt (tried again on a later run, up to
+    ``policy.max_attempts``, then left to a person) and raises
+    :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
+    customer (counted, not an attempt). One failing customer never stops the others.
+
+    :param send: called with each due ``Contact``; use ``contact.contact_key`` as the
+        idempotency or upsert key downstream. A ``send`` that is also a context manager is
+        entered once around the run's sends (say, to open one SMTP session).
+    :param channel: names this channel's ledger (``email``, ``sms``, ``crm`` ...). Templated.
+    :param triage_task_id: the TriageOperator whose buckets to read. Templated.
+    :param policy: quiet period, cadence, horizon and attempt limit (default: 1 h, then 1, 3
+        and 7 days, within 30 days, 3 attempts).
+    :param ledger_url: where the ledger lives: a folder path or URL (``file:///...``,
+        ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
+        ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
+    :param fail_on_errors: after trying every contact, fail the task if a send failed that
+        may be tried again, so Airflow's retries try it (those sent stay sent). Default True.
+
+    Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
+    ``attention`` lists what a person should look at (given up, unreachable, unconfirmed).
+    """
+
+    template_fields: Sequence[str] = ("channel", "triage_task_id", "ledger_url")
+    ui_color = "#f4ece2"
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[Contact], Any],
+        channel: str = "email",
+        triage_task_id: str = "triage",
+        policy: ContactPolicy | None = None,
+        ledger_url: str | None = None,
+        fail_on_errors: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(send):
+            raise TypeError(f"send must be callable (it gets one Contact), got {send!r}")
+        self.send = send
+        self.channel = channel
+        self.triage_task_id = triage_task_id
+        self.policy = policy or ContactPolicy()
+        self.ledger_url = ledger_url
+        self.fail_on_errors = fail_on_errors
+
+    def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
+        ti = context["ti"]
+        summary = ti.xcom_pull(task_ids=self.triage_task_id)
+        when = parse_timestamp(summary.get("now")) if isinstance(summary, dict) else None
+        if when is None:
+            raise AirflowException(
+                f"No triage summary from task {self.triage_task_id!r} in this run: "
+                "LeapContactOperator runs downstream of a TriageOperator"
+            )
+        buckets = {
+            name: ti.xcom_pull(task_ids=self.triage_task_id, key=name) or [] for name in BUCKETS
+        }
+        return when, buckets
+
+    def execute(self, context: Context) -> dict[str, int]:
+        now, buckets = self._triage_output(context)
+        ti = context["ti"]
+        url = self.ledger_url or default_ledger_url()
+        ledger = DeliveryLedger(
+            ObjectStoragePath(url),
+            channel=self.channel,
+            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try {ti.try_number}",
+            horizon=self.policy.horizon,
+        )
+        try:
+            ledger.check_writable()
+            view = ledger.load(now)
+        except LedgerError as exc:
+            raise AirflowException(str(exc)) from exc
+        plan = plan_contacts(buckets, now=now, policy=self.policy, ledger=view.states)
+        self.log.info(
+            "Channel %s at %s: %d customer(s) due; ledger %s holds %d stall(s)",
+            self.channel,
+            now.astimezone(timezone.utc).isoformat(),
+            len(plan.due),
+            url,
+            view.stalls,
+        )
+        opened = self.send if hasattr(self.send, "__enter__") else contextlib.nullcontext(self.send)
+        with opened as send:
+            report = deliver(plan.due, send, ledger, now=now, max_attempts=self.policy.max_attempts)
+        counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
+        attention = report.attention + [
+            {"why": "unconfirmed", "detail": "a send was interrupted; not repeated", **item}
+            for item in view.unconfirmed
+        ]
+        self.log.info(
+            "Channel %s: %s", self.channel, ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        )
+        for item in attention:
+            self.log.warning("Needs a person: %s", item)
+        ti.xcom_push(key="attention", value=attention)
+        ti.xcom_push(key="counts", value=counts)
+        retryable = report.failed - report.given_up
+        if retryable and self.fail_on_errors:
+            raise AirflowException(
+                f"{retryable} of {len(plan.due)} send(s) on channel {self.channel} failed "
+                f"({report.sent} sent and recorded); a retry sends only what has not gone out"
+            )
+        return counts

@@ -1,0 +1,217 @@
+"""The contact policy and plan: who is due, which step, one message per customer, stable keys."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_provider_leap.contact import (
+    ContactPolicy,
+    StallState,
+    contact_key,
+    plan_contacts,
+)
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+H = timedelta(hours=1)
+D = timedelta(days=1)
+
+
+def iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def item(ref_id: str, when: datetime, region: str = "CAISO", **extra: object) -> dict[str, object]:
+    return {
+        "id": f"{region}_x_{ref_id}",
+        "ref_id": ref_id,
+        "transmission_region": region,
+        "connection_status": "PARTIAL",
+        "last_interaction": iso(when),
+        "reason": "not_connected",
+        **extra,
+    }
+
+
+def plan(buckets, now, ledger=None, policy=None):  # type: ignore[no-untyped-def]
+    return plan_contacts(buckets, now=now, policy=policy or ContactPolicy(), ledger=ledger or {})
+
+
+@pytest.mark.parametrize(
+    ("age", "step"),
+    [
+        (H - timedelta(seconds=1), None),
+        (H, 0),
+        (D - timedelta(seconds=1), 0),
+        (D, 1),
+        (3 * D, 2),
+        (7 * D, 3),
+        (29 * D, 3),
+        (30 * D + timedelta(seconds=1), None),
+    ],
+)
+def test_step_at_follows_quiet_period_cadence_and_horizon(age, step) -> None:
+    assert ContactPolicy().step_at(age) == step
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cadence": (3 * D, D)}, "strictly increasing"),
+        ({"cadence": (-D,)}, "strictly increasing"),
+        ({"cadence": (D, D)}, "strictly increasing"),
+        ({"cadence": (timedelta(minutes=30),)}, "after the quiet period"),
+        ({"horizon": 7 * D}, "beyond the last step"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"quiet_period": -H}, "quiet_period"),
+        ({"buckets": ("completed", "nope")}, "bucket"),
+        ({"cadence": (1,)}, "timedelta"),
+    ],
+)
+def test_a_bad_policy_is_a_clear_error_when_the_dag_is_parsed(kwargs, message) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        ContactPolicy(**kwargs)
+
+
+def test_empty_cadence_means_first_contact_only() -> None:
+    policy = ContactPolicy(cadence=())
+    stall = T0 - 2 * H
+    first = plan({"not_started": [item("a1b", stall)]}, T0, policy=policy)
+    assert [c.step for c in first.due] == [0] and first.due[0].final
+    sent = {"a1b": StallState(iso(stall), sent_step=0, sent_at=int(T0.timestamp()))}
+    later = plan({"not_started": [item("a1b", stall)]}, T0 + 20 * D, sent, policy)
+    assert later.due == [] and later.outcomes["finished"] == 1
+
+
+def test_first_contact_waits_for_the_quiet_period() -> None:
+    buckets = {"not_started": [item("a1b", T0 - 59 * timedelta(minutes=1))]}
+    assert plan(buckets, T0).due == []
+    assert plan(buckets, T0).outcomes["waiting"] == 1
+    due = plan(buckets, T0 + timedelta(minutes=1)).due
+    assert [(c.step, c.first, c.attempt) for c in due] == [(0, True, 1)]
+
+
+def test_a_late_stall_gets_one_message_not_a_burst() -> None:
+    stall = T0 - 10 * D  # found ten days late: steps 0 to 3 all passed
+    result = plan({"utility_error": [item("a1b", stall)]}, T0)
+    assert [(c.step, c.first, c.final) for c in result.due] == [(3, True, True)]
+
+
+def test_reminders_keep_their_spacing_after_a_late_first_contact() -> None:
+    stall = T0 - (3 * D - H)  # first seen just before the 3-day step
+    first = plan({"not_started": [item("a1b", stall)]}, T0).due[0]
+    assert first.step == 1
+    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int(T0.timestamp()))}
+    soon = plan({"not_started": [item("a1b", stall)]}, T0 + 2 * H, ledger)
+    assert soon.due == [] and soon.outcomes["waiting"] == 1  # step 2 due, but 2 h after step 1
+    later = plan({"not_started": [item("a1b", stall)]}, T0 + D, ledger).due
+    assert [(c.step, c.first) for c in later] == [(2, False)]
+
+
+def test_a_new_interaction_is_a_new_stall_with_a_new_key() -> None:
+    old, new = T0 - 5 * D, T0 - 2 * H
+    ledger = {"a1b": StallState(iso(old), sent_step=2, sent_at=int((T0 - D).timestamp()))}
+    due = plan({"not_started": [item("a1b", new)]}, T0, ledger).due
+    assert [(c.stall, c.step, c.first) for c in due] == [(iso(new), 0, True)]
+    assert due[0].contact_key == contact_key("a1b", iso(new), 0)
+    assert due[0].contact_key != contact_key("a1b", iso(old), 0)
+
+
+def test_completed_customers_are_never_due_even_with_another_region_stalled() -> None:
+    buckets = {
+        "completed": [item("a1b", T0 - 3 * D, "PJM")],
+        "utility_error": [item("a1b", T0 - 3 * D, "CAISO")],
+    }
+    result = plan(buckets, T0)
+    assert result.due == [] and result.outcomes["completed"] == 1
+
+
+def test_one_message_per_customer_the_most_actionable_mentioning_the_rest() -> None:
+    buckets = {
+        "not_started": [item("a1b", T0 - 2 * D, "ERCOT")],
+        "agreements_pending": [item("a1b", T0 - 3 * D, "NYISO", reason="agreement:x")],
+        "utility_error": [item("other", T0 - 2 * D)],
+    }
+    result = plan(buckets, T0)
+    by_ref = {c.ref_id: c for c in result.due}
+    assert sorted(by_ref) == ["a1b", "other"]
+    contact = by_ref["a1b"]
+    assert contact.bucket == "agreements_pending" and contact.reason == "agreement:x"
+    assert contact.stall == iso(T0 - 2 * D)  # the latest interaction of any record
+    assert [a["transmission_region"] for a in contact.also] == ["ERCOT"]
+
+
+def test_a_recent_interaction_in_another_region_keeps_the_customer_waiting() -> None:
+    buckets = {
+        "utility_error": [item("a1b", T0 - 3 * D, "CAISO")],
+        "too_recent": [item("a1b", T0 - timedelta(minutes=10), "PJM")],
+    }
+    result = plan(buckets, T0)
+    assert result.due == [] and result.outcomes["waiting"] == 1
+
+
+def test_needs_review_and_excluded_buckets_get_no_message() -> None:
+    policy = ContactPolicy(buckets=("not_started",))
+    buckets = {
+        "needs_review": [item("a1b", T0 - 3 * D)],
+        "other_utility": [item("c3d", T0 - 3 * D)],
+    }
+    result = plan(buckets, T0, policy=policy)
+    assert result.due == [] and result.outcomes["no_action"] == 2
+
+
+def test_stalls_past_the_horizon_are_left_alone() -> None:
+    result = plan({"not_started": [item("a1b", T0 - 31 * D)]}, T0)
+    assert result.due == [] and result.outcomes["expired"] == 1
+
+
+def test_already_sent_steps_are_not_due_again() -> None:
+    stall = T0 - 2 * D
+    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int((T0 - H).timestamp()))}
+    result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["already_sent"] == 1
+
+
+def test_failed_sends_stay_due_with_the_next_attempt_then_give_up() -> None:
+    stall = T0 - 2 * H
+    key = "a1b"
+    retry = plan(
+        {"not_started": [item("a1b", stall)]},
+        T0,
+        {key: StallState(iso(stall), failed_step=0, failures=1)},
+    )
+    assert [(c.step, c.attempt) for c in retry.due] == [(0, 2)]
+    gone = plan(
+        {"not_started": [item("a1b", stall)]},
+        T0,
+        {key: StallState(iso(stall), failed_step=0, failures=3)},
+    )
+    assert gone.due == [] and gone.outcomes["given_up"] == 1
+
+
+def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:
+    stall = T0 - 2 * H
+    ledger = {"a1b": StallState(iso(stall), in_flight=True)}
+    result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["in_flight"] == 1
+
+
+def test_an_older_stall_than_the_one_answered_waits() -> None:
+    newer = T0 - 2 * D
+    ledger = {"a1b": StallState(iso(newer), sent_step=1, sent_at=int(T0.timestamp()))}
+    result = plan({"not_started": [item("a1b", T0 - 5 * D)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["waiting"] == 1
+
+
+def test_contact_keys_are_stable_fixed_length_and_distinct() -> None:
+    key = contact_key("crm:lead/42 ü", "2026-03-02T12:00:00Z", 1)
+    assert key == contact_key("crm:lead/42 ü", "2026-03-02T12:00:00Z", 1)
+    assert key.startswith("lc1-") and len(key) == 44 and key.isascii()
+    others = {contact_key("crm:lead/42 ü", "2026-03-02T12:00:00Z", s) for s in range(4)}
+    assert len(others) == 4
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        plan({}, datetime(2026, 3, 2))

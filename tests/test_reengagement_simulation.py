@@ -1,0 +1,184 @@
+"""Fourteen simulated days of the real hourly re-engagement DAG for 1,000 customers.
+
+``reengagement_sim.py`` drives the example DAG hour by hour (in a process of its own) against
+the emulator playing customers who click, stall, try again and complete, with Leap's hourly
+refresh delaying what the API shows. Along the way: six hours with no runs, a send task that
+fails mid-batch and is retried, runs cleared and run again, a refused address, customers in two
+regions, customers who complete after a message. This test computes, from the journeys alone,
+which messages each customer is due and when, and compares with what the SMTP inbox and the
+CRM received: exactly those, none twice, none lost, none early.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reengagement_sim import START
+
+from airflow_provider_leap.contact import ContactPolicy, contact_key
+from airflow_provider_leap.testing.journeys import Customer, Population, Step
+
+SEED, CUSTOMERS, DAYS = 5, 1000, 14
+DOWN_FROM, DOWN_HOURS = 100, 6  # the scheduler is down from hour 100 to 105
+FAIL_HOUR = 0  # the first run has the backlog of late stalls: five sends fail mid-batch
+CLEAR_HOURS = (1, 150)
+LOOKBACK = timedelta(days=30)  # the example's lookback_days
+POLICY = ContactPolicy()  # the example's policy
+
+POPULATION = Population(seed=SEED, customers=CUSTOMERS, start=START, days=DAYS)
+REFUSED = next(c.ref_id for c in POPULATION.customers if c.kind == "stall")
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("sim")
+    out, log = folder / "sim.json", folder / "sim.log"
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("reengagement_sim.py")),
+        *("--out", str(out), "--seed", str(SEED), "--customers", str(CUSTOMERS)),
+        *("--days", str(DAYS), "--down-from", str(DOWN_FROM), "--down-hours", str(DOWN_HOURS)),
+        *("--fail-hour", str(FAIL_HOUR), "--clear-hours", *map(str, CLEAR_HOURS)),
+        *("--refuse", REFUSED),
+    ]
+    with log.open("w") as handle:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=1800)
+    assert done.returncode == 0, log.read_text()[-5000:]
+    return json.loads(out.read_text())
+
+
+def _due(customer: Customer, at: datetime, sent: dict[str, tuple[int, datetime]]) -> Any:
+    """The policy, written out plainly from the journeys: the step due at ``at``, if any."""
+    records = []
+    for journey in customer.journeys:
+        shown = journey.visible_events(at)
+        if shown and shown[-1].at >= at - LOOKBACK:  # the triage's interacted_after filter
+            records.append(shown[-1])
+    if not records or any(last.step is Step.COMPLETE for last in records):
+        return None
+    stall = max(last.at for last in records)
+    age = at - stall
+    if age < POLICY.quiet_period or age > POLICY.horizon:
+        return None
+    step = max(i for i, offset in enumerate(POLICY.steps) if offset <= age)
+    stall_text = stall.strftime("%Y-%m-%dT%H:%M:%SZ")
+    previous = sent.get(stall_text)
+    if previous and (step <= previous[0] or at - previous[1] < POLICY.min_gap):
+        return None
+    sent[stall_text] = (step, at)
+    return stall_text, step
+
+
+def expected_contacts(run_times: list[datetime]) -> dict[str, tuple[str, str, int, datetime]]:
+    """contact key -> (ref_id, stall, step, run time) for every message due in the runs."""
+    expected = {}
+    for customer in POPULATION.customers:
+        sent: dict[str, tuple[int, datetime]] = {}
+        for at in run_times:
+            due = _due(customer, at, sent)
+            if due is not None:
+                stall, step = due
+                expected[contact_key(customer.ref_id, stall, step)] = (
+                    customer.ref_id,
+                    stall,
+                    step,
+                    at,
+                )
+    return expected
+
+
+@pytest.fixture(scope="module")
+def expected(sim: dict[str, Any]) -> dict[str, tuple[str, str, int, datetime]]:
+    times = sorted({datetime.fromisoformat(run["at"]) for run in sim["runs"]})
+    return expected_contacts(times)
+
+
+def test_every_run_succeeded_through_the_faults(sim: dict[str, Any]) -> None:
+    runs = sim["runs"]
+    assert len({r["hour"] for r in runs}) == DAYS * 24 - DOWN_HOURS
+    assert all(r["state"].endswith("success") for r in runs), [r for r in runs if "fail" in r]
+    first = next(r for r in runs if r["hour"] == FAIL_HOUR)
+    assert first["tasks"]["message_customers"] == ["success", 2]  # failed mid-batch, retried
+    assert sum(r["rerun"] for r in runs) == len(CLEAR_HOURS)
+
+
+def test_the_inbox_holds_exactly_the_due_messages(sim, expected) -> None:  # type: ignore[no-untyped-def]
+    emails = sim["emails"]
+    keys = Counter(m["contact_key"] for m in emails)
+    assert [k for k, n in keys.items() if n > 1] == []  # none twice
+    got = {m["contact_key"]: (m["to"], m["at"]) for m in emails}
+    want = {
+        key: (f"{ref_id}@example.com", at.isoformat())
+        for key, (ref_id, _, _, at) in expected.items()
+        if ref_id != REFUSED
+    }
+    assert got == want  # none lost, none extra, each in the run it was due
+
+
+def test_the_crm_holds_each_contact_once_including_the_refused_address(sim, expected) -> None:  # type: ignore[no-untyped-def]
+    keys = Counter(row["contact_key"] for row in sim["crm"])
+    assert set(keys.values()) == {1}
+    assert set(keys) == set(expected)
+
+
+def test_no_message_comes_early_or_after_completion(sim) -> None:  # type: ignore[no-untyped-def]
+    customers = POPULATION.by_ref_id()
+    per_run = Counter()
+    for message in sim["emails"]:
+        at = datetime.fromisoformat(message["at"])
+        customer = customers[message["to"].split("@")[0]]
+        per_run[(customer.ref_id, at)] += 1
+        shown = customer.visible_events(at)
+        assert at - shown[-1].at >= POLICY.quiet_period  # after the last interaction shown
+        assert not any(e.step is Step.COMPLETE for e in shown)
+    assert max(per_run.values()) == 1  # one message per customer per run, regions or not
+
+
+def test_the_refused_address_is_given_up_and_reported_once(sim) -> None:  # type: ignore[no-untyped-def]
+    assert not [m for m in sim["emails"] if m["to"] == f"{REFUSED}@example.com"]
+    reports = [r for r in sim["review"] if r.get("ref_id") == REFUSED]
+    assert [(r["kind"], r["why"], r["attempt"]) for r in reports] == [("send", "given_up", 3)]
+
+
+def test_the_scenarios_happened_and_the_totals_are_printed(sim, expected) -> None:  # type: ignore[no-untyped-def]
+    customers = POPULATION.by_ref_id()
+    emails = sim["emails"]
+    steps = Counter(expected[m["contact_key"]][2] for m in emails)
+    messaged = {m["to"].split("@")[0] for m in emails}
+    completed_after = {
+        ref
+        for ref in messaged
+        if any(e.step is Step.COMPLETE for j in customers[ref].journeys for e in j.events)
+    }
+    two_regions = {ref for ref in messaged if len(customers[ref].journeys) == 2}
+    new_stalls = Counter(ref for ref, _, _, _ in expected.values())
+    restalled = {
+        ref
+        for ref in new_stalls
+        if len({stall for r, stall, _, _ in expected.values() if r == ref}) > 1
+    }
+    late = {ref for ref in messaged if customers[ref].kind == "late"}
+    assert completed_after and two_regions and restalled and late
+    assert all(steps[i] > 0 for i in range(len(POLICY.steps)))
+    totals = {
+        "customers": CUSTOMERS,
+        "hourly runs": len({r["hour"] for r in sim["runs"]}),
+        "cleared and run again": sum(r["rerun"] for r in sim["runs"]),
+        "customers messaged": len(messaged),
+        "emails": len(emails),
+        "by step (first contact, day 1, day 3, day 7)": [steps[i] for i in range(4)],
+        "crm records": len(sim["crm"]),
+        "customers who completed after a message": len(completed_after),
+        "customers in two regions messaged": len(two_regions),
+        "customers with a second stall": len(restalled),
+        "late stalls (found on the first run)": len(late),
+        "simulation seconds": sim["seconds"],
+    }
+    print("\nRe-engagement simulation totals: " + json.dumps(totals, indent=2))
