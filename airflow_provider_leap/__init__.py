@@ -86,6 +86,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_leap.operators.triage",
                     "airflow_provider_leap.operators.buckets",
+                    "airflow_provider_leap.operators.contact",
                 ],
             }
         ],
@@ -102,6 +103,24 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
+        "config": {
+            "leap": {
+                "description": "Provider-wide settings of airflow-provider-leap.",
+                "options": {
+                    "ledger_url": {
+                        "description": (
+                            "Where the delivery ledger of LeapContactOperator lives: a folder "
+                            "path or an object storage URL, shared by every worker. Empty: "
+                            "$AIRFLOW_HOME/leap_ledger, which suits a single machine only.\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://aws_default@my-bucket/leap-ledger",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "leap",

@@ -4,15 +4,17 @@ It lives in storage every Airflow deployment already has: a folder, local or in 
 (any ``pathlib.Path`` or Airflow ``ObjectStoragePath``, e.g. ``s3://bucket/leap-ledger``), one
 subfolder per channel::
 
-    <root>/<channel>/ledger.json            compacted: one entry per stall inside the horizon
-    <root>/<channel>/claims/<key>.<n>.json  attempt n of one contact: claimed, then sent/failed
-    <root>/<channel>/compact.lock           held by the one task folding claims into ledger.json
+    <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
+    <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
+    <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
+    <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
-only one process ever sends that attempt. The claim becomes ``sent`` or ``failed`` right after
-the send; a claim left ``sending`` (the process was killed mid-send) may or may not have gone
-out: once stale it counts as sent, never repeated, and is reported for a person.
+only one process ever sends that attempt. Right after the send, a second file records the
+outcome (a new file, not a rewrite: cheaper, and never a half-written claim). A claim with no
+outcome (the process was killed mid-send) may or may not have gone out: once stale it counts as
+sent, never repeated, and is reported for a person.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "ledger.json"
 CLAIMS = "claims"
+CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
 DEFAULT_STALE_AFTER = timedelta(minutes=30)
 
@@ -210,12 +213,12 @@ class DeliveryLedger:
         compacting; otherwise reads only.
         """
         entries = self._read_snapshot()
-        claims = list(self._read_claims())
+        claims = self._read_claims()
         stale_before = _iso(self._clock() - self.stale_after)
         view = LedgerView()
         live: list[Claim] = []
         folded: list[StoragePath] = []
-        for path, claim in claims:
+        for paths, claim in claims:
             if claim.state == SENDING and claim.claimed_at >= stale_before:
                 live.append(claim)
                 continue
@@ -226,7 +229,7 @@ class DeliveryLedger:
             entry = _entry_for(entries, claim)
             if entry is not None:
                 entry.fold(claim)
-            folded.append(path)
+            folded += paths
         # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
         # characters compares the times, to the second, without parsing 100,000 of them.
         cutoff = _iso(now - self.horizon)[:19]
@@ -270,23 +273,41 @@ class DeliveryLedger:
             ) from None
         return {entry.ref_id: entry for entry in snapshot.entries}
 
-    def _read_claims(self) -> Iterator[tuple[StoragePath, Claim]]:
+    def _read_claims(self) -> list[tuple[list[StoragePath], Claim]]:
+        """Each attempt's files and what they say: the outcome when written, else the claim."""
         try:
-            paths = [p for p in self.claims.iterdir() if p.name.endswith(".json")]
+            paths = list(self.claims.iterdir())
         except (FileNotFoundError, NotADirectoryError):  # nothing claimed yet
-            return
+            return []
+        attempts: dict[str, tuple[list[StoragePath], Claim]] = {}
         for path in paths:
-            try:
-                with path.open("rb") as handle:
-                    claim = _CLAIM_DECODER.decode(handle.read())
-            except FileNotFoundError:  # folded by a concurrent compaction
+            attempt, _, kind = path.name.rpartition(".")
+            if kind not in (CLAIM, OUTCOME):
                 continue
-            except msgspec.DecodeError:
-                # A claim whose write was cut short: its sender died while claiming, so
-                # nothing was sent yet. Left alone; it blocks only that one attempt number.
-                log.warning("Unreadable claim %s in the delivery ledger: left as is", path)
+            claim = self._read_claim(path)
+            if claim is None:
                 continue
-            yield path, claim
+            known = attempts.get(attempt)
+            if known is None:
+                attempts[attempt] = ([path], claim)
+            else:
+                known[0].append(path)
+                if kind == OUTCOME:
+                    attempts[attempt] = (known[0], claim)
+        return list(attempts.values())
+
+    @staticmethod
+    def _read_claim(path: StoragePath) -> Claim | None:
+        try:
+            with path.open("rb") as handle:
+                return _CLAIM_DECODER.decode(handle.read())
+        except FileNotFoundError:  # folded by a concurrent compaction
+            return None
+        except msgspec.DecodeError:
+            # A claim whose write was cut short: its sender died while claiming, so nothing
+            # was sent yet. Left alone; it blocks only that one attempt number.
+            log.warning("Unreadable file %s in the delivery ledger: left as is", path)
+            return None
 
     # -- compaction ------------------------------------------------------------------------------
 
@@ -340,8 +361,8 @@ class DeliveryLedger:
             handle.write(body)
         return True
 
-    def _claim_path(self, contact: Contact) -> StoragePath:
-        return self.claims / f"{contact.contact_key}.{contact.attempt}.json"
+    def _attempt_path(self, contact: Contact, kind: str) -> StoragePath:
+        return self.claims / f"{contact.contact_key}.{contact.attempt}.{kind}"
 
     def _claim(self, contact: Contact, state: str, now: datetime, error: str | None) -> Claim:
         return Claim(
@@ -362,7 +383,7 @@ class DeliveryLedger:
         body = msgspec.json.encode(self._claim(contact, SENDING, now, None))
         try:
             self._prepare()
-            return self._create_exclusive(self._claim_path(contact), body)
+            return self._create_exclusive(self._attempt_path(contact, CLAIM), body)
         except Exception as exc:
             raise LedgerError(f"Cannot record a claim in {self.claims}: {exc}") from exc
 
@@ -372,7 +393,7 @@ class DeliveryLedger:
         """Record the outcome of a claimed attempt, right after the send."""
         claim = self._claim(contact, SENT if sent else FAILED, now, error)
         try:
-            with self._claim_path(contact).open("wb") as handle:
+            with self._attempt_path(contact, OUTCOME).open("wb") as handle:
                 handle.write(msgspec.json.encode(claim))
         except Exception as exc:
             raise LedgerError(
@@ -382,4 +403,4 @@ class DeliveryLedger:
 
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""
-        self._claim_path(contact).unlink(missing_ok=True)
+        self._attempt_path(contact, CLAIM).unlink(missing_ok=True)

@@ -153,7 +153,7 @@ def report(dag_id: str, dagrun, demo_dir: Path, requests_served: int) -> int:  #
     print(f"  {'records read':<24} {summary.get('records_read', 0):>6}")
     print("\nWhat the customers were sent (channel -> outcome counts):")
     for task_id in ("message_customers", "record_in_crm"):
-        counts = xcoms.get((task_id, "return_value")) or xcoms.get((task_id, "counts")) or {}
+        counts = xcoms.get((task_id, "return_value")) or {}
         shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         print(f"  {task_id:<24} {shown}")
     lines = outbox_lines(demo_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
 
 
-def test_example_dags_import_cleanly(airflow_db) -> None:
+def test_example_dags_import_cleanly(airflow_db, monkeypatch) -> None:
+    """Parsed with no connection defined: a DAG file that called Leap at parse time fails."""
     from airflow.dag_processing.dagbag import DagBag
 
+    monkeypatch.delenv("AIRFLOW_CONN_LEAP_DEFAULT", raising=False)
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {"leap_connect_reengagement", "leap_connection_watch"}
@@ -21,27 +24,51 @@ def test_example_dags_import_cleanly(airflow_db) -> None:
     assert hourly.timetable.expression == "17 * * * *"
 
 
-def test_reengagement_runs_end_to_end(run_dag, leap_conn, emu, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path))
+def _outbox(folder: Path) -> list[dict[str, object]]:
+    path = folder / "outbox" / "messages.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def reengagement_env(emu, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The example's outputs and its ledger in a temp folder; Connect links configured."""
+    from airflow_provider_leap.hooks.leap import connection_json
+    from airflow_provider_leap.testing import EMULATOR_API_KEY
+
+    monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "ledger").as_uri())
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_DEFAULT",
+        connection_json(emu.url, EMULATOR_API_KEY, connect_account="acme-energy"),
+    )
+    return tmp_path / "out"
+
+
+def test_reengagement_messages_everyone_due_then_nothing_twice(run_dag, reengagement_env) -> None:
     source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    result = run_dag("leap_connect_reengagement", source)
-    assert result.state == "success", result.task_states
-    counts = result.xcoms[("triage", "return_value")]["counts"]
-    for bucket in ("not_started", "utility_not_connected", "utility_error", "agreements_pending"):
-        sent = result.xcoms[(f"message_{bucket}", "return_value")]
-        lines = Path(sent["outbox"]).read_text().splitlines()
-        assert len(lines) == counts[bucket] > 0
-        message = json.loads(lines[0])
-        assert message["subject"] and message["body"] and "{" not in message["body"]
-    crm = result.xcoms[("record_in_crm", "return_value")]
-    assert crm["records"] == sum(v for k, v in counts.items() if k != "too_recent")
-    assert len(Path(crm["target"]).read_text().splitlines()) == crm["records"]
-    errors = Path(result.xcoms[("message_utility_error", "return_value")]["outbox"])
-    by_reason = {
-        json.loads(line)["reason"]: json.loads(line) for line in errors.read_text().splitlines()
-    }
-    if "error:USER_CANCELED" in by_reason:  # error codes get their own wording
-        assert by_reason["error:USER_CANCELED"]["subject"] == "Did you mean to stop?"
+    first = run_dag("leap_connect_reengagement", source)
+    assert first.state == "success", first.task_states
+    counts = first.xcoms[("message_customers", "return_value")]
+    messages = _outbox(reengagement_env)
+    assert counts["sent"] == counts["due"] == len(messages) > 0
+    keys = [m["contact_key"] for m in messages]
+    assert len(set(keys)) == len(keys)
+    assert len({m["ref_id"] for m in messages}) == len(messages)  # one per customer
+    for message in messages:
+        assert message["subject"] and "{" not in str(message["body"])
+        assert "https://connect.leap.energy?transmissionRegion=" in str(message["body"])
+        assert "account=acme-energy" in str(message["body"])
+    crm = first.xcoms[("record_in_crm", "return_value")]
+    assert crm["sent"] == counts["sent"]
+    # The same data again: a run with no logical date (as `airflow dags trigger` makes) sends
+    # nothing, and says why.
+    run_after = datetime.fromisoformat(first.xcoms[("triage", "return_value")]["now"])
+    second = run_dag("leap_connect_reengagement", source, logical_date=None, run_after=run_after)
+    assert second.state == "success", second.task_states
+    assert len(_outbox(reengagement_env)) == len(messages)
+    again = second.xcoms[("message_customers", "return_value")]
+    assert again["due"] == again["sent"] == 0
+    assert again["already_sent"] + again["finished"] == counts["sent"]
 
 
 def test_connection_watch_runs_end_to_end(run_dag, leap_conn, emu) -> None:
@@ -62,8 +89,10 @@ def test_connection_watch_runs_end_to_end(run_dag, leap_conn, emu) -> None:
     assert result.xcoms[("report", "return_value")]["total"] == 3
 
 
-def test_render_message_prefers_the_most_specific_template() -> None:
+def test_render_message_prefers_the_most_specific_wording() -> None:
     import importlib.util
+
+    from airflow_provider_leap.contact import Contact
 
     spec = importlib.util.spec_from_file_location(
         "reeng", EXAMPLES / "leap_connect_reengagement.py"
@@ -71,20 +100,53 @@ def test_render_message_prefers_the_most_specific_template() -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+
+    def contact(bucket: str, item: dict[str, object], **kw: object) -> Contact:
+        fields = {"first": True, "final": False, "step": 0, "also": ()} | kw
+        return Contact(
+            contact_key="lc1-x",
+            ref_id="r1",
+            stall="2026-03-02T12:00:00Z",
+            bucket=bucket,
+            reason=str(item["reason"]),
+            attempt=1,
+            item=item,
+            **fields,  # type: ignore[arg-type]
+        )
+
     item = {"reason": "error:INVALID_CREDENTIALS", "error_codes": {"PG&E": "INVALID_CREDENTIALS"}}
-    assert module.render_message("utility_error", item)["subject"] == "Check your utility login"
+    assert module.render_message(contact("utility_error", item), None)["subject"] == (
+        "Check your utility login"
+    )
     item = {"reason": "error:SOMETHING_NEW", "error_codes": {"PG&E": "SOMETHING_NEW"}}
-    rendered = module.render_message("utility_error", item)
+    rendered = module.render_message(contact("utility_error", item), "https://x?refId=r1")
     assert rendered["subject"] == "We could not connect your utility account"
-    assert "PG&E" in rendered["body"]
+    assert "PG&E" in rendered["body"] and rendered["body"].endswith("https://x?refId=r1")
     pending = {
         "reason": "agreement:x",
         "agreements": ["demand_response_participation_agreement_status"],
     }
-    assert "demand_response" in module.render_message("agreements_pending", pending)["body"]
+    last = module.render_message(
+        contact("agreements_pending", pending, first=False, final=True, step=3), None
+    )
+    assert last["subject"].startswith("Reminder: ") and "last reminder" in last["body"]
+    assert "demand_response" in last["body"]
+    other = contact(
+        "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
+    )
+    assert "PJM" in module.render_message(other, None)["body"]
 
 
-@pytest.mark.parametrize("name", ["leap_connect_reengagement.py", "leap_connection_watch.py"])
-def test_examples_use_templated_fields_not_top_level_io(name: str) -> None:
-    text = (EXAMPLES / name).read_text()
-    assert "LeapHook()" not in text.split("with DAG(")[0]  # no API call at parse time
+def test_a_bad_cadence_is_an_import_error_that_says_why(airflow_db, tmp_path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "bad_cadence.py").write_text(
+        "from datetime import timedelta\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_provider_leap.contact import ContactPolicy\n"
+        "POLICY = ContactPolicy(cadence=(timedelta(days=3), timedelta(days=1)))\n"
+        "dag = DAG('bad_cadence', schedule=None)\n"
+    )
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "cadence must be positive and strictly increasing" in error

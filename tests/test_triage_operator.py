@@ -110,7 +110,7 @@ def test_large_buckets_go_to_object_storage(run_dag, leap_conn, emu, out_dir, tm
 def test_filters_are_templated_and_string_dates_parsed(run_dag, leap_conn, emu, out_dir) -> None:
     args = (
         # The issue's own example: renders as "2026-11-25 01:02:03.456+00:00", parsed as a date.
-        'interacted_after="{{ data_interval_end - macros.timedelta(days=3) }}", quiet_period=0'
+        'interacted_after="{{ dag_run.run_after - macros.timedelta(days=3) }}", quiet_period=0'
     )
     result = run_dag("triage_templated", dag_source("triage_templated", extra_args=args))
     assert result.state == "success", result.task_states
@@ -137,3 +137,21 @@ def test_operator_arguments_are_checked_early() -> None:
         TriageOperator(task_id="t", quiet_period=-1)
     assert TriageOperator(task_id="t", quiet_period=600).quiet_period == timedelta(minutes=10)
     assert set(TriageOperator.template_fields) >= {"ref_ids", "started_after", "interacted_after"}
+
+
+def test_now_is_templated_and_a_run_with_no_logical_date_triages_at_run_after(
+    run_dag, leap_conn, emu, out_dir
+) -> None:
+    args = 'now="{{ dag_run.run_after }}"'
+    run_after = emu.now - timedelta(days=2)
+    result = run_dag(
+        "triage_now",
+        dag_source("triage_now", extra_args=args),
+        logical_date=None,
+        run_after=run_after,
+    )
+    assert result.state == "success", result.task_states
+    summary = result.xcoms[("triage", "return_value")]
+    assert datetime.fromisoformat(summary["now"].replace("Z", "+00:00")) == run_after
+    expected = triage(emu.records, now=run_after)
+    assert summary["counts"] == expected.summary["counts"]

@@ -109,13 +109,13 @@ class LeapContactOperator(BaseOperator):
         now, buckets = self._triage_output(context)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
-        ledger = DeliveryLedger(
-            ObjectStoragePath(url),
-            channel=self.channel,
-            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try {ti.try_number}",
-            horizon=self.policy.horizon,
-        )
         try:
+            ledger = DeliveryLedger(
+                ObjectStoragePath(url),
+                channel=self.channel,
+                owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try {ti.try_number}",
+                horizon=self.policy.horizon,
+            )
             ledger.check_writable()
             view = ledger.load(now)
         except LedgerError as exc:
@@ -143,7 +143,6 @@ class LeapContactOperator(BaseOperator):
         for item in attention:
             self.log.warning("Needs a person: %s", item)
         ti.xcom_push(key="attention", value=attention)
-        ti.xcom_push(key="counts", value=counts)
         retryable = report.failed - report.given_up
         if retryable and self.fail_on_errors:
             raise AirflowException(

@@ -53,7 +53,7 @@ class TriageOperator(BaseOperator):
     :param leap_conn_id: Airflow connection of type ``leap``.
     :param ref_ids: only these Reference IDs (default: all). Templated.
     :param started_after: only connections started at or after this time. Templated; a string is
-        parsed as ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``).
+        parsed as ISO-8601 (e.g. ``{{ dag_run.run_after - macros.timedelta(days=30) }}``).
     :param interacted_after: only connections whose last interaction is at or after this time.
         Templated, like ``started_after``.
     :param quiet_period: records touched more recently than this go to ``too_recent``: Leap
