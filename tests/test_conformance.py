@@ -243,8 +243,22 @@ def test_the_specs_examples_decode(emulator: LeapEmulator, client: LeapClient) -
     _assert_meters_read(examples, _read_meters(emulator, client, examples))
 
 
+# Top-level keys the client's records use internally (``models._Record``): a body carrying one
+# is valid (the schemas allow other fields) but misread; a known difference, tested on its own.
+INTERNAL_KEYS = ("__leap_raw__", "__leap_parse_error__")
+
+
+def _no_internal_keys(value: dict[str, Any]) -> bool:
+    return not any(key in value for key in INTERNAL_KEYS)
+
+
 @PROPERTY
-@given(st.lists(openapi.values_of(openapi.CONNECT, "ConnectRecord"), max_size=12))
+@given(
+    st.lists(
+        openapi.values_of(openapi.CONNECT, "ConnectRecord").filter(_no_internal_keys),
+        max_size=12,
+    )
+)
 def test_any_valid_connect_record_decodes(
     emulator: LeapEmulator, client: LeapClient, records: list[dict[str, Any]]
 ) -> None:
@@ -259,7 +273,9 @@ AUDIT_AS_DESCRIBED = {"AuditInfo_audit": {"type": "object", "nullable": True}}
 @PROPERTY
 @given(
     st.lists(
-        openapi.values_of(openapi.METERS, "MeterDetailsResponse", AUDIT_AS_DESCRIBED),
+        openapi.values_of(openapi.METERS, "MeterDetailsResponse", AUDIT_AS_DESCRIBED).filter(
+            _no_internal_keys
+        ),
         max_size=3,
         unique_by=lambda m: m["meter_id"],
     )
@@ -308,6 +324,29 @@ def test_the_same_meter_with_an_object_audit_decodes(
 ) -> None:
     meters = [_meter_with_audit({"created_by": "LEAP"})]
     _assert_meters_read(meters, _read_meters(emulator, client, meters))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="client: models._Record reads these JSON keys as its own fields"
+)
+@pytest.mark.parametrize(
+    ("kind", "key", "value"),
+    [
+        ("connect", "__leap_raw__", {"a": 1}),
+        ("connect", "__leap_parse_error__", "not an error"),
+        ("meter", "__leap_raw__", {"a": 1}),
+    ],
+)
+def test_a_body_with_the_clients_internal_key_names_decodes(
+    emulator: LeapEmulator, client: LeapClient, kind: str, key: str, value: Any
+) -> None:
+    if kind == "connect":
+        guide = openapi.load(openapi.CONNECT)["components"]["examples"]["GuidePage"]["value"]
+        records = [{**guide["connections"][0], key: value}]
+        _assert_records_read(records, _read_records(emulator, client, records))
+    else:
+        meters = [{**_meter_with_audit({"created_by": "LEAP"}), key: value}]
+        _assert_meters_read(meters, _read_meters(emulator, client, meters))
 
 
 # --- the client's requests validate -------------------------------------------------------------
