@@ -110,7 +110,8 @@ def test_every_run_succeeded_through_the_faults(sim: dict[str, Any]) -> None:
     assert len({r["hour"] for r in runs}) == DAYS * 24 - DOWN_HOURS
     assert all(r["state"].endswith("success") for r in runs), [r for r in runs if "fail" in r]
     first = next(r for r in runs if r["hour"] == FAIL_HOUR)
-    assert first["tasks"]["message_customers"] == ["success", 2]  # failed mid-batch, retried
+    state, tries = first["tasks"]["message_customers"]
+    assert state == "success" and tries >= 2  # failed mid-batch, retried
     assert sum(r["rerun"] for r in runs) == len(CLEAR_HOURS)
 
 

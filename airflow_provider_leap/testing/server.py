@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -49,6 +49,9 @@ from airflow_provider_leap.testing.data import (
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
 from airflow_provider_leap.testing.journeys import Population
+
+if TYPE_CHECKING:
+    from airflow_provider_leap.testing.admin import EmulatorAdmin
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -425,6 +428,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._log_body = body.decode("utf-8", "replace")
         try:
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if emulator.admin is not None and emulator.admin.owns(split.path):
+                answer = emulator.admin.handle(self.command, split.path, split.query, body)
+                self._send(200, answer, _JSON, {}, None)
+                return
             page = emulator.route(self.command, split.path, split.query, headers, body)
         except ApiError as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
@@ -521,6 +528,7 @@ class LeapEmulator:
     ``records`` is a count of generated records or a ready list of record dicts (e.g. to serve
     deliberately odd records). ``now`` is the reference time of the generated data and the
     clock that decides which meters exist; it stays fixed until set (``now = ...``/``advance``).
+    ``admin=True`` serves the ``/_emulator/`` endpoints of ``testing/admin.py`` as well.
     """
 
     def __init__(
@@ -534,6 +542,7 @@ class LeapEmulator:
         *,
         wire_names: wire.WireNames | None = None,
         verbose: bool = False,
+        admin: bool = False,
     ) -> None:
         self.seed = seed
         self.api_key = api_key
@@ -553,6 +562,11 @@ class LeapEmulator:
         self._initial_dataset = self._dataset
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.admin: EmulatorAdmin | None = None
+        if admin:
+            from airflow_provider_leap.testing.admin import EmulatorAdmin
+
+            self.admin = EmulatorAdmin(self)
 
     # --- data and clock --------------------------------------------------------------------
 
