@@ -131,7 +131,7 @@ class EmulatorAdmin:
                 {"expected": {"ref_ids": ["<Reference ID>"], "connection_status": "COMPLETED"}},
             )
         emulator = self._emulator
-        at = format_ts(to_us(emulator.now), millis=False)
+        at = format_ts(to_us(emulator.now))
         with self._lock:
             records = emulator.records
             missing = sorted(set(refs) - {str(r.get("ref_id")) for r in records})

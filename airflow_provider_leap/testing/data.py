@@ -208,14 +208,16 @@ def parse_utc(text: str) -> int | None:
         return None
 
 
-def format_ts(us: int, *, millis: bool, suffix: str = "Z") -> str:
+def format_ts(us: int, *, millis: bool | None = None, suffix: str = "Z") -> str:
     """Connect's ``2023-01-11T02:44:57Z`` / ``...05.892Z``, or (``suffix="+00:00"``) the Meters
-    API's ``2000-01-23T04:56:07.000+00:00``."""
+    API's ``2000-01-23T04:56:07.000+00:00``; ``millis`` None: only when the time has some."""
     seconds, fraction = divmod(us, _SECOND_US)
     day, second = divmod(seconds, 86_400)
     hours, second = divmod(second, 3600)
     text = f"{_day(day)}{hours:02d}:{second // 60:02d}:{second % 60:02d}"
-    return f"{text}.{fraction // 1000:03d}{suffix}" if millis else text + suffix
+    if millis or (millis is None and fraction >= 1000):
+        return f"{text}.{fraction // 1000:03d}{suffix}"
+    return text + suffix
 
 
 @functools.lru_cache(maxsize=4096)
@@ -256,7 +258,7 @@ class _Gen:
         return us - us % (_SECOND_US if self.whole_seconds else 1000)
 
     def ts(self, us: int) -> str:
-        return format_ts(us, millis=not self.whole_seconds and us % _SECOND_US >= 1000)
+        return format_ts(us, millis=False if self.whole_seconds else None)
 
     def utilities(self, region: str, count: int) -> list[str]:
         names = _UTILITY_NAMES[region]
