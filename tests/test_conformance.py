@@ -190,7 +190,7 @@ def test_fault_bodies_have_leaps_shape(emulator: LeapEmulator, kind: str) -> Non
 def _read_records(emulator: LeapEmulator, client: LeapClient, records: list[Any]) -> list[Any]:
     emulator.set_records(records)
     try:
-        return list(client.iter_connections())
+        return list(client.iter_connect_records())
     finally:
         emulator.reset()
 
@@ -362,7 +362,7 @@ def test_every_connect_request_validates(
     emulator.reset_requests()
     try:
         list(
-            client.iter_connections(
+            client.iter_connect_records(
                 ref_ids=query.get("ref-id") or None,  # no IDs at all: no filter
                 started_after=query.get("start-date"),
                 interacted_after=query.get("last-interaction-date"),

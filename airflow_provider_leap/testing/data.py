@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_provider_leap.client import REF_ID_FORBIDDEN, REF_ID_MAX_LEN, REF_ID_MIN_LEN
 from airflow_provider_leap.models import NOT_REQUIRED, ConnectionStatus, UtilityStatus
+from airflow_provider_leap.refids import MAX_LENGTH as REF_ID_MAX_LEN
+from airflow_provider_leap.refids import is_valid_ref_id
+from airflow_provider_leap.timeutil import parse_timestamp
 
 COMPLETED = ConnectionStatus.COMPLETED.value
 NOT_STARTED = ConnectionStatus.NOT_STARTED.value
@@ -159,13 +161,6 @@ FRACTION_SHARE = 0.35  # share of records whose timestamps carry milliseconds
 _Builder = Callable[["_Gen", str], tuple[str, list[dict[str, Any]], dict[str, str]]]
 
 
-def is_valid_ref_id(ref_id: str) -> bool:
-    """Leap's documented rule for Reference IDs (the client's length and forbidden characters)."""
-    return REF_ID_MIN_LEN <= len(ref_id) <= REF_ID_MAX_LEN and not (
-        REF_ID_FORBIDDEN.intersection(ref_id)
-    )
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -195,22 +190,20 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:
 def parse_utc(text: str) -> int | None:
     """Epoch microseconds of an RFC 3339 timestamp (``Z`` or an offset); None if unusable.
 
-    Stricter than the client's reader on purpose: a time without an offset is refused, not
-    taken as UTC, so a client that forgets the offset is caught.
+    Stricter than the client's reader (``timeutil``) on purpose: a time without an offset is
+    refused, not taken as UTC, so a client that forgets the offset is caught.
     """
-    if not _RFC3339.fullmatch(text):
-        return None
-    if text[-1] in "Zz":
-        text = text[:-1] + "+00:00"
-    try:
-        return to_us(datetime.fromisoformat(text))
-    except ValueError:  # a valid form but no such time (month 13, a leap second)
-        return None
+    parsed = parse_timestamp(text) if _RFC3339.fullmatch(text) else None
+    return None if parsed is None else to_us(parsed)
 
 
 def format_ts(us: int, *, millis: bool | None = None, suffix: str = "Z") -> str:
     """Connect's ``2023-01-11T02:44:57Z`` / ``...05.892Z``, or (``suffix="+00:00"``) the Meters
-    API's ``2000-01-23T04:56:07.000+00:00``; ``millis`` None: only when the time has some."""
+    API's ``2000-01-23T04:56:07.000+00:00``; ``millis`` None: only when the time has some.
+
+    Not ``timeutil.format_timestamp``: Leap's two styles are at millisecond precision, and this
+    runs a few hundred thousand times for 50k records, from integers.
+    """
     seconds, fraction = divmod(us, _SECOND_US)
     day, second = divmod(seconds, 86_400)
     hours, second = divmod(second, 3600)

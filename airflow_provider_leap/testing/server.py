@@ -35,6 +35,7 @@ import msgspec
 
 from airflow_provider_leap import wire
 from airflow_provider_leap.gc_pause import gc_paused
+from airflow_provider_leap.refids import is_valid_ref_id
 from airflow_provider_leap.testing import EMULATOR_API_KEY
 from airflow_provider_leap.testing.data import (
     REGIONS,
@@ -42,7 +43,6 @@ from airflow_provider_leap.testing.data import (
     from_us,
     generate_meters,
     generate_records,
-    is_valid_ref_id,
     meter_created_us,
     parse_utc,
     to_us,
