@@ -104,15 +104,22 @@ class RecordedRequest:
 
 
 class RequestLog:
-    """Thread-safe list of ``RecordedRequest``; tests count requests per poke with it."""
+    """Thread-safe list of ``RecordedRequest``; tests count requests per poke with it.
+
+    A request is logged when answered. One that arrived before the last ``reset`` (a slow answer
+    a client gave up on) is not logged after it, so it never lands in the next test's log.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[RecordedRequest] = []
+        self.generation = 0  # the number of resets so far
 
-    def append(self, item: RecordedRequest) -> None:
+    def append(self, item: RecordedRequest, generation: int) -> None:
+        """Log ``item``, unless the log was reset since its request (of ``generation``) came."""
         with self._lock:
-            self._items.append(item)
+            if generation == self.generation:
+                self._items.append(item)
 
     def snapshot(self) -> list[RecordedRequest]:
         with self._lock:
@@ -121,6 +128,7 @@ class RequestLog:
     def reset(self) -> None:
         with self._lock:
             self._items.clear()
+            self.generation += 1
 
     def count(self, path: str | None = None, *, status: int | None = None) -> int:
         """Requests seen, optionally only those to ``path`` and/or answered with ``status``."""
@@ -417,6 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         emulator = self.server.emulator
+        self._generation = emulator.request_log.generation
         split = urlsplit(self.path)
         self._log_path, self._raw_query = split.path, split.query
         self._log_query = parse_qsl(split.query, keep_blank_values=True, errors="replace")
@@ -480,7 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=dict(self.headers.items()),
                 status=status,
                 fault=fault.kind.value if fault else None,
-            )
+            ),
+            self._generation,
         )
 
     def _send(
