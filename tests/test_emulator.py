@@ -35,7 +35,7 @@ from airflow_provider_leap.testing import data as emu_data
 NAMES = wire.WireNames()
 AUTH = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
-TIMEOUT = 5
+TIMEOUT = 30  # a guard against a hung server, not a speed limit: generous for a loaded machine
 
 # Typed again from Leap's guide (tests/leap_guide.py), independently of data.py.
 GUIDE_RECORD = guide_example()
@@ -419,9 +419,12 @@ def test_rate_limit_with_retry_after_seconds_or_http_date(
     assert limited.json()["status"] == 429
     assert get(leap_emulator, http).status_code == 200
     faults.fail_next(1, Fault(FaultKind.RATE_LIMIT, retry_after=30, retry_after_http_date=True))
+    before = datetime.now(timezone.utc)
     dated = get(leap_emulator, http)
+    after = datetime.now(timezone.utc)
     when = email.utils.parsedate_to_datetime(dated.headers["Retry-After"])
-    assert timedelta(seconds=25) < when - datetime.now(timezone.utc) <= timedelta(seconds=30)
+    # 30 s after the server's clock, in whole seconds: bracketed, however long the request took.
+    assert before + timedelta(seconds=29) < when <= after + timedelta(seconds=30)
     faults.fail_next(1, Fault(FaultKind.RATE_LIMIT, retry_after=None))
     bare = search(leap_emulator, http, {})
     assert bare.status_code == 429
@@ -456,9 +459,16 @@ def test_slow_answer_and_client_timeout(
     leap_emulator.faults.fail_next(1, Fault(FaultKind.SLOW, delay=0.3))
     with pytest.raises(requests.Timeout):
         http.get(leap_emulator.connections_url, timeout=0.1)
+    # On a loaded machine the server may take the request in only after the client gave up:
+    # wait until it has (it took the fault), so the reset below surely comes after its arrival.
+    deadline = time.monotonic() + 30
+    while leap_emulator.faults.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leap_emulator.faults.active
     leap_emulator.reset_requests()
-    # The abandoned answer goes out 0.2 s later, after the reset: not logged, so it cannot land
-    # in the next test's log. (Waiting is the point here, not a backoff.)
+    # The abandoned answer goes out at most 0.3 s later, after the reset: not logged, so it
+    # cannot land in the next test's log. (Waiting is the point here, not a backoff; should the
+    # answer be later still, the test proves less but does not fail.)
     time.sleep(1.0)
     assert get(leap_emulator, http).status_code == 200
     assert [r.fault for r in leap_emulator.requests] == [None]
@@ -607,13 +617,13 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         url = match.group(1)
         headers = {"Authorization": "Bearer cli:key"}
         assert (
-            requests.get(url + NAMES.connections_path, headers=headers, timeout=5).status_code
+            requests.get(url + NAMES.connections_path, headers=headers, timeout=TIMEOUT).status_code
             == 429
         )
-        body = requests.get(url + NAMES.connections_path, headers=headers, timeout=5).json()
+        body = requests.get(url + NAMES.connections_path, headers=headers, timeout=TIMEOUT).json()
         assert len(body["connections"]) == 40
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=5) == 0
+        assert process.wait(timeout=30) == 0
         assert process.stderr is not None
         assert process.stderr.read() == ""  # quiet by default
     finally:
