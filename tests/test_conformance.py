@@ -18,8 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import openapi
 import pytest
+
+# The pinned schemathesis needs Python 3.11 (pyproject.toml, test extra): skipped on 3.10.
+pytest.importorskip("schemathesis", reason="the conformance run needs Python 3.11 or later")
+
+import openapi
 import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
