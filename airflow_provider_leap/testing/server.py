@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -101,6 +101,7 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int | None
     fault: str | None
+    at: float = field(default_factory=time.monotonic)  # when answered (trigger tests, bench)
 
 
 class RequestLog:
