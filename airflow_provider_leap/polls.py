@@ -43,10 +43,10 @@ class _Tick:
 class PollHub:
     """Shares the polls of one event loop: one pass over the Connect API per connection and time.
 
-    ``records(conn_id, at, ids)`` waits until the wall-clock time ``at``, then returns the
-    records of ``ids`` from a pass made for everyone who asked for the same connection and
-    time. The pass runs in its own task, outside any caller's context (its logs are the
-    triggerer's, not one trigger's), with a client opened and closed within it. A caller
+    ``records(conn_id, at, ids, until=...)`` waits until the wall-clock time ``at``, then
+    returns the records of ``ids`` from a pass made for everyone who asked for the same
+    connection and time. The pass runs in its own task, outside any caller's context (its logs
+    are the triggerer's, not one trigger's), with a client opened and closed within it. A caller
     cancelled before the pass ends leaves it; when the last one leaves, the pass is cancelled:
     no request is sent after that, and the client is closed on this loop. The connection is
     read again for every pass (``load_config``), so a changed key is used at the next poll.
@@ -67,7 +67,12 @@ class PollHub:
         self._load_config, self._client, self._clock = load_config, client, clock
         self._open: dict[tuple[str, float], _Tick] = {}
 
-    async def records(self, conn_id: str, at: float, ref_ids: Iterable[str]) -> Records:
+    async def records(
+        self, conn_id: str, at: float, ref_ids: Iterable[str], *, until: float
+    ) -> Records | None:
+        """The records of ``ref_ids`` from the pass at ``at``; ``None`` if ``until`` (wall
+        clock) comes first. A cancellation always wins, even over an answer just in (unlike
+        ``asyncio.wait_for`` before Python 3.12, which could return the answer and drop it)."""
         key = (conn_id, round(at, 3))
         tick = self._open.get(key)
         if tick is None:
@@ -79,13 +84,16 @@ class PollHub:
         mine: asyncio.Future[Records] = asyncio.get_running_loop().create_future()
         tick.waiters[mine] = list(ref_ids)
         try:
-            return await mine
+            await asyncio.wait((mine,), timeout=max(until - self._clock(), 0.0))
+            return mine.result() if mine.done() else None
         finally:
             del tick.waiters[mine]
             if mine.done() and not mine.cancelled():
                 mine.exception()  # retrieved, even when this caller was cancelled meanwhile
-            elif not tick.waiters and tick.task is not None:
-                tick.task.cancel()
+            else:
+                mine.cancel()
+                if not tick.waiters and tick.task is not None:
+                    tick.task.cancel()
 
     async def _pass(self, conn_id: str, key: tuple[str, float], at: float, tick: _Tick) -> None:
         try:

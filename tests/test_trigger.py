@@ -18,7 +18,7 @@ from airflow_provider_leap.client import connect_queries
 from airflow_provider_leap.hooks.leap import connection_json
 from airflow_provider_leap.polls import grid_time
 from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
-from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
+from airflow_provider_leap.triggers.connect import ConnectStatusTrigger, _hub
 from airflow_provider_leap.wire import WireNames
 
 
@@ -90,6 +90,17 @@ def test_times_out_at_end_time_with_the_last_poll(leap_emulator) -> None:
     assert "waiting on 1" in event["message"] and event["counts"]["waiting"] == 1
     assert time.monotonic() - started < 5
     assert len(connect_requests(leap_emulator)) >= 2
+
+
+def test_end_time_during_a_retrying_poll_ends_the_wait_then(monkeypatch, leap_emulator) -> None:
+    use_connection(monkeypatch, leap_emulator.url, max_retries=5, retry_backoff=2.0)
+    leap_emulator.faults.outage()  # the first retry is due 2 to 4 s after the first 503
+    started = time.monotonic()
+    trigger = make_trigger(["abc-123"], end_time=time.time() + 1.0, poll_interval=60)
+    event = run(first_event(trigger))
+    assert event["status"] == "timeout" and "no successful poll yet" in event["message"]
+    assert 0.9 <= time.monotonic() - started < 2.5
+    assert len(connect_requests(leap_emulator)) == 1
 
 
 @pytest.mark.usefixtures("leap_conn")
@@ -184,6 +195,28 @@ def test_cancelled_mid_retry_sends_nothing_more_and_closes_on_its_loop(
     at_cancel, later, loop = run(main())
     assert at_cancel == later == 2
     assert closed_on == [loop]
+
+
+@pytest.mark.usefixtures("leap_conn")
+def test_cancelled_as_its_poll_answers_it_stops(leap_emulator) -> None:
+    """The cancellation lands between the poll's answer and the trigger's turn: it still wins
+    (on Python 3.10 and 3.11, ``asyncio.wait_for`` returned the answer and lost it)."""
+    ids = refs(leap_emulator, "PARTIAL", 1)  # never done: a lost cancellation polls on
+
+    async def main() -> tuple[bool, int]:
+        at = time.time() + 0.3
+        task = asyncio.create_task(first_event(make_trigger(ids, next_poll_at=at, poll_interval=1)))
+        await asyncio.sleep(0.1)  # the trigger waits for the poll at ``at``
+
+        async def cancel_once_answered() -> None:  # woken by the same poll, after the trigger
+            await _hub().records("leap_default", at, ids, until=at + 30)
+            task.cancel()
+
+        await cancel_once_answered()
+        await asyncio.wait({task}, timeout=3)  # a lost cancellation polls twice a second
+        return task.cancelled(), len(connect_requests(leap_emulator))
+
+    assert run(main()) == (True, 1)
 
 
 # -- restart: the schedule is absolute ------------------------------------------------------------

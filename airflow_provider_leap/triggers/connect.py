@@ -116,15 +116,7 @@ class ConnectStatusTrigger(BaseTrigger):
                 yield self._timeout_event(last)
                 return
             try:
-                event, last = self._outcome(
-                    await asyncio.wait_for(
-                        hub.records(self.leap_conn_id, at, self.ref_ids),
-                        timeout=max(self.end_time - time.time(), 0.0),
-                    )
-                )
-            except asyncio.TimeoutError:
-                yield self._timeout_event(last)
-                return
+                found = await hub.records(self.leap_conn_id, at, self.ref_ids, until=self.end_time)
             except Exception as exc:
                 if not is_transient(exc):
                     why = str(exc) if isinstance(exc, LeapError) else f"{type(exc).__name__}: {exc}"
@@ -132,6 +124,10 @@ class ConnectStatusTrigger(BaseTrigger):
                     return
                 self.log.warning("Leap poll failed, trying again next poll: %s", exc)
                 continue
+            if found is None:  # end_time came during the poll
+                yield self._timeout_event(last)
+                return
+            event, last = self._outcome(found)
             if event is not None:
                 yield event
                 return
