@@ -116,7 +116,7 @@ class ConnectStatusTrigger(BaseTrigger):
                 yield self._timeout_event(last)
                 return
             try:
-                found = await hub.records(self.leap_conn_id, at, self.ref_ids, until=self.end_time)
+                event, last = await self._poll(hub, at, last)
             except Exception as exc:
                 if not is_transient(exc):
                     why = str(exc) if isinstance(exc, LeapError) else f"{type(exc).__name__}: {exc}"
@@ -124,16 +124,22 @@ class ConnectStatusTrigger(BaseTrigger):
                     return
                 self.log.warning("Leap poll failed, trying again next poll: %s", exc)
                 continue
-            if found is None:  # end_time came during the poll
-                yield self._timeout_event(last)
-                return
-            event, last = self._outcome(found)
             if event is not None:
                 yield event
                 return
 
+    async def _poll(
+        self, hub: PollHub, at: float, last: Summary
+    ) -> tuple[TriggerEvent | None, Summary]:
+        """The poll at ``at``: the event it ends the wait with, if any, and its summary. The
+        pass's records (every trigger's) are let go on return, not held until the next poll."""
+        found = await hub.records(self.leap_conn_id, at, self.ref_ids, until=self.end_time)
+        if found is None:  # end_time came during the poll
+            return self._timeout_event(last), last
+        return self._outcome(found)
+
     def _outcome(self, found: Records) -> tuple[TriggerEvent | None, Summary]:
-        """The event this poll ends the wait with, if any, and its summary."""
+        """What this poll's records mean for the trigger's IDs."""
         ids = dict.fromkeys(self.ref_ids)
         records = chain.from_iterable(found.get(ref_id, ()) for ref_id in ids)
         result = evaluate(records, ids, self.target_statuses, self.fail_on_statuses)
