@@ -103,6 +103,9 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
+        "asset-uris": [
+            {"schemes": ["leap"], "handler": "airflow_provider_leap.assets.normalize_uri"}
+        ],
         "config": {
             "leap": {
                 "description": "Provider-wide settings of airflow-provider-leap.",

@@ -11,6 +11,12 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
 
 
+@pytest.fixture(autouse=True)
+def examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAGs folder is on ``sys.path`` in Airflow: the examples import their shared module."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
 def test_example_dags_import_cleanly(airflow_db, monkeypatch) -> None:
     """Parsed with no connection defined: a DAG file that called Leap at parse time fails."""
     from airflow.dag_processing.dagbag import DagBag
@@ -18,7 +24,11 @@ def test_example_dags_import_cleanly(airflow_db, monkeypatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_LEAP_DEFAULT", raising=False)
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"leap_connect_reengagement", "leap_connection_watch"}
+    assert set(bag.dag_ids) == {
+        "leap_connect_reengagement",
+        "leap_connect_events",
+        "leap_connection_watch",
+    }
     hourly = bag.get_dag("leap_connect_reengagement")
     assert hourly.max_active_runs == 1 and hourly.catchup is False
     assert hourly.timetable.expression == "17 * * * *"
@@ -95,7 +105,7 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
     from airflow_provider_leap.contact import Contact
 
     spec = importlib.util.spec_from_file_location(
-        "reeng", EXAMPLES / "leap_connect_reengagement.py"
+        "reeng", EXAMPLES / "leap_reengagement_common.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

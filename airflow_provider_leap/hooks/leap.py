@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_leap.client import LeapClient
     from airflow_provider_leap.models import ConnectRecord, Meter
+    from airflow_provider_leap.webhooks import EnsureResult, Webhook, WebhookTestResult
 
 T = TypeVar("T")
 
@@ -44,6 +45,13 @@ def _as_airflow_error(error: LeapError) -> LeapException:
 def _iter_airflow_errors(items: Iterator[T]) -> Iterator[T]:
     try:
         yield from items
+    except LeapError as exc:
+        raise _as_airflow_error(exc) from exc
+
+
+def _call_airflow_errors(call: Callable[..., T], *args: Any) -> T:
+    try:
+        return call(*args)
     except LeapError as exc:
         raise _as_airflow_error(exc) from exc
 
@@ -246,6 +254,101 @@ class LeapHook(BaseHook):
 
     def __repr__(self) -> str:
         return f"LeapHook(leap_conn_id={self.leap_conn_id!r})"
+
+    # -- webhook subscriptions (see airflow_provider_leap.webhooks) ------------------------------
+
+    def webhook_headers(self) -> dict[str, str]:
+        """The header the receiver checks, from the extras ``webhook_header`` (default
+        ``x-leap-webhook-secret``) and ``webhook_secret``: what a subscription must send."""
+        from airflow_provider_leap.webhooks import receiver_secret
+
+        extras = connection_extras(self.connection)
+        try:
+            header, secret = receiver_secret(
+                extras.get("webhook_header"), extras.get("webhook_secret")
+            )
+        except LeapError as exc:
+            raise LeapException(f"Leap connection {self.leap_conn_id!r}: {exc}") from exc
+        return {header: secret}
+
+    def list_webhooks(self) -> list[Webhook]:
+        """Every webhook subscription of this connection's API key."""
+        from airflow_provider_leap import webhooks
+
+        return _call_airflow_errors(webhooks.list_webhooks, self.client)
+
+    def create_webhook(
+        self,
+        receiver_url: str,
+        event_types: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Subscribe ``receiver_url`` (default events: Connect sessions; default headers:
+        :meth:`webhook_headers`) and return the ``webhook_id``. Not retried: prefer
+        :meth:`ensure_webhook`, which is safe to repeat."""
+        from airflow_provider_leap import webhooks
+
+        events = event_types or webhooks.CONNECT_EVENT_TYPES
+        sent = self.webhook_headers() if headers is None else headers
+        return _call_airflow_errors(
+            webhooks.create_webhook, self.client, receiver_url, events, sent
+        )
+
+    def update_webhook(
+        self,
+        webhook_id: str,
+        receiver_url: str,
+        event_types: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Overwrite every setting of subscription ``webhook_id`` (defaults as for create)."""
+        from airflow_provider_leap import webhooks
+
+        events = event_types or webhooks.CONNECT_EVENT_TYPES
+        sent = self.webhook_headers() if headers is None else headers
+        return _call_airflow_errors(
+            webhooks.update_webhook, self.client, webhook_id, receiver_url, events, sent
+        )
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Remove subscription ``webhook_id``."""
+        from airflow_provider_leap import webhooks
+
+        _call_airflow_errors(webhooks.delete_webhook, self.client, webhook_id)
+
+    def test_webhook(
+        self, webhook_id: str, payload: Mapping[str, Any] | None = None
+    ) -> WebhookTestResult:
+        """Have Leap deliver a test event (default: a ``connect_session.updated`` click by
+        ``leap-webhook-test``) and return what the receiver answered."""
+        from airflow_provider_leap import webhooks
+
+        return _call_airflow_errors(webhooks.send_test_event, self.client, webhook_id, payload)
+
+    def ensure_webhook(
+        self,
+        url: str,
+        events: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> EnsureResult:
+        """Make Leap deliver ``events`` (default: both Connect session events) to ``url`` with
+        ``headers`` (default: :meth:`webhook_headers`): creates, updates or leaves the
+        subscription as it is, and says which in ``EnsureResult.action``. Safe to repeat."""
+        from airflow_provider_leap import webhooks
+
+        wanted = events or webhooks.CONNECT_EVENT_TYPES
+        sent = self.webhook_headers() if headers is None else headers
+        result: EnsureResult = _call_airflow_errors(
+            webhooks.ensure_webhook, self.client, url, wanted, sent
+        )
+        self.log.info(
+            "Leap webhook %s for %s: %s%s",
+            result.webhook_id,
+            url,
+            result.action,
+            f" (removed duplicates {list(result.removed)})" if result.removed else "",
+        )
+        return result
 
 
 def connection_json(base_url: str, api_key: str, **extra: Any) -> str:

@@ -43,6 +43,7 @@ from airflow_provider_leap.testing.data import (
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
 from airflow_provider_leap.testing.journeys import Population
+from airflow_provider_leap.testing.webhooks import Answer, WebhookApiError, WebhookHub
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -412,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
             page = emulator._route(self.command, split.path, split.query, headers, body)
-        except ApiError as exc:
+        except (ApiError, WebhookApiError) as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
             return
         fault = emulator.faults.pick(split.path, page.page)
@@ -570,6 +571,7 @@ class LeapEmulator:
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.webhooks = WebhookHub(self._authorize)  # subscriptions and deliveries (webhooks.py)
 
     # --- data and clock --------------------------------------------------------------------
 
@@ -617,6 +619,7 @@ class LeapEmulator:
     def _follow_journeys(self) -> None:
         if self._journeys is not None:
             self.set_records(self._journeys.records_at(self.now))
+            self.webhooks.clock_moved(self._journeys, self.now)
 
     def set_records(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Serve other records from now on (meters are regenerated from them)."""
@@ -641,6 +644,7 @@ class LeapEmulator:
         self._now_us = to_us(self._initial_now)
         self._dataset = self._initial_dataset
         self._journeys = None
+        self.webhooks.reset()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -662,6 +666,7 @@ class LeapEmulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.webhooks.stop()
         self._stopping.set()
         server.shutdown()
         server.server_close()
@@ -698,7 +703,9 @@ class LeapEmulator:
 
     def _route(
         self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> _Page:
+    ) -> _Page | Answer:
+        if self.webhooks.handles(path):
+            return self.webhooks.route(method, path, headers, body)
         routes = {self.wire.connections_path: "GET", wire.METERS_SEARCH_PATH: "POST"}
         expected = routes.get(path)
         if expected is None:
