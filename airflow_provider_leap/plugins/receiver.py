@@ -23,6 +23,7 @@ Each delivery is checked in this order, answered as soon as one check decides:
 from __future__ import annotations
 
 import hmac
+import importlib
 import logging
 import threading
 import time
@@ -179,6 +180,24 @@ def _register_asset_event(uri: str, extra: dict[str, Any]) -> bool:
             session=session,
         )
     return event is not None
+
+
+# Imported by the first delivery otherwise, while Leap waits for the answer.
+_RECORDING_MODULES = (
+    "airflow.assets.manager",
+    "airflow.sdk",
+    "airflow.serialization.definitions.assets",
+    "airflow.utils.session",
+    "airflow_provider_leap.assets",
+    "airflow_provider_leap.dedupe",
+    "airflow_provider_leap.hooks.leap",
+    "airflow_provider_leap.operators.contact",
+)
+
+
+def _import_recording_path() -> None:
+    for name in _RECORDING_MODULES:
+        importlib.import_module(name)
 
 
 def create_app(receiver: Receiver | None = None) -> FastAPI:
