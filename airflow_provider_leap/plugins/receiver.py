@@ -22,6 +22,7 @@ Each delivery is checked in this order, answered as soon as one check decides:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import importlib
 import logging
@@ -167,19 +168,52 @@ def _register_asset_event(uri: str, extra: dict[str, Any]) -> bool:
     """One asset event through Airflow's configured asset manager (``[core]
     asset_manager_class``), as the REST API's ``POST /api/v2/assets/events`` records one: the
     event, the runs it queues for DAGs scheduled on the asset, listeners and metrics, in one
-    committed transaction. False when no DAG references the asset (Airflow does not know it)."""
+    committed transaction. False when no DAG references the asset (Airflow does not know it).
+
+    On SQLite (development only) concurrent writers fail at once with "database is locked"
+    instead of waiting: the worker's threads take turns, and another worker's lock is retried.
+    """
     from airflow.assets.manager import asset_manager
     from airflow.serialization.definitions.assets import SerializedAssetUniqueKey
     from airflow.utils.session import create_session
 
-    with create_session() as session:
-        event = asset_manager.register_asset_change(
-            asset=SerializedAssetUniqueKey(name=uri, uri=uri),
-            extra=extra,
-            source_is_api=True,
-            session=session,
-        )
-    return event is not None
+    key = SerializedAssetUniqueKey(name=uri, uri=uri)
+    for attempt in range(1, SQLITE_ATTEMPTS + 1):
+        try:
+            with _SQLITE.turn(), create_session() as session:
+                event = asset_manager.register_asset_change(
+                    asset=key, extra=extra, source_is_api=True, session=session
+                )
+            return event is not None
+        except Exception as exc:
+            if not _SQLITE.enabled or "locked" not in str(exc) or attempt == SQLITE_ATTEMPTS:
+                raise
+            time.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
+
+
+class _SqliteTurns:
+    """Serialises this worker's writes when the metadata database is SQLite."""
+
+    def __init__(self) -> None:
+        self._enabled: bool | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        if self._enabled is None:
+            from airflow.configuration import conf
+
+            url = conf.get("database", "sql_alchemy_conn", fallback="")
+            self._enabled = url.startswith("sqlite")
+        return self._enabled
+
+    def turn(self) -> threading.Lock | contextlib.nullcontext[None]:
+        return self._lock if self.enabled else contextlib.nullcontext()
+
+
+SQLITE_ATTEMPTS = 5
+_SQLITE = _SqliteTurns()
 
 
 # Imported by the first delivery otherwise, while Leap waits for the answer.
