@@ -272,10 +272,10 @@ def run_checks(
             envelope = _envelope(payload)
             outcomes = [deliver(envelope, good) for _ in range(3)]
             statuses = [(r.status_code, r.json().get("status")) for r in outcomes]
-            if statuses != [(200, "recorded"), (200, "duplicate"), (200, "duplicate")]:
+            if statuses != [(200, "accepted"), (200, "duplicate"), (200, "duplicate")]:
                 raise CheckFailed(f"event {n}: {statuses}")
             accepted[envelope["webhook_event_id"]] = payload["partner_reference"]
-        detail.append(f"{len(accepted)} events: recorded once, then duplicate twice")
+        detail.append(f"{len(accepted)} events: accepted once, then duplicate twice")
 
     if emulator is not None:
         with report.step("customers acting (emulator journeys)") as detail:

@@ -104,9 +104,7 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
 
     from airflow_provider_leap.contact import Contact
 
-    spec = importlib.util.spec_from_file_location(
-        "reeng", EXAMPLES / "leap_reengagement_common.py"
-    )
+    spec = importlib.util.spec_from_file_location("reeng", EXAMPLES / "leap_reengagement_common.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,13 +9,15 @@ Each delivery is checked in this order, answered as soon as one check decides:
 3. the body is Leap's envelope of a valid event (``webhooks.read_event``): otherwise **400**,
    logged by field name only (payloads hold Reference IDs);
 4. an event type this version does not know: **202**, logged, not recorded;
-5. its ``webhook_event_id`` was not accepted before (``dedupe.SeenEvents``, an exclusive-create
-   marker beside the delivery ledger, shared by every API server worker and machine and kept
-   across restarts): otherwise **200** ``duplicate``;
-6. recorded as an Airflow asset event on ``leap://<conn_id>/<kind>`` (``assets.asset_uri``)
-   through Airflow's asset manager, the same call the REST API's ``POST /assets/events`` makes:
-   **200** ``recorded``. If the database fails, the marker is removed and the answer is **503**,
-   so Leap's retry records it later.
+5. the event is accepted: its marker is created exclusively in the inbox beside the delivery
+   ledger (``inbox.WebhookInbox``; shared by every API server worker and machine, kept across
+   restarts): **200** ``accepted``; it existed already: **200** ``duplicate``; the storage
+   failed: **503**, so Leap delivers it again later.
+
+Then, off the request path, each worker's :class:`Recorder` records accepted events in batches
+as Airflow asset events on ``leap://<conn_id>/<kind>`` (``assets.asset_uri``), through Airflow's
+asset manager (the call the REST API's ``POST /api/v2/assets/events`` makes), retrying while the
+database is unavailable. Markers a dead worker left unrecorded are recovered by the others.
 
 ``plugins.webhooks.LeapWebhooksPlugin`` mounts it; only the API server imports this module.
 """
@@ -23,29 +25,36 @@ Each delivery is checked in this order, answered as soon as one check decides:
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import importlib
 import logging
+import queue
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from airflow_provider_leap.inbox import Accepted, Marker, WebhookInbox, inbox_folders
 from airflow_provider_leap.webhooks import MAX_BODY_BYTES, EnvelopeError, read_event
-
-if TYPE_CHECKING:
-    from airflow_provider_leap.dedupe import SeenEvents
-    from airflow_provider_leap.webhooks import WebhookEvent
 
 log = logging.getLogger("airflow_provider_leap.webhooks.receiver")
 
 ROUTE = "/webhooks/{conn_id}"
 SETTINGS_TTL = 10.0  # seconds a connection's secret is cached: a rotated secret counts after it
+BATCH = 200  # accepted events recorded in one database transaction
+RECOVER_EVERY = 120.0  # seconds between looks for markers a dead worker left unrecorded
+STALE = timedelta(minutes=2)  # a marker nobody took for this long was left by a dead worker
+MAX_BACKOFF = 30.0
+SQLITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,35 @@ class _Settings:
     fetched: float
 
 
-class Receiver:
-    """The receiver's state in one API server worker: cached secrets and dedupe stores."""
+def storage_root(url: str) -> Marker:
+    """The inbox's root for ``[leap] ledger_url``: a plain path for local folders (no
+    filesystem layer on the request path), an ``ObjectStoragePath`` otherwise."""
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    if "://" not in url:
+        return Path(url)
+    from airflow.sdk import ObjectStoragePath
 
-    def __init__(self) -> None:
+    return ObjectStoragePath(url)  # type: ignore[return-value]
+
+
+class Receiver:
+    """One API server worker's receiver state: cached secrets, inboxes and the recorder."""
+
+    def __init__(self, root: Marker | None = None) -> None:
+        self._root = root
         self._settings: dict[str, _Settings] = {}
-        self._seen: dict[str, SeenEvents] = {}
+        self._inboxes: dict[str, WebhookInbox] = {}
         self._lock = threading.Lock()
+        self.recorder = Recorder(self)
+
+    @property
+    def root(self) -> Marker:
+        if self._root is None:
+            from airflow_provider_leap.operators.contact import default_ledger_url
+
+            self._root = storage_root(default_ledger_url())
+        return self._root
 
     # -- 1. who may deliver ----------------------------------------------------------------------
 
@@ -87,9 +118,9 @@ class Receiver:
     def _read_settings(conn_id: str) -> _Settings:
         from airflow.sdk import BaseHook
 
-        from airflow_provider_leap.dedupe import valid_folder_name
         from airflow_provider_leap.errors import LeapConfigError
         from airflow_provider_leap.hooks.leap import LeapHook, connection_extras
+        from airflow_provider_leap.inbox import valid_folder_name
         from airflow_provider_leap.webhooks import receiver_secret
 
         now = time.monotonic()
@@ -110,65 +141,170 @@ class Receiver:
             return _Settings(None, b"", str(exc), now)
         return _Settings(header, secret.encode(), "", now)
 
-    # -- 5. seen before? -------------------------------------------------------------------------
+    # -- 5. accept, in a worker thread -----------------------------------------------------------
 
-    def seen(self, conn_id: str) -> SeenEvents:
-        found = self._seen.get(conn_id)
+    def inbox(self, conn_id: str) -> WebhookInbox:
+        found = self._inboxes.get(conn_id)
         if found is None:
-            from airflow.sdk import ObjectStoragePath
-
-            from airflow_provider_leap.dedupe import SeenEvents
-            from airflow_provider_leap.operators.contact import default_ledger_url
-
-            found = SeenEvents(ObjectStoragePath(default_ledger_url()), conn_id)
             with self._lock:
-                self._seen.setdefault(conn_id, found)
+                found = self._inboxes.setdefault(conn_id, WebhookInbox(self.root, conn_id))
         return found
 
-    # -- 5 and 6, in a worker thread --------------------------------------------------------------
-
-    def record(self, conn_id: str, event: WebhookEvent, received_at: datetime) -> tuple[int, str]:
-        """Claim the event and record it as an asset event: (HTTP status, outcome)."""
-        from airflow_provider_leap.assets import asset_uri
-
-        seen = self.seen(conn_id)
-        marker = seen.claim(event.event_id)
+    def accept(self, conn_id: str, event_id: str, uri: str, extra: dict[str, Any]) -> str:
+        """``accepted`` (and queued for recording) or ``duplicate``; raises if storage fails."""
+        inbox = self.inbox(conn_id)
+        marker = inbox.accept(event_id, uri, extra)
         if marker is None:
-            log.info("Leap webhook %s (%s): duplicate, already recorded", event.event_id, conn_id)
-            return 200, "duplicate"
-        assert event.kind is not None
-        uri = asset_uri(conn_id, event.kind)
+            return "duplicate"
+        self.recorder.submit(inbox, marker, Accepted(uri, extra, ""))
+        return "accepted"
+
+
+class Recorder:
+    """Records accepted events as Airflow asset events, in batches, on a thread of its own.
+
+    A batch is one database transaction. While the database fails, the batch's events are given
+    back (another worker may take them) and tried again with a growing pause.
+    """
+
+    def __init__(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+        self._queue: queue.Queue[tuple[WebhookInbox, Marker, Accepted]] = queue.Queue()
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="leap-webhook-recorder", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Record what is queued within ``timeout``; the rest stays in the inbox, recovered
+        by a worker that is still running (or by this one after a restart)."""
+        self.flush(timeout)
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    def submit(self, inbox: WebhookInbox, marker: Marker, accepted: Accepted) -> None:
+        with self._idle:
+            self._busy += 1
+        self._queue.put((inbox, marker, accepted))
+        if self._thread is None:
+            self.start()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted event was recorded (or given back); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _done(self, count: int) -> None:
+        with self._idle:
+            self._busy -= count
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        next_recovery = time.monotonic() + RECOVER_EVERY / 4
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=max(0.0, next_recovery - time.monotonic()))
+            except queue.Empty:
+                self.recover()
+                next_recovery = time.monotonic() + RECOVER_EVERY
+                continue
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._record(batch)
+            finally:
+                self._done(len(batch))
+
+    def _record(self, batch: list[tuple[WebhookInbox, Marker, Accepted]]) -> None:
+        pause = 0.5
+        while not self._stopping.is_set():
+            taken = [item for item in batch if item[0].take(item[1])]
+            if not taken:
+                return
+            try:
+                recorded = _register_asset_events([(a.uri, a.extra) for _, _, a in taken])
+            except Exception:
+                for inbox, marker, _ in taken:
+                    inbox.give_back(marker)
+                log.exception(
+                    "Recording %d accepted Leap webhook event(s) failed; retrying in %.1f s "
+                    "(they stay in the inbox until recorded)",
+                    len(taken),
+                    pause,
+                )
+                self._stopping.wait(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            for (_, _, accepted), ok in zip(taken, recorded, strict=True):
+                _log_recorded(accepted, ok)
+            return
+
+    def recover(self) -> int:
+        """Queue the markers dead workers left unrecorded; returns how many."""
         try:
-            recorded = _register_asset_event(uri, event.extra(received_at))
+            root = self._receiver.root
+            found = [
+                (inbox, marker, accepted)
+                for conn_id in inbox_folders(root)
+                for inbox in [self._receiver.inbox(conn_id)]
+                for marker, accepted in inbox.unrecorded(STALE)
+            ]
         except Exception:
-            seen.release(marker)
-            log.exception("Leap webhook %s: recording on %s failed", event.event_id, uri)
-            return 503, "not recorded; retry"
-        if not recorded:
-            log.warning(
-                "Leap webhook %s (%s): no DAG is scheduled on %s, so Airflow has no such asset; "
-                "the event was not recorded (schedule a DAG on leap_asset(%r))",
-                event.event_id,
-                event.event_type,
-                uri,
-                conn_id,
-            )
-            return 200, "ignored: no DAG is scheduled on this asset"
+            log.exception("Looking for unrecorded Leap webhook events failed")
+            return 0
+        for inbox, marker, accepted in found:
+            log.warning("Recovering accepted Leap webhook event %s", marker)
+            self.submit(inbox, marker, accepted)
+        return len(found)
+
+
+def _log_recorded(accepted: Accepted, ok: bool) -> None:
+    extra = accepted.extra
+    if ok:
         log.info(
             "Leap webhook %s: %s %s recorded on %s",
-            event.event_id,
-            event.event_type,
-            event.status,
-            uri,
+            extra.get("webhook_event_id"),
+            extra.get("event_type"),
+            extra.get("status"),
+            accepted.uri,
         )
-        return 200, "recorded"
+    else:
+        log.warning(
+            "Leap webhook %s (%s): no DAG is scheduled on %s, so Airflow has no such asset and "
+            "the event was not recorded; schedule a DAG on leap_asset(...) for it",
+            extra.get("webhook_event_id"),
+            extra.get("event_type"),
+            accepted.uri,
+        )
 
 
-def _register_asset_event(uri: str, extra: dict[str, Any]) -> bool:
-    """One asset event through Airflow's configured asset manager (``[core]
-    asset_manager_class``), as the REST API's ``POST /api/v2/assets/events`` records one: the
-    event, the runs it queues for DAGs scheduled on the asset, listeners and metrics, in one
-    committed transaction. False when no DAG references the asset (Airflow does not know it).
+def _register_asset_events(events: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+    """Asset events through Airflow's configured asset manager (``[core] asset_manager_class``),
+    as the REST API's ``POST /api/v2/assets/events`` records one: the event, the runs it queues
+    for DAGs scheduled on the asset, listeners and metrics; all in one committed transaction.
+    False for an event whose asset no DAG references (Airflow does not know it).
 
     On SQLite (development only) concurrent writers fail at once with "database is locked"
     instead of waiting: the worker's threads take turns, and another worker's lock is retried.
@@ -177,14 +313,19 @@ def _register_asset_event(uri: str, extra: dict[str, Any]) -> bool:
     from airflow.serialization.definitions.assets import SerializedAssetUniqueKey
     from airflow.utils.session import create_session
 
-    key = SerializedAssetUniqueKey(name=uri, uri=uri)
     for attempt in range(1, SQLITE_ATTEMPTS + 1):
         try:
             with _SQLITE.turn(), create_session() as session:
-                event = asset_manager.register_asset_change(
-                    asset=key, extra=extra, source_is_api=True, session=session
-                )
-            return event is not None
+                return [
+                    asset_manager.register_asset_change(
+                        asset=SerializedAssetUniqueKey(name=uri, uri=uri),
+                        extra=extra,
+                        source_is_api=True,
+                        session=session,
+                    )
+                    is not None
+                    for uri, extra in events
+                ]
         except Exception as exc:
             if not _SQLITE.enabled or "locked" not in str(exc) or attempt == SQLITE_ATTEMPTS:
                 raise
@@ -212,9 +353,7 @@ class _SqliteTurns:
         return self._lock if self.enabled else contextlib.nullcontext()
 
 
-SQLITE_ATTEMPTS = 5
 _SQLITE = _SqliteTurns()
-
 
 # Imported by the first delivery otherwise, while Leap waits for the answer.
 _RECORDING_MODULES = (
@@ -223,21 +362,42 @@ _RECORDING_MODULES = (
     "airflow.serialization.definitions.assets",
     "airflow.utils.session",
     "airflow_provider_leap.assets",
-    "airflow_provider_leap.dedupe",
     "airflow_provider_leap.hooks.leap",
     "airflow_provider_leap.operators.contact",
 )
 
 
-def _import_recording_path() -> None:
+def _warm_up(receiver: Receiver) -> None:
     for name in _RECORDING_MODULES:
         importlib.import_module(name)
+    # The API server's heap is large: a full collection walks all of it, and stalls every
+    # request of the worker meanwhile (0.3 to 1.5 s on 2 busy cores, bench.webhooks). What
+    # exists once the app has started lives as long as the worker: kept out of collections,
+    # as Airflow's DAG processor and LocalExecutor do.
+    gc.freeze()
+    receiver.recorder.start()
 
 
 def create_app(receiver: Receiver | None = None) -> FastAPI:
     """The FastAPI app the plugin mounts at ``/leap`` (``receiver``: for tests)."""
+    from airflow_provider_leap.assets import asset_uri
+
     state = receiver or Receiver()
-    app = FastAPI(title="Leap webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_warm_up, state)
+        yield
+        await run_in_threadpool(state.recorder.stop)
+
+    app = FastAPI(
+        title="Leap webhook receiver",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.receiver = state
 
     def answer(code: int, **body: str) -> JSONResponse:
         return JSONResponse(body, status_code=code)
@@ -289,9 +449,15 @@ def create_app(receiver: Receiver | None = None) -> FastAPI:
                 event.event_type,
             )
             return answer(202, status="ignored: unknown event type")
-        code, outcome = await run_in_threadpool(state.record, conn_id, event, received_at)
-        if code >= 500:
-            return answer(code, error=outcome)
-        return answer(code, status=outcome, webhook_event_id=event.event_id)
+        uri = asset_uri(conn_id, event.kind)
+        extra = event.extra(received_at)
+        try:
+            outcome = await run_in_threadpool(state.accept, conn_id, event.event_id, uri, extra)
+        except Exception:
+            log.exception("Leap webhook %s for %r: inbox not writable", event.event_id, conn_id)
+            return answer(503, error="not accepted; deliver again later")
+        if outcome == "duplicate":
+            log.info("Leap webhook %s for %r: duplicate, accepted before", event.event_id, conn_id)
+        return answer(200, status=outcome, webhook_event_id=event.event_id)
 
     return app
