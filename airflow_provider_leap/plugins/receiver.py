@@ -169,7 +169,7 @@ class Recorder:
 
     def __init__(self, receiver: Receiver) -> None:
         self._receiver = receiver
-        self._queue: queue.Queue[tuple[WebhookInbox, Marker, Accepted]] = queue.Queue()
+        self._queue: queue.Queue[tuple[WebhookInbox, Marker, Accepted] | None] = queue.Queue()
         self._busy = 0
         self._idle = threading.Condition()
         self._stopping = threading.Event()
@@ -192,6 +192,7 @@ class Recorder:
         self._stopping.set()
         thread, self._thread = self._thread, None
         if thread is not None:
+            self._queue.put(None)  # wakes it up; it ends on reading it
             thread.join(timeout)
 
     def submit(self, inbox: WebhookInbox, marker: Marker, accepted: Accepted) -> None:
@@ -226,12 +227,18 @@ class Recorder:
                 self.recover()
                 next_recovery = time.monotonic() + RECOVER_EVERY
                 continue
+            if first is None:
+                return
             batch = [first]
             while len(batch) < BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
             try:
                 self._record(batch)
             finally:
