@@ -5,6 +5,10 @@ Reference ID in the ``ref_ids`` param is COMPLETED, polling at Leap's hourly ref
 meters follow-up searches meters created since the connections' last interaction: meters appear
 about 24 hours after COMPLETED, sometimes days later, so a missing meter is only "overdue" after
 ``meter_grace_hours``. The report lists each Reference ID with its meters or its wait.
+
+The default ``ref_ids`` are three customers who have completed Connect in the local emulator
+(``python -m airflow_provider_leap.testing``, default seed), so a run with the defaults finishes
+there; trigger with your own Reference IDs (the trigger form or ``--conf``) against Leap.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ with DAG(
     catchup=False,
     params={
         "ref_ids": Param(
-            ["Test1012"],
+            ["Jane Doe 0001", "user+tag@example.com", "crm:lead:42"],
             type="array",
             items={"type": "string"},
             description="Reference IDs to wait for",

@@ -13,6 +13,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ.pop("AIRFLOW_CONN_LEAP_DEFAULT", None)
 
+import subprocess  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -23,6 +24,33 @@ import pytest  # noqa: E402
 from airflow_provider_leap.client import LeapClient  # noqa: E402
 from airflow_provider_leap.retry import RetryPolicy  # noqa: E402
 from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator  # noqa: E402
+
+SIMULATION = pytest.StashKey[tuple[subprocess.Popen[bytes], Path, Path]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the 14-day re-engagement simulation in its own process as the session begins, when
+    its tests are selected: it runs beside the other tests instead of after them."""
+    selected = [i for i in session.items if i.module.__name__ == "test_reengagement_simulation"]
+    if not selected:
+        return
+    module = selected[0].module
+    folder = Path(tempfile.mkdtemp(prefix="leap-sim-report-"))
+    out, log = folder / "sim.json", folder / "sim.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            module.simulation_command(out), stdout=handle, stderr=subprocess.STDOUT
+        )
+    session.config.stash[SIMULATION] = (process, out, log)
+    # Its tests run last, when the simulation has had the whole session to run.
+    session.items[:] = [i for i in session.items if i not in selected] + selected
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(SIMULATION, None)
+    if started is not None and started[0].poll() is None:
+        started[0].kill()  # the session ended early (-x, Ctrl-C): leave nothing running
+
 
 # The emulator's fixtures are opt-in (no pytest11 entry point): a test suite asks for them.
 pytest_plugins = ["airflow_provider_leap.testing.pytest_plugin"]

@@ -83,13 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="leap-sim-"))
     prepare(home)
-    sys.path.insert(0, str(HERE))
     from airflow.utils.db import initdb
-    from smtp_sink import SmtpSink
 
     from airflow_provider_leap.hooks.leap import connection_json
     from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
     from airflow_provider_leap.testing.journeys import Population
+    from airflow_provider_leap.testing.smtp import SmtpSink
 
     initdb()
     population = Population(seed=args.seed, customers=args.customers, start=START, days=args.days)
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AIRFLOW_VAR_LEAP_CONTACTS"] = json.dumps(
             {c.ref_id: f"{c.ref_id}@example.com" for c in population.customers}
         )
-        sink.handler.refuse = {f"{ref_id}@example.com" for ref_id in args.refuse}
+        sink.refuse = {f"{ref_id}@example.com" for ref_id in args.refuse}
         dag = load_dag(home / "dags" / EXAMPLE.name)
         for task in dag.tasks:  # time compressed: Airflow's retries come at once
             task.retry_delay = timedelta(0)
@@ -114,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # the scheduler is down: no run this hour
             at = START + timedelta(hours=hour, minutes=17)
             emulator.now = at
-            sink.handler.now = at.isoformat()
+            sink.tag = at.isoformat()
             if hour == args.fail_hour:
-                sink.handler.fail_next = 5  # mid-batch: five sends answered 451
+                sink.fail_next = 5  # mid-batch: five sends answered 451
             reruns = 2 if hour in args.clear_hours else 1
             for attempt in range(reruns):  # the second: the run cleared and run again
                 dagrun = dag.test(logical_date=at, run_after=at)

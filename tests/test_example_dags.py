@@ -234,3 +234,18 @@ def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_e
     assert result.task_states["what_to_answer"] == "skipped"
     assert result.task_states["triage"] == "skipped"
     assert _outbox(reengagement_env) == []
+
+
+def test_a_bad_cadence_is_an_import_error_that_says_why(airflow_db, tmp_path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "bad_cadence.py").write_text(
+        "from datetime import timedelta\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_provider_leap.contact import ContactPolicy\n"
+        "POLICY = ContactPolicy(cadence=(timedelta(days=3), timedelta(days=1)))\n"
+        "dag = DAG('bad_cadence', schedule=None)\n"
+    )
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "cadence must be positive and strictly increasing" in error

@@ -1,12 +1,15 @@
 """``python -m airflow_provider_leap.testing``: serve the Leap emulator until SIGINT/SIGTERM.
 
-Prints one line (URL and API key) so scripts and demos can pick the instance up, then stays
-quiet unless ``--verbose``.
+Prints one line (URL, and where the accepted API key came from, never the key itself) so scripts
+and demos can pick the instance up, then stays quiet unless ``--verbose``. The key comes from
+``--api-key``, else the ``LEAP_EMULATOR_API_KEY`` environment variable (which, unlike argv, ``ps``
+does not show), else the public default ``EMULATOR_API_KEY``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -15,6 +18,8 @@ from datetime import datetime
 from types import FrameType
 
 from airflow_provider_leap.testing import EMULATOR_API_KEY
+
+API_KEY_ENV = "LEAP_EMULATOR_API_KEY"
 
 
 def _count_kind(text: str) -> tuple[int, str]:
@@ -32,6 +37,16 @@ def _timestamp(text: str) -> datetime:
     return value
 
 
+def _api_key(flag: str | None) -> tuple[str, str]:
+    """The key to accept and where it came from (what the banner prints instead of the key)."""
+    if flag:
+        return flag, "from-flag"
+    from_env = os.environ.get(API_KEY_ENV)
+    if from_env:
+        return from_env, f"from-${API_KEY_ENV}"
+    return EMULATOR_API_KEY, "default"
+
+
 def build_parser() -> argparse.ArgumentParser:
     kinds = "rate-limit|429, server-error|500, bad-gateway|502, unavailable|503, slow, "
     kinds += "malformed, repeat-token, reset"
@@ -43,9 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--records", type=int, default=500)
-    parser.add_argument("--api-key", default=EMULATOR_API_KEY)
+    parser.add_argument(
+        "--api-key",
+        help=f"the only key accepted (default: ${API_KEY_ENV}, else {EMULATOR_API_KEY!r})",
+    )
     parser.add_argument("--now", type=_timestamp, help="reference time (default: wall clock)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="serve /_emulator/ endpoints that change records while running (loopback, no auth)",
+    )
     faults = parser.add_argument_group("faults")
     faults.add_argument(
         "--fail-next",
@@ -131,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    api_key, key_source = _api_key(args.api_key)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -141,16 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator = LeapEmulator(
         seed=args.seed,
         records=args.records,
-        api_key=args.api_key,
+        api_key=api_key,
         now=args.now,
         faults=faults,
         port=args.port,
         verbose=args.verbose,
+        admin=args.admin,
     )
     with emulator:
         print(
-            f"Leap emulator: url={emulator.url} api_key={emulator.api_key} "
-            f"records={len(emulator.records)} seed={args.seed}",
+            f"Leap emulator: url={emulator.url} api_key={key_source} "
+            f"records={len(emulator.records)} seed={args.seed}"
+            + (" admin=/_emulator/" if args.admin else ""),
             flush=True,
         )
         while not stop.wait(0.5):

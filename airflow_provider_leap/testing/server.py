@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -44,6 +44,9 @@ from airflow_provider_leap.testing.data import (
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
 from airflow_provider_leap.testing.journeys import Population
 from airflow_provider_leap.testing.webhooks import Answer, WebhookApiError, WebhookHub
+
+if TYPE_CHECKING:
+    from airflow_provider_leap.testing.admin import EmulatorAdmin
 
 HOST = "127.0.0.1"
 CONNECTIONS_DEFAULT_PAGE_SIZE = 100
@@ -412,6 +415,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if emulator.admin is not None and emulator.admin.owns(split.path):
+                answer = emulator.admin.handle(self.command, split.path, split.query, body)
+                self._send(200, answer, _JSON, {}, None)
+                return
             page = emulator._route(self.command, split.path, split.query, headers, body)
         except (ApiError, WebhookApiError) as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
@@ -534,6 +541,7 @@ class LeapEmulator:
     ``records`` is a count of generated records or a ready list of record dicts (e.g. to serve
     deliberately odd records). ``now`` is the reference time of the generated data and the
     clock that decides which meters exist; it stays fixed until set (``now = ...``/``advance``).
+    ``admin=True`` serves the ``/_emulator/`` endpoints of ``testing/admin.py`` as well.
     """
 
     def __init__(
@@ -547,6 +555,7 @@ class LeapEmulator:
         *,
         wire_names: wire.WireNames | None = None,
         verbose: bool = False,
+        admin: bool = False,
     ) -> None:
         self.seed = seed
         self.api_key = api_key
@@ -572,6 +581,11 @@ class LeapEmulator:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.webhooks = WebhookHub(self._authorize)  # subscriptions and deliveries (webhooks.py)
+        self.admin: EmulatorAdmin | None = None
+        if admin:
+            from airflow_provider_leap.testing.admin import EmulatorAdmin
+
+            self.admin = EmulatorAdmin(self)
 
     # --- data and clock --------------------------------------------------------------------
 

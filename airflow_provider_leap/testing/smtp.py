@@ -1,0 +1,150 @@
+"""A real SMTP server on loopback that keeps what it receives: the customers' inbox in tests.
+
+What reached the inbox was sent, whatever a file or the ledger says, so "nothing sent twice" is
+checked here. It can refuse chosen addresses (550, a bad address) and answer 451 (try later) to
+the next ``fail_next`` messages, to fail a send task mid-batch. Plain SMTP only: point an
+``smtp`` connection at it with ``SmtpSink.connection()``.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+import time
+from dataclasses import asdict, dataclass
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as one recipient received it."""
+
+    to: str
+    sender: str
+    subject: str
+    body: str
+    contact_key: str | None  # the X-Leap-Contact-Key header the re-engagement example sets
+    at: float  # wall clock, seconds since the epoch
+    tag: Any  # whatever the test set ``sink.tag`` to then (a simulated time, say)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def _reply(self, line: str) -> None:
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self) -> None:
+        self._reply("220 leap-testing smtp sink")
+        sender, recipients = "", list[str]()
+        while line := self.rfile.readline(65536):
+            verb = line[:4].decode("ascii", "replace").upper()
+            argument = line.decode("utf-8", "replace").partition(":")[2].strip().strip("<>")
+            if verb in ("HELO", "EHLO"):
+                self._reply("250 sink")
+            elif verb == "MAIL":
+                sender, recipients = argument, []
+                self._reply("250 OK")
+            elif verb == "RCPT":
+                if argument in self.server.sink.refuse:
+                    self._reply("550 5.1.1 mailbox unavailable")
+                else:
+                    recipients.append(argument)
+                    self._reply("250 OK")
+            elif verb == "DATA":
+                self._reply("354 end with <CRLF>.<CRLF>")
+                self._reply(self.server.sink.deliver(sender, recipients, self._data()))
+            elif verb == "QUIT":
+                self._reply("221 bye")
+                return
+            else:  # RSET, NOOP and anything else
+                self._reply("250 OK")
+
+    def _data(self) -> bytes:
+        lines = []
+        while (line := self.rfile.readline(65536)) not in (b".\r\n", b".\n", b""):
+            lines.append(line[1:] if line.startswith(b"..") else line)
+        return b"".join(lines)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class SmtpSink:
+    """``with SmtpSink() as sink:`` serves on ``sink.port``; ``sink.inbox`` is what arrived.
+
+    :param log: also append each delivery to this file as a JSON line (kept after the test).
+    """
+
+    def __init__(self, log: Path | None = None) -> None:
+        self.refuse: set[str] = set()
+        self.fail_next = 0
+        self.tag: Any = None
+        self.log = log
+        self._inbox: list[Received] = []
+        self._lock = threading.Lock()
+        self._server = _Server(self)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SmtpSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def inbox(self) -> list[Received]:
+        with self._lock:
+            return list(self._inbox)
+
+    def deliver(self, sender: str, recipients: list[str], data: bytes) -> str:
+        """Keep one message (called by the server): the SMTP reply to its DATA."""
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return "451 4.3.0 try again later"
+            message = message_from_bytes(data)
+            texts = [p for p in message.walk() if p.get_content_maintype() == "text"]
+            body = texts[0].get_payload(decode=True) if texts else b""
+            for recipient in recipients:
+                received = Received(
+                    to=recipient,
+                    sender=sender,
+                    subject=str(message.get("Subject", "")),
+                    body=body.decode("utf-8", "replace") if isinstance(body, bytes) else "",
+                    contact_key=message.get("X-Leap-Contact-Key"),
+                    at=time.time(),
+                    tag=self.tag,
+                )
+                self._inbox.append(received)
+                if self.log is not None:
+                    with self.log.open("a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(asdict(received), default=str) + "\n")
+        return "250 queued"
+
+    def connection(self) -> dict[str, Any]:
+        """An ``smtp`` connection for this sink (no TLS, and no resends by the SMTP hook)."""
+        return {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "extra": {
+                "from_email": "noreply@partner.example",
+                "disable_tls": True,
+                "disable_ssl": True,
+                "retry_limit": 0,
+                "timeout": 10,
+            },
+        }
