@@ -43,22 +43,11 @@ from typing import Any
 
 import requests
 
+from airflow_provider_leap.testing.webhooks import add_consumer_dag
+
 CONN_ID = "leap_bench"
 SECRET = "bench-" + uuid.uuid4().hex
 HEADER = "x-leap-webhook-secret"
-CONSUMER = f'''
-from datetime import datetime, timezone
-from airflow.sdk import DAG, task
-from airflow_provider_leap.assets import leap_asset
-
-with DAG("bench_consumer", schedule=[leap_asset("{CONN_ID}")],
-         start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-    @task
-    def nothing() -> None:
-        pass
-
-    nothing()
-'''
 
 
 def log(message: str) -> None:
@@ -176,8 +165,6 @@ def summary(wall: float, latencies: list[float], count: int) -> dict[str, float]
 def prepare(home: Path, db_url: str | None) -> dict[str, str]:
     """Environment of the API server, and this process's Airflow, for a fresh home."""
     dags = home / "dags"
-    dags.mkdir(parents=True)
-    (dags / "bench_consumer.py").write_text(CONSUMER, encoding="utf-8")
     connection = {
         "conn_type": "leap",
         "host": "http://127.0.0.1:9",
@@ -198,22 +185,6 @@ def prepare(home: Path, db_url: str | None) -> dict[str, str]:
     }
     os.environ.update(env)
     return {**os.environ, **env}
-
-
-def register_consumer(home: Path) -> None:
-    """Parse the consumer DAG into the database (so the asset exists) and unpause it."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder=str(home / "dags"))
-    if bag.import_errors:
-        raise RuntimeError(f"consumer DAG: {bag.import_errors}")
-    sync_bag_to_db(bag, "dags-folder", None)
-    with create_session() as session:
-        session.get(DagModel, "bench_consumer").is_paused = False
 
 
 def asset_events_per_event(
@@ -251,7 +222,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    register_consumer(home)
+    add_consumer_dag(home / "dags", CONN_ID, "bench_consumer")
     argv = [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
         [*argv, "--workers", str(workers)],

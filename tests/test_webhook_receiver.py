@@ -21,37 +21,14 @@ CONN = "leap_rx"
 SECRET = "rx-secret-" + "y" * 16
 HEADERS = {"x-leap-webhook-secret": SECRET}
 URI = f"leap://{CONN}/connect_session"
-CONSUMER = f"""
-from datetime import datetime, timezone
-from airflow.sdk import DAG, task
-from airflow_provider_leap.assets import leap_asset
-
-with DAG("rx_consumer", schedule=[leap_asset("{CONN}")],
-         start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-    @task
-    def nothing() -> None:
-        pass
-
-    nothing()
-"""
 
 
 @pytest.fixture(scope="module")
 def consumer(airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An unpaused DAG scheduled on ``leap://leap_rx/connect_session``, in the database."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
 
-    folder = tmp_path_factory.mktemp("rx_dags")
-    (folder / "rx_consumer.py").write_text(CONSUMER, encoding="utf-8")
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder=str(folder))
-    assert bag.import_errors == {}
-    sync_bag_to_db(bag, "dags-folder", None)
-    with create_session() as session:
-        session.get(DagModel, "rx_consumer").is_paused = False
+    add_consumer_dag(tmp_path_factory.mktemp("rx_dags"), CONN, "rx_consumer")
     return "rx_consumer"
 
 

@@ -241,6 +241,8 @@ class Recorder:
                 batch.append(item)
             try:
                 self._record(batch)
+            except Exception:  # storage trouble: the markers stay; a later recovery retries
+                log.exception("Recording %d Leap webhook event(s) failed", len(batch))
             finally:
                 self._done(len(batch))
 

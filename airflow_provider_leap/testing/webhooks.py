@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -454,3 +455,40 @@ class WebhookHub:
             self._subscriptions.clear()
             self._deliveries.clear()
             self._population, self._last = None, None
+
+
+_CONSUMER_DAG = """
+from datetime import datetime, timezone
+from airflow.sdk import DAG, task
+from airflow_provider_leap.assets import leap_asset
+
+with DAG({dag_id!r}, schedule=[leap_asset({conn_id!r})],
+         start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+    @task
+    def nothing() -> None:
+        pass
+
+    nothing()
+"""
+
+
+def add_consumer_dag(folder: Path, conn_id: str, dag_id: str) -> None:
+    """Write a DAG scheduled on ``leap://<conn_id>/connect_session`` into ``folder``, parse it
+    into Airflow's metadata database and unpause it, so that the receiver can record events
+    for that connection (Airflow knows only assets a DAG references). For tests and benchmarks
+    of a receiver without a DAG processor; Airflow's database must be set up."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = _CONSUMER_DAG.format(dag_id=dag_id, conn_id=conn_id)
+    (folder / f"{dag_id}.py").write_text(source, encoding="utf-8")
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(folder))
+    if bag.import_errors:
+        raise RuntimeError(f"the consumer DAG does not import: {bag.import_errors}")
+    sync_bag_to_db(bag, "dags-folder", None)
+    with create_session() as session:
+        session.get(DagModel, dag_id).is_paused = False
