@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "to": m.to,
                 "contact_key": m.contact_key,
-                "at": m.at,
+                "at": m.tag,
                 "subject": m.subject,
                 "body": m.body,
             }
