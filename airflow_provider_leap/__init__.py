@@ -9,47 +9,34 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+DEFAULT_CONN_ID = "leap_default"
 
 # The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
-# importing the hook, and ``LeapHook.get_ui_field_behaviour`` derives its answer from it.
+# importing the hook. Each field is stored as the extra of the same name.
+_FIELDS = (  # extra, label, JSON type, default, description
+    ("environment", "Environment", "string", "production",
+     "Picks Leap's host when Base URL is empty. A key works in one only."),
+    ("timeout", "Timeout (seconds)", "number", 30, "Longest wait on the socket, per request."),
+    ("max_retries", "Retry limit", "integer", 5,
+     "Retries of 429, 5xx, timeouts and connection errors per request."),
+    ("max_retry_wait", "Longest total retry wait (seconds)", "number", 300, None),
+    ("retry_backoff", "First retry backoff (seconds)", "number", 1,
+     "Doubles on each retry, with jitter; Retry-After wins when sent."),
+    ("page_size", "Page size", "integer", 500, None),
+    ("allow_insecure_http", "Allow plain http:// to a non-loopback host", "boolean", False, None),
+)  # fmt: skip
 CONNECTION_FORM: dict[str, Any] = {
     "conn-fields": {
-        "environment": {
-            "label": "Environment",
-            "description": "Picks Leap's host when Base URL is empty. A key works in one only.",
+        name: {
+            "label": label,
+            **({"description": description} if description else {}),
             "schema": {
-                "type": ["string", "null"],
-                "enum": ["production", "staging"],
-                "default": "production",
+                "type": [kind, "null"],
+                **({"enum": ["production", "staging"]} if name == "environment" else {}),
+                "default": default,
             },
-        },
-        "timeout": {
-            "label": "Timeout (seconds)",
-            "description": "Per request.",
-            "schema": {"type": ["number", "null"], "default": 30},
-        },
-        "max_retries": {
-            "label": "Retry limit",
-            "description": "Retries of 429, 5xx, timeouts and connection errors per request.",
-            "schema": {"type": ["integer", "null"], "default": 5},
-        },
-        "max_retry_wait": {
-            "label": "Longest total retry wait (seconds)",
-            "schema": {"type": ["number", "null"], "default": 300},
-        },
-        "retry_backoff": {
-            "label": "First retry backoff (seconds)",
-            "description": "Doubles on each retry, with jitter; Retry-After wins when sent.",
-            "schema": {"type": ["number", "null"], "default": 1},
-        },
-        "page_size": {
-            "label": "Page size",
-            "schema": {"type": ["integer", "null"], "default": 500},
-        },
-        "allow_insecure_http": {
-            "label": "Allow plain http:// to a non-loopback host",
-            "schema": {"type": ["boolean", "null"], "default": False},
-        },
+        }
+        for name, label, kind, default, description in _FIELDS
     },
     "ui-field-behaviour": {
         "hidden-fields": ["schema", "port", "login"],

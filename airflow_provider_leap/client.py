@@ -1,235 +1,407 @@
-"""HTTP core of the provider: session, auth, retries, paging. No Airflow import.
+"""HTTP core of the provider: requests, retries, paging, and checking what Leap sent. No Airflow.
 
-The hook adapts an Airflow connection to :class:`LeapClient`; the deferrable trigger runs the
-same client in a thread. Everything that crosses the wire lives here, once.
+The rules stay apart from the transport, so that an async transport (the deferrable trigger's)
+reuses them without a second copy: ``connect_queries``, ``decode_page``, ``check_records``,
+``http_error``, ``RequestAttempts`` and ``Pager`` do no I/O and read no clock. Only
+``LeapClient._send`` touches ``requests``.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
 import random
+import socket
+import ssl
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from typing import Any, Union
+from datetime import date, datetime
+from itertools import chain
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import msgspec
 import requests
+import urllib3
 
 from airflow_provider_leap import wire
+from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.errors import (
     LeapAPIError,
     LeapAuthError,
     LeapConfigError,
     LeapPagingError,
 )
-from airflow_provider_leap.models import (
-    ConnectRecord,
-    Meter,
-    decode_connect_record,
-    decode_meter,
-    parse_timestamp,
-)
+from airflow_provider_leap.models import ConnectRecord, Meter, decode_connect_records, decode_meters
+from airflow_provider_leap.refids import validate_ref_ids
 from airflow_provider_leap.retry import RetryPolicy, is_retryable_status, parse_retry_after
+from airflow_provider_leap.timeutil import as_utc, format_timestamp, parse_timestamp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Query = list[tuple[str, str]]
+TimeArg = datetime | date | str
 
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_PAGE_SIZE = 500
 # Reference IDs go into the query string; keep each request's query well under the 8 KB URL
 # limits common in front of APIs. IDs are at most 256 characters, so a chunk is never empty.
 MAX_REF_ID_QUERY_CHARS = 6000
-REF_ID_MAX_LEN = 256
-REF_ID_MIN_LEN = 3
-REF_ID_FORBIDDEN = frozenset("/\\?][{}!#$%^&*()<>|")
-
-_TRANSIENT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-_ANY_DECODER = msgspec.json.Decoder()
-
 NO_RETRY = RetryPolicy(max_retries=0)
-
 AUTH_HINTS = {
-    401: "the Authorization header was missing or malformed: does the API key hold spaces or "
-    "line breaks, or does a proxy strip the header?",
+    401: "the Authorization header was missing or malformed: does a proxy strip the header?",
     403: "the API key is invalid, belongs to the other environment (production vs staging), "
     "or lacks permission for this endpoint",
 }
+RETRYABLE_FAILURES = frozenset({"timeout", "connection", "deadline"})
+# Time filters: the extra naming the query parameter -> the record field checked against it.
+TIME_FILTERS = {
+    "start_date_param": "start_date_time_utc",
+    "last_interaction_param": "last_interaction_date_time_utc",
+}
+_METERS_KEYS = (("meters",), ("next_page_token",))
+_READ_SIZE = 1 << 20
+_ANY = msgspec.json.Decoder()
+_ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
+_TOKEN = msgspec.json.Decoder(str | int | None)
+_NULL = msgspec.Raw(b"null")
 
 
-def validate_base_url(url: str, *, allow_insecure_http: bool = False) -> str:
-    """Return ``url`` without a trailing slash; plain HTTP only to loopback unless allowed."""
-    text = url.strip().rstrip("/")
-    if "://" not in text:
-        text = "https://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LeapConfigError(f"Leap base URL {url!r} is not an http(s) URL")
-    if parts.username or parts.password:
-        raise LeapConfigError("Leap base URL must not carry credentials; put the key in password")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
-        raise LeapConfigError(
-            f"Refusing plain http:// to {parts.hostname}: the API key would cross the network "
-            "unencrypted. Use https, or set the extra allow_insecure_http=true."
-        )
-    return text
+def deprecated_alias(func: Callable[..., T], old: str) -> Callable[..., T]:
+    """``func`` under its old name for one more release, with a ``DeprecationWarning``."""
+
+    def alias(*args: Any, **kwargs: Any) -> T:
+        warnings.warn(f"{old} is deprecated; use {func.__name__}", DeprecationWarning, 2)
+        return func(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of ``{func.__name__}``, removed in the next release."
+    return alias
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def redact(text: str, config: LeapConfig) -> str:
+    """``text`` with the API key replaced by ``***`` (Leap may echo the key in an error)."""
+    return text.replace(config.api_key, "***")
 
 
-def format_timestamp(value: datetime | date | str) -> str:
-    """ISO-8601 UTC with ``Z``, the form Leap's filters take; naive datetimes are taken as UTC."""
-    if isinstance(value, str):
-        parsed = parse_timestamp(value)
-        if parsed is None:
-            raise LeapConfigError(f"{value!r} is not an ISO-8601 date or timestamp")
-        value = parsed
-    if not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def validate_ref_ids(ref_ids: Iterable[str] | str) -> list[str]:
-    """Unique Reference IDs in first-seen order; an ID Leap would reject raises at once."""
-    if isinstance(ref_ids, str):
-        ref_ids = [ref_ids]
-    unique: dict[str, None] = {}
-    for ref_id in ref_ids:
-        if not isinstance(ref_id, str):
-            raise LeapConfigError(f"Reference ID {ref_id!r} is not a string")
-        bad = REF_ID_FORBIDDEN.intersection(ref_id)
-        if not REF_ID_MIN_LEN <= len(ref_id) <= REF_ID_MAX_LEN or bad:
-            raise LeapConfigError(
-                f"Reference ID {ref_id!r} is not valid for Leap: 3 to 256 characters, none of "
-                f"/ \\ ? ] [ {{ }} ! # $ % ^ & * ( ) < > |"
-            )
-        unique[ref_id] = None
-    return list(unique)
-
-
-def chunk_ref_ids(
-    ref_ids: Sequence[str], param: str, max_chars: int = MAX_REF_ID_QUERY_CHARS
-) -> list[list[str]]:
-    """Split IDs so that each request's ``ref-id=..`` query part stays under ``max_chars``."""
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for ref_id in ref_ids:
-        cost = len(param) + len(quote(ref_id, safe="")) + 2
-        if current and size + cost > max_chars:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(ref_id)
-        size += cost
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def error_title(body: bytes) -> str | None:
-    """Leap's ``title`` from a v2 error body, or a plain-string body; None if neither."""
-    try:
-        data = _ANY_DECODER.decode(body)
-    except msgspec.DecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:200] or None
-    if isinstance(data, dict):
-        title = data.get("title") or data.get("message") or data.get("detail")
-        return str(title)[:200] if title else None
-    if isinstance(data, str):
-        return data[:200] or None
-    return None
+# -- what the rules look at, whatever the transport ----------------------------------------------
 
 
 @dataclass(frozen=True)
-class PageShape:
-    """How to read one page: a decoder built from the wire names, and its field names."""
+class Answer:
+    """An HTTP answer, its body read whole."""
 
-    decoder: msgspec.json.Decoder[Any]
-    record_fields: tuple[str, ...]
-    token_fields: tuple[str, ...]
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
 
 
-@functools.lru_cache(maxsize=16)
-def page_shape(records_key: str, token_key: str) -> PageShape:
-    """A page type for these wire names (plus the accepted fallbacks), built once.
+@dataclass(frozen=True)
+class Failure:
+    """No answer: ``kind`` (``RETRYABLE_FAILURES``, ``tls``, ``dns``, ``other``) decides the
+    retry; ``detail`` names the cause, never the URL (its query holds IDs) or the key."""
 
-    The page is decoded in one pass into a small struct whose record list stays raw JSON, so
-    each record is decoded exactly once, straight into its typed record.
+    kind: str
+    detail: str
+
+
+def error_title(body: bytes) -> str | None:
+    """Leap's ``title`` from an error body, or a plain-text body; None for HTML or nothing."""
+    try:
+        data = _ANY.decode(body)
+    except msgspec.DecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return None if text.startswith("<") else text[:200] or None
+    if isinstance(data, dict):
+        data = data.get("title") or data.get("message") or data.get("detail")
+    return str(data)[:200] if isinstance(data, (str, int, float)) and data != "" else None
+
+
+def http_error(
+    method: str, path: str, answer: Answer, config: LeapConfig, why: str = ""
+) -> LeapAPIError:
+    """The error for an HTTP answer that is no success: what Leap said, and what to check."""
+    status, title = answer.status, error_title(answer.body)
+    title = redact(title, config) if title else None
+    message = f"Leap {method} {path} answered HTTP {status}" + (f": {title}" if title else "")
+    if status in AUTH_HINTS:
+        message += f" ({AUTH_HINTS[status]}; base URL {config.base_url})"
+    elif 300 <= status < 400:
+        to = urlsplit(answer.headers.get("Location", ""))
+        message += (
+            f", a redirect to {to.scheme}://{to.netloc}{to.path}: redirects are not followed (the "
+            f"key must not travel on); set the base URL ({config.base_url}) to where Leap answers"
+        )
+    cls = LeapAuthError if status in AUTH_HINTS else LeapAPIError
+    return cls(message + why, method=method, path=path, status=status, title=title)
+
+
+class RequestAttempts:
+    """The retry rules of one request: ``after`` takes each attempt's outcome and returns None
+    (a success) or the seconds to wait; it raises the request's error when retrying is
+    pointless or the policy's budget is spent."""
+
+    def __init__(self, config: LeapConfig, method: str, path: str, rng: random.Random) -> None:
+        self.config, self.method, self.path, self.rng = config, method, path, rng
+        self.number, self.waited = 0, 0.0
+
+    def after(self, outcome: Answer | Failure, policy: RetryPolicy) -> float | None:
+        self.number += 1
+        method, path, config = self.method, self.path, self.config
+        if isinstance(outcome, Answer):
+            if outcome.status < 300:
+                return None
+            if not is_retryable_status(outcome.status):
+                raise http_error(method, path, outcome, config)
+            retry_after = parse_retry_after(outcome.headers.get("Retry-After"))
+            hint = "" if retry_after is None else f" (Retry-After {retry_after:g} s)"
+            reason = f"HTTP {outcome.status}{hint}"
+        elif outcome.kind in RETRYABLE_FAILURES:
+            retry_after, reason = None, outcome.detail
+        else:
+            where = f"at {config.base_url}; not retried, waiting would not change it"
+            raise LeapAPIError(
+                f"Leap {method} {path}: {outcome.detail} {where}", method=method, path=path
+            )
+        delay = policy.next_wait(self.number, self.waited, self.rng, retry_after)
+        if delay is None:
+            why = f"({policy.give_up_reason(self.number, self.waited, retry_after)})"
+            if isinstance(outcome, Answer):
+                retries = self.number - 1
+                tail = f"; still failing after {retries} retr{'y' if retries == 1 else 'ies'} {why}"
+                raise http_error(method, path, outcome, config, tail)
+            where = f"gave up after {self.number} attempt(s) {why} at {config.base_url}"
+            raise LeapAPIError(f"Leap {method} {path}: {reason}; {where}", method=method, path=path)
+        log.warning(
+            "Leap %s %s failed: %s; retry %d/%d in %.1f s",
+            *(method, path, reason, self.number, policy.max_retries, delay),
+        )
+        self.waited += delay
+        return delay
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+
+def decode_page(
+    body: bytes, record_keys: Sequence[str], token_keys: Sequence[str], where: str
+) -> tuple[msgspec.Raw, str | None]:
+    """One page's raw record list and next token (None: the last page).
+
+    A bare JSON array is one page. A JSON object must hold one of ``record_keys``: an empty or
+    null list is an empty page, but none of them at all is an error naming the keys seen.
     """
-    record_keys = tuple(dict.fromkeys((records_key, *wire.RECORDS_KEY_FALLBACKS)))
-    token_keys = tuple(dict.fromkeys((token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS)))
-    record_fields = tuple(f"records_{i}" for i in range(len(record_keys)))
-    token_fields = tuple(f"token_{i}" for i in range(len(token_keys)))
-    fields: list[tuple[str, Any, Any]] = [
-        (f, list[msgspec.Raw] | None, None) for f in record_fields
-    ]
-    fields += [(f, str | int | None, None) for f in token_fields]
-    rename = dict(zip(record_fields + token_fields, record_keys + token_keys, strict=True))
-    page_type = msgspec.defstruct("Page", fields, rename=rename)
-    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[page_type, list[msgspec.Raw]])  # noqa: UP007
-    return PageShape(decoder, record_fields, token_fields)
+    try:
+        page = _ENVELOPE.decode(body)
+        if isinstance(page, list):
+            return msgspec.Raw(body), None
+        records = next((page[k] for k in record_keys if k in page), None)
+        tokens = (_TOKEN.decode(page[k]) for k in token_keys if k in page)
+        token = next((t for t in tokens if t is not None and t != ""), None)
+    except msgspec.DecodeError as exc:
+        raise LeapPagingError(
+            f"{where} is not readable JSON of the expected shape ({exc})"
+        ) from None
+    if records is None:
+        seen = ", ".join(sorted(page)) or "none"
+        raise LeapPagingError(
+            f"{where} has none of the record keys {', '.join(record_keys)} (keys seen: {seen}); "
+            "if the records are under another key, set the extra records_key"
+        )
+    return (msgspec.Raw(b"[]") if records == _NULL else records), (
+        None if token is None else str(token)
+    )
+
+
+class Pager:
+    """One listing's paging rules: ``follow`` returns the token for the next page, or None
+    after the last page, and stops a repeated token, a page that repeats the previous one (a
+    server ignoring the token) and a listing longer than ``max_pages``."""
+
+    def __init__(self, method: str, path: str, config: LeapConfig) -> None:
+        self.name, self.config = f"Leap {method} {path}", config
+        self.pages = 0
+        self.seen: set[str] = set()
+        self.previous: list[Any] = []
+
+    @property
+    def where(self) -> str:
+        return f"{self.name}: page {self.pages + 1}"
+
+    def follow(self, records: list[Any], token: str | None) -> str | None:
+        self.pages += 1
+        if token is None:
+            log.info("%s: read %d page(s)", self.name, self.pages)
+            return None
+        if token in self.seen:
+            problem = "repeated an earlier page token"
+        elif records and records == self.previous:
+            problem = (
+                f"repeated the records of page {self.pages - 1} under a new token: the server "
+                f"seems to ignore {self.config.wire.page_token_param!r} (extra page_token_param)"
+            )
+        elif self.pages >= self.config.max_pages:
+            problem = (
+                f"still has a next page at max_pages={self.config.max_pages}; raise the extra "
+                "max_pages if the account really holds that many records"
+            )
+        else:
+            self.seen.add(token)
+            self.previous = records
+            return token
+        raise LeapPagingError(f"{self.name}: page {self.pages} {problem}; stopped")
+
+
+# -- the Connect query, and checking that the answer is the one asked for ------------------------
+
+
+def connect_queries(
+    names: wire.WireNames, page_size: int, ref_ids: list[str] | None, after: Mapping[str, datetime]
+) -> list[Query]:
+    """One query per request: page size, time filters (parameter -> time) and the IDs, split
+    so that each URL stays short."""
+    base = [(names.page_size_param, str(page_size))]
+    base += [(param, format_timestamp(when)) for param, when in after.items()]
+    if ref_ids is None:
+        return [base]
+    groups: list[Query] = []
+    size = MAX_REF_ID_QUERY_CHARS
+    for ref_id in ref_ids:
+        cost = len(names.ref_id_param) + len(quote(ref_id, safe="")) + 2
+        if size + cost > MAX_REF_ID_QUERY_CHARS:
+            groups.append([])
+            size = 0
+        groups[-1].append((names.ref_id_param, ref_id))
+        size += cost
+    return [group + base for group in groups]
+
+
+def check_records(
+    records: list[ConnectRecord],
+    names: wire.WireNames,
+    ref_ids: set[str] | None,
+    after: Mapping[str, datetime],
+) -> list[ConnectRecord]:
+    """Trust, but verify: records outside the filters sent are dropped, with a warning.
+
+    The Connect wire names are assumptions. A server ignores a filter it does not know and
+    answers with records nobody asked for; acting on those would message the wrong customers.
+    ``after`` maps a ``TIME_FILTERS`` extra to the time sent. A record whose timestamp does not
+    parse is kept (triage reports it as malformed).
+    """
+    kept: list[ConnectRecord] = []
+    dropped: dict[str, int] = {}
+    for record in records:
+        extra = "ref_id_param" if ref_ids is not None and record.ref_id not in ref_ids else None
+        for name, since in after.items():
+            when = parse_timestamp(getattr(record, TIME_FILTERS[name]))
+            if extra is None and when is not None and when < since:
+                extra = name
+        if extra is None:
+            kept.append(record)
+        else:
+            dropped[extra] = dropped.get(extra, 0) + 1
+    for extra, count in dropped.items():
+        log.warning(
+            "Leap answered %d record(s) outside the %r filter sent: the server seems to ignore "
+            "that parameter (check the extra %s); they were dropped",
+            *(count, getattr(names, extra), extra),
+        )
+    return kept
+
+
+def _sent_time(value: TimeArg, param: str) -> datetime:
+    """A time filter as sent: UTC, whole seconds (what the server compares with)."""
+    try:
+        return as_utc(value, param).replace(microsecond=0)
+    except ValueError as exc:
+        raise LeapConfigError(str(exc)) from None
+
+
+# -- the requests transport -----------------------------------------------------------------------
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+# Everything requests, urllib3 and the socket layer raise for one request (ValueError covers
+# UnicodeError and http.client refusing a header value).
+_TRANSPORT_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+    ValueError,
+    _DeadlinePassed,
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and all it wraps: requests and urllib3 nest causes in several ways."""
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if all(current is not e for e in found):
+            found.append(current)
+            nested = (getattr(current, "reason", None), current.__cause__, current.__context__)
+            todo += [e for e in (*nested, *current.args) if isinstance(e, BaseException)]
+    return found
+
+
+def transport_failure(exc: BaseException, config: LeapConfig) -> Failure:
+    """What went wrong, from a requests, urllib3 or socket error; never its URL or the key."""
+    causes = _causes(exc)
+    tls = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
+    dns = next((e for e in causes if isinstance(e, socket.gaierror)), None)
+    os_error = next((e for e in causes[::-1] if isinstance(e, OSError) and e.strerror), None)
+    name = type(exc).__name__ + (f": {os_error.strerror}" if os_error else "")
+    if tls is not None or isinstance(exc, requests.exceptions.SSLError):
+        kind, detail = "tls", f"TLS failed ({tls or name}): check the certificate and the host"
+    elif dns is not None:
+        kind, detail = "dns", f"the host name does not resolve ({dns}): check the host"
+    elif isinstance(exc, _DeadlinePassed):
+        kind, detail = (
+            "deadline",
+            f"no whole answer in request_deadline={config.request_deadline:g} s",
+        )
+    elif isinstance(exc, requests.Timeout) or any(
+        isinstance(e, (TimeoutError, urllib3.exceptions.ReadTimeoutError)) for e in causes
+    ):  # not urllib3's TimeoutError: its NewConnectionError (refused) is one
+        kind, detail = "timeout", f"{type(exc).__name__} (timeout={config.timeout:g} s)"
+    elif isinstance(exc, (requests.ConnectionError, urllib3.exceptions.ProtocolError, OSError)):
+        kind, detail = "connection", name
+    else:
+        kind, detail = "other", name
+    return Failure(kind, redact(detail, config))
 
 
 class LeapClient:
-    """A keep-alive session to one Leap environment with bounded retries and streaming paging.
+    """A keep-alive session to one Leap environment: bounded retries, streaming paging.
 
-    ``sleep``, ``clock`` and ``rng`` are injectable so tests never wait for real backoff.
+    Give it a ``LeapConfig``, or a base URL and an API key plus any ``LeapConfig`` field as a
+    keyword (``LeapClient(url, key, page_size=100)``). ``sleep``, ``clock`` and ``rng`` are
+    injectable so that tests never wait for real backoff.
     """
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str,
+        config: LeapConfig | str,
+        api_key: str | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        wire_names: wire.WireNames | None = None,
-        allow_insecure_http: bool = False,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        logger: logging.Logger | None = None,
+        **settings: Any,
     ) -> None:
-        if not api_key or not api_key.strip():
-            raise LeapConfigError(
-                "No Leap API key: set it as the password of the Airflow connection"
-            )
-        if timeout <= 0:
-            raise LeapConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        self.base_url = validate_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.page_size = self._check_page_size(page_size)
-        self.wire = wire_names or wire.WireNames()
-        self.log = logger or log
-        self._key = api_key.strip()
-        self._sleep = sleep
-        self._rng = rng or random.Random()
+        if isinstance(config, str):
+            config = LeapConfig(base_url=config, api_key=api_key or "", **settings)
+        self.config, self.rng = config, rng or random.Random()
+        self._sleep, self._clock = sleep, clock
         self.session = session or requests.Session()
         self.session.headers.update(
-            {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
+            {"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"}
         )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"LeapClient(base_url={self.base_url!r})"
 
     def close(self) -> None:
         self.session.close()
@@ -240,14 +412,6 @@ class LeapClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def _check_page_size(page_size: int) -> int:
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            raise LeapConfigError(f"page_size must be a positive integer, got {page_size!r}")
-        return page_size
-
-    # -- one request, with retries --------------------------------------------------------------
-
     def request(
         self,
         method: str,
@@ -256,230 +420,156 @@ class LeapClient:
         params: Sequence[tuple[str, str]] | None = None,
         json: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
-    ) -> requests.Response:
-        """Send one API call, retrying transient failures within the policy's bounds.
+    ) -> Answer:
+        """One API call, transient failures retried within the policy's bounds.
 
         Raises :class:`LeapAPIError` (or a subclass) naming method, path, status and Leap's title.
         """
-        url = self.base_url + path
-        policy = retry or self.retry
-        waited = 0.0
-        retry_number = 0
+        attempts = RequestAttempts(self.config, method, path, self.rng)
         while True:
-            retry_number += 1
-            try:
-                response = self.session.request(
-                    method, url, params=params, json=json, timeout=self.timeout
-                )
-            except _TRANSIENT_ERRORS as exc:
-                reason = type(exc).__name__
-                delay = policy.next_wait(retry_number, waited, self._rng)
-                if delay is None:
-                    raise self._gave_up(method, path, reason, retry_number, policy) from None
-                self._log_retry(method, path, reason, retry_number, policy, delay)
-            else:
-                status = response.status_code
-                if status < 400:
-                    return response
-                if not is_retryable_status(status):
-                    raise self._http_error(method, path, response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                delay = policy.next_wait(retry_number, waited, self._rng, retry_after)
-                if delay is None:
-                    raise self._http_error(method, path, response, retries=retry_number - 1)
-                hint = f" (Retry-After {retry_after:g} s)" if retry_after is not None else ""
-                self._log_retry(method, path, f"HTTP {status}{hint}", retry_number, policy, delay)
-                response.close()
+            outcome = self._send(method, path, params, json)
+            delay = attempts.after(outcome, retry or self.config.retry)
+            if delay is None:
+                assert isinstance(outcome, Answer)
+                return outcome
             self._sleep(delay)
-            waited += delay
 
-    def _log_retry(
-        self, method: str, path: str, reason: str, number: int, policy: RetryPolicy, delay: float
-    ) -> None:
-        self.log.warning(
-            "Leap %s %s failed: %s; retry %d/%d in %.1f s",
-            method,
-            path,
-            reason,
-            number,
-            policy.max_retries,
-            delay,
-        )
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key in text else text
-
-    def _gave_up(
-        self, method: str, path: str, reason: str, attempts: int, policy: RetryPolicy
-    ) -> LeapAPIError:
-        return LeapAPIError(
-            f"Leap {method} {path}: {reason} after {attempts} attempt(s); "
-            f"gave up within the retry bound (max_retries={policy.max_retries}, "
-            f"max_wait={policy.max_wait:g} s) at {self.base_url}",
-            method=method,
-            path=path,
-        )
-
-    def _http_error(
-        self, method: str, path: str, response: requests.Response, retries: int = 0
-    ) -> LeapAPIError:
-        status = response.status_code
-        title = error_title(response.content)
-        title = self._redact(title) if title else None
-        message = f"Leap {method} {path} answered HTTP {status}"
-        if title:
-            message += f": {title}"
-        if status in AUTH_HINTS:
-            message += f" ({AUTH_HINTS[status]}; base URL {self.base_url})"
-        if retries:
-            message += f"; still failing after {retries} retr{'y' if retries == 1 else 'ies'}"
-        cls = LeapAuthError if status in AUTH_HINTS else LeapAPIError
-        return cls(message, method=method, path=path, status=status, title=title)
-
-    # -- paging ----------------------------------------------------------------------------------
-
-    def _decode_page(
-        self, body: bytes, method: str, path: str, page_no: int, shape: PageShape
-    ) -> tuple[list[msgspec.Raw], str | None]:
-        """Split one page into raw records and the next token, reading the body once."""
+    def _send(
+        self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
+    ) -> Answer | Failure:
+        """One attempt, read whole within ``request_deadline`` (checked between reads, so a server
+        dripping its body cannot hold a task); ``timeout`` bounds each wait on the socket. Never
+        raises: the exception becomes a ``Failure``, so no error raised later has it (or the
+        request it holds, key included) as its context."""
+        config = self.config
+        deadline = self._clock() + config.request_deadline
         try:
-            page = shape.decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise LeapPagingError(
-                f"Leap {method} {path}: page {page_no} is not readable JSON of the expected shape "
-                f"({exc}); nothing after it was read",
-                method=method,
-                path=path,
-            ) from None
-        if isinstance(page, list):  # a bare array: one page, no token
-            return page, None
-        records: list[msgspec.Raw] = next(
-            (r for r in map(page.__getattribute__, shape.record_fields) if r), []
-        )
-        token = next((t for t in map(page.__getattribute__, shape.token_fields) if t), None)
-        return records, None if token is None else str(token)
+            response = self.session.request(
+                method,
+                config.base_url + path,
+                params=params,
+                json=body,
+                timeout=min(config.timeout, config.request_deadline),
+                stream=True,
+                allow_redirects=False,
+            )
+            try:
+                raw = response.raw
+                read = getattr(raw, "read1", raw.read)  # read1: what has arrived (urllib3 2)
+                chunks = []
+                while chunk := read(_READ_SIZE, decode_content=True):
+                    chunks.append(chunk)
+                    if self._clock() > deadline:
+                        raise _DeadlinePassed
+            except BaseException:
+                response.close()
+                raise
+            raw.release_conn()  # read to the end: the connection goes back to the pool
+            return Answer(response.status_code, response.headers, b"".join(chunks))
+        except _TRANSPORT_ERRORS as exc:
+            failure = transport_failure(exc, config)
+        return failure
 
     def _pages(
         self,
         method: str,
         path: str,
-        build: Callable[[str | None], tuple[list[tuple[str, str]] | None, dict[str, Any] | None]],
-        records_key: str,
-        token_key: str,
-    ) -> Iterator[list[msgspec.Raw]]:
-        """Follow page tokens until the last page; a token seen before is an error, not a loop."""
-        shape = page_shape(records_key, token_key)
-        seen: set[str] = set()
-        token: str | None = None
-        page_no = 0
+        query: Query | None,
+        body: dict[str, Any] | None,
+        keys: tuple[Sequence[str], Sequence[str]],
+        decode: Callable[[msgspec.Raw], tuple[list[T], int]],
+    ) -> Iterator[list[T]]:
+        """Every page of one listing, decoded; the token goes in the query, or in the body."""
+        pager = Pager(method, path, self.config)
+        params = query
         while True:
-            page_no += 1
-            params, body = build(token)
-            response = self.request(method, path, params=params, json=body)
-            records, token = self._decode_page(response.content, method, path, page_no, shape)
+            answer = self.request(method, path, params=params, json=body)
+            records_json, token = decode_page(answer.body, *keys, pager.where)
+            try:
+                records, skipped = decode(records_json)
+            except msgspec.DecodeError:
+                raise LeapPagingError(f"{pager.where}: the records are not a JSON list") from None
+            if skipped:
+                log.warning("%s: skipped %d record(s) that do not fit", pager.where, skipped)
             yield records
+            token = pager.follow(records, token)
             if token is None:
-                self.log.info("Leap %s %s: read %d page(s)", method, path, page_no)
                 return
-            if token in seen:
-                raise LeapPagingError(
-                    f"Leap {method} {path}: page {page_no} repeated an earlier page token; "
-                    "stopped instead of looping",
-                    method=method,
-                    path=path,
-                )
-            seen.add(token)
+            if query is not None:
+                params = [*query, (self.config.wire.page_token_param, token)]
+            if body is not None:
+                body = {**body, "page_token": token}
 
-    def iter_connections(
+    def iter_connect_records(
         self,
         ref_ids: Iterable[str] | str | None = None,
-        started_after: datetime | date | str | None = None,
-        interacted_after: datetime | date | str | None = None,
+        started_after: TimeArg | None = None,
+        interacted_after: TimeArg | None = None,
         page_size: int | None = None,
     ) -> Iterator[ConnectRecord]:
-        """Every Connect record matching the filters, page by page (memory: one page).
+        """Every Connect record matching the filters, page by page (memory: two pages).
 
-        Reference IDs are sent as repeated ``ref-id`` parameters, split into several requests
-        when the query would get too long. Records that do not fit the documented shape come
-        back with ``parse_error`` set instead of stopping the run.
+        Reference IDs go as repeated ``ref-id`` parameters, split over several requests when the
+        query would get long; an empty collection means no record (``None``: every record). A
+        record that does not fit the documented shape comes back with ``parse_error`` set
+        instead of stopping the run. Records outside the filters sent (a server ignoring a
+        filter whose wire name is wrong) are dropped with a warning. Invalid arguments raise at
+        the call, API failures while iterating.
         """
-        names = self.wire
-        size = self._check_page_size(page_size) if page_size is not None else self.page_size
-        base: list[tuple[str, str]] = [(names.page_size_param, str(size))]
-        if started_after is not None:
-            base.append((names.start_date_param, format_timestamp(started_after)))
-        if interacted_after is not None:
-            base.append((names.last_interaction_param, format_timestamp(interacted_after)))
-        if ref_ids is None:
-            groups: list[list[tuple[str, str]]] = [[]]
-        else:
-            ids = validate_ref_ids(ref_ids)
-            if not ids:
-                return
-            groups = [
-                [(names.ref_id_param, r) for r in chunk]
-                for chunk in chunk_ref_ids(ids, names.ref_id_param)
-            ]
-        for group in groups:
-            query = group + base
+        names, size = self.config.wire, self.config.page_size if page_size is None else page_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise LeapConfigError(f"page_size must be a positive integer, got {size!r}")
+        times = zip(TIME_FILTERS, (started_after, interacted_after), strict=True)
+        after = {name: _sent_time(t, getattr(names, name)) for name, t in times if t is not None}
+        ids = None if ref_ids is None else validate_ref_ids(ref_ids)
+        return chain.from_iterable(self._connect_pages(ids, after, size))
 
-            def build(
-                token: str | None, query: list[tuple[str, str]] = query
-            ) -> tuple[list[tuple[str, str]], None]:
-                # requests URL-encodes each value exactly once; the token goes in as received.
-                return (query if token is None else [*query, (names.page_token_param, token)]), None
+    iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
 
-            for raw_records in self._pages(
-                "GET", names.connections_path, build, names.records_key, names.next_token_key
-            ):
-                for raw in raw_records:
-                    yield decode_connect_record(raw)
+    def _connect_pages(
+        self, ids: list[str] | None, after: dict[str, datetime], size: int
+    ) -> Iterator[list[ConnectRecord]]:
+        names, wanted = self.config.wire, None if ids is None else set(ids)
+        sent = {getattr(names, name): when for name, when in after.items()}
+        keys = ((names.records_key, *wire.RECORDS_KEY_FALLBACKS),
+                (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS))  # fmt: skip
+        for query in connect_queries(names, size, ids, sent) if ids != [] else []:
+            path = names.connections_path
+            for records in self._pages("GET", path, query, None, keys, decode_connect_records):
+                yield check_records(records, names, wanted, after) if sent or wanted else records
 
     def iter_meters(
         self,
+        /,
         connection_reference_ids: Iterable[str] | str | None = None,
-        created_after: datetime | date | str | None = None,
+        created_after: TimeArg | None = None,
         page_size: int | None = None,
         **filters: Any,
     ) -> Iterator[Meter]:
         """Meters from ``POST /v2/meters/search``; IDs go in requests of at most 100 each.
 
-        A meter listed under several chunks is yielded once.
+        ``filters`` are further fields of Leap's search body. A meter listed under several
+        chunks is yielded once.
         """
         low, high = wire.METERS_PAGE_SIZE_RANGE
-        size = min(high, self.page_size) if page_size is None else page_size
+        size = min(high, self.config.page_size) if page_size is None else page_size
         if not isinstance(size, int) or not low <= size <= high:
             raise LeapConfigError(f"meters page_size must be {low} to {high}, got {size!r}")
-        body: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
-        body["page_size"] = size
+        body = {k: v for k, v in filters.items() if v is not None} | {"page_size": size}
         if created_after is not None:
-            body["created_after_date_time"] = format_timestamp(created_after)
-        if connection_reference_ids is None:
-            chunks: list[list[str] | None] = [None]
-        else:
-            ids = validate_ref_ids(connection_reference_ids)
-            if not ids:
-                return
-            step = wire.METERS_MAX_REFERENCE_IDS
-            chunks = [ids[i : i + step] for i in range(0, len(ids), step)]
+            when = _sent_time(created_after, "created_after_date_time")
+            body["created_after_date_time"] = format_timestamp(when)
+        refs = connection_reference_ids
+        return self._meters(body, None if refs is None else validate_ref_ids(refs))
+
+    def _meters(self, body: dict[str, Any], ids: list[str] | None) -> Iterator[Meter]:
+        step, path = wire.METERS_MAX_REFERENCE_IDS, wire.METERS_SEARCH_PATH
+        chunks = [None] if ids is None else [ids[i : i + step] for i in range(0, len(ids), step)]
         seen: set[str] = set()
         for chunk in chunks:
             chunk_body = body if chunk is None else {**body, "connection_reference_ids": chunk}
-
-            def build(
-                token: str | None, chunk_body: dict[str, Any] = chunk_body
-            ) -> tuple[None, dict[str, Any]]:
-                return None, (chunk_body if token is None else {**chunk_body, "page_token": token})
-
-            for raw_meters in self._pages(
-                "POST", wire.METERS_SEARCH_PATH, build, "meters", "next_page_token"
-            ):
-                for raw in raw_meters:
-                    try:
-                        meter = decode_meter(raw)
-                    except msgspec.DecodeError as exc:
-                        self.log.warning("Skipped a meter that does not fit the schema: %s", exc)
-                        continue
+            for page in self._pages("POST", path, None, chunk_body, _METERS_KEYS, decode_meters):
+                for meter in page:
                     if meter.meter_id is not None:
                         if meter.meter_id in seen:
                             continue
@@ -488,10 +578,10 @@ class LeapClient:
 
     def check(self) -> tuple[bool, str]:
         """One cheap authenticated request; ``(ok, message)`` for Airflow's connection test."""
-        params = [(self.wire.page_size_param, "1")]
+        params = [(self.config.wire.page_size_param, "1")]
         try:
             # No retries: a connection test in the UI must answer within seconds.
-            self.request("GET", self.wire.connections_path, params=params, retry=NO_RETRY)
+            self.request("GET", self.config.wire.connections_path, params=params, retry=NO_RETRY)
         except LeapAPIError as exc:
             return False, str(exc)
-        return True, f"Connected to Leap at {self.base_url}: the Connect API answered."
+        return True, f"Connected to Leap at {self.config.base_url}: the Connect API answered."

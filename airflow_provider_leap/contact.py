@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
-from airflow_provider_leap.triage import Bucket
+from airflow_provider_leap.triage import BUCKETS, Bucket
 
 DEFAULT_QUIET_PERIOD = timedelta(hours=1)
 DEFAULT_CADENCE = (timedelta(days=1), timedelta(days=3), timedelta(days=7))
@@ -35,11 +35,11 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Most actionable first: the bucket whose message a customer with several records (one per
 # region) receives. Closest to completion wins: a signature beats a utility login beats a click.
 DEFAULT_CONTACT_BUCKETS: tuple[str, ...] = (
-    Bucket.AGREEMENTS_PENDING.value,
-    Bucket.UTILITY_ERROR.value,
-    Bucket.UTILITY_NOT_CONNECTED.value,
-    Bucket.NOT_STARTED.value,
-    Bucket.OTHER_UTILITY.value,
+    Bucket.AGREEMENTS_PENDING,
+    Bucket.UTILITY_ERROR,
+    Bucket.UTILITY_NOT_CONNECTED,
+    Bucket.NOT_STARTED,
+    Bucket.OTHER_UTILITY,
 )
 
 
@@ -107,7 +107,7 @@ class ContactPolicy:
             )
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        unknown = set(self.buckets) - {b.value for b in Bucket}
+        unknown = set(self.buckets) - set(BUCKETS)
         if unknown or not self.buckets:
             raise ValueError(f"buckets must be triage bucket names, got {list(self.buckets)}")
 
@@ -205,7 +205,7 @@ class ContactPlan:
 
 
 _OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in Outcome)
-_COMPLETED_BUCKET = Bucket.COMPLETED.value
+_COMPLETED_BUCKET = Bucket.COMPLETED
 
 _Item = tuple[str, Mapping[str, Any]]  # (bucket, triage item)
 

@@ -1,4 +1,4 @@
-"""Operator extra link to the Connections tab of Leap's Partner Portal."""
+"""Operator extra link to Leap's Partner Portal, for the connection's environment."""
 
 from __future__ import annotations
 
@@ -6,27 +6,14 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_leap import wire
-
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
 
-def portal_url(leap_conn_id: str) -> str:
-    """The portal for the connection's environment; the ``portal_url`` extra overrides it."""
-    from airflow_provider_leap.hooks.leap import LeapHook, connection_extras, environment_for
-
-    conn = LeapHook.get_connection(leap_conn_id)
-    extras = connection_extras(conn)
-    override = extras.get("portal_url")
-    if override:
-        return str(override)
-    return wire.PORTAL_URLS[environment_for(conn, extras)]
-
-
 class LeapConnectionsLink(BaseOperatorLink):
-    """ "Leap Connections": the Partner Portal page that lists the same connections.
+    """ "Leap Connections": the Partner Portal of the connection's environment (or the
+    ``portal_url`` extra).
 
     Airflow 3 resolves the link in the worker when the task finishes and stores it, so the
     connection is read there, never in the web server.
@@ -35,7 +22,8 @@ class LeapConnectionsLink(BaseOperatorLink):
     name = "Leap Connections"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # Imported here: the hook loads the HTTP stack, which parsing a DAG file need not pay for.
+        from airflow_provider_leap.hooks.leap import LeapHook
+
         conn_id = getattr(operator, "leap_conn_id", None)
-        if not conn_id:
-            return ""
-        return portal_url(conn_id)
+        return LeapHook(conn_id).config.portal_url if conn_id else ""

@@ -8,13 +8,21 @@ must flow through as data, not fail decoding. Each record keeps the exact JSON i
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime
 from enum import Enum
-from typing import Any
+from itertools import repeat
+from typing import Any, TypeVar
 
 import msgspec
 
+from airflow_provider_leap.timeutil import parse_timestamp as parse_timestamp  # re-exported
+
 NOT_REQUIRED = "NOT_REQUIRED"
+# A Connect record's top-level string fields: the ones triage items, sensor results and a
+# salvaged record carry.
+IDENTITY_FIELDS = ("id", "ref_id", "transmission_region", "connection_status")
+TIME_FIELDS = ("start_date_time_utc", "last_interaction_date_time_utc")
 
 
 class ConnectionStatus(str, Enum):
@@ -34,22 +42,14 @@ class UtilityStatus(str, Enum):
     ERROR = "ERROR"
 
 
-def parse_timestamp(value: object) -> datetime | None:
-    """Parse Leap's ISO-8601 UTC timestamps (``Z`` suffix, optional fraction); None if unusable."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
-    try:
-        parsed = datetime.fromisoformat(text)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
-        return None
+class _Record(
+    msgspec.Struct, frozen=True, kw_only=True, gc=False, rename={"raw_json": "__leap_raw__"}
+):
+    """Base of decoded records: keeps the source JSON next to the typed fields.
 
-
-class _Record(msgspec.Struct, frozen=True, kw_only=True, rename={"raw_json": "__leap_raw__"}):
-    """Base of decoded records: keeps the source JSON next to the typed fields."""
+    ``gc=False``: immutable records cannot form cycles, so the cyclic garbage collector need
+    never look at them, however many a run holds.
+    """
 
     raw_json: msgspec.Raw | None = None
 
@@ -62,7 +62,7 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True, rename={"raw_json": "__
         return decoded if isinstance(decoded, dict) else {"value": decoded}
 
 
-class UtilityConnection(msgspec.Struct, frozen=True, kw_only=True):
+class UtilityConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One utility the customer was asked for, or picked, in the Connect flow."""
 
     authorization_uuid: str | None = None
@@ -84,11 +84,11 @@ class ConnectRecord(_Record, frozen=True, kw_only=True):
     id: str | None = None
     transmission_region: str | None = None
     ref_id: str | None = None
-    start_date_time_utc: str | None = None
-    last_interaction_date_time_utc: str | None = None
     connection_status: str | None = None
     utility_connections: tuple[UtilityConnection, ...] = ()
     agreements: dict[str, Any] = {}
+    start_date_time_utc: str | None = None
+    last_interaction_date_time_utc: str | None = None
     parse_error: str | None = msgspec.field(default=None, name="__leap_parse_error__")
 
     @property
@@ -99,7 +99,7 @@ class ConnectRecord(_Record, frozen=True, kw_only=True):
         )
 
 
-class MeterAudit(msgspec.Struct, frozen=True, kw_only=True):
+class MeterAudit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     created_by: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
@@ -116,22 +116,19 @@ class Meter(_Record, frozen=True, kw_only=True):
     audit: MeterAudit | None = None
 
 
-_CONNECT_DECODER = msgspec.json.Decoder(ConnectRecord)
-_METER_DECODER = msgspec.json.Decoder(Meter)
-_ANY_DECODER = msgspec.json.Decoder()
-
-_STR_FIELDS = (
-    "id",
-    "transmission_region",
-    "ref_id",
-    "start_date_time_utc",
-    "last_interaction_date_time_utc",
-    "connection_status",
-)
-
-
+R = TypeVar("R", bound=_Record)
+_ANY = msgspec.json.Decoder()
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_CONNECT = msgspec.json.Decoder(ConnectRecord)
+_CONNECT_LIST = msgspec.json.Decoder(list[ConnectRecord])
+_METER_LIST = msgspec.json.Decoder(list[Meter])
 # Collections Leap may send as null instead of empty (say before the customer picks a utility).
 _NULLABLE_COLLECTIONS: dict[str, Any] = {"utility_connections": [], "agreements": {}}
+
+
+def _attach(record: R, raw: msgspec.Raw) -> R:
+    msgspec.structs.force_setattr(record, "raw_json", raw)
+    return record
 
 
 def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
@@ -141,7 +138,7 @@ def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
     or an object belongs is read as empty; anything else keeps ``parse_error``.
     """
     try:
-        data = _ANY_DECODER.decode(raw)
+        data = _ANY.decode(raw)
     except msgspec.DecodeError:
         data = None
     if not isinstance(data, dict):
@@ -149,14 +146,11 @@ def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
     nulls = {k: v for k, v in _NULLABLE_COLLECTIONS.items() if k in data and data[k] is None}
     if nulls:
         try:
-            record = _CONNECT_DECODER.decode(msgspec.json.encode({**data, **nulls}))
+            return _attach(_CONNECT.decode(msgspec.json.encode({**data, **nulls})), raw)
         except msgspec.DecodeError as exc:
             error = str(exc)
-        else:
-            msgspec.structs.force_setattr(record, "raw_json", raw)
-            return record
-    fields = {k: data[k] for k in _STR_FIELDS if isinstance(data.get(k), str)}
-    return ConnectRecord(raw_json=raw, parse_error=error, **fields)
+    text = {k: data[k] for k in IDENTITY_FIELDS + TIME_FIELDS if isinstance(data.get(k), str)}
+    return ConnectRecord(raw_json=raw, parse_error=error, **text)
 
 
 def decode_connect_record(raw: msgspec.Raw | bytes) -> ConnectRecord:
@@ -164,11 +158,9 @@ def decode_connect_record(raw: msgspec.Raw | bytes) -> ConnectRecord:
     if not isinstance(raw, msgspec.Raw):
         raw = msgspec.Raw(raw)
     try:
-        record = _CONNECT_DECODER.decode(raw)
+        return _attach(_CONNECT.decode(raw), raw)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         return _salvage(raw, str(exc))
-    msgspec.structs.force_setattr(record, "raw_json", raw)
-    return record
 
 
 def connect_record_from_mapping(data: Any) -> ConnectRecord:
@@ -176,8 +168,39 @@ def connect_record_from_mapping(data: Any) -> ConnectRecord:
     return decode_connect_record(msgspec.json.encode(data))
 
 
-def decode_meter(raw: msgspec.Raw) -> Meter:
-    """Decode one meter; raises ``msgspec.DecodeError`` (the client logs and skips such a meter)."""
-    meter = _METER_DECODER.decode(raw)
-    msgspec.structs.force_setattr(meter, "raw_json", raw)
-    return meter
+def _decode_list(
+    records: msgspec.Raw,
+    whole: msgspec.json.Decoder[list[R]],
+    one: Callable[[msgspec.Raw], R | None],
+) -> tuple[list[R], int]:
+    """A JSON list of records decoded in one call, each keeping its own JSON as ``raw``.
+
+    Only when some record does not fit are they decoded one by one, through ``one``, which may
+    leave a record out (None): the count of those comes second. Raises ``msgspec.DecodeError``
+    when ``records`` is not a JSON list.
+    """
+    raws = _RAW_LIST.decode(records)
+    try:
+        typed = whole.decode(records)
+    except msgspec.ValidationError:
+        kept = [record for raw in raws if (record := one(raw)) is not None]
+        return kept, len(raws) - len(kept)
+    list(map(msgspec.structs.force_setattr, typed, repeat("raw_json"), raws))
+    return typed, 0
+
+
+def decode_connect_records(records: msgspec.Raw) -> tuple[list[ConnectRecord], int]:
+    """A page's Connect records; one of the wrong shape comes back with ``parse_error`` set."""
+    return _decode_list(records, _CONNECT_LIST, decode_connect_record)
+
+
+def _meter_or_none(raw: msgspec.Raw) -> Meter | None:
+    try:
+        return _attach(msgspec.json.decode(raw, type=Meter), raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def decode_meters(records: msgspec.Raw) -> tuple[list[Meter], int]:
+    """A page's meters, and how many did not fit the schema and were left out."""
+    return _decode_list(records, _METER_LIST, _meter_or_none)

@@ -5,6 +5,7 @@ Pure functions over a frozen policy, so the rules are tested without a server or
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,8 +22,8 @@ def is_retryable_status(status: int) -> bool:
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
 
-    Returns None when absent or unreadable (the caller falls back to backoff); a date in the past
-    means "now" (0 seconds).
+    Returns None when absent, unreadable, negative, infinite or a date already past: the caller
+    then falls back to its backoff rather than retrying back to back.
     """
     if value is None:
         return None
@@ -32,26 +33,23 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if seconds == seconds else None  # NaN is unreadable
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = now or datetime.now(timezone.utc)
-    return max((when - current).total_seconds(), 0.0)
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded both in attempts and in total waiting time.
 
-    ``max_retries`` counts retries after the first attempt. ``max_wait`` bounds the sum of all
-    waits (and one ``Retry-After`` longer than what is left ends the retries at once), so a task
-    never hangs on an outage longer than it was configured for.
+    ``max_retries`` counts retries after the first attempt. ``max_wait`` bounds the sum of the
+    waits between the attempts of one request (one ``Retry-After`` longer than what is left ends
+    the retries at once): each request of a paging run has its own budget.
     """
 
     max_retries: int = 5
@@ -63,8 +61,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_wait < 0:
-            raise ValueError("backoff_base, backoff_cap and max_wait must be >= 0")
+        for name in ("backoff_base", "backoff_cap", "max_wait"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
 
@@ -91,3 +90,15 @@ class RetryPolicy:
         if waited + delay > self.max_wait:
             return None
         return delay
+
+    def give_up_reason(self, retry_number: int, waited: float, retry_after: float | None) -> str:
+        """Why ``next_wait`` said no, in words that name the setting to change."""
+        if retry_number > self.max_retries:
+            return f"max_retries={self.max_retries} spent"
+        left = max(self.max_wait - waited, 0.0)
+        if retry_after is not None:
+            return (
+                f"Leap asked to wait {retry_after:g} s (Retry-After), more than the {left:g} s "
+                f"left of max_retry_wait={self.max_wait:g} s; raise max_retry_wait to wait it out"
+            )
+        return f"the next wait would pass max_retry_wait={self.max_wait:g} s"

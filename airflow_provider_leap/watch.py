@@ -6,23 +6,18 @@ requests as the URL length allows), shared by the sensor's poke and the deferrab
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_leap.client import LeapClient, validate_ref_ids
-from airflow_provider_leap.models import ConnectRecord
+from airflow_provider_leap.models import IDENTITY_FIELDS, TIME_FIELDS, ConnectRecord
+from airflow_provider_leap.refids import rendered_list
+
+if TYPE_CHECKING:
+    from airflow_provider_leap.client import LeapClient
 
 # The record fields a sensor hands on: small, JSON-serialisable, enough to follow up on meters.
-SUMMARY_FIELDS = (
-    "id",
-    "ref_id",
-    "transmission_region",
-    "connection_status",
-    "start_date_time_utc",
-    "last_interaction_date_time_utc",
-)
+SUMMARY_FIELDS = IDENTITY_FIELDS + TIME_FIELDS
 
 
 def record_summary(record: ConnectRecord) -> dict[str, Any]:
@@ -107,27 +102,11 @@ def check_ref_ids(
     fail_on_statuses: Collection[str] = (),
 ) -> WatchResult:
     """One evaluation against the API: all IDs in batched requests, never one per ID."""
-    return evaluate(
-        client.iter_connections(ref_ids=ref_ids), ref_ids, target_statuses, fail_on_statuses
-    )
+    records = client.iter_connect_records(ref_ids=ref_ids)
+    return evaluate(records, ref_ids, target_statuses, fail_on_statuses)
 
 
-def normalise_ref_ids(ref_ids: str | Iterable[str]) -> list[str]:
-    """Unique valid IDs from a list, or from a templated string.
-
-    A template renders a list as its text (``"['a', 'b']"``), which is read back as the list;
-    any other string is comma-separated IDs (pass a real list for IDs that contain commas).
-    """
-    if isinstance(ref_ids, str):
-        text = ref_ids.strip()
-        parsed: Any = None
-        if text.startswith("["):
-            try:
-                parsed = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                parsed = None
-        if isinstance(parsed, list):
-            ref_ids = [str(item) for item in parsed]
-        else:
-            ref_ids = [part.strip() for part in text.split(",") if part.strip()]
-    return validate_ref_ids(ref_ids)
+def statuses_argument(value: str | Iterable[str], name: str) -> list[str]:
+    """A sensor's statuses after rendering: one status, a list, or comma-separated; upper-cased
+    (Leap's statuses are upper case), any value allowed (Leap may add statuses)."""
+    return list(dict.fromkeys(status.strip().upper() for status in rendered_list(value, name)))

@@ -166,7 +166,7 @@ def _webhook_path(webhook_id: str, suffix: str = "") -> str:
 def list_webhooks(client: LeapClient) -> list[Webhook]:
     """Every subscription of this API key."""
     response = client.request("GET", WEBHOOKS_PATH)
-    return list(_decode(_LIST, response.content, "GET", WEBHOOKS_PATH).webhooks)
+    return list(_decode(_LIST, response.body, "GET", WEBHOOKS_PATH).webhooks)
 
 
 def create_webhook(
@@ -184,7 +184,7 @@ def create_webhook(
 
     body = _body(receiver_url, event_types, headers)
     response = client.request("POST", WEBHOOKS_PATH, json=body, retry=NO_RETRY)
-    return str(_decode(_CREATED, response.content, "POST", WEBHOOKS_PATH).webhook_id)
+    return str(_decode(_CREATED, response.body, "POST", WEBHOOKS_PATH).webhook_id)
 
 
 def update_webhook(
@@ -197,7 +197,7 @@ def update_webhook(
     """Replace every setting of a subscription (Leap's PUT overwrites all of them)."""
     path = _webhook_path(webhook_id)
     response = client.request("PUT", path, json=_body(receiver_url, event_types, headers))
-    return str(_decode(_CREATED, response.content, "PUT", WEBHOOKS_PATH).webhook_id)
+    return str(_decode(_CREATED, response.body, "PUT", WEBHOOKS_PATH).webhook_id)
 
 
 def delete_webhook(client: LeapClient, webhook_id: str) -> None:
@@ -223,7 +223,7 @@ def send_test_event(
     path = _webhook_path(webhook_id, "/test")
     body = dict(payload) if payload is not None else sample_payload()
     response = client.request("POST", path, json=body, retry=NO_RETRY)
-    return _decode(_TEST_RESULT, response.content, "POST", WEBHOOKS_PATH)  # type: ignore[no-any-return]
+    return _decode(_TEST_RESULT, response.body, "POST", WEBHOOKS_PATH)  # type: ignore[no-any-return]
 
 
 def _same(webhook: Webhook, event_types: Sequence[str], headers: tuple[Header, ...]) -> bool:

@@ -2,26 +2,26 @@
 
 Leap publishes the hosts, the ``nextPageToken``/``page-token`` paging rule and the meters search.
 The Connect endpoint's path and query names sit behind a partner login, so the ``WireNames``
-defaults below are *assumptions* (see ``API-NOTES.md``). Every one of them can be overridden from
-the Airflow connection's extras under the same name, e.g. ``{"ref_id_param": "refId"}``.
+defaults below are *assumptions* (docs: "The connection", wire-name overrides). Every one of them
+can be overridden from the Airflow connection's extras under the same name, e.g.
+``{"ref_id_param": "refId"}``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+
+from airflow_provider_leap.errors import LeapConfigError
 
 PRODUCTION_URL = "https://api.leap.energy"
 STAGING_URL = "https://api.staging.leap.energy"
 ENVIRONMENT_URLS: Mapping[str, str] = {"production": PRODUCTION_URL, "staging": STAGING_URL}
 
-# Partner Portal's Connections tab, for the operator extra link (assumed path, overridable as
-# the ``portal_url`` extra).
+# Leap's Partner Portal, the operator extra link's target (the ``portal_url`` extra overrides it).
 PORTAL_URLS: Mapping[str, str] = {
-    "production": "https://app.leap.energy/connect",
-    "staging": "https://app.staging.leap.energy/connect",
+    "production": "https://partner.leap.energy",
+    "staging": "https://partner.staging.leap.energy",
 }
 
 METERS_SEARCH_PATH = "/v2/meters/search"
@@ -42,12 +42,16 @@ class WireNames:
     records_key: str = "connections"
     next_token_key: str = "nextPageToken"
 
-    @classmethod
-    def from_extras(cls, extras: Mapping[str, Any]) -> WireNames:
-        """Build from connection extras; only keys naming a field are used, others are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        overrides = {k: str(v) for k, v in extras.items() if k in names and v not in (None, "")}
-        return cls(**overrides)
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, str) or not value.strip() or value != value.strip():
+                raise LeapConfigError(f"wire name {field.name}={value!r} must be a plain string")
+        if not self.connections_path.startswith("/") or "?" in self.connections_path:
+            raise LeapConfigError(
+                f"connections_path {self.connections_path!r} must be a path starting with '/', "
+                "e.g. /v1.1/connections"
+            )
 
 
 # Shapes Leap's services have been seen to use besides the adopted ones: accepted when reading.

@@ -8,9 +8,10 @@ JSON, so ``DISTINCT_PAGES`` page templates are built and page ``k`` is served fr
 triage's de-duplication by ``id`` would need. The next-page token ``p/<k>+x=`` needs
 URL-encoding, and the server rejects a token that arrives mangled.
 
-Routes: ``GET /n/<N>/v1.1/connections`` lists N records (``N`` in the path, so one server
-serves every size); with ``ref-id`` parameters it lists only those IDs (about 5 % not listed,
-about 5 % listed twice, as an ID used in two regions is), like the sensor's query.
+Routes: ``GET /n/<N>/<shape>/v1.1/connections`` lists N records of one of ``records.SHAPES``
+(size and shape in the path, so one server serves every run; a client gets the path as its
+``connections_path`` wire name); with ``ref-id`` parameters it lists only those IDs (about 5 %
+not listed, about 5 % listed twice, as an ID used in two regions is), like the sensor's query.
 ``GET /_stats`` returns the counters, ``GET /_reset`` zeroes them. Only ``page-size=500`` is
 served.
 
@@ -35,12 +36,12 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from bench.records import make_record
+from bench.records import SHAPES, make_record
 
 PAGE_SIZE = 500
 DISTINCT_PAGES = 20
 SLOT = b"@@@@@@@"  # replaced by the 7-digit page number in every id and ref_id
-CONNECTIONS_PATH = re.compile(r"/n/([0-9]+)/v1\.1/connections")
+CONNECTIONS_PATH = re.compile(r"/n/([0-9]+)/([a-z]+)/v1\.1/connections")
 PAGE_TOKEN = re.compile(r"p/([0-9]+)\+x=")
 REF_TOKEN = re.compile(r"r/([0-9]+)\+x=")
 MAX_HEADER_BYTES = 65536
@@ -58,12 +59,12 @@ def page_token(value: int, kind: str = "p") -> str:
 class Pages:
     """Pre-encoded page templates, each split at the page-number slot."""
 
-    def __init__(self, distinct: int = DISTINCT_PAGES) -> None:
+    def __init__(self, shape: str, distinct: int = DISTINCT_PAGES) -> None:
         rng = random.Random(11)
         self.templates: list[list[bytes]] = []
         for t in range(distinct):
             records = [
-                _dumps(make_record(rng, f"cust-{SLOT.decode()}-{t * PAGE_SIZE + i:06d}"))
+                _dumps(make_record(rng, f"cust-{SLOT.decode()}-{t * PAGE_SIZE + i:06d}", shape))
                 for i in range(PAGE_SIZE)
             ]
             body = b'{"connections":[' + b",".join(records) + b"]"
@@ -155,7 +156,7 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, key: str, pages: Pages) -> None:
+    def __init__(self, key: str, pages: dict[str, Pages]) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.auth = f"Bearer {key}".encode()
         self.pages = pages
@@ -218,7 +219,7 @@ class Handler(socketserver.StreamRequestHandler):
             self.server.stats.reset()
             return _response("200 OK", b"{}")
         match = CONNECTIONS_PATH.fullmatch(path)
-        if method != "GET" or match is None:
+        if method != "GET" or match is None or match[2] not in self.server.pages:
             return _error("404 Not Found", f"no route {method} {unquote(path)}")
         if headers.get(b"authorization") != self.server.auth:
             return _error("401 Unauthorized", "missing or wrong Bearer key")
@@ -239,7 +240,7 @@ class Handler(socketserver.StreamRequestHandler):
         k = int(found[1]) if found else 0
         if k * PAGE_SIZE >= max(total, 1):
             return _response("200 OK", b'{"connections":[]}')
-        return self.server.pages.page(k, total)
+        return self.server.pages[match[2]].page(k, total)
 
 
 class PageServer:
@@ -250,8 +251,9 @@ class PageServer:
         self.port = port
         self.origin = f"http://127.0.0.1:{port}"
 
-    def base_url(self, total: int) -> str:
-        return f"{self.origin}/n/{total}"
+    def url(self, total: int, shape: str = "guide") -> str:
+        """The Connect URL of ``total`` records of ``shape``: origin + connections path."""
+        return f"{self.origin}/n/{total}/{shape}/v1.1/connections"
 
     def _get(self, path: str) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", self.port)) as sock:
@@ -293,7 +295,7 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--distinct", type=int, default=DISTINCT_PAGES)
     args = parser.parse_args()
-    server = Server(args.key, Pages(args.distinct))
+    server = Server(args.key, {shape: Pages(shape, args.distinct) for shape in SHAPES})
     print(f"READY {server.server_address[1]}", flush=True)
     server.serve_forever(poll_interval=0.5)
 

@@ -1,5 +1,7 @@
 """Realistic Connect records for the benchmarks, shaped like the example in Leap's guide.
 
+Two shapes: ``guide`` (1 to 3 utility connections, about 830 bytes) and ``small`` (one utility
+connection, none for NOT_STARTED; about 600 bytes): per-record costs weigh most on small records.
 Self-contained (it does not reuse the emulator's generator) so the figures do not move when the
 emulator's data changes. Every record is derived from a seeded ``random.Random``: two runs measure
 the same bytes.
@@ -42,8 +44,11 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def make_record(rng: random.Random, ref_id: str) -> dict[str, Any]:
-    """One record with 1-3 utility connections whose statuses agree with the top-level one."""
+SHAPES = ("guide", "small")
+
+
+def make_record(rng: random.Random, ref_id: str, shape: str = "guide") -> dict[str, Any]:
+    """One record whose utility statuses agree with the top-level one (see ``SHAPES``)."""
     region = rng.choice(REGIONS)
     status = rng.choices([s for s, _ in STATUSES], [w for _, w in STATUSES])[0]
     start = NOW - timedelta(seconds=rng.randrange(7200, 60 * 86400))
@@ -55,6 +60,8 @@ def make_record(rng: random.Random, ref_id: str) -> dict[str, Any]:
             seconds=rng.randrange(0, int((NOW - start).total_seconds()) - 3600)
         )
     count = rng.choice((1, 1, 1, 2, 3))
+    if shape == "small":
+        count = 0 if status == "NOT_STARTED" else 1
     names = rng.sample(UTILITIES[region], count)
     utilities = []
     for i, name in enumerate(names):
@@ -96,7 +103,7 @@ def make_record(rng: random.Random, ref_id: str) -> dict[str, Any]:
     }
 
 
-def make_records(count: int, seed: int = 7, ref_prefix: str = "cust") -> list[dict[str, Any]]:
-    """``count`` varied records with Reference IDs ``<ref_prefix>-000000``, ``-000001``, ..."""
+def make_records(count: int, seed: int = 7, shape: str = "guide") -> list[dict[str, Any]]:
+    """``count`` varied records with Reference IDs ``cust-000000``, ``cust-000001``, ..."""
     rng = random.Random(seed)
-    return [make_record(rng, f"{ref_prefix}-{i:06d}") for i in range(count)]
+    return [make_record(rng, f"cust-{i:06d}", shape) for i in range(count)]

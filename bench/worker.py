@@ -16,12 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
 PAGE_SIZE = "500"
-CONNECTIONS = "/v1.1/connections"
 
 
 def peak_rss_kb() -> int:
@@ -41,11 +40,10 @@ def _params(token: str | None) -> list[tuple[str, str]]:
     return params
 
 
-def page_floor(base_url: str, key: str) -> Callable[[], int]:
+def page_floor(url: str, key: str) -> Callable[[], int]:
     """The floor: one keep-alive session, ``json.loads`` each page, follow the token."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
-    url = base_url + CONNECTIONS
 
     def run() -> int:
         count = 0
@@ -62,9 +60,8 @@ def page_floor(base_url: str, key: str) -> Callable[[], int]:
     return run
 
 
-def page_peer(base_url: str, key: str) -> Callable[[], int]:
+def page_peer(url: str, key: str) -> Callable[[], int]:
     """The peer: what a DAG author writes by hand, ``requests.get`` per page into one list."""
-    url = base_url + CONNECTIONS
     headers = {"Authorization": f"Bearer {key}"}
     kept: list[list[dict[str, Any]]] = []
 
@@ -84,32 +81,34 @@ def page_peer(base_url: str, key: str) -> Callable[[], int]:
     return run
 
 
-def page_hook(base_url: str, key: str) -> Callable[[], int]:
-    """The provider: ``LeapHook.iter_connections()``, records consumed one at a time."""
+def page_hook(url: str, key: str) -> Callable[[], int]:
+    """The provider: ``LeapHook.iter_connect_records()``, typed records consumed one at a time."""
     from airflow_provider_leap.hooks.leap import LeapHook, connection_json
 
-    os.environ["AIRFLOW_CONN_LEAP_BENCH"] = connection_json(base_url, key)
+    parts = urlsplit(url)
+    origin, path = f"{parts.scheme}://{parts.netloc}", parts.path
+    os.environ["AIRFLOW_CONN_LEAP_BENCH"] = connection_json(origin, key, connections_path=path)
     hook = LeapHook(leap_conn_id="leap_bench")
     hook.client  # noqa: B018 - resolve the connection and open the session before the clock
 
     def run() -> int:
         count = 0
-        for _ in hook.iter_connections():
+        for _ in hook.iter_connect_records():
             count += 1
         return count
 
     return run
 
 
-def page_wire(base_url: str, key: str) -> Callable[[], int]:
+def page_wire(url: str, key: str) -> Callable[[], int]:
     """The serving ceiling: raw socket, no HTTP library, no JSON; only finds the token.
 
     Shows what the page server and loopback can deliver, so a client figure far below it is the
     client's own cost.
     """
-    host_port, _, prefix = base_url.removeprefix("http://").partition("/")
+    host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
-    path = f"/{prefix}{CONNECTIONS}"
+    path = "/" + path
     marker = b'"nextPageToken":"'
 
     def run() -> int:
@@ -152,11 +151,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_paging(
-    kind: str, base_url: str, key: str, profile: str | None = None
-) -> dict[str, Any]:
+def measure_paging(kind: str, url: str, key: str, profile: str | None = None) -> dict[str, Any]:
     """One paging run; ``cpu_seconds`` is this process's own CPU, less sensitive to neighbours."""
-    run = PAGERS[kind](base_url, key)
+    run = PAGERS[kind](url, key)
     if profile is not None:
         import cProfile
 
@@ -198,12 +195,14 @@ def measure_triage(count: int, repeats: int, sample: int) -> dict[str, Any]:
     from bench.records import NOW
 
     runs: list[float] = []
+    cpu_runs: list[float] = []
     result = None
     for _ in range(repeats):
         result = None  # free the previous run's buckets before the next one is timed
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         result = triage(records, now=NOW)
         runs.append(time.perf_counter() - started)
+        cpu_runs.append(cpu_seconds() - cpu_started)
     assert result is not None
     item_bytes: dict[str, Any] = {}
     for name, items in result.buckets.items():
@@ -218,6 +217,7 @@ def measure_triage(count: int, repeats: int, sample: int) -> dict[str, Any]:
         "runs_seconds": runs,
         "best_seconds": min(runs),
         "records_per_second": count / min(runs),
+        "records_per_cpu_second": count / min(cpu_runs),
         "summary": {k: v for k, v in result.summary.items() if k != "counts"},
         "xcom_item_bytes": item_bytes,
         "xcom_sample_per_bucket": sample,
@@ -256,7 +256,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     paging = sub.add_parser("paging")
     paging.add_argument("kind", choices=sorted(PAGERS))
-    paging.add_argument("base_url")
+    paging.add_argument("url", help="the Connect URL: PageServer.url(total, shape)")
     paging.add_argument("key")
     paging.add_argument("--profile", metavar="PATH", help="write cProfile stats of the run here")
     tri = sub.add_parser("triage")
@@ -265,7 +265,7 @@ def main() -> None:
     tri.add_argument("--sample", type=int, default=20000)
     args = parser.parse_args()
     if args.command == "paging":
-        result = measure_paging(args.kind, args.base_url, args.key, args.profile)
+        result = measure_paging(args.kind, args.url, args.key, args.profile)
     else:
         result = measure_triage(args.count, args.repeats, args.sample)
     json.dump(result, sys.stdout)

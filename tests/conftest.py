@@ -22,6 +22,7 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 from airflow_provider_leap.client import LeapClient  # noqa: E402
+from airflow_provider_leap.hooks.leap import connection_json  # noqa: E402
 from airflow_provider_leap.retry import RetryPolicy  # noqa: E402
 from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator  # noqa: E402
 
@@ -66,37 +67,23 @@ class SleepRecorder:
         self.waits.append(seconds)
 
 
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[LeapEmulator]:
-    """This suite's shared emulator: a fixed seed and 1,234 records (the plugin's
-    ``leap_emulator`` keeps its documented defaults for the emulator's own tests)."""
-    with LeapEmulator(seed=3, records=1234) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: LeapEmulator) -> Iterator[LeapEmulator]:
-    """The shared emulator, reset (faults, request log, clock, records) around each test."""
-    emulator.reset()
-    yield emulator
-    emulator.reset()
-
-
 @pytest.fixture
 def sleeps() -> SleepRecorder:
     return SleepRecorder()
 
 
 @pytest.fixture
-def make_client(emu: LeapEmulator, sleeps: SleepRecorder) -> Iterator[Callable[..., LeapClient]]:
-    """Clients to the shared emulator that never really sleep between retries."""
+def make_client(
+    leap_emulator: LeapEmulator, sleeps: SleepRecorder
+) -> Iterator[Callable[..., LeapClient]]:
+    """Clients to the session's emulator that never really sleep between retries."""
     made: list[LeapClient] = []
 
     def make(**kwargs: Any) -> LeapClient:
         kwargs.setdefault("retry", RetryPolicy(max_retries=4, max_wait=60.0))
         kwargs.setdefault("sleep", sleeps)
         client = LeapClient(
-            kwargs.pop("url", emu.url), kwargs.pop("key", EMULATOR_API_KEY), **kwargs
+            kwargs.pop("url", leap_emulator.url), kwargs.pop("key", EMULATOR_API_KEY), **kwargs
         )
         made.append(client)
         return client
@@ -107,13 +94,11 @@ def make_client(emu: LeapEmulator, sleeps: SleepRecorder) -> Iterator[Callable[.
 
 
 @pytest.fixture
-def leap_conn(emu: LeapEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``leap_default`` pointing at the shared emulator, as an ``AIRFLOW_CONN_`` variable."""
-    from airflow_provider_leap.hooks.leap import connection_json
-
+def leap_conn(leap_emulator: LeapEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``leap_default`` pointing at the session's emulator, as an ``AIRFLOW_CONN_`` variable."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_LEAP_DEFAULT",
-        connection_json(emu.url, EMULATOR_API_KEY, max_retries=3, max_retry_wait=30),
+        connection_json(leap_emulator.url, EMULATOR_API_KEY, max_retries=3, max_retry_wait=30),
     )
     return "leap_default"
 

@@ -18,7 +18,8 @@ def examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
-def test_example_dags_import_cleanly(airflow_db, monkeypatch) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_example_dags_import_cleanly(monkeypatch) -> None:
     """Parsed with no connection defined: a DAG file that called Leap at parse time fails."""
     from airflow.dag_processing.dagbag import DagBag
 
@@ -41,7 +42,7 @@ def _outbox(folder: Path) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def reengagement_env(emu, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def reengagement_env(leap_emulator, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """The example's outputs and its ledger in a temp folder; Connect links configured."""
     from airflow_provider_leap.hooks.leap import connection_json
     from airflow_provider_leap.testing import EMULATOR_API_KEY
@@ -50,7 +51,7 @@ def reengagement_env(emu, tmp_path, monkeypatch):  # type: ignore[no-untyped-def
     monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "ledger").as_uri())
     monkeypatch.setenv(
         "AIRFLOW_CONN_LEAP_DEFAULT",
-        connection_json(emu.url, EMULATOR_API_KEY, connect_account="acme-energy"),
+        connection_json(leap_emulator.url, EMULATOR_API_KEY, connect_account="acme-energy"),
     )
     return tmp_path / "out"
 
@@ -82,14 +83,17 @@ def test_reengagement_messages_everyone_due_then_nothing_twice(run_dag, reengage
     assert again["already_sent"] + again["finished"] == counts["sent"]
 
 
-def test_connection_watch_runs_end_to_end(run_dag, leap_conn, emu) -> None:
-    done = sorted({r["ref_id"] for r in emu.records if r["connection_status"] == "COMPLETED"})[:3]
+@pytest.mark.usefixtures("leap_conn")
+def test_connection_watch_runs_end_to_end(run_dag, leap_emulator) -> None:
+    done = sorted(
+        {r["ref_id"] for r in leap_emulator.records if r["connection_status"] == "COMPLETED"}
+    )[:3]
     source = (EXAMPLES / "leap_connection_watch.py").read_text()
     result = run_dag("leap_connection_watch", source, run_conf={"ref_ids": done})
     assert result.state == "success", result.task_states
     rows = result.xcoms[("follow_up_meters", "return_value")]
     assert sorted(row["ref_id"] for row in rows) == done
-    visible = {m["meter_id"] for m in emu.visible_meters()}
+    visible = {m["meter_id"] for m in leap_emulator.visible_meters()}
     for row in rows:
         assert set(row["meters"]) <= visible
         assert (
@@ -187,15 +191,15 @@ def _customers(emu):  # type: ignore[no-untyped-def]
 
 
 def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
-    run_dag, reengagement_env, emu
+    run_dag, reengagement_env, leap_emulator
 ) -> None:  # type: ignore[no-untyped-def]
-    _customers(emu)
+    _customers(leap_emulator)
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
     events = (EXAMPLES / "leap_connect_events.py").read_text()
     sent: list[tuple[str, str, int]] = []
 
     def run(name: str, source: str, at: datetime, **kwargs: object) -> None:
-        emu.now = at
+        leap_emulator.now = at
         result = run_dag(name, source, run_after=at, **kwargs)
         assert result.state == "success", result.task_states
         counts = result.xcoms[("message_customers", "return_value")]
@@ -236,7 +240,8 @@ def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_e
     assert _outbox(reengagement_env) == []
 
 
-def test_a_bad_cadence_is_an_import_error_that_says_why(airflow_db, tmp_path) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_a_bad_cadence_is_an_import_error_that_says_why(tmp_path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     (tmp_path / "bad_cadence.py").write_text(

@@ -13,6 +13,8 @@ import pytest
 from airflow.exceptions import AirflowException
 
 from airflow_provider_leap import get_provider_info, wire
+from airflow_provider_leap.config import KNOWN_EXTRAS
+from airflow_provider_leap.errors import LeapAuthError, LeapConfigError
 from airflow_provider_leap.hooks.leap import LeapException, LeapHook, connection_json
 from airflow_provider_leap.models import ConnectRecord
 from airflow_provider_leap.testing import EMULATOR_API_KEY
@@ -26,137 +28,139 @@ def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: object) ->
     )
 
 
-def test_hook_streams_typed_records(leap_conn, emu) -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_hook_streams_typed_records(leap_emulator) -> None:
     hook = LeapHook()
-    records = hook.get_connections()
+    records = hook.get_connect_records()
     assert all(isinstance(r, ConnectRecord) for r in records)
-    assert Counter(r.id for r in records) == Counter(r["id"] for r in emu.records)
+    assert Counter(r.id for r in records) == Counter(r["id"] for r in leap_emulator.records)
     assert hook.client is hook.client  # one session per hook
+    assert [r.id for r in hook.iter_connect_records(ref_ids="Test1012")] == [
+        r["id"] for r in leap_emulator.records if r["ref_id"] == "Test1012"
+    ]
 
 
-def test_hook_errors_are_airflow_exceptions_without_the_key(monkeypatch, emu) -> None:
-    set_conn(monkeypatch, "leap_bad", host=emu.url, password="partner:secret-key-123")
+@pytest.mark.usefixtures("leap_conn")
+def test_old_names_still_work_for_one_release() -> None:
+    hook = LeapHook()
+    with pytest.warns(
+        DeprecationWarning, match="get_connections is deprecated; use get_connect_records"
+    ):
+        old = hook.get_connections(ref_ids=["Test1012"])
+    with pytest.warns(DeprecationWarning, match="iter_connections is deprecated"):
+        assert list(hook.iter_connections(ref_ids=["Test1012"])) == old
+    with pytest.warns(DeprecationWarning, match="iter_connections is deprecated"):
+        assert list(hook.client.iter_connections(ref_ids=["Test1012"])) == old
+
+
+def test_hook_errors_are_airflow_exceptions_without_the_key(monkeypatch, leap_emulator) -> None:
+    set_conn(monkeypatch, "leap_bad", host=leap_emulator.url, password="partner:secret-key-123")
     with pytest.raises(LeapException) as err:
-        LeapHook("leap_bad").get_connections()
+        LeapHook("leap_bad").get_connect_records()
     assert isinstance(err.value, AirflowException)
     assert err.value.status == 403
+    assert isinstance(err.value.__cause__, LeapAuthError)
     assert "partner:secret-key-123" not in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("extra", "expected"),
-    [
-        ({}, wire.PRODUCTION_URL),
-        ({"environment": "production"}, wire.PRODUCTION_URL),
-        ({"environment": "staging"}, wire.STAGING_URL),
-        ({"extra__leap__environment": "staging"}, wire.STAGING_URL),
-    ],
-)
-def test_environment_picks_the_host(monkeypatch, extra, expected) -> None:
-    set_conn(monkeypatch, "leap_env", password="k:k", extra=extra)
-    assert LeapHook("leap_env").client.base_url == expected
+def test_an_unusable_connection_is_a_leap_exception_naming_it(monkeypatch) -> None:
+    set_conn(monkeypatch, "leap_x", password="k:k", extra={"enviroment": "staging"})
+    with pytest.raises(
+        LeapException, match="Leap connection 'leap_x': unknown extra 'enviroment'"
+    ) as err:
+        LeapHook("leap_x").get_connect_records()
+    assert isinstance(err.value.__cause__, LeapConfigError)
 
 
-def test_unknown_environment_is_a_clear_error(monkeypatch) -> None:
-    set_conn(monkeypatch, "leap_env", password="k:k", extra={"environment": "prod"})
-    with pytest.raises(LeapException, match="environment 'prod' is not one of"):
-        LeapHook("leap_env").client  # noqa: B018
+@pytest.mark.usefixtures("leap_conn")
+def test_argument_errors_raise_at_the_call() -> None:
+    with pytest.raises(LeapException, match="Reference ID 'a/b' is not valid for Leap"):
+        LeapHook().iter_connect_records(ref_ids=["a/b"])
+    with pytest.raises(LeapException, match="meters page_size must be 1 to 500"):
+        LeapHook().iter_meters(page_size=501)
 
 
-def test_plain_http_to_remote_host_is_refused(monkeypatch) -> None:
-    set_conn(monkeypatch, "leap_http", host="http://leap.example.com", password="k:k")
-    with pytest.raises(LeapException, match="allow_insecure_http"):
-        LeapHook("leap_http").client  # noqa: B018
+def test_constructor_settings_replace_the_connections(monkeypatch, leap_emulator) -> None:
     set_conn(
         monkeypatch,
-        "leap_http",
-        host="http://leap.example.com",
-        password="k:k",
-        extra={"allow_insecure_http": "true"},
+        "leap_x",
+        host=leap_emulator.url,
+        password=EMULATOR_API_KEY,
+        extra={"timeout": 7},
     )
-    assert LeapHook("leap_http").client.base_url == "http://leap.example.com"
+    assert LeapHook("leap_x").config.timeout == 7.0
+    assert LeapHook("leap_x", timeout=120, page_size=50).config.timeout == 120.0
+    with pytest.raises(LeapException, match="timeout must be seconds > 0"):
+        LeapHook("leap_x", timeout=0).config  # noqa: B018
 
 
-def test_invalid_extra_is_named(monkeypatch) -> None:
-    set_conn(
-        monkeypatch, "leap_x", host="https://x.test", password="k:k", extra={"timeout": "soon"}
-    )
-    with pytest.raises(LeapException, match="extra timeout='soon' is not a number"):
-        LeapHook("leap_x").client  # noqa: B018
+def test_wire_name_extras_reach_the_requests(monkeypatch, leap_emulator) -> None:
+    extra = {"connections_path": "/v9/elsewhere", "page_size": 321}
+    set_conn(monkeypatch, "leap_x", host=leap_emulator.url, password=EMULATOR_API_KEY, extra=extra)
+    with pytest.raises(LeapException, match="GET /v9/elsewhere answered HTTP 404"):
+        LeapHook("leap_x").get_connect_records()
+    assert leap_emulator.requests[-1].path == "/v9/elsewhere"
+    assert dict(leap_emulator.requests[-1].query)["page-size"] == "321"
+
+
+@pytest.mark.usefixtures("leap_conn")
+def test_meters_through_the_hook(leap_emulator) -> None:
+    records = leap_emulator.records
+    completed = sorted({r["ref_id"] for r in records if r["connection_status"] == "COMPLETED"})
+    meters = LeapHook().search_meters(connection_reference_ids=completed)
+    assert {m.meter_id for m in meters} == {m["meter_id"] for m in leap_emulator.visible_meters()}
+
+
+@pytest.mark.usefixtures("leap_conn")
+def test_check_ref_ids_errors_are_leap_exceptions(monkeypatch, leap_emulator) -> None:
+    result = LeapHook().check_ref_ids(["Test1012"], ["COMPLETED"])
+    assert result.waiting == {"Test1012": ["ERROR"]}
+    set_conn(monkeypatch, "leap_bad", host=leap_emulator.url, password="nope:nope")
+    with pytest.raises(LeapException, match="HTTP 403"):
+        LeapHook("leap_bad").check_ref_ids(["Test1012"], ["COMPLETED"])
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("fields", "expected"),
     [
-        ({"timeout": 0}, "timeout must be > 0"),
-        ({"page_size": 0}, "page_size must be a positive integer"),
-        ({"max_retries": -1}, "max_retries must be >= 0"),
+        ({"password": "nope:nope"}, "HTTP 403"),
+        ({"password": "abcd:SECRET\nX-Evil: 1"}, "holds a space, line break or other control"),
+        ({"password": "abcd:SECRET\u200b"}, "holds a non-ASCII character (U+200B"),
+        ({"password": "k:k", "extra": {"timeout": "nan"}}, "extra timeout='nan' is not a finite"),
+        ({"password": "k:k", "extra": "[1, 2]"}, "must be a JSON object of settings"),
     ],
 )
-def test_out_of_range_extras_are_refused(monkeypatch, extra, message) -> None:
-    set_conn(monkeypatch, "leap_x", host="https://x.test", password="k:k", extra=extra)
-    with pytest.raises(LeapException, match=message):
-        LeapHook("leap_x").client  # noqa: B018
+def test_test_connection_always_answers(monkeypatch, leap_emulator, fields, expected) -> None:
+    fields = {"host": leap_emulator.url, **fields}
+    if "\\" in fields["password"]:
+        fields["password"] = fields["password"].encode().decode("unicode_escape")
+    set_conn(monkeypatch, "leap_t", **fields)
+    ok, message = LeapHook("leap_t").test_connection()
+    assert not ok and expected in message
+    assert "SECRET" not in message and "nope:nope" not in message
 
 
-def test_empty_form_fields_mean_the_defaults(monkeypatch) -> None:
-    empty = {
-        "timeout": None,
-        "page_size": "",
-        "max_retries": None,
-        "max_retry_wait": "",
-        "retry_backoff": None,
-        "environment": None,
-    }
-    set_conn(monkeypatch, "leap_x", password="k:k", extra=empty)
-    client = LeapHook("leap_x").client
-    assert (client.timeout, client.page_size, client.retry.max_retries) == (30.0, 500, 5)
-    assert client.base_url == wire.PRODUCTION_URL
+def test_test_connection_answers_for_a_missing_connection_and_an_unknown_host(monkeypatch) -> None:
+    ok, message = LeapHook("leap_missing").test_connection()
+    assert not ok and "leap_missing" in message
+    set_conn(monkeypatch, "leap_dns", host="https://no-such-host.invalid", password="k:k")
+    ok, message = LeapHook("leap_dns").test_connection()
+    assert not ok and "host name does not resolve" in message
 
 
-def test_extras_configure_timeout_retries_page_size_and_wire_names(monkeypatch, emu) -> None:
-    extra = {
-        "timeout": 7,
-        "max_retries": 2,
-        "max_retry_wait": 9,
-        "retry_backoff": 0.25,
-        "page_size": 321,
-        "connections_path": "/v9/elsewhere",
-    }
-    set_conn(monkeypatch, "leap_x", host=emu.url, password=EMULATOR_API_KEY, extra=extra)
-    client = LeapHook("leap_x").client
-    assert (client.timeout, client.retry.max_retries, client.retry.max_wait) == (7.0, 2, 9.0)
-    assert client.retry.backoff_base == 0.25
-    assert client.page_size == 321
-    with pytest.raises(LeapException, match="GET /v9/elsewhere answered HTTP 404"):
-        LeapHook("leap_x").get_connections()
-    assert emu.requests[-1].path == "/v9/elsewhere"
+@pytest.mark.usefixtures("leap_conn")
+def test_test_connection_succeeds() -> None:
+    assert LeapHook().test_connection() == (
+        True,
+        f"Connected to Leap at {LeapHook().config.base_url}: the Connect API answered.",
+    )
 
 
-def test_meters_through_the_hook(leap_conn, emu) -> None:
-    completed = sorted({r["ref_id"] for r in emu.records if r["connection_status"] == "COMPLETED"})
-    meters = LeapHook().search_meters(connection_reference_ids=completed)
-    assert {m.meter_id for m in meters} == {m["meter_id"] for m in emu.visible_meters()}
-
-
-def test_test_connection(leap_conn, monkeypatch, emu) -> None:
-    assert LeapHook().test_connection()[0] is True
-    set_conn(monkeypatch, "leap_bad", host=emu.url, password="nope:nope")
-    ok, message = LeapHook("leap_bad").test_connection()
-    assert not ok and "HTTP 403" in message and "nope:nope" not in message
-
-
-def test_ui_metadata_and_hook_agree() -> None:
+def test_the_form_is_the_hooks_and_its_fields_are_extras() -> None:
     (conn_type,) = get_provider_info()["connection-types"]
-    behaviour = conn_type["ui-field-behaviour"]
-    assert LeapHook.get_ui_field_behaviour() == {
-        "hidden_fields": behaviour["hidden-fields"],
-        "relabeling": behaviour["relabeling"],
-        "placeholders": behaviour["placeholders"],
-    }
     assert conn_type["connection-type"] == LeapHook.conn_type
     assert conn_type["hook-class-name"] == f"{LeapHook.__module__}.{LeapHook.__qualname__}"
-    assert behaviour["relabeling"]["password"] == "API key"
+    assert set(conn_type["conn-fields"]) <= set(KNOWN_EXTRAS)
     assert conn_type["conn-fields"]["environment"]["schema"]["enum"] == list(wire.ENVIRONMENT_URLS)
 
 
@@ -179,13 +183,13 @@ def _airflow_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def test_airflow_cli_lists_the_provider_and_tests_the_connection(emu, tmp_path) -> None:
+def test_airflow_cli_lists_the_provider_and_tests_the_connection(leap_emulator, tmp_path) -> None:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-        "AIRFLOW_CONN_LEAP_DEFAULT": connection_json(emu.url, EMULATOR_API_KEY),
-        "AIRFLOW_CONN_LEAP_WRONG": connection_json(emu.url, "wrong:key"),
+        "AIRFLOW_CONN_LEAP_DEFAULT": connection_json(leap_emulator.url, EMULATOR_API_KEY),
+        "AIRFLOW_CONN_LEAP_WRONG": connection_json(leap_emulator.url, "wrong:key"),
     }
     listed = _airflow_cli("providers", "list", "-o", "json", env=env)
     assert listed.returncode == 0, listed.stderr
@@ -197,6 +201,18 @@ def test_airflow_cli_lists_the_provider_and_tests_the_connection(emu, tmp_path) 
     bad = _airflow_cli("connections", "test", "leap_wrong", env=env)
     assert "HTTP 403" in bad.stdout + bad.stderr
     assert "wrong:key" not in bad.stdout + bad.stderr
+
+
+def test_the_ui_test_button_answers_for_a_damaged_key(monkeypatch, leap_emulator) -> None:
+    """Airflow's own ``Connection.test_connection`` (the UI's and the CLI's path) gets an answer
+    that names the problem and not the key."""
+    from airflow.models.connection import Connection
+
+    broken = connection_json(leap_emulator.url, "abcd:SECRETKEY123\nfoo")
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_BROKEN", broken)
+    ok, message = Connection.get_connection_from_secrets("leap_broken").test_connection()
+    assert not ok and "line break or other control character" in message
+    assert "SECRETKEY" not in message
 
 
 def test_ui_connection_form_as_airflow_3_serves_it() -> None:

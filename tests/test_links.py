@@ -16,7 +16,7 @@ from airflow_provider_leap.sensors.connect import ConnectStatusSensor
     ("conn", "expected"),
     [
         ({"password": "k:k"}, wire.PORTAL_URLS["production"]),
-        ({"password": "k:k", "extra": {"environment": "staging"}}, wire.PORTAL_URLS["staging"]),
+        ({"password": "k:k", "extra": {"environment": " Staging "}}, wire.PORTAL_URLS["staging"]),
         (
             {"host": "https://api.staging.leap.energy", "password": "k:k"},
             wire.PORTAL_URLS["staging"],
@@ -45,10 +45,10 @@ def test_link_follows_the_connections_environment(monkeypatch, conn, expected) -
 def test_link_is_registered_with_airflow() -> None:
     link_path = f"{LeapConnectionsLink.__module__}.{LeapConnectionsLink.__qualname__}"
     assert link_path in get_provider_info()["extra-links"]
-    assert LeapConnectionsLink.name == "Leap Connections"
 
 
-def test_link_is_stored_when_the_task_runs(run_dag, leap_conn, emu) -> None:
+@pytest.mark.usefixtures("leap_conn")
+def test_link_is_stored_when_the_task_runs(run_dag, leap_emulator) -> None:
     source = """
 from datetime import datetime, timezone
 from airflow.sdk import DAG

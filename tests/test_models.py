@@ -12,7 +12,6 @@ from airflow_provider_leap.models import (
     UtilityStatus,
     connect_record_from_mapping,
     decode_connect_record,
-    parse_timestamp,
 )
 
 
@@ -85,27 +84,6 @@ def test_malformed_record_keeps_what_is_readable() -> None:
     record = decode_connect_record(b'{"id": "x", "ref_id": "abc", "utility_connections": 3}')
     assert (record.id, record.ref_id) == ("x", "abc")
     assert "utility_connections" in (record.parse_error or "")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2023-01-11T02:44:57Z", datetime(2023, 1, 11, 2, 44, 57, tzinfo=timezone.utc)),
-        (
-            "2024-10-21T11:43:05.892Z",
-            datetime(2024, 10, 21, 11, 43, 5, 892000, tzinfo=timezone.utc),
-        ),
-        ("2024-10-21T13:43:05+02:00", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
-        ("2024-10-21T11:43:05", datetime(2024, 10, 21, 11, 43, 5, tzinfo=timezone.utc)),
-        ("0001-01-01T00:00:00+01:00", None),
-        ("yesterday", None),
-        ("", None),
-        (None, None),
-        (12345, None),
-    ],
-)
-def test_parse_timestamp(text: object, expected: datetime | None) -> None:
-    assert parse_timestamp(text) == expected
 
 
 def test_last_interaction_falls_back_to_start() -> None:

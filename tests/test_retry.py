@@ -29,9 +29,10 @@ def test_other_statuses_are_not_retried(status: int) -> None:
         ("7", 7.0),
         (" 2.5 ", 2.5),
         ("0", 0.0),
-        ("-3", 0.0),
+        ("-3", None),  # unusable: back off instead of retrying back to back
+        ("inf", None),
         (format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0),
-        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), 0.0),
+        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), None),
         ("Sat, 28 Nov 2026 12:01:00 GMT", 60.0),
         ("soon", None),
         ("", None),
@@ -76,10 +77,23 @@ def test_total_wait_bound_includes_retry_after() -> None:
     assert policy.next_wait(1, 9.5, rng) is None
     # A Retry-After longer than what is left ends the retries at once instead of waiting.
     assert policy.next_wait(1, 0.0, rng, retry_after=11.0) is None
+    assert policy.give_up_reason(1, 4.0, 11.0) == (
+        "Leap asked to wait 11 s (Retry-After), more than the 6 s left of max_retry_wait=10 s; "
+        "raise max_retry_wait to wait it out"
+    )
+    assert policy.give_up_reason(11, 0.0, None) == "max_retries=10 spent"
+    assert policy.give_up_reason(1, 9.5, None) == "the next wait would pass max_retry_wait=10 s"
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_retries": -1}, {"jitter": 1.5}, {"max_wait": -1.0}, {"backoff_base": -1.0}]
+    "kwargs",
+    [
+        {"max_retries": -1},
+        {"jitter": 1.5},
+        {"max_wait": -1.0},
+        {"max_wait": float("inf")},
+        {"backoff_base": -1.0},
+    ],
 )
 def test_invalid_policy_is_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

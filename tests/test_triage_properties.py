@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_triage import CASES
 
 from airflow_provider_leap.models import connect_record_from_mapping
 from airflow_provider_leap.triage import BUCKETS, Reason, TriageResult, split_reason, triage
@@ -15,23 +16,11 @@ from airflow_provider_leap.triage import BUCKETS, Reason, TriageResult, split_re
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 SETTINGS = settings(max_examples=200, deadline=None)
 
-# Which reasons each bucket may carry: a record in the wrong bucket for its reason is a bug.
-REASONS_BY_BUCKET = {
-    "completed": {Reason.COMPLETED},
-    "not_started": {Reason.NOT_STARTED},
-    "utility_not_connected": {Reason.NOT_CONNECTED},
-    "utility_error": {Reason.ERROR},
-    "agreements_pending": {Reason.AGREEMENT},
-    "other_utility": {Reason.OTHER_UTILITY},
-    "too_recent": {Reason.QUIET_PERIOD},
-    "needs_review": {
-        Reason.MALFORMED,
-        Reason.UNKNOWN_STATUS,
-        Reason.NO_UTILITIES,
-        Reason.UNKNOWN_UTILITY_STATUS,
-        Reason.STATUS_MISMATCH,
-    },
-}
+# Which reasons each bucket may carry, from the decision table's own cases: a record in the
+# wrong bucket for its reason is a bug.
+REASONS_BY_BUCKET: dict[str, set[str]] = {}
+for case in CASES.values():
+    REASONS_BY_BUCKET.setdefault(case.bucket, set()).add(split_reason(case.reason)[0])
 DETAIL_KEYS_BY_BUCKET = {
     "utility_error": {"error_codes", "utilities"},
     "utility_not_connected": {"utilities"},

@@ -243,7 +243,7 @@ def leap(make_client):  # type: ignore[no-untyped-def]
     return make_client()
 
 
-def test_ensure_webhook_creates_keeps_then_updates(leap, emu: LeapEmulator) -> None:  # type: ignore[no-untyped-def]
+def test_ensure_webhook_creates_keeps_then_updates(leap, leap_emulator: LeapEmulator) -> None:  # type: ignore[no-untyped-def]
     url = "https://airflow.example.com/leap/webhooks/leap_default"
     headers = {"X-Leap-Webhook-Secret": SECRET}
     first = wh.ensure_webhook(leap, url, headers=headers)
@@ -273,7 +273,7 @@ def test_ensure_webhook_removes_other_subscriptions_to_the_same_url(leap) -> Non
     assert sorted(w.webhook_id for w in wh.list_webhooks(leap)) == sorted([kept, other])
 
 
-def test_subscription_calls_round_trip(leap, emu: LeapEmulator) -> None:  # type: ignore[no-untyped-def]
+def test_subscription_calls_round_trip(leap, leap_emulator: LeapEmulator) -> None:  # type: ignore[no-untyped-def]
     webhook_id = wh.create_webhook(leap, "http://127.0.0.1:9/nobody-listens")
     assert wh.update_webhook(leap, webhook_id, "https://b.example.com/h") == webhook_id
     assert [w.receiver_url for w in wh.list_webhooks(leap)] == ["https://b.example.com/h"]
@@ -285,19 +285,19 @@ def test_subscription_calls_round_trip(leap, emu: LeapEmulator) -> None:  # type
         wh.update_webhook(leap, webhook_id, "https://b.example.com/h")
 
 
-def test_a_create_that_failed_is_not_retried_and_ensure_finds_it(leap, emu) -> None:  # type: ignore[no-untyped-def]
-    emu.faults.fail_next(1, "unavailable")  # Leap created it, the answer was lost
+def test_a_create_that_failed_is_not_retried_and_ensure_finds_it(leap, leap_emulator) -> None:  # type: ignore[no-untyped-def]
+    leap_emulator.faults.fail_next(1, "unavailable")  # Leap created it, the answer was lost
     url = "https://airflow.example.com/leap/webhooks/leap_default"
     with pytest.raises(LeapAPIError, match="503"):
         wh.create_webhook(leap, url)
-    assert emu.request_log.count(wh.WEBHOOKS_PATH) == 1  # no blind retry of a create
+    assert leap_emulator.request_log.count(wh.WEBHOOKS_PATH) == 1  # no blind retry of a create
     assert wh.ensure_webhook(leap, url).action == "unchanged"
 
 
-def test_unknown_event_types_in_a_listing_are_data(leap, emu) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_event_types_in_a_listing_are_data(leap, leap_emulator) -> None:  # type: ignore[no-untyped-def]
     from airflow_provider_leap.testing.webhooks import Subscription
 
-    emu.webhooks._subscriptions["w-1"] = Subscription(
+    leap_emulator.webhooks._subscriptions["w-1"] = Subscription(
         "w-1", "https://x.example.com", ["connect_session.renamed"], []
     )
     [webhook] = wh.list_webhooks(leap)
@@ -342,16 +342,18 @@ def test_the_emulator_validates_subscriptions(leap, body: dict[str, Any], messag
     assert message in str(caught.value)
 
 
-def test_the_emulator_answers_leaps_error_shape(emu: LeapEmulator) -> None:
+def test_the_emulator_answers_leaps_error_shape(leap_emulator: LeapEmulator) -> None:
     import requests
 
     auth = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}
-    missing = requests.get(emu.url + wh.WEBHOOKS_PATH, timeout=10)
+    missing = requests.get(leap_emulator.url + wh.WEBHOOKS_PATH, timeout=10)
     assert missing.status_code == 401
     assert missing.json() == {"error": "Unauthorized", "message": "Auth token is invalid"}
-    gone = requests.delete(f"{emu.url}{wh.WEBHOOKS_PATH}/{uuid.uuid4()}", headers=auth, timeout=10)
+    gone = requests.delete(
+        f"{leap_emulator.url}{wh.WEBHOOKS_PATH}/{uuid.uuid4()}", headers=auth, timeout=10
+    )
     assert (gone.status_code, gone.json()["error"]) == (404, "Not Found")
-    wrong = requests.patch(emu.url + wh.WEBHOOKS_PATH, headers=auth, timeout=10)
+    wrong = requests.patch(leap_emulator.url + wh.WEBHOOKS_PATH, headers=auth, timeout=10)
     assert (wrong.status_code, wrong.headers["Allow"]) == (405, "GET, POST")
 
 
@@ -398,14 +400,14 @@ START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
 def test_customers_acting_are_delivered_with_the_subscription_headers(
-    leap, emu: LeapEmulator, catcher: Catcher
+    leap, leap_emulator: LeapEmulator, catcher: Catcher
 ) -> None:  # type: ignore[no-untyped-def]
     wh.ensure_webhook(leap, catcher.url, headers={"X-Leap-Webhook-Secret": SECRET})
     population = Population(seed=4, customers=30, start=START, days=1)
-    emu.now = START
-    emu.play(population)
-    emu.advance(timedelta(hours=8))
-    assert emu.webhooks.wait_idle(30)
+    leap_emulator.now = START
+    leap_emulator.play(population)
+    leap_emulator.advance(timedelta(hours=8))
+    assert leap_emulator.webhooks.wait_idle(30)
     expected = [
         (journey.ref_id, payload["status"])
         for customer in population.customers
@@ -423,34 +425,38 @@ def test_customers_acting_are_delivered_with_the_subscription_headers(
 
 
 def test_failed_deliveries_are_retried_on_leaps_schedule(
-    leap, emu: LeapEmulator, catcher: Catcher
+    leap, leap_emulator: LeapEmulator, catcher: Catcher
 ) -> None:  # type: ignore[no-untyped-def]
-    emu.webhooks.time_scale = 0.0002  # Leap's 8 hours in about 6 seconds
+    leap_emulator.webhooks.time_scale = 0.0002  # Leap's 8 hours in about 6 seconds
     wh.ensure_webhook(leap, catcher.url)
     catcher.statuses = [500, 503, 404]
-    event_id = emu.webhooks.emit(wh.sample_payload("cust-1"))
-    assert emu.webhooks.wait_idle(30)
-    attempts = [(d.attempt, d.status) for d in emu.webhooks.deliveries]
+    event_id = leap_emulator.webhooks.emit(wh.sample_payload("cust-1"))
+    assert leap_emulator.webhooks.wait_idle(30)
+    attempts = [(d.attempt, d.status) for d in leap_emulator.webhooks.deliveries]
     assert attempts == [(1, 500), (2, 503), (3, 404), (4, 200)]
     assert {e.event_id for e in catcher.events()} == {event_id}  # the same event each time
     gaps = [
         b.at - a.at
-        for a, b in zip(emu.webhooks.deliveries, emu.webhooks.deliveries[1:], strict=False)
+        for a, b in zip(
+            leap_emulator.webhooks.deliveries, leap_emulator.webhooks.deliveries[1:], strict=False
+        )
     ]
     assert gaps[1] >= RETRY_DELAYS[1] * 0.0002 and gaps[2] >= RETRY_DELAYS[2] * 0.0002
 
 
-def test_leap_gives_up_after_ten_retries(leap, emu: LeapEmulator, catcher: Catcher) -> None:  # type: ignore[no-untyped-def]
-    emu.webhooks.time_scale = 0.00002
+def test_leap_gives_up_after_ten_retries(
+    leap, leap_emulator: LeapEmulator, catcher: Catcher
+) -> None:  # type: ignore[no-untyped-def]
+    leap_emulator.webhooks.time_scale = 0.00002
     wh.ensure_webhook(leap, catcher.url)
     catcher.statuses = [500] * 20
-    emu.webhooks.emit(wh.sample_payload("cust-1"))
-    assert emu.webhooks.wait_idle(30)
-    assert [d.attempt for d in emu.webhooks.deliveries] == list(range(1, 12))
+    leap_emulator.webhooks.emit(wh.sample_payload("cust-1"))
+    assert leap_emulator.webhooks.wait_idle(30)
+    assert [d.attempt for d in leap_emulator.webhooks.deliveries] == list(range(1, 12))
 
 
 def test_the_test_endpoint_reports_the_receivers_answer(
-    leap, emu: LeapEmulator, catcher: Catcher
+    leap, leap_emulator: LeapEmulator, catcher: Catcher
 ) -> None:  # type: ignore[no-untyped-def]
     webhook_id = wh.ensure_webhook(leap, catcher.url).webhook_id
     ok = wh.send_test_event(leap, webhook_id)
@@ -465,11 +471,13 @@ def test_the_test_endpoint_reports_the_receivers_answer(
     assert [e.ref_id for e in catcher.events()] == ["leap-webhook-test"] * 2
 
 
-def test_a_deleted_subscription_gets_nothing(leap, emu: LeapEmulator, catcher: Catcher) -> None:  # type: ignore[no-untyped-def]
+def test_a_deleted_subscription_gets_nothing(
+    leap, leap_emulator: LeapEmulator, catcher: Catcher
+) -> None:  # type: ignore[no-untyped-def]
     webhook_id = wh.ensure_webhook(leap, catcher.url).webhook_id
     wh.delete_webhook(leap, webhook_id)
-    emu.webhooks.emit(wh.sample_payload("cust-1"))
-    assert emu.webhooks.wait_idle(10)
+    leap_emulator.webhooks.emit(wh.sample_payload("cust-1"))
+    assert leap_emulator.webhooks.wait_idle(10)
     assert catcher.deliveries == []
 
 
@@ -477,13 +485,15 @@ def test_a_deleted_subscription_gets_nothing(leap, emu: LeapEmulator, catcher: C
 
 
 def test_the_hook_subscribes_with_the_connections_secret(
-    emu: LeapEmulator, monkeypatch: pytest.MonkeyPatch
+    leap_emulator: LeapEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_leap.hooks.leap import LeapHook, connection_json
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_LEAP_HOOKED",
-        connection_json(emu.url, EMULATOR_API_KEY, webhook_secret=SECRET, webhook_header="X-Tok"),
+        connection_json(
+            leap_emulator.url, EMULATOR_API_KEY, webhook_secret=SECRET, webhook_header="X-Tok"
+        ),
     )
     hook = LeapHook("leap_hooked")
     url = "https://airflow.example.com/leap/webhooks/leap_hooked"
@@ -498,10 +508,14 @@ def test_the_hook_subscribes_with_the_connections_secret(
     assert hook.list_webhooks() == []
 
 
-def test_the_hook_says_what_is_missing(emu: LeapEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hook_says_what_is_missing(
+    leap_emulator: LeapEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from airflow_provider_leap.hooks.leap import LeapException, LeapHook, connection_json
 
-    monkeypatch.setenv("AIRFLOW_CONN_LEAP_BARE", connection_json(emu.url, EMULATOR_API_KEY))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_BARE", connection_json(leap_emulator.url, EMULATOR_API_KEY)
+    )
     hook = LeapHook("leap_bare")
     with pytest.raises(LeapException, match=r"leap_bare.*webhook_secret"):
         hook.ensure_webhook("https://airflow.example.com/leap/webhooks/leap_bare")

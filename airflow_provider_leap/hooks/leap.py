@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_leap import CONNECTION_FORM, wire
+from airflow_provider_leap import DEFAULT_CONN_ID
+from airflow_provider_leap.client import LeapClient, deprecated_alias
+from airflow_provider_leap.config import LeapConfig
+from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
 from airflow_provider_leap.errors import LeapError
+from airflow_provider_leap.watch import WatchResult, check_ref_ids
 
 if TYPE_CHECKING:
-    from airflow.sdk.definitions.connection import Connection
-
-    from airflow_provider_leap.client import LeapClient
-    from airflow_provider_leap.models import ConnectRecord, Meter
     from airflow_provider_leap.webhooks import EnsureResult, Webhook, WebhookTestResult
 
+P = ParamSpec("P")
+R = TypeVar("R")
 T = TypeVar("T")
 
 
 class LeapException(AirflowException):
-    """Provider exception for every Leap failure; the core error is kept as ``__cause__``.
+    """Every Leap failure, as Airflow sees it; the core error is its ``__cause__``.
 
     ``status`` and ``title`` carry the HTTP status and Leap's error title when there was one.
     """
@@ -36,220 +39,129 @@ class LeapException(AirflowException):
         self.title = title
 
 
-def _as_airflow_error(error: LeapError) -> LeapException:
-    return LeapException(
-        str(error), status=getattr(error, "status", None), title=getattr(error, "title", None)
-    )
-
-
-def _iter_airflow_errors(items: Iterator[T]) -> Iterator[T]:
+@contextlib.contextmanager
+def airflow_errors() -> Iterator[None]:
+    """Re-raise the core's errors as ``LeapException``, the message and the status kept."""
     try:
+        yield
+    except LeapError as exc:
+        status, title = getattr(exc, "status", None), getattr(exc, "title", None)
+        raise LeapException(str(exc), status=status, title=title) from exc
+
+
+def _translated(items: Iterator[T]) -> Iterator[T]:
+    with airflow_errors():
         yield from items
-    except LeapError as exc:
-        raise _as_airflow_error(exc) from exc
 
 
-def _call_airflow_errors(call: Callable[..., T], *args: Any) -> T:
-    try:
-        return call(*args)
-    except LeapError as exc:
-        raise _as_airflow_error(exc) from exc
+def _delegate(
+    method: Callable[Concatenate[LeapClient, P], R],
+) -> Callable[Concatenate[LeapHook, P], R]:
+    """The client's method as a hook method: same arguments, errors as ``LeapException``."""
+
+    @functools.wraps(method)
+    def call(hook: LeapHook, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with airflow_errors():
+            result = method(hook.client, *args, **kwargs)
+        return cast("R", _translated(result)) if isinstance(result, Iterator) else result
+
+    return call
 
 
-def connection_extras(conn: Connection) -> dict[str, Any]:
-    """The connection's extras; keys the UI may prefix (``extra__leap__x``) are unprefixed."""
-    raw = conn.extra_dejson if conn.extra else {}
-    prefix = f"extra__{LeapHook.conn_type}__"
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in raw.items()}
+def _collect(
+    method: Callable[Concatenate[LeapClient, P], Iterator[T]], name: str
+) -> Callable[Concatenate[LeapHook, P], list[T]]:
+    """The client's iterator method as a hook method ``name`` returning a list."""
+
+    def call(hook: LeapHook, /, *args: P.args, **kwargs: P.kwargs) -> list[T]:
+        with airflow_errors():
+            return list(method(hook.client, *args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"``{method.__name__}`` as a list (same arguments): for small result sets."
+    return call
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+def config_from_connection(conn: Any, **overrides: Any) -> LeapConfig:
+    """The connection parsed and checked (no request); ``overrides`` replace settings."""
+    with airflow_errors():
+        config = LeapConfig.from_connection(conn)
+        return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def base_url_for(conn: Connection, extras: Mapping[str, Any]) -> str:
-    """Host when set (full URL or bare host), else Leap's host for ``environment``."""
-    if conn.host:
-        host = conn.host.strip()
-        if "://" not in host and conn.schema in ("http", "https"):
-            host = f"{conn.schema}://{host}"
-        if conn.port and host.count(":") < 2:
-            host = f"{host}:{conn.port}"
-        return host
-    env = str(extras.get("environment") or "production").strip().lower()
-    if env not in wire.ENVIRONMENT_URLS:
-        raise LeapException(
-            f"Leap connection {conn.conn_id!r}: environment {env!r} is not one of "
-            f"{sorted(wire.ENVIRONMENT_URLS)}; or set the host to a base URL"
-        )
-    return wire.ENVIRONMENT_URLS[env]
-
-
-def environment_for(conn: Connection, extras: Mapping[str, Any]) -> str:
-    """``staging`` when the connection points there (by extra or host), else ``production``."""
-    host = (conn.host or "").lower()
-    if "staging" in host or str(extras.get("environment", "")).lower() == "staging":
-        return "staging"
-    return "production"
-
-
-def client_from_connection(conn: Connection, **overrides: Any) -> LeapClient:
-    """Build the HTTP core from an Airflow connection (shared by the hook and the trigger)."""
-    from airflow_provider_leap.client import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, LeapClient
-    from airflow_provider_leap.retry import RetryPolicy
-
-    extras = connection_extras(conn)
-
-    def number(key: str, default: float, cast: type = float) -> Any:
-        # The form sends null or "" for a field left empty: that means the default.
-        value = extras.get(key)
-        if value is None or value == "":
-            return default
-        try:
-            return cast(value)
-        except (TypeError, ValueError):
-            raise LeapException(
-                f"Leap connection {conn.conn_id!r}: extra {key}={value!r} is not a number"
-            ) from None
-
-    try:
-        retry = RetryPolicy(
-            max_retries=number("max_retries", RetryPolicy.max_retries, int),
-            max_wait=number("max_retry_wait", RetryPolicy.max_wait),
-            backoff_base=number("retry_backoff", RetryPolicy.backoff_base),
-        )
-    except ValueError as exc:
-        raise LeapException(f"Leap connection {conn.conn_id!r}: invalid extra: {exc}") from None
-    settings: dict[str, Any] = {
-        "timeout": number("timeout", DEFAULT_TIMEOUT),
-        "page_size": number("page_size", DEFAULT_PAGE_SIZE, int),
-        "retry": retry,
-        "wire_names": wire.WireNames.from_extras(extras),
-        "allow_insecure_http": _flag(extras.get("allow_insecure_http", False)),
-    }
-    settings.update(overrides)
-    try:
-        return LeapClient(base_url_for(conn, extras), conn.password or "", **settings)
-    except LeapError as exc:
-        raise LeapException(f"Leap connection {conn.conn_id!r}: {exc}") from exc
+def client_from_connection(conn: Any, **overrides: Any) -> LeapClient:
+    """A client for an Airflow connection (the deferrable trigger builds its own this way)."""
+    return LeapClient(config_from_connection(conn, **overrides))
 
 
 class LeapHook(BaseHook):
     """Talks to Leap's partner API through an Airflow connection of type ``leap``.
 
-    The connection's password is the API key; host is a base URL (empty: ``environment`` extra
-    picks production or staging). Extras: ``timeout``, ``max_retries``, ``max_retry_wait``,
-    ``retry_backoff`` (first backoff in seconds, doubling), ``page_size``,
-    ``allow_insecure_http``, ``portal_url`` and the wire-name overrides of
-    :class:`airflow_provider_leap.wire.WireNames`.
+    The connection's password is the API key; the host a base URL (empty: the ``environment``
+    extra picks production or staging). The extras are listed in the docs' connection page and
+    checked on first use. Keyword arguments replace settings of the connection, e.g.
+    ``LeapHook(timeout=120)``. Methods take the arguments of the same methods of
+    :class:`~airflow_provider_leap.client.LeapClient` and raise :class:`LeapException`.
 
     :param leap_conn_id: the Airflow connection to use.
     """
 
     conn_name_attr = "leap_conn_id"
-    default_conn_name = "leap_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "leap"
     hook_name = "Leap"
 
-    def __init__(self, leap_conn_id: str = default_conn_name, **client_overrides: Any) -> None:
+    def __init__(self, leap_conn_id: str = default_conn_name, **overrides: Any) -> None:
         super().__init__()
         self.leap_conn_id = leap_conn_id
-        self._client_overrides = client_overrides
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Form behaviour for Airflow versions that still ask the hook (same source as 3.x)."""
-        behaviour = CONNECTION_FORM["ui-field-behaviour"]
-        return {
-            "hidden_fields": list(behaviour["hidden-fields"]),
-            "relabeling": dict(behaviour["relabeling"]),
-            "placeholders": dict(behaviour["placeholders"]),
-        }
+        self._overrides = overrides
 
     @functools.cached_property
-    def connection(self) -> Connection:
-        return self.get_connection(self.leap_conn_id)
+    def config(self) -> LeapConfig:
+        """The connection, read and checked once: base URL, environment, portal, settings."""
+        return config_from_connection(self.get_connection(self.leap_conn_id), **self._overrides)
 
     @functools.cached_property
     def client(self) -> LeapClient:
         """One client (one keep-alive session) per hook instance."""
-        return client_from_connection(self.connection, **self._client_overrides)
+        return LeapClient(self.config)
 
     def get_conn(self) -> LeapClient:
         return self.client
 
-    def iter_connections(
-        self,
-        ref_ids: Iterable[str] | str | None = None,
-        started_after: datetime | date | str | None = None,
-        interacted_after: datetime | date | str | None = None,
-        page_size: int | None = None,
-    ) -> Iterator[ConnectRecord]:
-        """Stream every Connect record matching the filters (memory bounded by one page)."""
-        return _iter_airflow_errors(
-            self.client.iter_connections(ref_ids, started_after, interacted_after, page_size)
-        )
+    iter_connect_records = _delegate(LeapClient.iter_connect_records)
+    get_connect_records = _collect(LeapClient.iter_connect_records, "get_connect_records")
+    iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
+    get_connections = deprecated_alias(get_connect_records, "get_connections")
+    iter_meters = _delegate(LeapClient.iter_meters)
+    search_meters = _collect(LeapClient.iter_meters, "search_meters")
 
-    def get_connections(
-        self,
-        ref_ids: Iterable[str] | str | None = None,
-        started_after: datetime | date | str | None = None,
-        interacted_after: datetime | date | str | None = None,
-        page_size: int | None = None,
-    ) -> list[ConnectRecord]:
-        """All matching Connect records as a list: for small result sets."""
-        return list(self.iter_connections(ref_ids, started_after, interacted_after, page_size))
-
-    def iter_meters(
-        self,
-        connection_reference_ids: Iterable[str] | str | None = None,
-        created_after: datetime | date | str | None = None,
-        page_size: int | None = None,
-        **filters: Any,
-    ) -> Iterator[Meter]:
-        """Stream meters from ``POST /v2/meters/search`` (IDs sent 100 per request)."""
-        return _iter_airflow_errors(
-            self.client.iter_meters(connection_reference_ids, created_after, page_size, **filters)
-        )
-
-    def search_meters(
-        self,
-        connection_reference_ids: Iterable[str] | str | None = None,
-        created_after: datetime | date | str | None = None,
-        page_size: int | None = None,
-        **filters: Any,
-    ) -> list[Meter]:
-        """All meters matching the filters, across every page and ID chunk."""
-        return list(self.iter_meters(connection_reference_ids, created_after, page_size, **filters))
+    def check_ref_ids(
+        self, ref_ids: Collection[str], targets: Collection[str], fails: Collection[str] = ()
+    ) -> WatchResult:
+        """Where these Reference IDs stand: one pass over the Connect API (the sensor's poke)."""
+        with airflow_errors():
+            return check_ref_ids(self.client, ref_ids, targets, fails)
 
     def connect_url(self, ref_id: str, transmission_region: str) -> str | None:
         """The customer's Leap Connect link, from the extras ``connect_account`` (required),
         ``connect_variant`` and ``connect_base_url``; None when no account is configured."""
-        from airflow_provider_leap.connect_url import (
-            DEFAULT_CONNECT_BASE_URL,
-            DEFAULT_VARIANT,
-            connect_url,
-        )
-
-        extras = connection_extras(self.connection)
-        account = extras.get("connect_account")
-        if not account:
+        config = self.config
+        if not config.connect_account:
             return None
         return connect_url(
             ref_id,
             transmission_region=transmission_region,
-            account=str(account),
-            variant=str(extras.get("connect_variant") or DEFAULT_VARIANT),
-            base_url=str(extras.get("connect_base_url") or DEFAULT_CONNECT_BASE_URL),
+            account=config.connect_account,
+            variant=config.connect_variant or DEFAULT_VARIANT,
+            base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
         )
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap request, no retries: for ``airflow connections test`` and the UI button."""
         try:
             return self.client.check()
-        except (LeapException, LeapError) as exc:
+        except Exception as exc:  # the Test button gets an answer, whatever went wrong
             return False, str(exc)
 
     def __repr__(self) -> str:
@@ -262,20 +174,23 @@ class LeapHook(BaseHook):
         ``x-leap-webhook-secret``) and ``webhook_secret``: what a subscription must send."""
         from airflow_provider_leap.webhooks import receiver_secret
 
-        extras = connection_extras(self.connection)
-        try:
-            header, secret = receiver_secret(
-                extras.get("webhook_header"), extras.get("webhook_secret")
-            )
-        except LeapError as exc:
-            raise LeapException(f"Leap connection {self.leap_conn_id!r}: {exc}") from exc
+        with airflow_errors():
+            header, secret = receiver_secret(self.config.webhook_header, self.config.webhook_secret)
         return {header: secret}
+
+    def _subscription(
+        self, events: Sequence[str] | None, headers: Mapping[str, str] | None
+    ) -> tuple[Sequence[str], Mapping[str, str]]:
+        from airflow_provider_leap.webhooks import CONNECT_EVENT_TYPES
+
+        return events or CONNECT_EVENT_TYPES, self.webhook_headers() if headers is None else headers
 
     def list_webhooks(self) -> list[Webhook]:
         """Every webhook subscription of this connection's API key."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import list_webhooks
 
-        return _call_airflow_errors(webhooks.list_webhooks, self.client)
+        with airflow_errors():
+            return list_webhooks(self.client)
 
     def create_webhook(
         self,
@@ -286,13 +201,11 @@ class LeapHook(BaseHook):
         """Subscribe ``receiver_url`` (default events: Connect sessions; default headers:
         :meth:`webhook_headers`) and return the ``webhook_id``. Not retried: prefer
         :meth:`ensure_webhook`, which is safe to repeat."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import create_webhook
 
-        events = event_types or webhooks.CONNECT_EVENT_TYPES
-        sent = self.webhook_headers() if headers is None else headers
-        return _call_airflow_errors(
-            webhooks.create_webhook, self.client, receiver_url, events, sent
-        )
+        events, sent = self._subscription(event_types, headers)
+        with airflow_errors():
+            return create_webhook(self.client, receiver_url, events, sent)
 
     def update_webhook(
         self,
@@ -302,28 +215,28 @@ class LeapHook(BaseHook):
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """Overwrite every setting of subscription ``webhook_id`` (defaults as for create)."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import update_webhook
 
-        events = event_types or webhooks.CONNECT_EVENT_TYPES
-        sent = self.webhook_headers() if headers is None else headers
-        return _call_airflow_errors(
-            webhooks.update_webhook, self.client, webhook_id, receiver_url, events, sent
-        )
+        events, sent = self._subscription(event_types, headers)
+        with airflow_errors():
+            return update_webhook(self.client, webhook_id, receiver_url, events, sent)
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Remove subscription ``webhook_id``."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import delete_webhook
 
-        _call_airflow_errors(webhooks.delete_webhook, self.client, webhook_id)
+        with airflow_errors():
+            delete_webhook(self.client, webhook_id)
 
     def test_webhook(
         self, webhook_id: str, payload: Mapping[str, Any] | None = None
     ) -> WebhookTestResult:
         """Have Leap deliver a test event (default: a ``connect_session.updated`` click by
         ``leap-webhook-test``) and return what the receiver answered."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import send_test_event
 
-        return _call_airflow_errors(webhooks.send_test_event, self.client, webhook_id, payload)
+        with airflow_errors():
+            return send_test_event(self.client, webhook_id, payload)
 
     def ensure_webhook(
         self,
@@ -334,19 +247,14 @@ class LeapHook(BaseHook):
         """Make Leap deliver ``events`` (default: both Connect session events) to ``url`` with
         ``headers`` (default: :meth:`webhook_headers`): creates, updates or leaves the
         subscription as it is, and says which in ``EnsureResult.action``. Safe to repeat."""
-        from airflow_provider_leap import webhooks
+        from airflow_provider_leap.webhooks import ensure_webhook
 
-        wanted = events or webhooks.CONNECT_EVENT_TYPES
-        sent = self.webhook_headers() if headers is None else headers
-        result: EnsureResult = _call_airflow_errors(
-            webhooks.ensure_webhook, self.client, url, wanted, sent
-        )
+        wanted, sent = self._subscription(events, headers)
+        with airflow_errors():
+            result = ensure_webhook(self.client, url, wanted, sent)
+        removed = f" (removed duplicates {list(result.removed)})" if result.removed else ""
         self.log.info(
-            "Leap webhook %s for %s: %s%s",
-            result.webhook_id,
-            url,
-            result.action,
-            f" (removed duplicates {list(result.removed)})" if result.removed else "",
+            "Leap webhook %s for %s: %s%s", result.webhook_id, url, result.action, removed
         )
         return result
 

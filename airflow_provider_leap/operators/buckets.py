@@ -12,12 +12,9 @@ from airflow.sdk import task
 
 
 @task
-def bucket_items(value: Any, conn_id: str | None = None) -> list[dict[str, Any]]:
+def bucket_items(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """One bucket as this task's return value, so it can be mapped over with ``.expand``.
 
     Airflow refuses to map over an XCom pushed under a custom key such as ``"not_started"``.
-    Also reads a bucket that was offloaded to object storage (``conn_id`` for its credentials).
     """
-    from airflow_provider_leap.storage import load_bucket
-
-    return load_bucket(value, conn_id)
+    return items or []

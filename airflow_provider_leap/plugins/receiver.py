@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -68,13 +68,14 @@ class _Settings:
 def storage_root(url: str) -> Marker:
     """The inbox's root for ``[leap] ledger_url``: a plain path for local folders (no
     filesystem layer on the request path), an ``ObjectStoragePath`` otherwise."""
+    # Both fit Marker; pathlib's read-only ``name`` and wider signatures are not mypy's idea of it.
     if url.startswith("file://"):
-        return Path(url[len("file://") :])
+        return cast("Marker", Path(url[len("file://") :]))
     if "://" not in url:
-        return Path(url)
+        return cast("Marker", Path(url))
     from airflow.sdk import ObjectStoragePath
 
-    return ObjectStoragePath(url)  # type: ignore[return-value]
+    return cast("Marker", ObjectStoragePath(url))
 
 
 class Receiver:
@@ -118,8 +119,9 @@ class Receiver:
     def _read_settings(conn_id: str) -> _Settings:
         from airflow.sdk import BaseHook
 
+        from airflow_provider_leap.config import LeapConfig
         from airflow_provider_leap.errors import LeapConfigError
-        from airflow_provider_leap.hooks.leap import LeapHook, connection_extras
+        from airflow_provider_leap.hooks.leap import LeapHook
         from airflow_provider_leap.inbox import valid_folder_name
         from airflow_provider_leap.webhooks import receiver_secret
 
@@ -132,11 +134,9 @@ class Receiver:
             return _Settings(None, b"", "no such connection", now)
         if conn.conn_type != LeapHook.conn_type:
             return _Settings(None, b"", f"connection type is {conn.conn_type!r}, not 'leap'", now)
-        extras = connection_extras(conn)
         try:
-            header, secret = receiver_secret(
-                extras.get("webhook_header"), extras.get("webhook_secret")
-            )
+            config = LeapConfig.from_connection(conn)
+            header, secret = receiver_secret(config.webhook_header, config.webhook_secret)
         except LeapConfigError as exc:
             return _Settings(None, b"", str(exc), now)
         return _Settings(header, secret.encode(), "", now)
@@ -427,7 +427,9 @@ def create_app(receiver: Receiver | None = None) -> FastAPI:
     @app.post(ROUTE)
     async def receive(conn_id: str, request: Request) -> JSONResponse:
         received_at = datetime.now(timezone.utc)
-        settings = state.cached(conn_id) or await run_in_threadpool(state.settings, conn_id)
+        settings = state.cached(conn_id)
+        if settings is None:
+            settings = await run_in_threadpool(state.settings, conn_id)
         if settings.header is None:
             log.warning("Leap webhook for %r refused (401): %s", conn_id, settings.reason)
             return answer(401, error="unauthorized")

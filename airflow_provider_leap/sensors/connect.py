@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +14,11 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_provider_leap import wire
-from airflow_provider_leap.hooks.leap import LeapHook
+from airflow_provider_leap import DEFAULT_CONN_ID, wire
+from airflow_provider_leap.errors import LeapConfigError
 from airflow_provider_leap.links import LeapConnectionsLink
+from airflow_provider_leap.refids import ref_ids_argument
+from airflow_provider_leap.watch import statuses_argument
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -27,7 +29,7 @@ HOURLY = timedelta(hours=1).total_seconds()
 def _default_deferrable() -> bool:
     from airflow.sdk.configuration import conf
 
-    return conf.getboolean("operators", "default_deferrable", fallback=False)
+    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
 
 
 class ConnectStatusSensor(BaseSensorOperator):
@@ -39,17 +41,20 @@ class ConnectStatusSensor(BaseSensorOperator):
     named in the log. On success the XCom value is the matching records as small dicts.
 
     Leap refreshes connection data once an hour, so ``poke_interval`` defaults to one hour; a
-    shorter interval against a production host is allowed but logged as a warning.
+    shorter interval against a production host is allowed but logged as a warning. Arguments
+    are checked once rendered; a bad one fails the task with ``LeapException``.
 
-    :param ref_ids: Reference IDs: a list, or a string of comma-separated IDs. Templated.
-    :param target_statuses: statuses that count as reached (default ``("COMPLETED",)``).
-    :param fail_on_statuses: statuses that end the wait with a failure (default none).
-    :param leap_conn_id: Airflow connection of type ``leap``.
+    :param ref_ids: Reference IDs: a list, or comma-separated IDs; never empty. Templated.
+    :param target_statuses: statuses that count as reached: one, a list, or comma-separated
+        (default ``COMPLETED``; case does not matter). Templated.
+    :param fail_on_statuses: statuses that end the wait with a failure (default none), given
+        like ``target_statuses``. Templated.
+    :param leap_conn_id: Airflow connection of type ``leap``. Templated.
     :param deferrable: wait in the triggerer instead of a worker slot; defaults to Airflow's
         ``[operators] default_deferrable``. The sensor's ``timeout`` applies the same way.
     """
 
-    template_fields: Sequence[str] = ("ref_ids", "target_statuses", "fail_on_statuses")
+    template_fields = ("ref_ids", "target_statuses", "fail_on_statuses", "leap_conn_id")
     template_fields_renderers = {"ref_ids": "json"}
     ui_color = "#e8eef8"
     operator_extra_links = (LeapConnectionsLink(),)
@@ -58,9 +63,9 @@ class ConnectStatusSensor(BaseSensorOperator):
         self,
         *,
         ref_ids: str | Collection[str],
-        target_statuses: Collection[str] = ("COMPLETED",),
-        fail_on_statuses: Collection[str] = (),
-        leap_conn_id: str = LeapHook.default_conn_name,
+        target_statuses: str | Collection[str] = ("COMPLETED",),
+        fail_on_statuses: str | Collection[str] = (),
+        leap_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool | None = None,
         poke_interval: timedelta | float = HOURLY,
         **kwargs: Any,
@@ -71,32 +76,36 @@ class ConnectStatusSensor(BaseSensorOperator):
         self.fail_on_statuses = fail_on_statuses
         self.leap_conn_id = leap_conn_id
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
-        if set(target_statuses) & set(fail_on_statuses):
-            raise ValueError("A status cannot be both a target and a fail status")
 
-    def _ids(self) -> list[str]:
-        from airflow_provider_leap.watch import normalise_ref_ids
+    def arguments(self) -> tuple[list[str], list[str], list[str]]:
+        """The rendered IDs, target statuses and fail statuses, checked."""
+        from airflow_provider_leap.hooks.leap import airflow_errors
 
-        ids = normalise_ref_ids(self.ref_ids)
-        if not ids:
-            raise AirflowException("ConnectStatusSensor needs at least one Reference ID")
-        return ids
+        with airflow_errors():
+            ids = ref_ids_argument(self.ref_ids)
+            targets = statuses_argument(self.target_statuses, "target_statuses")
+            fails = statuses_argument(self.fail_on_statuses, "fail_on_statuses")
+            if not targets:
+                raise LeapConfigError("target_statuses is empty: name at least one status")
+            if set(targets) & set(fails):
+                raise LeapConfigError(
+                    f"{sorted(set(targets) & set(fails))} cannot be both a target and a fail status"
+                )
+        return ids, targets, fails
 
-    def _warn_if_polling_faster_than_refresh(self, hook: LeapHook) -> None:
-        if self.poke_interval < HOURLY and hook.client.base_url == wire.PRODUCTION_URL:
+    def poke(self, context: Context) -> PokeReturnValue:
+        # Imported here: the hook loads the HTTP stack, which parsing a DAG file need not pay for.
+        from airflow_provider_leap.hooks.leap import LeapHook
+
+        ids, targets, fails = self.arguments()
+        hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        if self.poke_interval < HOURLY and hook.config.base_url == wire.PRODUCTION_URL:
             self.log.warning(
                 "poke_interval is %.0f s but Leap refreshes Connect data once an hour: polling "
                 "production more often returns the same data and spends rate limit.",
                 self.poke_interval,
             )
-
-    def poke(self, context: Context) -> PokeReturnValue:
-        from airflow_provider_leap.watch import check_ref_ids
-
-        ids = self._ids()
-        hook = LeapHook(leap_conn_id=self.leap_conn_id)
-        self._warn_if_polling_faster_than_refresh(hook)
-        result = check_ref_ids(hook.client, ids, self.target_statuses, self.fail_on_statuses)
+        result = hook.check_ref_ids(ids, targets, fails)
         message = result.describe(len(ids))
         self.log.info("%s", message)
         if result.failed:
@@ -117,13 +126,14 @@ class ConnectStatusSensor(BaseSensorOperator):
             return first.xcom_value
         from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 
+        ids, targets, fails = self.arguments()
         end_time = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
         self.defer(
             trigger=ConnectStatusTrigger(
                 leap_conn_id=self.leap_conn_id,
-                ref_ids=self._ids(),
-                target_statuses=list(self.target_statuses),
-                fail_on_statuses=list(self.fail_on_statuses),
+                ref_ids=ids,
+                target_statuses=targets,
+                fail_on_statuses=fails,
                 poll_interval=self.poke_interval,
                 end_time=end_time.timestamp(),
                 poll_first=False,  # the poke above was the first poll
@@ -135,12 +145,9 @@ class ConnectStatusSensor(BaseSensorOperator):
         """Map the trigger's event to success, failure or timeout; nothing is left implicit."""
         status = (event or {}).get("status")
         message = (event or {}).get("message", "")
-        if status == "success":
-            records = event["records"] if event else []
-            self.log.info(
-                "All %d Reference ID(s) reached %s", len(self._ids()), self.target_statuses
-            )
-            return records
+        if status == "success" and event:
+            self.log.info("All Reference IDs reached %s", self.target_statuses)
+            return event["records"]
         if status == "timeout":
             raise AirflowSensorTimeout(f"ConnectStatusSensor timed out: {message}")
         if status == "failed":

@@ -31,7 +31,7 @@ def read_through_faults() -> int:
             sleep=lambda seconds: None,  # a test seam: skip the real backoff waits
         )
         with client:
-            records = list(client.iter_connections())
+            records = list(client.iter_connect_records())
         assert len(records) == len(emu.records)
         statuses = [r.status for r in emu.requests]
         assert statuses == [429, 429, 200, 503, 200, 200]
@@ -45,7 +45,7 @@ def read_through_faults() -> int:
 def test_client_reads_every_record(leap_emulator: LeapEmulator) -> None:
     """``leap_emulator``: the session's emulator, reset before and after the test."""
     client = LeapClient(leap_emulator.url, leap_emulator.api_key, page_size=200)
-    assert len(list(client.iter_connections())) == len(leap_emulator.records)
+    assert len(list(client.iter_connect_records())) == len(leap_emulator.records)
     pages = -(-len(leap_emulator.records) // 200)  # 500 records by default: 3 pages
     assert leap_emulator.request_log.count("/v1.1/connections", status=200) == pages
 
@@ -59,7 +59,7 @@ def test_hook_against_odd_records(
     odd = {**GUIDE_EXAMPLE_RECORD, "id": "x_1_odd", "connection_status": "ON_HOLD"}
     emu = leap_emulator_factory(records=[GUIDE_EXAMPLE_RECORD, odd], api_key="partner:test")
     monkeypatch.setenv("AIRFLOW_CONN_LEAP_TEST", connection_json(emu.url, "partner:test"))
-    records = LeapHook("leap_test").get_connections()
+    records = LeapHook("leap_test").get_connect_records()
     assert [r.connection_status for r in records] == ["ERROR", "ON_HOLD"]
 
 

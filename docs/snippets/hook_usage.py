@@ -15,7 +15,7 @@ def statuses_last_week(conn_id: str = "leap_default") -> Counter[str]:
     hook = LeapHook(leap_conn_id=conn_id)
     since = datetime.now(timezone.utc) - timedelta(days=7)
     counts: Counter[str] = Counter()
-    for record in hook.iter_connections(interacted_after=since):
+    for record in hook.iter_connect_records(interacted_after=since):
         if record.parse_error is not None:  # did not fit the documented shape
             counts["unreadable"] += 1
             continue
@@ -31,7 +31,7 @@ def completed_ref_ids(ref_ids: list[str], conn_id: str = "leap_default") -> dict
     """Reference ID -> last interaction, for the given IDs that are COMPLETED."""
     hook = LeapHook(leap_conn_id=conn_id)
     done: dict[str, str] = {}
-    for record in hook.get_connections(ref_ids=ref_ids):  # a list: fine for a few IDs
+    for record in hook.get_connect_records(ref_ids=ref_ids):  # a list: fine for a few IDs
         if record.connection_status == ConnectionStatus.COMPLETED:
             done[str(record.ref_id)] = str(record.last_interaction_date_time_utc)
         extra = set(record.raw) - {"id", "ref_id", "utility_connections", "agreements"}
@@ -57,7 +57,7 @@ def meters_since(ref_ids: list[str], since: datetime, conn_id: str = "leap_defau
 def can_read_connections(conn_id: str = "leap_default") -> bool:
     """False (and why) when Leap refuses the key; other failures still fail the task."""
     try:
-        LeapHook(leap_conn_id=conn_id).get_connections(ref_ids=["Test1012"])
+        LeapHook(leap_conn_id=conn_id).get_connect_records(ref_ids=["Test1012"])
     except LeapException as exc:
         if exc.status in (401, 403):
             print(f"Leap refused the API key (HTTP {exc.status}): {exc.title}")

@@ -22,25 +22,22 @@ with DAG(
         task_id="triage",
         leap_conn_id="leap_default",
         interacted_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
+        now="{{ dag_run.run_after }}",  # triage as of the run's time, manual runs included
     )
 
     @task
-    def resend_connect_links(items: Any) -> list[str]:
+    def resend_connect_links(items: list[dict[str, Any]]) -> list[str]:
         """not_started: the customer opened the link but never logged into the utility."""
-        from airflow_provider_leap.storage import load_bucket
-
-        ref_ids = [item["ref_id"] for item in load_bucket(items)]
+        ref_ids = [item["ref_id"] for item in items]
         for ref_id in ref_ids:
             print(f"resend the Connect URL to {ref_id}")
         return ref_ids
 
     @task
-    def count_error_codes(items: Any) -> dict[str, int]:
+    def count_error_codes(items: list[dict[str, Any]]) -> dict[str, int]:
         """utility_error: the reason carries the first error code, e.g. error:USER_CANCELED."""
-        from airflow_provider_leap.storage import load_bucket
-
         counts: dict[str, int] = {}
-        for item in load_bucket(items):
+        for item in items:
             counts[item["reason"]] = counts.get(item["reason"], 0) + 1
         return counts
 

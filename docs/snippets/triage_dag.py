@@ -9,7 +9,6 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_leap.operators.buckets import bucket_items
 from airflow_provider_leap.operators.triage import TriageOperator
-from airflow_provider_leap.storage import load_bucket
 
 with DAG(
     dag_id="leap_triage_patterns",
@@ -24,11 +23,12 @@ with DAG(
         task_id="triage",
         leap_conn_id="leap_default",
         # Filters (all three are templated; leave them out to read every connection).
-        ref_ids=None,  # or ["cust-000123", ...], "a,b,c" or "{{ params.ref_ids }}"
+        ref_ids=None,  # or ["cust-000123", ...], "a,b,c" or "{{ params.ref_ids }}"; never empty
         started_after=None,
         interacted_after=(
             "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
         ),
+        now="{{ dag_run.run_after }}",  # default None: the wall clock
         # Decision parameters.
         quiet_period=timedelta(hours=1),  # or seconds: 3600
         agreement_done_statuses={"COMPLETED", "SIGNED", "ACCEPTED"},
@@ -58,12 +58,12 @@ with DAG(
 
     # --8<-- [start:batch]
     @task
-    def record_in_crm(buckets: dict[str, Any]) -> int:
-        """One task for several buckets; load_bucket reads a list or an offloaded file."""
+    def record_in_crm(buckets: dict[str, list[dict[str, Any]]]) -> int:
+        """One task for several buckets: a dict of bucket name to items."""
         rows = [
             {"ref_id": item["ref_id"], "bucket": bucket, "reason": item["reason"]}
-            for bucket, value in buckets.items()
-            for item in load_bucket(value)
+            for bucket, items in buckets.items()
+            for item in items
         ]
         print(f"{len(rows)} CRM row(s)")
         return len(rows)

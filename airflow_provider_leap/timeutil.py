@@ -1,0 +1,62 @@
+"""Timestamps: the one way this package reads and writes them. No Airflow import.
+
+Leap sends ISO-8601 UTC, with or without fractional seconds (``2023-01-11T02:44:57Z``,
+``2024-10-21T11:43:05.892Z``). Everything here is UTC-aware; a naive value is taken as UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+
+UTC = timezone.utc
+_fromisoformat = datetime.fromisoformat
+# Text already in this form is reused as is: formatting costs more than the rest of triage.
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z").fullmatch
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """An aware UTC datetime from ISO-8601 text; None when absent or unreadable, never raises."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = _fromisoformat(value)
+    except ValueError:  # Python 3.10 does not read the "Z" suffix itself
+        if value[-1:] not in ("Z", "z"):
+            return None
+        try:
+            when = _fromisoformat(value[:-1] + "+00:00")
+        except ValueError:
+            return None
+    if when.tzinfo is UTC:
+        return when
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
+        return None
+
+
+def format_timestamp(when: datetime, source: str | None = None) -> str:
+    """ISO-8601 UTC with ``Z``; ``source`` (the text ``when`` was read from) reused if canonical."""
+    if source is not None and _CANONICAL(source):
+        return source
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def as_utc(value: datetime | date | str, name: str = "timestamp") -> datetime:
+    """A caller's argument as an aware UTC datetime: ISO text, a date (midnight UTC) or a datetime.
+
+    Raises ``ValueError`` naming ``name`` when a string does not parse.
+    """
+    if isinstance(value, str):
+        parsed = parse_timestamp(value.strip())
+        if parsed is None:
+            raise ValueError(f"{name} {value!r} is not an ISO-8601 date or timestamp")
+        return parsed
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
