@@ -174,8 +174,10 @@ class LeapHook(BaseHook):
         ``x-leap-webhook-secret``) and ``webhook_secret``: what a subscription must send."""
         from airflow_provider_leap.webhooks import receiver_secret
 
-        with airflow_errors():
+        try:
             header, secret = receiver_secret(self.config.webhook_header, self.config.webhook_secret)
+        except LeapError as exc:
+            raise LeapException(f"Leap connection {self.leap_conn_id!r}: {exc}") from exc
         return {header: secret}
 
     def _subscription(
