@@ -32,5 +32,5 @@ def test_emulator_to_receiver_to_asset_event_to_scheduled_run(tmp_path: Path) ->
     )
     assert done.returncode == 0 and report["ok"], (failed, done.stderr[-3000:], logs)
     checks = [row["check"] for row in report["rows"]]
-    assert "scheduler created a run from the events" in checks
-    assert "the run reads the events, then waits deferred" in checks
+    assert "scheduler created runs from the events" in checks
+    assert "the runs read the events, then wait deferred" in checks
