@@ -1,6 +1,7 @@
 """The webhook receiver in-process, on real Airflow (SQLite metadata DB): every answer it gives,
 what it records, and what it does when storage or the database fails. The same app in a real
-API server process, with a scheduler, is ``test_webhooks_e2e.py``."""
+API server process, with a scheduler and a triggerer, is a check of ``scripts/deploy_check.sh``
+(``scripts/webhooks_check.py``)."""
 
 from __future__ import annotations
 
