@@ -90,6 +90,13 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
+        "asset-uris": [
+            {
+                "schemes": ["leap"],
+                "handler": "airflow_provider_leap.datasets.normalize_uri",
+                "to_openlineage_converter": "airflow_provider_leap.datasets.asset_to_openlineage",
+            }
+        ],
         "config": {
             "leap": {
                 "description": "Provider-wide settings of airflow-provider-leap.",
