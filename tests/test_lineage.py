@@ -217,3 +217,20 @@ def test_reason_counts_per_bucket() -> None:
 
     buckets = {"a": [{"reason": "error:X"}, {"reason": "error:X"}, {"reason": "error:Y"}], "b": []}
     assert reason_counts(buckets) == {"a": dict(Counter({"error:X": 2, "error:Y": 1})), "b": {}}
+
+
+def test_parsing_a_dag_never_imports_openlineage() -> None:
+    """OpenLineage installed or not, a DAG file using the operators and a leap:// asset pays for
+    none of it (Airflow itself reads the OpenLineage provider's metadata, no more): only the
+    listener, at the end of a task, imports the lineage module and the OpenLineage client."""
+    code = (
+        "import sys\n"
+        "LINEAGE = 'airflow_provider_leap.lineage'\n"
+        "import airflow_provider_leap.operators.triage, airflow_provider_leap.operators.contact\n"
+        "import airflow_provider_leap.sensors.connect\n"
+        "from airflow.sdk import Asset\n"
+        "assert Asset('leap://leap_default/connections').uri == 'leap://leap_default/connections'\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('openlineage', LINEAGE))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
