@@ -90,6 +90,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
+        "cli": ["airflow_provider_leap.cli.get_cli_commands"],
         "asset-uris": [
             {
                 "schemes": ["leap"],

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from airflow_provider_leap.triage import TriageResult
 
 log = logging.getLogger(__name__)
+Lineage = OperatorLineage[Dataset, Any]
 
 # Where the custom facets' schema is published: in the package, beside this module.
 SCHEMA_URL = f"https://pypi.org/project/airflow-provider-leap/{__version__}/lineage_facets.json"
@@ -62,9 +63,9 @@ def _schema(name: str) -> str:
 class LeapQueryInputDatasetFacet(InputDatasetFacet):
     """The filters a task sent to the Connect API: how much of the source it asked for."""
 
-    refIds: int | None = attr.field(default=None)  # noqa: N815 - None: every customer
-    startedAfter: str | None = attr.field(default=None)  # noqa: N815
-    interactedAfter: str | None = attr.field(default=None)  # noqa: N815
+    refIds: int | None = attr.field(default=None)  # None: every customer
+    startedAfter: str | None = attr.field(default=None)
+    interactedAfter: str | None = attr.field(default=None)
     _additional_skip_redact: ClassVar[list[str]] = ["refIds", "startedAfter", "interactedAfter"]
 
     @staticmethod
@@ -76,10 +77,10 @@ class LeapQueryInputDatasetFacet(InputDatasetFacet):
 class LeapTriageRunFacet(RunFacet):
     """The funnel of one triage: customers per bucket, and per reason within each bucket."""
 
-    recordsRead: int  # noqa: N815
-    duplicatesDropped: int  # noqa: N815
+    recordsRead: int
+    duplicatesDropped: int
     now: str
-    quietPeriodSeconds: float  # noqa: N815
+    quietPeriodSeconds: float
     buckets: dict[str, int]
     reasons: dict[str, dict[str, int]]
     _additional_skip_redact: ClassVar[list[str]] = [
@@ -131,9 +132,8 @@ def connect_input(
         )
     }
     if rows is not None:
-        input_facets["inputStatistics"] = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
-            rowCount=rows
-        )
+        stats = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(rowCount=rows)
+        input_facets["inputStatistics"] = stats
     return InputDataset(namespace, name, facets=facets, inputFacets=input_facets)
 
 
@@ -176,7 +176,9 @@ def xcom_dataset(
         return cls(namespace, name)
     file_namespace, file_name = stored_dataset(location)
     symlink = symlinks_dataset.Identifier(namespace=namespace, name=name, type="XCOM")
-    facets = {"symlinks": symlinks_dataset.SymlinksDatasetFacet(identifiers=[symlink])}
+    facets: dict[str, DatasetFacet] = {
+        "symlinks": symlinks_dataset.SymlinksDatasetFacet(identifiers=[symlink])
+    }
     return cls(file_namespace, file_name, facets=facets)
 
 
@@ -203,10 +205,10 @@ def reason_counts(buckets: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict
 
 def triage_lineage(
     task_instance: Any, source: InputDataset, result: TriageResult, locations: Mapping[str, str]
-) -> OperatorLineage:
+) -> Lineage:
     """The triage's input, its buckets (``locations``: the offloaded ones' files) and funnel."""
     summary = result.summary
-    outputs = [
+    outputs: list[Dataset] = [
         _with_rows(
             xcom_dataset(task_instance, task_instance.task_id, name, locations.get(name), Dataset),
             len(items),
@@ -232,7 +234,7 @@ def contact_lineage(
     ledger_folder: str | None,
     channel: str,
     counts: Mapping[str, int] | None,
-) -> OperatorLineage:
+) -> Lineage:
     """The buckets a contact run read (``locations``: the offloaded ones' files), and the
     channel's ledger it wrote."""
     inputs = [
@@ -244,4 +246,3 @@ def contact_lineage(
     ledger = _with_rows(Dataset(*stored_dataset(ledger_folder)), counts.get("sent", 0))
     facet = LeapContactRunFacet(channel=channel, counts=dict(counts))
     return OperatorLineage(inputs=inputs, outputs=[ledger], run_facets={"leapContact": facet})
-

@@ -186,7 +186,8 @@ def test_sensor_reports_its_source_with_the_number_of_watched_ids(lineage_run) -
 
 def test_contact_reads_the_triage_buckets_and_writes_the_ledger(lineage_run) -> None:
     event = lineage_run["complete"]["contact"]
-    triage_outputs = {(o["namespace"], o["name"]) for o in lineage_run["complete"]["triage"]["outputs"]}
+    triage = lineage_run["complete"]["triage"]
+    triage_outputs = {(o["namespace"], o["name"]) for o in triage["outputs"]}
     assert {(i["namespace"], i["name"]) for i in event["inputs"]} == triage_outputs
     (ledger,) = event["outputs"]
     assert (ledger["namespace"], ledger["name"]) == ("file", f"{lineage_run['ledger']}/email")

@@ -151,7 +151,9 @@ class TriageOperator(BaseOperator):
             started_after,
             interacted_after,
             result,
-            offloaded(ti, self.task_id, result.buckets, ti.map_index),
+            offloaded(
+                ti, self.task_id, result.buckets, -1 if ti.map_index is None else ti.map_index
+            ),
         )
         return result.summary
 
@@ -159,7 +161,9 @@ class TriageOperator(BaseOperator):
         """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
         row count, and the counts per bucket and reason. Called by Airflow's OpenLineage
         provider only; on failure it reports the input alone."""
-        from airflow_provider_leap.lineage import OperatorLineage, connect_input, triage_lineage
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_leap.lineage import connect_input, triage_lineage
 
         run = self._triaged
         if run is None:  # failed before a result: what it read from is still worth saying

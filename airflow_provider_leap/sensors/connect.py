@@ -144,8 +144,10 @@ class ConnectStatusSensor(BaseSensorOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the Connect records of the connection, with the number of
         Reference IDs watched. Called by Airflow's OpenLineage provider only."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
         from airflow_provider_leap.hooks.leap import LeapHook
-        from airflow_provider_leap.lineage import OperatorLineage, connect_input
+        from airflow_provider_leap.lineage import connect_input
 
         try:  # lineage never fails a task: without a readable connection, no environment
             base_url: str | None = LeapHook(leap_conn_id=self.leap_conn_id).config.base_url
