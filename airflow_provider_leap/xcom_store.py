@@ -10,8 +10,11 @@ nothing is asked, nothing is imported.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def lineage_enabled() -> bool:
@@ -26,7 +29,16 @@ def lineage_enabled() -> bool:
 def offloaded(ti: Any, task_id: str, keys: Iterable[str], map_index: int = -1) -> dict[str, str]:
     """The object-storage URL of each of these XComs of ``task_id`` (in ``ti``'s run) that the
     backend moved out of the database; {} when OpenLineage is off or another backend is
-    configured."""
+    configured. Lineage never fails a task: a lookup that fails reports nothing."""
+    try:
+        return _offloaded(ti, task_id, keys, map_index)
+    except Exception:
+        log.warning("Could not tell where the XComs of %s are stored, for lineage", task_id)
+        log.debug("XCom lookup failure", exc_info=True)
+        return {}
+
+
+def _offloaded(ti: Any, task_id: str, keys: Iterable[str], map_index: int) -> dict[str, str]:
     from airflow.sdk.bases.xcom import BaseXCom
     from airflow.sdk.execution_time.xcom import XCom
 
