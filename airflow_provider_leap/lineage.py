@@ -55,12 +55,16 @@ SCHEMA_URL = f"https://pypi.org/project/airflow-provider-leap/{__version__}/line
 XCOM_SCHEME = "xcom"
 
 
-def _schema(name: str) -> str:
-    return f"{SCHEMA_URL}#/$defs/{name}"
+class _LeapSchema:
+    """Names a custom facet's definition in the shipped schema: ``#/$defs/<class name>``."""
+
+    @classmethod
+    def _get_schema(cls) -> str:
+        return f"{SCHEMA_URL}#/$defs/{cls.__name__}"
 
 
 @attr.define
-class LeapQueryInputDatasetFacet(InputDatasetFacet):
+class LeapQueryInputDatasetFacet(_LeapSchema, InputDatasetFacet):
     """The filters a task sent to the Connect API: how much of the source it asked for."""
 
     refIds: int | None = attr.field(default=None)  # None: every customer
@@ -68,13 +72,9 @@ class LeapQueryInputDatasetFacet(InputDatasetFacet):
     interactedAfter: str | None = attr.field(default=None)
     _additional_skip_redact: ClassVar[list[str]] = ["refIds", "startedAfter", "interactedAfter"]
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("LeapQueryInputDatasetFacet")
-
 
 @attr.define
-class LeapTriageRunFacet(RunFacet):
+class LeapTriageRunFacet(_LeapSchema, RunFacet):
     """The funnel of one triage: customers per bucket, and per reason within each bucket."""
 
     recordsRead: int
@@ -87,22 +87,14 @@ class LeapTriageRunFacet(RunFacet):
         "recordsRead", "duplicatesDropped", "now", "quietPeriodSeconds", "buckets", "reasons",
     ]  # fmt: skip
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("LeapTriageRunFacet")
-
 
 @attr.define
-class LeapContactRunFacet(RunFacet):
+class LeapContactRunFacet(_LeapSchema, RunFacet):
     """One channel's run of the re-engagement: the counts ``LeapContactOperator`` returned."""
 
     channel: str
     counts: dict[str, int]
     _additional_skip_redact: ClassVar[list[str]] = ["channel", "counts"]
-
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("LeapContactRunFacet")
 
 
 # -- datasets --------------------------------------------------------------------------------

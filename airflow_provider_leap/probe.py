@@ -275,16 +275,23 @@ class Probe:
         self.note("page_token_param", None, "none honoured: " + ", ".join(refused))
         return True
 
+    def matches_nothing(self, param: str, value: str, size: int, what: str) -> str | None:
+        """Filter on ``param=value``, which no record matches: None when the answer is empty,
+        else why ``param`` is not the filter (refused, or ignored)."""
+        page = self.get([*self.sized(size), (param, value)])
+        if page.status >= 300:
+            return f"{param} ({page.status})"
+        if page.records:
+            return f"{param} (ignored: {what} gave records)"
+        return None
+
     def find_ref_id(self) -> bool:
         known = self.ref_id or next((r for r in self.first.ref_ids if isinstance(r, str)), None)
         refused = []
         for param in self.candidates["ref_id_param"]:
-            none = self.get([*self.sized(2), (param, NO_SUCH_REF_ID)])
-            if none.status >= 300:
-                refused.append(f"{param} ({none.status})")
-                continue
-            if none.records:
-                refused.append(f"{param} (ignored: an unknown ID gave records)")
+            problem = self.matches_nothing(param, NO_SUCH_REF_ID, 2, "an unknown ID")
+            if problem:
+                refused.append(problem)
                 continue
             how = "an unknown ID: no record"
             if known is not None:
@@ -303,12 +310,9 @@ class Probe:
         tomorrow = format_timestamp(datetime.now(timezone.utc) + timedelta(days=1))
         refused = []
         for param in self.candidates[name]:
-            future = self.get([*self.sized(1), (param, tomorrow)])
-            if future.status >= 300:
-                refused.append(f"{param} ({future.status})")
-                continue
-            if future.records:
-                refused.append(f"{param} (ignored: a date tomorrow gave records)")
+            problem = self.matches_nothing(param, tomorrow, 1, "a date tomorrow")
+            if problem:
+                refused.append(problem)
                 continue
             past = self.get([*self.sized(1), (param, format_timestamp(LONG_AGO))])
             if past.status < 300 and past.records:

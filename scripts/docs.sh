@@ -4,7 +4,8 @@
 # mkdocs-material loads Mermaid from a CDN when a page has a diagram, and Google Fonts always;
 # a site opened where the data platform runs (often without internet) would show raw diagram
 # code. So the theme's web fonts are off (mkdocs.yml: font: false) and Mermaid is served by the
-# site itself: fetched here from the npm registry at a pinned version, its tarball checked
+# site itself: fetched here from the npm registry at a pinned version (with npm when the machine
+# has it, else straight from the registry, so Node.js is not needed), its tarball checked
 # against the pinned sha512, into docs/assets/mermaid/ (not committed). The built site is then
 # checked: no page loads a script, style sheet, image or frame from outside.
 #
@@ -15,10 +16,17 @@ bash scripts/bootstrap.sh
 MERMAID_VERSION=11.17.2 # the major version mkdocs-material 9 is made for
 MERMAID_SHA512=V6K3C8EBdEsPFZXSKMJe6ppQOENxuHARr9GvHX4hh47lAbhMRD9qf4oEK7LoaRQxULMa80/qt5gHO73aCleBBg==
 target=docs/assets/mermaid
-if [ "$(cat "$target/VERSION" 2>/dev/null)" != "$MERMAID_VERSION" ]; then
+if [ ! -s "$target/mermaid.min.js" ] || [ "$(cat "$target/VERSION" 2>/dev/null)" != "$MERMAID_VERSION" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  (cd "$work" && npm pack --silent "mermaid@$MERMAID_VERSION" >/dev/null)
+  if command -v npm >/dev/null; then # npm honours the machine's registry mirror and proxy
+    (cd "$work" && npm pack --silent "mermaid@$MERMAID_VERSION" >/dev/null)
+  else # no Node.js here: the same tarball straight from the registry
+    registry=${NPM_CONFIG_REGISTRY:-https://registry.npmjs.org}
+    .venv/bin/python -c 'import sys, urllib.request
+urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+      "${registry%/}/mermaid/-/mermaid-$MERMAID_VERSION.tgz" "$work/mermaid-$MERMAID_VERSION.tgz"
+  fi
   tarball=$(echo "$work"/mermaid-*.tgz)
   got=$(.venv/bin/python -c 'import base64, hashlib, sys
 print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tarball")

@@ -235,3 +235,33 @@ def test_parsing_a_dag_never_imports_openlineage() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_xcom_location_lookup_that_fails_never_fails_the_task(tmp_path) -> None:
+    """With OpenLineage on and the object-storage XCom backend, the triage asks where its buckets
+    went right after pushing them; when that question fails (here: no task supervisor to ask),
+    the task goes on with no file to report (its lineage then names the XComs) and the log says
+    why."""
+    code = (
+        "import types\n"
+        "from airflow_provider_leap.xcom_store import lineage_enabled, offloaded\n"
+        "assert lineage_enabled()\n"
+        "ti = types.SimpleNamespace(dag_id='d', run_id='r', map_index=-1)\n"
+        "print(offloaded(ti, 'triage', ['utility_error']))\n"
+    )
+    env = {
+        **os.environ,
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(tmp_path / "events.jsonl")}
+        ),
+        "AIRFLOW__CORE__XCOM_BACKEND": (
+            "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend"
+        ),
+        "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"file://{tmp_path}/xcom",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "{}"
+    assert "Could not tell where the XComs of triage are stored" in done.stdout + done.stderr
