@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from airflow_provider_leap import DEFAULT_CONN_ID
@@ -53,25 +56,43 @@ def probe_command(args: argparse.Namespace) -> None:
     from airflow_provider_leap.errors import LeapError
     from airflow_provider_leap.probe import assumed_names, format_report, probe
 
-    try:
-        config = LeapConfig.from_connection(Connection.get_connection_from_secrets(args.conn_id))
-        spec = None
-        if args.spec:
-            with open(args.spec, encoding="utf-8") as handle:
-                spec = yaml.safe_load(handle)
-    except (LeapError, OSError, yaml.YAMLError) as exc:
-        sys.exit(f"airflow leap probe: {exc}")
-    except Exception as exc:  # e.g. AirflowNotFoundException: no such connection
-        sys.exit(f"airflow leap probe: connection {args.conn_id!r}: {exc}")
+    with _logs_to_stderr():
+        try:
+            conn = Connection.get_connection_from_secrets(args.conn_id)
+            config = LeapConfig.from_connection(conn)
+            spec = None
+            if args.spec:
+                with open(args.spec, encoding="utf-8") as handle:
+                    spec = yaml.safe_load(handle)
+        except (LeapError, OSError, yaml.YAMLError) as exc:
+            sys.exit(f"airflow leap probe: {exc}")
+        except Exception as exc:  # e.g. AirflowNotFoundException: no such connection
+            sys.exit(f"airflow leap probe: connection {args.conn_id!r}: {exc}")
+        if config.environment == "production" and not args.json:
+            print("Probing production; a staging key is recommended.", file=sys.stderr)
+        with LeapClient(config) as client:
+            report = probe(client, args.ref_id)
     assumed = assumed_names(spec)
-    source = args.spec or "the provider's default wire names (airflow_provider_leap.wire)"
-    if config.environment == "production" and not args.json:
-        print("Probing production; a staging key is recommended.", file=sys.stderr)
-    with LeapClient(config) as client:
-        report = probe(client, args.ref_id)
     if args.json:
         print(json.dumps(report.to_dict(assumed), indent=2))
     else:
+        source = args.spec or "the provider's default wire names (airflow_provider_leap.wire)"
         print(format_report(report, assumed, source))
     if not report.complete:
         sys.exit(1)
+
+
+@contextmanager
+def _logs_to_stderr() -> Iterator[None]:
+    """Whatever is written to the process's stdout meanwhile goes to stderr, so that stdout holds
+    the report alone (``--json | jq`` works): Airflow 3.2's CLI logs to stdout, and looking up a
+    connection there logs Alembic's and SQLAlchemy's start-up lines."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
