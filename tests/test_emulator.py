@@ -35,7 +35,7 @@ from airflow_provider_leap.testing import data as emu_data
 NAMES = wire.WireNames()
 AUTH = {"Authorization": f"Bearer {EMULATOR_API_KEY}"}
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
-TIMEOUT = 5
+TIMEOUT = 30  # a guard against a hung server, not a speed limit: generous for a loaded machine
 
 # Typed again from Leap's guide (tests/leap_guide.py), independently of data.py.
 GUIDE_RECORD = guide_example()
@@ -126,15 +126,32 @@ def test_auth_answers_401_403_200(leap_emulator: LeapEmulator, endpoint: str) ->
     assert call(AUTH).status_code == 200
 
 
-def test_unknown_path_404_and_wrong_method_405(
+def test_unknown_path_404_and_undeclared_methods_405_in_json(
     leap_emulator: LeapEmulator, http: requests.Session
 ) -> None:
     missing = http.get(leap_emulator.url + "/v1/connections", timeout=TIMEOUT)
     assert missing.status_code == 404
     assert missing.json()["status"] == 404
-    wrong = http.post(leap_emulator.connections_url, timeout=TIMEOUT)
-    assert wrong.status_code == 405
-    assert wrong.headers["Allow"] == "GET"
+    for url, allowed in (
+        (leap_emulator.connections_url, "GET"),
+        (leap_emulator.meters_search_url, "POST"),
+    ):
+        for method in ("POST", "PUT", "PATCH", "DELETE", "TRACE", "OPTIONS", "HEAD"):
+            if method == allowed:
+                continue
+            wrong = http.request(method, url, timeout=TIMEOUT)
+            assert wrong.status_code == 405, method
+            assert wrong.headers["Allow"] == allowed
+            if method != "HEAD":
+                assert wrong.json()["details"] == {"allowed": [allowed], "method": method}
+
+
+def test_requests_http_server_refuses_get_json_errors_too(leap_emulator: LeapEmulator) -> None:
+    response = requests.get(
+        leap_emulator.connections_url, headers={"X-Long": "a" * 70_000}, timeout=TIMEOUT
+    )
+    assert response.status_code == 431
+    assert response.json() == {"title": "Line too long", "status": 431, "details": {}}
 
 
 # --- connections: paging and page tokens --------------------------------------------------------
@@ -189,18 +206,16 @@ def test_tokens_need_url_encoding_and_mis_encoded_ones_are_400(
         assert isinstance(body["details"], dict)
 
 
-def test_token_replayed_with_other_filters_is_400(
+def test_tokens_belong_to_their_endpoint(
     leap_emulator: LeapEmulator, http: requests.Session
 ) -> None:
-    params = {NAMES.page_size_param: 5, NAMES.start_date_param: "2020-01-01T00:00:00Z"}
-    token = get(leap_emulator, http, params).json()[NAMES.next_token_key]
-    assert get(leap_emulator, http, {**params, NAMES.page_token_param: token}).status_code == 200
-    params[NAMES.start_date_param] = "2020-01-02T00:00:00Z"
-    replay = get(leap_emulator, http, {**params, NAMES.page_token_param: token})
-    assert replay.status_code == 400
-    assert replay.json()["details"]["reason"] == "the token was issued for different filters"
+    token = get(leap_emulator, http, {NAMES.page_size_param: 5}).json()[NAMES.next_token_key]
     meters = search(leap_emulator, http, {"page_token": token})
     assert meters.status_code == 400  # a Connect token is not a meters token
+    assert meters.json()["title"] == "Invalid page token"
+    meters_token = search(leap_emulator, http, {"page_size": 1}).json()["next_page_token"]
+    connect = get(leap_emulator, http, {NAMES.page_token_param: meters_token})
+    assert connect.status_code == 400
 
 
 # --- connections: filters -----------------------------------------------------------------------
@@ -239,10 +254,6 @@ def test_date_filters_are_inclusive_and_accept_iso_forms(
     for value in (pivot, at.isoformat(), plus_two):
         got = fetch_all(fixed, http, [(param, value), (NAMES.page_size_param, "1000")])
         assert [r["id"] for r in got] == expected, value
-    day = (NOW - timedelta(days=3)).date()
-    by_day = fetch_all(fixed, http, [(param, day.isoformat()), (NAMES.page_size_param, "1000")])
-    midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    assert [r["id"] for r in by_day] == [r["id"] for r in fixed.records if us(r[key]) >= midnight]
 
 
 def test_combined_filters(fixed: LeapEmulator, http: requests.Session) -> None:
@@ -263,7 +274,8 @@ def test_combined_filters(fixed: LeapEmulator, http: requests.Session) -> None:
 def test_bad_dates_and_unknown_or_repeated_params_are_400(
     leap_emulator: LeapEmulator, http: requests.Session
 ) -> None:
-    for value in ("yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00", ""):
+    bad_dates = ("yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00", "2024-01-01", "")
+    for value in (*bad_dates, "2024-01-01 00:00:00Z", "20240101T000000Z"):
         response = get(leap_emulator, http, {NAMES.start_date_param: value})
         assert response.status_code == 400, value
         assert response.json()["title"] == "Invalid date"
@@ -285,7 +297,7 @@ def test_meters_search_limits(leap_emulator: LeapEmulator, http: requests.Sessio
     ids = [f"ref-{i:04d}" for i in range(max_ids + 1)]
     too_many = search(leap_emulator, http, {"connection_reference_ids": ids})
     assert too_many.status_code == 400
-    assert too_many.json()["details"]["max"] == max_ids
+    assert too_many.json()["details"] == {"fields": ["connection_reference_ids"]}
     assert search(leap_emulator, http, {"connection_reference_ids": ids[:max_ids]}).ok
     low, high = wire.METERS_PAGE_SIZE_RANGE
     for size in (low - 1, high + 1, "10", True, 1.5):
@@ -296,13 +308,21 @@ def test_meters_search_limits(leap_emulator: LeapEmulator, http: requests.Sessio
         {"connection_reference_ids": []},
         {"connection_reference_ids": ["abc", "abc"]},
         {"connection_reference_ids": ["a/b"]},
-        {"connection_ref_ids": ["abc"]},
-        {"tags": ["x"]},
+        {"meter_ids": ["not-a-uuid"]},
+        {"tags": []},
+        {"load_types": ["SOLAR"]},
+        {"transmission_region": "MISO"},
+        {"exclude_archived": "yes"},
         {"created_after_date_time": "last week"},
+        {"created_after_date_time": "2024-01-01T00:00:00"},
         [],
     ]
     for body in bad_bodies:
-        assert search(leap_emulator, http, body).status_code == 400, body
+        response = search(leap_emulator, http, body)
+        assert response.status_code == 400, body
+        assert set(response.json()) == {"title", "status", "details"}
+    # Valid in Leap's schema (it allows other fields): accepted, and the unknown field ignored.
+    assert search(leap_emulator, http, {"connection_ref_ids": ["abc"]}).json()["meters"]
     raw = http.post(
         leap_emulator.meters_search_url,
         data=b"{not json",
@@ -352,7 +372,7 @@ def test_meters_paging_visibility_and_shape(fixed: LeapEmulator, http: requests.
         fixed.now = NOW
 
 
-def test_meters_filters_and_token_binding(fixed: LeapEmulator, http: requests.Session) -> None:
+def test_meters_filters(fixed: LeapEmulator, http: requests.Session) -> None:
     visible = fixed.visible_meters()
     refs = sorted({m["connection_references"][0] for m in visible[::5]})[:100]
     got = search_all(fixed, http, {"connection_reference_ids": refs, "page_size": 3})
@@ -360,14 +380,30 @@ def test_meters_filters_and_token_binding(fixed: LeapEmulator, http: requests.Se
     since = us(visible[len(visible) // 2]["audit"]["created_at"])
     after = search_all(fixed, http, {"created_after_date_time": since.isoformat()})
     assert after == [m for m in visible if us(m["audit"]["created_at"]) >= since]
-    first = search(fixed, http, {"page_size": 2}).json()
-    replay = search(
-        fixed,
-        http,
-        {"page_size": 2, "transmission_region": "PJM", "page_token": first["next_page_token"]},
-    )
-    assert replay.status_code == 400
-    assert replay.json()["title"] == "Invalid page token"
+    before = search_all(fixed, http, {"created_before_date_time": since.isoformat()})
+    assert before == [m for m in visible if us(m["audit"]["created_at"]) < since]
+    modified = search_all(fixed, http, {"last_modified_date_time": since.isoformat()})
+    assert modified == [m for m in visible if us(m["audit"]["updated_at"]) >= since]
+    assert len(after) <= len(modified) < len(visible)
+    pjm = search_all(fixed, http, {"transmission_region": "PJM", "meter_types": ["UTILITY_METER"]})
+    assert pjm == [m for m in visible if m["transmission_region"] == "PJM"]
+    some = [visible[0]["meter_id"], visible[-1]["meter_id"]]
+    assert [m["meter_id"] for m in search_all(fixed, http, {"meter_ids": some})] == some
+    partner = visible[3]["partner_reference"]
+    by_partner = search_all(fixed, http, {"partner_references": [partner]})
+    assert by_partner == [m for m in visible if m["partner_reference"] == partner]
+    # Emulated meters carry no tags, groups, load types, archive flag or pending action...
+    for body in (
+        {"tags": ["x"]},
+        {"customer_groups": ["g"]},
+        {"load_types": ["HVAC"]},
+        {"partner_action_required": True},
+    ):
+        assert search_all(fixed, http, body) == [], body
+    assert search_all(fixed, http, {"exclude_archived": True}) == visible
+    # ...and Leap's read schema gives a meter no enrollment status or action type to match.
+    ignored = {"global_enrollment_statuses": ["ACTIVE"], "action_type": ["HAS_AMI"]}
+    assert search_all(fixed, http, ignored) == visible
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -383,9 +419,12 @@ def test_rate_limit_with_retry_after_seconds_or_http_date(
     assert limited.json()["status"] == 429
     assert get(leap_emulator, http).status_code == 200
     faults.fail_next(1, Fault(FaultKind.RATE_LIMIT, retry_after=30, retry_after_http_date=True))
+    before = datetime.now(timezone.utc)
     dated = get(leap_emulator, http)
+    after = datetime.now(timezone.utc)
     when = email.utils.parsedate_to_datetime(dated.headers["Retry-After"])
-    assert timedelta(seconds=25) < when - datetime.now(timezone.utc) <= timedelta(seconds=30)
+    # 30 s after the server's clock, in whole seconds: bracketed, however long the request took.
+    assert before + timedelta(seconds=29) < when <= after + timedelta(seconds=30)
     faults.fail_next(1, Fault(FaultKind.RATE_LIMIT, retry_after=None))
     bare = search(leap_emulator, http, {})
     assert bare.status_code == 429
@@ -417,9 +456,22 @@ def test_slow_answer_and_client_timeout(
     started = time.monotonic()
     assert get(leap_emulator, http).status_code == 200
     assert time.monotonic() - started >= 0.3
-    leap_emulator.faults.fail_next(1, Fault(FaultKind.SLOW, delay=0.5))
+    leap_emulator.faults.fail_next(1, Fault(FaultKind.SLOW, delay=0.3))
     with pytest.raises(requests.Timeout):
         http.get(leap_emulator.connections_url, timeout=0.1)
+    # On a loaded machine the server may take the request in only after the client gave up:
+    # wait until it has (it took the fault), so the reset below surely comes after its arrival.
+    deadline = time.monotonic() + 30
+    while leap_emulator.faults.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leap_emulator.faults.active
+    leap_emulator.reset_requests()
+    # The abandoned answer goes out at most 0.3 s later, after the reset: not logged, so it
+    # cannot land in the next test's log. (Waiting is the point here, not a backoff; should the
+    # answer be later still, the test proves less but does not fail.)
+    time.sleep(1.0)
+    assert get(leap_emulator, http).status_code == 200
+    assert [r.fault for r in leap_emulator.requests] == [None]
 
 
 def test_malformed_page_and_repeated_token(
@@ -565,13 +617,13 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         url = match.group(1)
         headers = {"Authorization": "Bearer cli:key"}
         assert (
-            requests.get(url + NAMES.connections_path, headers=headers, timeout=5).status_code
+            requests.get(url + NAMES.connections_path, headers=headers, timeout=TIMEOUT).status_code
             == 429
         )
-        body = requests.get(url + NAMES.connections_path, headers=headers, timeout=5).json()
+        body = requests.get(url + NAMES.connections_path, headers=headers, timeout=TIMEOUT).json()
         assert len(body["connections"]) == 40
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=5) == 0
+        assert process.wait(timeout=30) == 0
         assert process.stderr is not None
         assert process.stderr.read() == ""  # quiet by default
     finally:
@@ -721,11 +773,9 @@ def test_data_covers_every_case_coherently(count: int) -> None:
     assert set("-_.+@:= ") <= chars
 
 
-def test_fifty_thousand_records_start_fast_and_page_completely(
+def test_fifty_thousand_records_page_completely(
     leap_emulator_factory: Any, http: requests.Session
 ) -> None:
-    started = time.perf_counter()
     emulator = leap_emulator_factory(records=50_000, seed=1)
-    assert time.perf_counter() - started < 4  # ~1.3 s here; generous for slow CI machines
     ids = [r["id"] for r in fetch_all(emulator, http, [(NAMES.page_size_param, "1000")])]
     assert len(ids) == len(set(ids)) == 50_000

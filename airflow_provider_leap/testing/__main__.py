@@ -18,6 +18,7 @@ from datetime import datetime
 from types import FrameType
 
 from airflow_provider_leap.testing import EMULATOR_API_KEY
+from airflow_provider_leap.testing.data import from_us, parse_utc
 
 API_KEY_ENV = "LEAP_EMULATOR_API_KEY"
 
@@ -31,10 +32,10 @@ def _count_kind(text: str) -> tuple[int, str]:
 
 
 def _timestamp(text: str) -> datetime:
-    value = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if value.tzinfo is None:
+    us = parse_utc(text)
+    if us is None:
         raise argparse.ArgumentTypeError("--now needs a UTC offset, e.g. 2025-01-01T00:00:00Z")
-    return value
+    return from_us(us)
 
 
 def _api_key(flag: str | None) -> tuple[str, str]:
@@ -70,30 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /_emulator/ endpoints that change records while running (loopback, no auth)",
     )
     faults = parser.add_argument_group("faults")
-    faults.add_argument(
-        "--fail-next",
-        type=_count_kind,
-        action="append",
-        default=[],
-        metavar="COUNT:KIND",
-        help="fail the next COUNT requests with KIND",
-    )
-    faults.add_argument(
-        "--every",
-        type=_count_kind,
-        action="append",
-        default=[],
-        metavar="N:KIND",
-        help="every Nth request gets KIND",
-    )
-    faults.add_argument(
-        "--page-fault",
-        type=_count_kind,
-        action="append",
-        default=[],
-        metavar="PAGE:KIND",
-        help="page PAGE (1-based) gets KIND, once",
-    )
+    for flag, metavar, text in (
+        ("--fail-next", "COUNT:KIND", "fail the next COUNT requests with KIND"),
+        ("--every", "N:KIND", "every Nth request gets KIND"),
+        ("--page-fault", "PAGE:KIND", "page PAGE (1-based) gets KIND, once"),
+    ):
+        faults.add_argument(
+            flag, type=_count_kind, action="append", default=[], metavar=metavar, help=text
+        )
     faults.add_argument(
         "--outage",
         type=int,

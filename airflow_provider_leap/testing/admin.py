@@ -32,7 +32,7 @@ from airflow_provider_leap.testing.data import (
     COMPLETED,
     CONNECTED,
     UTILITIES,
-    format_connect_ts,
+    format_ts,
     to_us,
 )
 
@@ -131,7 +131,7 @@ class EmulatorAdmin:
                 {"expected": {"ref_ids": ["<Reference ID>"], "connection_status": "COMPLETED"}},
             )
         emulator = self._emulator
-        at = format_connect_ts(to_us(emulator.now))
+        at = format_ts(to_us(emulator.now))
         with self._lock:
             records = emulator.records
             missing = sorted(set(refs) - {str(r.get("ref_id")) for r in records})

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import bisect
 import copy
+import functools
 import itertools
 import random
-import time
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow_provider_leap.models import NOT_REQUIRED, ConnectionStatus, UtilityStatus
+from airflow_provider_leap.refids import MAX_LENGTH as REF_ID_MAX_LEN
+from airflow_provider_leap.refids import is_valid_ref_id
+from airflow_provider_leap.timeutil import parse_timestamp
 
 COMPLETED = ConnectionStatus.COMPLETED.value
 NOT_STARTED = ConnectionStatus.NOT_STARTED.value
@@ -133,9 +137,6 @@ GUIDE_EXAMPLE_RECORD: Mapping[str, Any] = {
     },
 }
 
-REF_ID_FORBIDDEN = frozenset("/\\?][{}!#$%^&*()<>|")
-REF_ID_MIN_LEN, REF_ID_MAX_LEN = 3, 256
-
 # Reference IDs the coverage block uses: each needs care when URL-encoded.
 TRICKY_REF_IDS: tuple[str, ...] = (
     "Jane Doe 0001",
@@ -160,22 +161,13 @@ FRACTION_SHARE = 0.35  # share of records whose timestamps carry milliseconds
 _Builder = Callable[["_Gen", str], tuple[str, list[dict[str, Any]], dict[str, str]]]
 
 
-def is_valid_ref_id(ref_id: str) -> bool:
-    """Leap's documented rule for Reference IDs (length and forbidden characters)."""
-    return REF_ID_MIN_LEN <= len(ref_id) <= REF_ID_MAX_LEN and not (
-        REF_ID_FORBIDDEN.intersection(ref_id)
-    )
-
-
-def utc_now() -> datetime:
-    """The wall clock as an aware UTC datetime (the emulator's default reference time)."""
-    return datetime.now(timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def as_utc(value: datetime | None) -> datetime:
     """``value`` in UTC (the wall clock if None); naive datetimes are refused, not guessed."""
     if value is None:
-        return utc_now()
+        return datetime.now(timezone.utc)
     if value.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     return value.astimezone(timezone.utc)
@@ -183,60 +175,57 @@ def as_utc(value: datetime | None) -> datetime:
 
 def to_us(value: datetime) -> int:
     """Epoch microseconds of an aware datetime: exact integer arithmetic for filters."""
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * _SECOND_US + delta.microseconds
 
 
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+# RFC 3339 date-time (JSON Schema's "date-time" format): the form Leap's filters document.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
 def parse_utc(text: str) -> int | None:
-    """Epoch microseconds of an ISO-8601 timestamp with an offset or ``Z``; None if unusable."""
-    if not text:
-        return None
-    if text[-1] in "Zz":
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return to_us(parsed)
+    """Epoch microseconds of an RFC 3339 timestamp (``Z`` or an offset); None if unusable.
+
+    Stricter than the client's reader (``timeutil``) on purpose: a time without an offset is
+    refused, not taken as UTC, so a client that forgets the offset is caught.
+    """
+    parsed = parse_timestamp(text) if _RFC3339.fullmatch(text) else None
+    return None if parsed is None else to_us(parsed)
 
 
-_DATES: dict[int, str] = {}
-_MINUTES = tuple(f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60))
-_SECONDS = tuple(f"{s:02d}" for s in range(60))
+def format_ts(us: int, *, millis: bool | None = None, suffix: str = "Z") -> str:
+    """Connect's ``2023-01-11T02:44:57Z`` / ``...05.892Z``, or (``suffix="+00:00"``) the Meters
+    API's ``2000-01-23T04:56:07.000+00:00``; ``millis`` None: only when the time has some.
+
+    Not ``timeutil.format_timestamp``: Leap's two styles are at millisecond precision, and this
+    runs a few hundred thousand times for 50k records, from integers.
+    """
+    seconds, fraction = divmod(us, _SECOND_US)
+    day, second = divmod(seconds, 86_400)
+    hours, second = divmod(second, 3600)
+    text = f"{_day(day)}{hours:02d}:{second // 60:02d}:{second % 60:02d}"
+    if millis or (millis is None and fraction >= 1000):
+        return f"{text}.{fraction // 1000:03d}{suffix}"
+    return text + suffix
 
 
-def _date(day: int) -> str:
-    text = _DATES.get(day)
-    if text is None:
-        t = time.gmtime(day * 86_400)
-        text = _DATES[day] = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-    return text
-
-
-def format_connect_ts(us: int) -> str:
-    """Connect's style: ``2023-01-11T02:44:57Z`` or ``2024-10-21T11:43:05.892Z``."""
-    secs, rest = divmod(us, _SECOND_US)
-    day, sod = divmod(secs, 86_400)
-    base = _date(day) + _MINUTES[sod // 60] + _SECONDS[sod % 60]
-    return f"{base}.{rest // 1000:03d}Z" if rest else base + "Z"
-
-
-def format_meter_ts(us: int) -> str:
-    """The Meters API's style: ``2000-01-23T04:56:07.000+00:00``."""
-    secs, rest = divmod(us, _SECOND_US)
-    day, sod = divmod(secs, 86_400)
-    return f"{_date(day)}{_MINUTES[sod // 60]}{_SECONDS[sod % 60]}.{rest // 1000:03d}+00:00"
+@functools.lru_cache(maxsize=4096)
+def _day(day: int) -> str:
+    """``YYYY-MM-DDT`` of a day since the epoch (a 50k-record data set spans a few dozen)."""
+    return from_us(day * 86_400 * _SECOND_US).strftime("%Y-%m-%dT")
 
 
 def _between(rng: random.Random, low: int, high: int) -> int:
-    """Uniform integer in [low, high]; cheaper than ``randint`` in the generation loop."""
+    """Uniform integer in [low, high]."""
     return low + int(rng.random() * (high - low + 1))
 
 
 def random_uuid(rng: random.Random) -> str:
-    """A version-4 UUID string drawn from ``rng`` (``uuid.UUID`` is too slow for 50k records)."""
+    """A version-4 UUID string drawn from ``rng`` (``uuid.UUID`` is 3x slower for 50k records)."""
     h = f"{(rng.getrandbits(128) & _UUID_MASK) | _UUID_BITS:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -262,13 +251,7 @@ class _Gen:
         return us - us % (_SECOND_US if self.whole_seconds else 1000)
 
     def ts(self, us: int) -> str:
-        """Connect's format (inlined: this runs a few hundred thousand times for 50k records)."""
-        secs, rest = divmod(us, _SECOND_US)
-        day, sod = divmod(secs, 86_400)
-        base = (_DATES.get(day) or _date(day)) + _MINUTES[sod // 60] + _SECONDS[sod % 60]
-        if self.whole_seconds or rest < 1000:
-            return base + "Z"
-        return f"{base}.{rest // 1000:03d}Z"
+        return format_ts(us, millis=False if self.whole_seconds else None)
 
     def utilities(self, region: str, count: int) -> list[str]:
         names = _UTILITY_NAMES[region]
@@ -524,24 +507,11 @@ def generate_records(
     Last interactions spread over the ``HISTORY_DAYS`` before ``now`` (a few % inside the last
     hour); every scenario, status and region appears once ``count >= MIN_COVERAGE_RECORDS``.
     """
-    return generate_records_timed(seed, count, now)[0]
-
-
-def generate_records_timed(
-    seed: int = 0, count: int = 500, now: datetime | None = None
-) -> tuple[list[dict[str, Any]], list[int | None], list[int | None]]:
-    """``generate_records`` plus each record's start and last interaction in epoch µs.
-
-    The server needs those numbers for its filters; getting them here saves parsing 100k
-    timestamps back at start-up.
-    """
     if count < 1:
         raise ValueError("count must be at least 1 (record 0 is the guide's example)")
     rng = random.Random(seed)
     g = _Gen(rng, to_us(as_utc(now)))
     records: list[dict[str, Any]] = [copy.deepcopy(dict(GUIDE_EXAMPLE_RECORD))]
-    starts = [parse_utc(GUIDE_EXAMPLE_RECORD["start_date_time_utc"])]
-    lasts = [parse_utc(GUIDE_EXAMPLE_RECORD["last_interaction_date_time_utc"])]
     regions_by_ref: dict[str, set[str]] = {"Test1012": {"CAISO"}}
     tricky = iter(TRICKY_REF_IDS)
     for i in range(1, count):
@@ -570,9 +540,7 @@ def generate_records_timed(
             region = free[rng.randrange(len(free))] if len(free) > 1 else free[0]
         regions_by_ref.setdefault(ref_id, set()).add(region)
         records.append(_build(g, region, ref_id, scenario, recent))
-        starts.append(g.start_us)
-        lasts.append(g.last_us)
-    return records, starts, lasts
+    return records
 
 
 # --- meters --------------------------------------------------------------------------------
@@ -580,6 +548,19 @@ def generate_records_timed(
 METER_DELAY_US = 24 * _HOUR_US  # "~24 hours" after COMPLETED
 LATE_METER_SHARE = 0.15  # "at times significantly longer": 48 to 96 h
 TWO_METER_SHARE = 0.3  # of commercial COMPLETED records with two or more utilities connected
+
+
+# A service address per region (the Meters API requires one); the street number varies.
+_ADDRESSES: Mapping[str, tuple[str, str, str]] = {
+    "CAISO": ("San Diego", "CA", "92101"),
+    "ERCOT": ("Austin", "TX", "78701"),
+    "NYISO": ("New York", "NY", "10001"),
+    "ISONE": ("Boston", "MA", "02108"),
+    "PJM": ("Philadelphia", "PA", "19103"),
+    "SERC": ("Nashville", "TN", "37203"),
+    "WECC_SW": ("Phoenix", "AZ", "85004"),
+    "WECC_PC": ("Seattle", "WA", "98101"),
+}
 
 
 def _classification(record: Mapping[str, Any]) -> str:
@@ -593,7 +574,8 @@ def generate_meters(records: Iterable[Mapping[str, Any]], seed: int = 0) -> list
     One meter per COMPLETED record (some commercial ones get two), created about 24 h after the
     record's last interaction, sometimes 2 to 4 days later. Sorted by ``audit.created_at`` then
     ``meter_id``: the order the emulator serves them in. Use ``meters_visible_at`` for the subset
-    that exists at a given time. Records that do not fit the documented shape are skipped.
+    that exists at a given time. Records that do not fit the documented shape (or name a region
+    or a Reference ID the Meters API would not accept) are skipped.
     """
     rng = random.Random(f"meters:{seed}")
     meters: list[tuple[int, str, dict[str, Any]]] = []
@@ -602,7 +584,9 @@ def generate_meters(records: Iterable[Mapping[str, Any]], seed: int = 0) -> list
             continue
         ref_id, region = record.get("ref_id"), record.get("transmission_region")
         last = parse_utc(str(record.get("last_interaction_date_time_utc") or ""))
-        if not isinstance(ref_id, str) or not isinstance(region, str) or last is None:
+        if not (isinstance(ref_id, str) and is_valid_ref_id(ref_id)) or last is None:
+            continue
+        if region not in _ADDRESSES:
             continue
         connected = [
             u.get("utility_name")
@@ -621,6 +605,7 @@ def generate_meters(records: Iterable[Mapping[str, Any]], seed: int = 0) -> list
             updated = created + _between(rng, 0, 600) * _SECOND_US
             meter_id = random_uuid(rng)
             code = _UTILITY_CODES.get(str(utility_name), "OTHER")
+            city, state, postal_code = _ADDRESSES[str(region)]
             meter = {
                 "meter_id": meter_id,
                 "partner_reference": ref_id,
@@ -629,12 +614,18 @@ def generate_meters(records: Iterable[Mapping[str, Any]], seed: int = 0) -> list
                 "meter_type": "UTILITY_METER",
                 "is_archived": False,
                 "connection_references": [ref_id],
-                "customer": {"country_code": "US"},
+                "customer": {
+                    "street_1": f"{_between(rng, 1, 9999)} Main Street",
+                    "city": city,
+                    "state_or_province_code": state,
+                    "postal_code": postal_code,
+                    "country_code": "US",
+                },
                 "utility": {"utility_name": code},
                 "audit": {
                     "created_by": "LEAP",
-                    "created_at": format_meter_ts(created),
-                    "updated_at": format_meter_ts(updated),
+                    "created_at": format_ts(created, millis=True, suffix="+00:00"),
+                    "updated_at": format_ts(updated, millis=True, suffix="+00:00"),
                 },
             }
             meters.append((created, meter_id, meter))
@@ -643,11 +634,10 @@ def generate_meters(records: Iterable[Mapping[str, Any]], seed: int = 0) -> list
 
 
 def meter_created_us(meter: Mapping[str, Any]) -> int:
-    """``audit.created_at`` in epoch microseconds."""
-    value = parse_utc(meter["audit"]["created_at"])
-    if value is None:
-        raise ValueError(f"meter {meter.get('meter_id')} has no usable created_at")
-    return value
+    """``audit.created_at`` in epoch microseconds; 0 (always visible) when it is missing."""
+    audit = meter.get("audit")
+    created = audit.get("created_at") if isinstance(audit, Mapping) else None
+    return (parse_utc(created) if isinstance(created, str) else None) or 0
 
 
 def meters_visible_at(

@@ -126,7 +126,6 @@ class Faults:
         self._outage_on = False
         self._outage_left: int | None = None
         self._chaos: tuple[float, random.Random, tuple[Fault, ...]] | None = None
-        self._eligible = 0
 
     def fault(self, fault: FaultLike) -> Fault:
         """Normalise a kind or a ``Fault`` (a plain kind gets this object's defaults)."""
@@ -202,7 +201,7 @@ class Faults:
         return self
 
     def clear(self) -> Faults:
-        """Drop every schedule and reset the eligible-request counter."""
+        """Drop every schedule."""
         with self._lock:
             self._queue.clear()
             self._pages.clear()
@@ -210,14 +209,7 @@ class Faults:
             self._outage_on = False
             self._outage_left = None
             self._chaos = None
-            self._eligible = 0
         return self
-
-    @property
-    def eligible_requests(self) -> int:
-        """How many requests were eligible for a fault since the last ``clear``."""
-        with self._lock:
-            return self._eligible
 
     @property
     def active(self) -> bool:
@@ -228,7 +220,6 @@ class Faults:
     def pick(self, path: str, page: int | None) -> Fault | None:
         """Called by the server once per eligible request: the fault to apply, if any."""
         with self._lock:
-            self._eligible += 1
             chaos_fault = self._draw_chaos()
             for every in self._every:
                 every.seen += 1

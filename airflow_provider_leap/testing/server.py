@@ -1,12 +1,15 @@
-"""The Leap emulator: a real HTTP server speaking the project's adopted Connect and Meters wire.
+"""The Leap emulator: a real HTTP server speaking Leap's Meters API and the assumed Connect API.
 
-It is deliberately stricter than Leap is known to be where strictness exposes client bugs: unknown
-or repeated query parameters, unknown body fields, naive timestamps and page tokens that were not
-URL-encoded exactly once are all 400s, instead of being silently ignored (which would make a
-misnamed filter return *every* record). Each rule is an emulator choice, not a Leap fact.
+Held to two contracts, both checked in CI with schemathesis: Leap's published
+``spec/leap/meters-openapi.yml`` for ``POST /v2/meters/search``, and the project's assumed
+``spec/connect-openapi.assumed.yml`` for the Connect endpoint. Every request those specs call
+valid is answered 200; a request they call invalid is a 400 in Leap's error shape
+``{"title", "status", "details"}``.
 
-Request handling order: unknown path -> 404; auth -> 401/403; wrong method -> 405; validation ->
-400; only then faults (see ``faults.py``) and the normal answer.
+On Connect, where the contract is ours, the emulator is strict where strictness exposes client
+bugs: unknown or repeated query parameters, and page tokens not URL-encoded exactly once, are
+400s. Request handling order: unknown path -> 404; auth -> 401/403; undeclared method -> 405
+with ``Allow``; validation -> 400; only then faults (see ``faults.py``) and the normal answer.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ from __future__ import annotations
 import base64
 import bisect
 import email.utils
-import hashlib
 import hmac
+import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import TYPE_CHECKING, Any
@@ -32,12 +35,15 @@ import msgspec
 
 from airflow_provider_leap import wire
 from airflow_provider_leap.gc_pause import gc_paused
+from airflow_provider_leap.refids import is_valid_ref_id
 from airflow_provider_leap.testing import EMULATOR_API_KEY
 from airflow_provider_leap.testing.data import (
+    REGIONS,
     as_utc,
+    from_us,
     generate_meters,
-    generate_records_timed,
-    is_valid_ref_id,
+    generate_records,
+    meter_created_us,
     parse_utc,
     to_us,
 )
@@ -54,33 +60,10 @@ CONNECTIONS_MAX_PAGE_SIZE = 1000
 METERS_MIN_PAGE_SIZE, METERS_MAX_PAGE_SIZE = wire.METERS_PAGE_SIZE_RANGE
 SERVER_ERROR_TEXT = "An error happened whilst processing your request"  # Leap's documented 500
 
-# Page tokens: "lp1/" + base64(offset, origin MAC, filter MAC) + " &%+". The fixed characters
-# (and base64's "/", "+", "=") change meaning unless the token is URL-encoded exactly once.
+# Page tokens: "lp1/" + base64(endpoint, offset) + " &%+". The fixed characters (and base64's
+# "=" padding) change meaning unless the token is URL-encoded exactly once.
 _TOKEN_HEAD, _TOKEN_TAIL = "lp1/", " &%+"
-_TOKEN_BYTES = 4 + 8 + 8
-
-# Meter search fields the emulator filters on (exclude_archived is a no-op: no meter is archived),
-# and fields of Leap's spec it does not emulate (400, so a test never trusts a silent no-op).
-_METER_FIELDS = frozenset(
-    {
-        "page_token",
-        "page_size",
-        "connection_reference_ids",
-        "created_after_date_time",
-        "created_before_date_time",
-        "last_modified_date_time",
-        "transmission_region",
-        "customer_classification",
-        "meter_ids",
-        "partner_references",
-        "meter_types",
-        "exclude_archived",
-        "partner_action_required",
-    }
-)
-_METER_FIELDS_NOT_EMULATED = frozenset(
-    {"global_enrollment_statuses", "load_types", "customer_groups", "tags", "action_type"}
-)
+_SCOPES = {"connections": 1, "meters": 2}
 
 _JSON = "application/json"
 _encode = msgspec.json.encode
@@ -88,7 +71,7 @@ _decode = msgspec.json.decode
 
 
 class ApiError(Exception):
-    """An error answer in the v2 shape ``{"title", "status", "details"}``."""
+    """An error answer in Leap's v2 shape ``{"title", "status", "details"}``."""
 
     def __init__(
         self,
@@ -119,19 +102,25 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int | None
     fault: str | None
-    at: float = field(default_factory=time.monotonic)
 
 
 class RequestLog:
-    """Thread-safe list of ``RecordedRequest``; tests count requests per poke with it."""
+    """Thread-safe list of ``RecordedRequest``; tests count requests per poke with it.
+
+    A request is logged when answered. One that arrived before the last ``reset`` (a slow answer
+    a client gave up on) is not logged after it, so it never lands in the next test's log.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[RecordedRequest] = []
+        self.generation = 0  # the number of resets so far
 
-    def append(self, item: RecordedRequest) -> None:
+    def append(self, item: RecordedRequest, generation: int) -> None:
+        """Log ``item``, unless the log was reset since its request (of ``generation``) came."""
         with self._lock:
-            self._items.append(item)
+            if generation == self.generation:
+                self._items.append(item)
 
     def snapshot(self) -> list[RecordedRequest]:
         with self._lock:
@@ -140,6 +129,7 @@ class RequestLog:
     def reset(self) -> None:
         with self._lock:
             self._items.clear()
+            self.generation += 1
 
     def count(self, path: str | None = None, *, status: int | None = None) -> int:
         """Requests seen, optionally only those to ``path`` and/or answered with ``status``."""
@@ -149,71 +139,91 @@ class RequestLog:
             if (path is None or r.path == path) and (status is None or r.status == status)
         )
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
 
-    def __iter__(self) -> Iterator[RecordedRequest]:
-        return iter(self.snapshot())
+def _issue_token(scope: str, offset: int) -> str:
+    raw = struct.pack(">BI", _SCOPES[scope], offset)  # 5 bytes: base64 always ends in "="
+    return _TOKEN_HEAD + base64.b64encode(raw).decode("ascii") + _TOKEN_TAIL
 
 
-class _Tokens:
-    """Issues and checks page tokens bound to (endpoint, offset, filters) with HMACs."""
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-
-    def _mac(self, *parts: object) -> bytes:
-        message = "\n".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
-        return hmac.new(self._secret, message, hashlib.sha256).digest()[:8]
-
-    def issue(self, scope: str, offset: int, filters: str) -> str:
-        raw = (
-            struct.pack(">I", offset) + self._mac(scope, offset) + self._mac(scope, offset, filters)
-        )
-        return _TOKEN_HEAD + base64.b64encode(raw).decode("ascii") + _TOKEN_TAIL
-
-    def open(self, scope: str, token: str, param: str) -> int:
-        """The offset a token encodes; 400 unless this server issued it for this endpoint."""
-        raw = b""
-        if token.startswith(_TOKEN_HEAD) and token.endswith(_TOKEN_TAIL):
-            try:
-                raw = base64.b64decode(token[len(_TOKEN_HEAD) : -len(_TOKEN_TAIL)], validate=True)
-            except ValueError:
-                raw = b""
-        if len(raw) == _TOKEN_BYTES:
-            offset = int(struct.unpack(">I", raw[:4])[0])
-            if hmac.compare_digest(raw[4:12], self._mac(scope, offset)):
-                return offset
-        reason = "not a page token this server issued (was it URL-encoded exactly once?)"
-        raise ApiError(400, "Invalid page token", {param: token, "reason": reason})
-
-    def check_filters(self, scope: str, token: str, filters: str, param: str) -> None:
-        """400 when an (authentic) token is replayed with other filters than it was issued for."""
-        offset = self.open(scope, token, param)
-        raw = base64.b64decode(token[len(_TOKEN_HEAD) : -len(_TOKEN_TAIL)])
-        if not hmac.compare_digest(raw[12:], self._mac(scope, offset, filters)):
-            reason = "the token was issued for different filters"
-            raise ApiError(400, "Invalid page token", {param: token, "reason": reason})
-
-
-def _parse_time(value: str, name: str) -> int:
-    """Epoch µs of an ISO-8601 filter value; a date means midnight UTC; naive times are 400."""
-    parsed = parse_utc(value)
-    if parsed is None and len(value) == 10:
+def _open_token(scope: str, token: str, param: str) -> int:
+    """The offset a token encodes; 400 unless this server issued it for this endpoint."""
+    if token.startswith(_TOKEN_HEAD) and token.endswith(_TOKEN_TAIL):
         try:
-            day = date.fromisoformat(value)
-        except ValueError:
-            day = None
-        if day is not None:
-            parsed = to_us(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+            raw = base64.b64decode(token[len(_TOKEN_HEAD) : -len(_TOKEN_TAIL)], validate=True)
+            kind, offset = struct.unpack(">BI", raw)
+        except (ValueError, struct.error):
+            pass
+        else:
+            if kind == _SCOPES[scope]:
+                return int(offset)
+    reason = "not a page token this server issued (was it URL-encoded exactly once?)"
+    raise ApiError(400, "Invalid page token", {param: token, "reason": reason})
+
+
+def _time(value: str, name: str) -> int:
+    parsed = parse_utc(value)
     if parsed is None:
-        raise ApiError(
-            400,
-            "Invalid date",
-            {name: value, "error": "expected ISO-8601 UTC, e.g. 2024-10-21T11:43:05Z"},
-        )
+        error = "expected an RFC 3339 date-time with an offset, e.g. 2024-10-21T11:43:05Z"
+        raise ApiError(400, "Invalid date", {name: value, "error": error})
     return parsed
+
+
+class _Dataset:
+    """Records and meters, each serialised once, with the indices the filters need."""
+
+    def __init__(self, records: list[dict[str, Any]], meters: list[dict[str, Any]]) -> None:
+        self.records = records
+        self.encoded = [_encode(r) for r in records]
+        self.starts = [_record_time(r, "start_date_time_utc") for r in records]
+        self.lasts = [_record_time(r, "last_interaction_date_time_utc") for r in records]
+        self.by_ref: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            self.by_ref.setdefault(str(r.get("ref_id")), []).append(i)
+        self.meters = sorted(meters, key=meter_created_us)  # stable: equal times keep order
+        self.meter_encoded = [_encode(m) for m in self.meters]
+        self.meter_created = [meter_created_us(m) for m in self.meters]
+
+    def select_connections(
+        self, refs: Sequence[str], start: int | None, last: int | None
+    ) -> Sequence[int]:
+        if refs:
+            indices: Sequence[int] = sorted({i for ref in refs for i in self.by_ref.get(ref, ())})
+        else:
+            indices = range(len(self.records))
+        if start is None and last is None:
+            return indices  # no scan per page when paging through everything
+        starts, lasts = self.starts, self.lasts
+        return [
+            i
+            for i in indices
+            if (start is None or ((s := starts[i]) is not None and s >= start))
+            and (last is None or ((li := lasts[i]) is not None and li >= last))
+        ]
+
+    def select_meters(self, now_us: int, request: Mapping[str, Any]) -> list[int]:
+        visible = bisect.bisect_right(self.meter_created, now_us)
+        after, before, modified = (
+            None if request.get(name) is None else _time(request[name], name)
+            for name in _METER_TIME_FILTERS
+        )
+        if request.get("partner_action_required"):
+            return []  # no emulated meter needs partner action
+        wanted = {name: set(request[name]) for name in _METER_LIST_FILTERS if request.get(name)} | {
+            name: {request[name]} for name in _METER_EQUAL_FILTERS if name in request
+        }
+        out = []
+        for i in range(visible):
+            meter = self.meters[i]
+            # Inclusive: a search "created after <last interaction>" keeps a meter made then.
+            if after is not None and self.meter_created[i] < after:
+                continue
+            if before is not None and self.meter_created[i] >= before:
+                continue
+            if modified is not None and _meter_updated(meter) < modified:
+                continue
+            if all(_meter_matches(meter, name, values) for name, values in wanted.items()):
+                out.append(i)
+        return out
 
 
 def _record_time(record: Mapping[str, Any], key: str) -> int | None:
@@ -221,118 +231,115 @@ def _record_time(record: Mapping[str, Any], key: str) -> int | None:
     return parse_utc(value) if isinstance(value, str) else None
 
 
-class _Dataset:
-    """Records and meters, pre-serialised once, with the indices the filters need."""
-
-    def __init__(
-        self,
-        records: list[dict[str, Any]],
-        meters: list[dict[str, Any]],
-        starts: list[int | None] | None = None,
-        lasts: list[int | None] | None = None,
-    ) -> None:
-        self.records = records
-        self.encoded = [_encode(r) for r in records]
-        self.starts = starts or [_record_time(r, "start_date_time_utc") for r in records]
-        self.lasts = lasts or [_record_time(r, "last_interaction_date_time_utc") for r in records]
-        self.by_ref: dict[str, list[int]] = {}
-        for i, r in enumerate(records):
-            self.by_ref.setdefault(str(r.get("ref_id")), []).append(i)
-        self.meters = meters
-        self.meter_encoded = [_encode(m) for m in meters]
-        self.meter_created = [parse_utc(m["audit"]["created_at"]) or 0 for m in meters]
-        self.meter_updated = [parse_utc(m["audit"].get("updated_at") or "") or 0 for m in meters]
-        self.meters_by_ref: dict[str, list[int]] = {}
-        for i, m in enumerate(meters):
-            for ref in m.get("connection_references") or ():
-                self.meters_by_ref.setdefault(ref, []).append(i)
-        self._cache: dict[Any, list[int]] = {}
-        self._lock = threading.Lock()
-
-    def _cached(self, key: Any, build: Callable[[], list[int]]) -> list[int]:
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        value = build()
-        with self._lock:
-            if len(self._cache) >= 256:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = value
-        return value
-
-    def select_connections(
-        self, refs: tuple[str, ...], start: int | None, last: int | None
-    ) -> list[int]:
-        def build() -> list[int]:
-            if refs:
-                found = {i for ref in refs for i in self.by_ref.get(ref, ())}
-                indices: Sequence[int] = sorted(found)
-            else:
-                indices = range(len(self.records))
-            starts, lasts = self.starts, self.lasts
-            return [
-                i
-                for i in indices
-                if (start is None or ((s := starts[i]) is not None and s >= start))
-                and (last is None or ((li := lasts[i]) is not None and li >= last))
-            ]
-
-        return self._cached(("c", refs, start, last), build)
-
-    def select_meters(self, now_us: int, filters: Mapping[str, Any]) -> list[int]:
-        visible = bisect.bisect_right(self.meter_created, now_us)
-        key = ("m", visible, _canonical(filters))
-
-        def build() -> list[int]:
-            refs = filters.get("connection_reference_ids")
-            if refs:
-                found = {i for ref in refs for i in self.meters_by_ref.get(ref, ())}
-                indices: Sequence[int] = sorted(i for i in found if i < visible)
-            else:
-                indices = range(visible)
-            if filters.get("partner_action_required"):
-                return []
-            after = filters.get("created_after_date_time")
-            before = filters.get("created_before_date_time")
-            modified = filters.get("last_modified_date_time")
-            region = filters.get("transmission_region")
-            classification = filters.get("customer_classification")
-            meter_ids = set(filters.get("meter_ids") or ())
-            partner_refs = set(filters.get("partner_references") or ())
-            meter_types = set(filters.get("meter_types") or ())
-            out = []
-            for i in indices:
-                m = self.meters[i]
-                # Inclusive: a search "created after <last interaction>" must not drop a meter
-                # stamped exactly then.
-                if after is not None and self.meter_created[i] < after:
-                    continue
-                if before is not None and self.meter_created[i] >= before:
-                    continue
-                if modified is not None and self.meter_updated[i] < modified:
-                    continue
-                if region is not None and m.get("transmission_region") != region:
-                    continue
-                if (
-                    classification is not None
-                    and m.get("customer_classification") != classification
-                ):
-                    continue
-                if meter_ids and m.get("meter_id") not in meter_ids:
-                    continue
-                if partner_refs and m.get("partner_reference") not in partner_refs:
-                    continue
-                if meter_types and m.get("meter_type") not in meter_types:
-                    continue
-                out.append(i)
-            return out
-
-        return self._cached(key, build)
+def _meter_updated(meter: Mapping[str, Any]) -> int:
+    audit = meter.get("audit")
+    updated = audit.get("updated_at") if isinstance(audit, Mapping) else None
+    return (parse_utc(updated) if isinstance(updated, str) else None) or meter_created_us(meter)
 
 
-def _canonical(value: Any) -> str:
-    return _encode(value, order="sorted").decode()
+def _meter_matches(meter: Mapping[str, Any], name: str, wanted: set[Any]) -> bool:
+    """Whether the meter's field for filter ``name`` holds (one of) the wanted values."""
+    value = meter.get(_METER_FILTER_FIELDS.get(name, name))
+    values = value if isinstance(value, list) else [value]
+    return any(v in wanted for v in values if isinstance(v, str))
+
+
+# --- Leap's MeterFilterRequest (meters-openapi.yml), checked field by field ------------------
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def _one_of(words: str) -> Callable[[Any], bool]:
+    return frozenset(words.split()).__contains__
+
+
+def _any_string(value: str) -> bool:
+    return True
+
+
+_ENUMS: Mapping[str, Callable[[Any], bool]] = {
+    "transmission_region": frozenset(REGIONS).__contains__,
+    "customer_classification": _one_of("RESIDENTIAL COMMERCIAL"),
+}
+# List filters: (min items, max items, item check); every list holds unique items.
+_METER_LISTS: Mapping[str, tuple[int, int, Callable[[Any], bool]]] = {
+    "meter_ids": (0, 1000, lambda v: bool(_UUID.fullmatch(v))),
+    "partner_references": (1, 1000, is_valid_ref_id),
+    "connection_reference_ids": (1, wire.METERS_MAX_REFERENCE_IDS, is_valid_ref_id),
+    "customer_groups": (1, 20, _any_string),
+    "tags": (1, 20, _any_string),
+    "meter_types": (1, 20, _one_of("UTILITY_METER SUBMETER DEVICE")),
+    "global_enrollment_statuses": (
+        1,
+        5,
+        _one_of("ACTIVE ELIGIBLE INELIGIBLE NOT_PARTICIPATING PENDING"),
+    ),
+    "load_types": (
+        1,
+        20,
+        _one_of(
+            "HVAC EV_CHARGING BATTERY_STORAGE COLD_STORAGE PUMPING WATER_HEATING "
+            "BUILDING_AUTOMATION GENERATION MANUFACTURING LIGHTING OTHER"
+        ),
+    ),
+    "action_type": (
+        1,
+        20,
+        _one_of(
+            "IS_AUTHORIZED DOCUMENTS_SIGNED HAS_AMI NOT_ENROLLED_IN_CONFLICTING_PROGRAM "
+            "PARTICIPATING HAS_MARKET_REGISTRATION NO_MISSING_FIELDS GENERATOR ADDRESS "
+            "HAS_NOMINATIONS HAS_BIDDING_STRATEGY IS_ELIGIBLE IS_ASSIGNED_TO_A_RESOURCE "
+            "MEETS_EXTRA_PROGRAM_REQUIREMENTS"
+        ),
+    ),
+}
+_METER_TIME_FILTERS = (
+    "created_after_date_time",
+    "created_before_date_time",
+    "last_modified_date_time",
+)
+_METER_EQUAL_FILTERS = ("transmission_region", "customer_classification")
+# Applied by membership; global_enrollment_statuses and action_type are accepted and ignored:
+# a meter in Leap's response schema carries neither, so there is nothing to match them on.
+_METER_LIST_FILTERS = (
+    "meter_ids",
+    "partner_references",
+    "connection_reference_ids",
+    "meter_types",
+    "load_types",
+    "customer_groups",
+    "tags",
+)
+_METER_FILTER_FIELDS = {
+    "meter_ids": "meter_id",
+    "partner_references": "partner_reference",
+    "connection_reference_ids": "connection_references",
+    "meter_types": "meter_type",
+    "customer_groups": "customer_group",
+}
+
+
+def _valid_meter_field(name: str, value: Any) -> bool:
+    """Whether ``value`` fits Leap's schema for search field ``name`` (unknown names: yes)."""
+    if name in _METER_LISTS:
+        low, high, item_ok = _METER_LISTS[name]
+        return (
+            isinstance(value, list)
+            and low <= len(value) <= high
+            and all(isinstance(v, str) and item_ok(v) for v in value)
+            and len(set(value)) == len(value)
+        )
+    if name in _ENUMS:
+        return isinstance(value, str) and _ENUMS[name](value)
+    if name in _METER_TIME_FILTERS:
+        return isinstance(value, str) and parse_utc(value) is not None
+    if name in ("partner_action_required", "exclude_archived"):
+        return isinstance(value, bool)
+    if name == "page_token":
+        return isinstance(value, str)
+    if name == "page_size":
+        return type(value) is int and METERS_MIN_PAGE_SIZE <= value <= METERS_MAX_PAGE_SIZE
+    return True  # not in Leap's schema, which allows other fields: accepted and ignored
 
 
 @dataclass(frozen=True)
@@ -342,8 +349,8 @@ class _Page:
     items: list[bytes]
     records_key: str
     token_key: str
+    scope: str
     page: int
-    issue: Callable[[int], str]
     offset: int
     next_offset: int | None
 
@@ -351,9 +358,30 @@ class _Page:
         parts = [b'{"', self.records_key.encode(), b'":[', b",".join(self.items), b"]"]
         target = self.offset if repeat_token else self.next_offset
         if target is not None:
-            parts += [b',"', self.token_key.encode(), b'":', _encode(self.issue(target))]
+            token = _encode(_issue_token(self.scope, target))
+            parts += [b',"', self.token_key.encode(), b'":', token]
         parts.append(b"}")
         return b"".join(parts)
+
+
+def _page(
+    items: list[bytes],
+    indices: Sequence[int],
+    offset: int,
+    size: int,
+    scope: str,
+    keys: tuple[str, str],
+) -> _Page:
+    end = offset + size  # a token past the end (other filters than it came from): an empty page
+    return _Page(
+        items=[items[i] for i in indices[offset:end]],
+        records_key=keys[0],
+        token_key=keys[1],
+        scope=scope,
+        page=offset // size + 1,
+        offset=offset,
+        next_offset=end if end < len(indices) else None,
+    )
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -380,85 +408,56 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 60
     disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms stalls
+    # Errors http.server answers itself (a malformed request line...) in Leap's shape too.
+    error_content_type = _JSON
+    error_message_format = '{"title": "%(message)s", "status": %(code)d, "details": {}}'
     server: _HTTPServer
 
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
+    def __getattr__(self, name: str) -> Any:
+        # Every method reaches the router, so an undeclared one (PUT, TRACE...) gets a JSON 405
+        # with Allow instead of http.server's HTML 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.emulator.verbose:
             super().log_message(format, *args)
 
-    # --- request ---------------------------------------------------------------------------
-
     def _serve(self) -> None:
         emulator = self.server.emulator
+        self._generation = emulator.request_log.generation
         split = urlsplit(self.path)
         self._log_path, self._raw_query = split.path, split.query
         self._log_query = parse_qsl(split.query, keep_blank_values=True, errors="replace")
-        self._log_body: Any = None
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
         try:
-            body = self._read_body()
+            self._log_body: Any = _decode(body) if body else None
+        except msgspec.DecodeError:
+            self._log_body = body.decode("utf-8", "replace")
+        try:
             headers = {k.lower(): v for k, v in self.headers.items()}
             if emulator.admin is not None and emulator.admin.owns(split.path):
                 answer = emulator.admin.handle(self.command, split.path, split.query, body)
                 self._send(200, answer, _JSON, {}, None)
                 return
-            page = emulator._route(self.command, split.path, split.query, headers, body)
+            page = emulator.route(self.command, split.path, split.query, headers, body)
         except (ApiError, WebhookApiError) as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
             return
         fault = emulator.faults.pick(split.path, page.page)
-        self._answer(page, fault)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self.close_connection = True
-            raise ApiError(411, "Length Required", {"error": "chunked bodies are not supported"})
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise ApiError(400, "Invalid Content-Length") from None
-        body = self.rfile.read(length) if length > 0 else b""
-        if body:
-            try:
-                self._log_body = _decode(body)
-            except msgspec.DecodeError:
-                self._log_body = body.decode("utf-8", "replace")
-        return body
-
-    # --- response --------------------------------------------------------------------------
-
-    def _answer(self, page: _Page, fault: Fault | None) -> None:
         if fault is None:
             self._send(200, page.render(), _JSON, {}, None)
-            return
-        kind = fault.kind
-        if kind is FaultKind.RESET:
+        elif fault.kind is FaultKind.RESET:
             self._reset(fault)
-        elif kind is FaultKind.SLOW:
-            self.server.emulator._stopping.wait(fault.delay)
+        elif fault.kind is FaultKind.SLOW:
+            emulator.stopping.wait(fault.delay)
             self._send(200, page.render(), _JSON, {}, fault)
-        elif kind is FaultKind.MALFORMED:
-            body = page.render()
-            self._send(200, body[: len(body) // 2], _JSON, {}, fault)
-        elif kind is FaultKind.REPEAT_TOKEN:
+        elif fault.kind is FaultKind.MALFORMED:
+            rendered = page.render()
+            self._send(200, rendered[: len(rendered) // 2], _JSON, {}, fault)
+        elif fault.kind is FaultKind.REPEAT_TOKEN:
             self._send(200, page.render(repeat_token=True), _JSON, {}, fault)
         else:
             self._send_fault_status(fault)
@@ -488,10 +487,11 @@ class _Handler(BaseHTTPRequestHandler):
                 query=self._log_query,
                 raw_query=self._raw_query,
                 body=self._log_body,
-                headers={k: v for k, v in self.headers.items()},
+                headers=dict(self.headers.items()),
                 status=status,
                 fault=fault.kind.value if fault else None,
-            )
+            ),
+            self._generation,
         )
 
     def _send(
@@ -509,8 +509,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             for name, value in headers.items():
                 self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -563,23 +561,18 @@ class LeapEmulator:
         self.faults = faults if faults is not None else Faults()
         self.request_log = RequestLog()
         self.verbose = verbose
-        self._initial_now = now_ = as_utc(now)
+        self.stopping = threading.Event()
+        self._initial_now = as_utc(now)
         self._now_us = to_us(self._initial_now)
         self._port = port
-        self._tokens = _Tokens(hashlib.sha256(f"leap-emulator-token:{seed}".encode()).digest())
-        with gc_paused():
-            if isinstance(records, int):
-                record_list, starts, lasts = generate_records_timed(seed, records, now=now_)
-                meters = generate_meters(record_list, seed)
-                dataset = _Dataset(record_list, meters, starts, lasts)
-            else:
-                record_list = [dict(r) for r in records]
-                dataset = _Dataset(record_list, generate_meters(record_list, seed))
-        self._initial_dataset = self._dataset = dataset
         self._journeys: Population | None = None
+        if isinstance(records, int):
+            with gc_paused():
+                records = generate_records(seed, records, now=self._initial_now)
+        self.set_records(records)
+        self._initial_dataset = self._dataset
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
         self.webhooks = WebhookHub(self._authorize)  # subscriptions and deliveries (webhooks.py)
         self.admin: EmulatorAdmin | None = None
         if admin:
@@ -612,7 +605,7 @@ class LeapEmulator:
     @property
     def now(self) -> datetime:
         """The emulator's clock: decides which meters exist."""
-        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=self._now_us)
+        return from_us(self._now_us)
 
     @now.setter
     def now(self, value: datetime) -> None:
@@ -635,11 +628,23 @@ class LeapEmulator:
             self.set_records(self._journeys.records_at(self.now))
             self.webhooks.clock_moved(self._journeys, self.now)
 
-    def set_records(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Serve other records from now on (meters are regenerated from them)."""
+    def set_records(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        meters: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Serve other records from now on, and ``meters`` (default: generated from them).
+
+        Meters are served in ``audit.created_at`` order and, like generated ones, only once the
+        clock has reached it (a meter without a usable ``created_at`` always exists).
+        """
         with gc_paused():
             record_list = [dict(r) for r in records]
-            self._dataset = _Dataset(record_list, generate_meters(record_list, self.seed))
+            meter_list = [dict(m) for m in meters] if meters is not None else None
+            self._dataset = _Dataset(
+                record_list,
+                generate_meters(record_list, self.seed) if meter_list is None else meter_list,
+            )
 
     # --- observability ---------------------------------------------------------------------
 
@@ -665,7 +670,7 @@ class LeapEmulator:
     def start(self) -> LeapEmulator:
         if self._server is not None:
             raise RuntimeError("emulator already started")
-        self._stopping.clear()
+        self.stopping.clear()
         self._server = _HTTPServer(self._port, self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -681,7 +686,7 @@ class LeapEmulator:
         if server is None:
             return
         self.webhooks.stop()
-        self._stopping.set()
+        self.stopping.set()
         server.shutdown()
         server.server_close()
         if self._thread is not None:
@@ -715,9 +720,11 @@ class LeapEmulator:
 
     # --- routing ---------------------------------------------------------------------------
 
-    def _route(
+    def route(
         self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
     ) -> _Page | Answer:
+        """Answer one request: a page to send (a subscription API answer for ``/v1.1/webhooks``),
+        or an ``ApiError`` (a ``WebhookApiError`` there)."""
         if self.webhooks.handles(path):
             return self.webhooks.route(method, path, headers, body)
         routes = {self.wire.connections_path: "GET", wire.METERS_SEARCH_PATH: "POST"}
@@ -726,20 +733,14 @@ class LeapEmulator:
             raise ApiError(404, "Not found", {"path": path})
         self._authorize(headers.get("authorization"))
         if method != expected:
-            raise ApiError(
-                405,
-                "Method not allowed",
-                {"method": method, "allowed": [expected]},
-                {"Allow": expected},
-            )
+            allowed = {"allowed": [expected], "method": method}
+            raise ApiError(405, "Method not allowed", allowed, {"Allow": expected})
         if expected == "GET":
             return self._connections(query)
-        return self._meters(headers, body)
+        return self._meters(body)
 
     def _authorize(self, header: str | None) -> None:
-        if header is None:
-            raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
-        scheme, _, key = header.partition(" ")
+        scheme, _, key = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not key or key != key.strip():
             raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(key.encode(), self.api_key.encode()):
@@ -766,154 +767,45 @@ class LeapEmulator:
         # The token first: a token sent without URL-encoding splits into odd parameters, and
         # "Invalid page token" says what went wrong better than "Unknown query parameter".
         token = values.get(names.page_token_param)
-        offset = 0
-        if token is not None:
-            offset = self._tokens.open("connections", token, names.page_token_param)
+        offset = 0 if token is None else _open_token("connections", token, names.page_token_param)
         unknown = sorted({k for k, _ in pairs} - {names.ref_id_param, *singles})
         if unknown:
             raise ApiError(400, "Unknown query parameter", {"parameters": unknown})
         refs = [v for k, v in pairs if k == names.ref_id_param]
-        bad_refs = [r for r in refs if not 0 < len(r) <= 256]
+        bad_refs = [r for r in refs if not is_valid_ref_id(r)]
         if bad_refs:
             raise ApiError(400, "Invalid reference ID", {names.ref_id_param: bad_refs})
-        start = values.get(names.start_date_param)
-        last = values.get(names.last_interaction_param)
-        start_us = None if start is None else _parse_time(start, names.start_date_param)
-        last_us = None if last is None else _parse_time(last, names.last_interaction_param)
-        size_text = values.get(names.page_size_param)
-        page_size = CONNECTIONS_DEFAULT_PAGE_SIZE
-        if size_text is not None:
-            if not size_text.isdigit() or not 1 <= int(size_text) <= CONNECTIONS_MAX_PAGE_SIZE:
-                raise ApiError(
-                    400,
-                    "Invalid page size",
-                    {names.page_size_param: size_text, "min": 1, "max": CONNECTIONS_MAX_PAGE_SIZE},
-                )
-            page_size = int(size_text)
-        ref_key = tuple(sorted(set(refs)))
-        filters = _canonical([list(ref_key), start_us, last_us])
-        data = self._dataset
-        indices = data.select_connections(ref_key, start_us, last_us)
-        if token is not None:
-            self._tokens.check_filters("connections", token, filters, names.page_token_param)
-            if offset > len(indices):
-                raise ApiError(400, "Invalid page token", {names.page_token_param: token})
-        end = offset + page_size
-        return _Page(
-            items=[data.encoded[i] for i in indices[offset:end]],
-            records_key=names.records_key,
-            token_key=names.next_token_key,
-            page=offset // page_size + 1,
-            issue=lambda at: self._tokens.issue("connections", at, filters),
-            offset=offset,
-            next_offset=end if end < len(indices) else None,
+        start, last = (
+            None if values.get(name) is None else _time(values[name], name)
+            for name in (names.start_date_param, names.last_interaction_param)
         )
+        size_text = values.get(names.page_size_param, str(CONNECTIONS_DEFAULT_PAGE_SIZE))
+        if not re.fullmatch(r"[0-9]+", size_text) or not (
+            1 <= int(size_text) <= CONNECTIONS_MAX_PAGE_SIZE
+        ):
+            limits = {"min": 1, "max": CONNECTIONS_MAX_PAGE_SIZE}
+            raise ApiError(400, "Invalid page size", {names.page_size_param: size_text, **limits})
+        data = self._dataset
+        indices = data.select_connections(refs, start, last)
+        keys = (names.records_key, names.next_token_key)
+        return _page(data.encoded, indices, offset, int(size_text), "connections", keys)
 
-    def _meters(self, headers: Mapping[str, str], body: bytes) -> _Page:
-        request: Any = {}
-        if body.strip():
-            content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
-            if content_type != _JSON:
-                raise ApiError(415, "Unsupported Media Type", {"content_type": content_type})
-            try:
-                request = _decode(body)
-            except msgspec.DecodeError as exc:
-                raise ApiError(400, "Invalid JSON body", {"error": str(exc)}) from None
+    def _meters(self, body: bytes) -> _Page:
+        try:
+            request = _decode(body) if body.strip() else {}  # the body is optional in the spec
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "Invalid JSON body", {"error": str(exc)}) from None
         if not isinstance(request, dict):
             raise ApiError(400, "Invalid request body", {"error": "expected a JSON object"})
-        not_emulated = sorted(set(request) & _METER_FIELDS_NOT_EMULATED)
-        if not_emulated:
-            raise ApiError(
-                400,
-                "Filter not supported by the emulator",
-                {"fields": not_emulated, "note": "in Leap's spec, not emulated"},
-            )
-        unknown = sorted(set(request) - _METER_FIELDS)
-        if unknown:
-            raise ApiError(400, "Unknown field", {"fields": unknown})
-        filters = _meter_filters(request)
-        page_size = request.get("page_size")
-        if page_size is None:
-            page_size = METERS_MAX_PAGE_SIZE
-        if (
-            not isinstance(page_size, int)
-            or isinstance(page_size, bool)
-            or not METERS_MIN_PAGE_SIZE <= page_size <= METERS_MAX_PAGE_SIZE
-        ):
-            raise ApiError(
-                400,
-                "Invalid page size",
-                {"page_size": page_size, "min": METERS_MIN_PAGE_SIZE, "max": METERS_MAX_PAGE_SIZE},
-            )
-        key = _canonical(filters)
-        data = self._dataset
-        indices = data.select_meters(self._now_us, filters)
-        offset = 0
-        token = request.get("page_token")
-        if token is not None:
-            if not isinstance(token, str):
-                raise ApiError(400, "Invalid page token", {"page_token": token})
-            offset = self._tokens.open("meters", token, "page_token")
-            self._tokens.check_filters("meters", token, key, "page_token")
-            if offset > len(indices):
-                raise ApiError(400, "Invalid page token", {"page_token": token})
-        end = offset + page_size
-        return _Page(
-            items=[data.meter_encoded[i] for i in indices[offset:end]],
-            records_key="meters",
-            token_key="next_page_token",
-            page=offset // page_size + 1,
-            issue=lambda at: self._tokens.issue("meters", at, key),
-            offset=offset,
-            next_offset=end if end < len(indices) else None,
+        invalid = sorted(
+            name for name, value in request.items() if not _valid_meter_field(name, value)
         )
-
-
-def _string_list(request: Mapping[str, Any], name: str, max_items: int) -> list[str] | None:
-    value = request.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ApiError(400, f"Invalid {name}", {name: value, "error": "expected a list of strings"})
-    if not value:
-        raise ApiError(400, f"Invalid {name}", {name: value, "error": "at least one item"})
-    if len(value) > max_items:
-        raise ApiError(400, f"Too many {name}", {name: len(value), "max": max_items})
-    if len(set(value)) != len(value):
-        raise ApiError(400, f"Invalid {name}", {"error": "items must be unique"})
-    return value
-
-
-def _meter_filters(request: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated filters in canonical form (times as epoch µs); page fields excluded."""
-    filters: dict[str, Any] = {}
-    refs = _string_list(request, "connection_reference_ids", wire.METERS_MAX_REFERENCE_IDS)
-    if refs is not None:
-        bad = [r for r in refs if not is_valid_ref_id(r)]
-        if bad:
-            raise ApiError(400, "Invalid connection_reference_ids", {"invalid": bad})
-        filters["connection_reference_ids"] = sorted(refs)
-    for name, limit in (("meter_ids", 1000), ("partner_references", 1000), ("meter_types", 20)):
-        items = _string_list(request, name, limit)
-        if items is not None:
-            filters[name] = sorted(items)
-    for name in ("created_after_date_time", "created_before_date_time", "last_modified_date_time"):
-        value = request.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ApiError(400, "Invalid date", {name: value})
-        filters[name] = _parse_time(value, name)
-    for name in ("transmission_region", "customer_classification"):
-        value = request.get(name)
-        if value is not None:
-            if not isinstance(value, str):
-                raise ApiError(400, f"Invalid {name}", {name: value})
-            filters[name] = value
-    for name in ("exclude_archived", "partner_action_required"):
-        value = request.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise ApiError(400, f"Invalid {name}", {name: value})
-        if value:
-            filters[name] = True
-    return filters
+        if invalid:
+            raise ApiError(400, "Invalid request body", {"fields": invalid})
+        token = request.get("page_token")
+        offset = 0 if token is None else _open_token("meters", token, "page_token")
+        data = self._dataset
+        indices = data.select_meters(self._now_us, request)
+        size = request.get("page_size", METERS_MAX_PAGE_SIZE)
+        keys = ("meters", "next_page_token")
+        return _page(data.meter_encoded, indices, offset, size, "meters", keys)
