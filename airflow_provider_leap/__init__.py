@@ -90,6 +90,14 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
+        "cli": ["airflow_provider_leap.cli.get_cli_commands"],
+        "asset-uris": [
+            {
+                "schemes": ["leap"],
+                "handler": "airflow_provider_leap.datasets.normalize_uri",
+                "to_openlineage_converter": "airflow_provider_leap.datasets.asset_to_openlineage",
+            }
+        ],
         "config": {
             "leap": {
                 "description": "Provider-wide settings of airflow-provider-leap.",

@@ -147,6 +147,36 @@ class LedgerView:
     stalls: int = 0
 
 
+class ExclusiveCreate:
+    """Create a file only if it does not exist yet: the primitive every claim rests on.
+
+    Calling it returns True when this call created ``path``, False when it existed. An object
+    store without exclusive create falls back, once and with a warning, to check-then-write:
+    concurrent writers then need an Airflow pool of one slot (see the docs); a retry or a clear
+    is still safe.
+    """
+
+    def __init__(self) -> None:
+        self.exclusive = True
+
+    def __call__(self, path: StoragePath, body: bytes) -> bool:
+        if self.exclusive:
+            try:
+                with path.open("xb") as handle:
+                    handle.write(body)
+                return True
+            except FileExistsError:
+                return False
+            except (ValueError, NotImplementedError, TypeError):
+                log.warning("%s has no exclusive create; relying on one writer at a time", path)
+                self.exclusive = False
+        if path.exists():
+            return False
+        with path.open("wb") as handle:
+            handle.write(body)
+        return True
+
+
 class DeliveryLedger:
     """One channel's ledger (``email``, ``sms``, ``crm`` ...) under ``root``.
 
@@ -177,7 +207,7 @@ class DeliveryLedger:
         self.horizon = horizon
         self.stale_after = stale_after
         self._clock = clock
-        self._exclusive = True
+        self._create_exclusive = ExclusiveCreate()
         self._prepared = False
 
     def __repr__(self) -> str:
@@ -340,26 +370,6 @@ class DeliveryLedger:
         (self.folder / LOCK).unlink(missing_ok=True)
 
     # -- claims ----------------------------------------------------------------------------------
-
-    def _create_exclusive(self, path: StoragePath, body: bytes) -> bool:
-        """Create ``path`` only if it does not exist; False when someone else did."""
-        if self._exclusive:
-            try:
-                with path.open("xb") as handle:
-                    handle.write(body)
-                return True
-            except FileExistsError:
-                return False
-            except (ValueError, NotImplementedError, TypeError):
-                # An object store without exclusive create: concurrent senders then need an
-                # Airflow pool of one slot (see the docs); a retry or a clear is still safe.
-                log.warning("%s has no exclusive create; relying on one sender at a time", path)
-                self._exclusive = False
-        if path.exists():
-            return False
-        with path.open("wb") as handle:
-            handle.write(body)
-        return True
 
     def _attempt_path(self, contact: Contact, kind: str) -> StoragePath:
         return self.claims / f"{contact.contact_key}.{contact.attempt}.{kind}"

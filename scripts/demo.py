@@ -40,6 +40,8 @@ def prepare_airflow_home(demo_dir: Path) -> None:
 
 
 def load_dag(dag_id: str):  # type: ignore[no-untyped-def]
+    if str(DAGS) not in sys.path:  # the examples import their shared module, as Airflow allows
+        sys.path.insert(0, str(DAGS))
     spec = importlib.util.spec_from_file_location(dag_id, DAGS / f"{dag_id}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

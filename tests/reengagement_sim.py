@@ -24,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "example_dags" / "leap_connect_reengagement.py"
+COMMON = EXAMPLE.with_name("leap_reengagement_common.py")  # what the example imports
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
@@ -45,6 +46,8 @@ def prepare(home: Path) -> None:
     dags = home / "dags"
     dags.mkdir(parents=True)
     shutil.copy(EXAMPLE, dags / EXAMPLE.name)
+    shutil.copy(COMMON, dags / COMMON.name)
+    sys.path.insert(0, str(dags))  # as Airflow does for the DAGs folder
     os.environ.update(
         {
             "AIRFLOW_HOME": str(home),

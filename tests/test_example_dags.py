@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
+
+
+@pytest.fixture(autouse=True)
+def examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAGs folder is on ``sys.path`` in Airflow: the examples import their shared module."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -19,7 +26,11 @@ def test_example_dags_import_cleanly(monkeypatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_LEAP_DEFAULT", raising=False)
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"leap_connect_reengagement", "leap_connection_watch"}
+    assert set(bag.dag_ids) == {
+        "leap_connect_reengagement",
+        "leap_connect_events",
+        "leap_connection_watch",
+    }
     hourly = bag.get_dag("leap_connect_reengagement")
     assert hourly.max_active_runs == 1 and hourly.catchup is False
     assert hourly.timetable.expression == "17 * * * *"
@@ -99,9 +110,7 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
 
     from airflow_provider_leap.contact import Contact
 
-    spec = importlib.util.spec_from_file_location(
-        "reeng", EXAMPLES / "leap_connect_reengagement.py"
-    )
+    spec = importlib.util.spec_from_file_location("reeng", EXAMPLES / "leap_reengagement_common.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -140,6 +149,96 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
     )
     assert "PJM" in module.render_message(other, None)["body"]
+
+
+# -- leap_connect_events: the webhook path beside the hourly one ---------------------------------
+
+DAY = datetime(2026, 3, 2, tzinfo=timezone.utc)
+
+
+def _at(hhmm: str) -> datetime:
+    hour, minute = map(int, hhmm.split(":"))
+    return DAY.replace(hour=hour, minute=minute)
+
+
+def _customers(emu):  # type: ignore[no-untyped-def]
+    """Four customers, played by the emulator (records follow its clock and hourly refresh):
+    ``late`` errs at 10:40 and ``early`` clicks at 10:05, both announced by webhooks; ``done``
+    completes at 10:50; ``silent`` errs at 10:12 with no webhook (the subscription was down)."""
+    from airflow_provider_leap.testing.journeys import Customer, Event, Journey, Population, Step
+
+    def customer(ref_id: str, *events: Event) -> Customer:
+        record = f"CAISO_{uuid.uuid4()}_{ref_id}"
+        journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
+        return Customer(ref_id, "scripted", [journey])
+
+    population = Population(customers=0, start=DAY)
+    population.customers = [
+        customer(
+            "late",
+            Event(_at("09:30"), Step.CLICK),
+            Event(_at("10:40"), Step.ERROR, "USER_CANCELED"),
+        ),
+        customer("early", Event(_at("10:05"), Step.CLICK)),
+        customer("done", Event(_at("10:20"), Step.CLICK), Event(_at("10:50"), Step.COMPLETE)),
+        customer(
+            "silent",
+            Event(_at("10:10"), Step.CLICK),
+            Event(_at("10:12"), Step.ERROR, "INVALID_CREDENTIALS"),
+        ),
+    ]
+    emu.now = DAY
+    emu.play(population)
+
+
+def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
+    run_dag, reengagement_env, leap_emulator
+) -> None:  # type: ignore[no-untyped-def]
+    _customers(leap_emulator)
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    events = (EXAMPLES / "leap_connect_events.py").read_text()
+    sent: list[tuple[str, str, int]] = []
+
+    def run(name: str, source: str, at: datetime, **kwargs: object) -> None:
+        leap_emulator.now = at
+        result = run_dag(name, source, run_after=at, **kwargs)
+        assert result.state == "success", result.task_states
+        counts = result.xcoms[("message_customers", "return_value")]
+        crm = result.xcoms[("record_in_crm", "return_value")]
+        assert crm["sent"] == counts["sent"]
+        sent.append((name, at.strftime("%H:%M"), counts["sent"]))
+        if name == "leap_connect_events":
+            hint = result.xcoms[("what_to_answer", "answer_at")]
+            assert datetime.fromisoformat(hint) == at  # the run waited exactly until then
+
+    def announced(ref_ids: list[str], received: str, answer: str) -> None:
+        conf = {"ref_ids": ref_ids, "received_at": _at(received).isoformat()}
+        run("leap_connect_events", events, _at(answer), logical_date=None, run_conf=conf)
+
+    run("leap_connect_reengagement", hourly, _at("11:17"), logical_date=_at("11:17"))
+    announced(["early"], "10:05", "11:17")  # the 11:00 refresh has landed by 11:17
+    announced(["late"], "10:40", "11:40")  # one quiet period after the stall
+    announced(["done"], "10:50", "11:50")
+    run("leap_connect_reengagement", hourly, _at("12:17"), logical_date=_at("12:17"))
+    assert sent == [
+        ("leap_connect_reengagement", "11:17", 2),  # early and silent (no webhook for it)
+        ("leap_connect_events", "11:17", 0),  # early: already sent by the hourly run
+        ("leap_connect_events", "11:40", 1),  # late: 37 minutes before the next hourly run
+        ("leap_connect_events", "11:50", 0),  # done: the API says COMPLETED
+        ("leap_connect_reengagement", "12:17", 0),  # late: not again
+    ]
+    messages = _outbox(reengagement_env)
+    assert sorted(m["ref_id"] for m in messages) == ["early", "late", "silent"]
+    assert len({m["contact_key"] for m in messages}) == 3
+
+
+def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
+    source = (EXAMPLES / "leap_connect_events.py").read_text()
+    result = run_dag("leap_connect_events", source, logical_date=None)
+    assert result.state == "success"
+    assert result.task_states["what_to_answer"] == "skipped"
+    assert result.task_states["triage"] == "skipped"
+    assert _outbox(reengagement_env) == []
 
 
 @pytest.mark.usefixtures("airflow_db")

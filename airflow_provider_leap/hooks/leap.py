@@ -6,8 +6,8 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Collection, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
@@ -18,6 +18,9 @@ from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
+
+if TYPE_CHECKING:
+    from airflow_provider_leap.webhooks import EnsureResult, Webhook, WebhookTestResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -163,6 +166,99 @@ class LeapHook(BaseHook):
 
     def __repr__(self) -> str:
         return f"LeapHook(leap_conn_id={self.leap_conn_id!r})"
+
+    # -- webhook subscriptions (see airflow_provider_leap.webhooks) ------------------------------
+
+    def webhook_headers(self) -> dict[str, str]:
+        """The header the receiver checks, from the extras ``webhook_header`` (default
+        ``x-leap-webhook-secret``) and ``webhook_secret``: what a subscription must send."""
+        from airflow_provider_leap.webhooks import receiver_secret
+
+        try:
+            header, secret = receiver_secret(self.config.webhook_header, self.config.webhook_secret)
+        except LeapError as exc:
+            raise LeapException(f"Leap connection {self.leap_conn_id!r}: {exc}") from exc
+        return {header: secret}
+
+    def _subscription(
+        self, events: Sequence[str] | None, headers: Mapping[str, str] | None
+    ) -> tuple[Sequence[str], Mapping[str, str]]:
+        from airflow_provider_leap.webhooks import CONNECT_EVENT_TYPES
+
+        return events or CONNECT_EVENT_TYPES, self.webhook_headers() if headers is None else headers
+
+    def list_webhooks(self) -> list[Webhook]:
+        """Every webhook subscription of this connection's API key."""
+        from airflow_provider_leap.webhooks import list_webhooks
+
+        with airflow_errors():
+            return list_webhooks(self.client)
+
+    def create_webhook(
+        self,
+        receiver_url: str,
+        event_types: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Subscribe ``receiver_url`` (default events: Connect sessions; default headers:
+        :meth:`webhook_headers`) and return the ``webhook_id``. Not retried: prefer
+        :meth:`ensure_webhook`, which is safe to repeat."""
+        from airflow_provider_leap.webhooks import create_webhook
+
+        events, sent = self._subscription(event_types, headers)
+        with airflow_errors():
+            return create_webhook(self.client, receiver_url, events, sent)
+
+    def update_webhook(
+        self,
+        webhook_id: str,
+        receiver_url: str,
+        event_types: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Overwrite every setting of subscription ``webhook_id`` (defaults as for create)."""
+        from airflow_provider_leap.webhooks import update_webhook
+
+        events, sent = self._subscription(event_types, headers)
+        with airflow_errors():
+            return update_webhook(self.client, webhook_id, receiver_url, events, sent)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Remove subscription ``webhook_id``."""
+        from airflow_provider_leap.webhooks import delete_webhook
+
+        with airflow_errors():
+            delete_webhook(self.client, webhook_id)
+
+    def test_webhook(
+        self, webhook_id: str, payload: Mapping[str, Any] | None = None
+    ) -> WebhookTestResult:
+        """Have Leap deliver a test event (default: a ``connect_session.updated`` click by
+        ``leap-webhook-test``) and return what the receiver answered."""
+        from airflow_provider_leap.webhooks import send_test_event
+
+        with airflow_errors():
+            return send_test_event(self.client, webhook_id, payload)
+
+    def ensure_webhook(
+        self,
+        url: str,
+        events: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> EnsureResult:
+        """Make Leap deliver ``events`` (default: both Connect session events) to ``url`` with
+        ``headers`` (default: :meth:`webhook_headers`): creates, updates or leaves the
+        subscription as it is, and says which in ``EnsureResult.action``. Safe to repeat."""
+        from airflow_provider_leap.webhooks import ensure_webhook
+
+        wanted, sent = self._subscription(events, headers)
+        with airflow_errors():
+            result = ensure_webhook(self.client, url, wanted, sent)
+        removed = f" (removed duplicates {list(result.removed)})" if result.removed else ""
+        self.log.info(
+            "Leap webhook %s for %s: %s%s", result.webhook_id, url, result.action, removed
+        )
+        return result
 
 
 def connection_json(base_url: str, api_key: str, **extra: Any) -> str:

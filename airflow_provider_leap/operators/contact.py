@@ -16,6 +16,7 @@ from airflow_provider_leap.delivery import deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
+from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -90,6 +91,7 @@ class LeapContactOperator(BaseOperator):
         self.policy = policy or ContactPolicy()
         self.ledger_url = ledger_url
         self.fail_on_errors = fail_on_errors
+        self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
 
     def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
         ti = context["ti"]
@@ -143,6 +145,8 @@ class LeapContactOperator(BaseOperator):
         for item in attention:
             self.log.warning("Needs a person: %s", item)
         ti.xcom_push(key="attention", value=attention)
+        # For lineage: where the buckets read were stored, the ledger written, the counts.
+        self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         retryable = report.failed - report.given_up
         if retryable and self.fail_on_errors:
             raise AirflowException(
@@ -150,3 +154,13 @@ class LeapContactOperator(BaseOperator):
                 f"({report.sent} sent and recorded); a retry sends only what has not gone out"
             )
         return counts
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (docs: Lineage): the triage buckets read, and the channel's ledger written
+        with the number of messages sent. Called by Airflow's OpenLineage provider only."""
+        from airflow_provider_leap.lineage import contact_lineage
+
+        locations, folder, counts = self._lineage or ({}, None, None)
+        return contact_lineage(
+            task_instance, self.triage_task_id, BUCKETS, locations, folder, self.channel, counts
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import BaseOperator
 
@@ -14,9 +14,21 @@ from airflow_provider_leap.links import LeapConnectionsLink
 from airflow_provider_leap.refids import ref_ids_argument
 from airflow_provider_leap.timeutil import UTC, as_utc
 from airflow_provider_leap.triage import DEFAULT_AGREEMENT_DONE_STATUSES, TriageResult, triage
+from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+class _Triaged(NamedTuple):
+    """What a run read and made, kept for its lineage (asked for after ``execute``)."""
+
+    base_url: str
+    ref_ids: int | None  # how many were asked for; None: every customer
+    started_after: datetime | None
+    interacted_after: datetime | None
+    result: TriageResult
+    locations: dict[str, str]  # bucket -> object-storage file, where the XCom backend put it
 
 
 def format_counts(result: TriageResult) -> str:
@@ -93,6 +105,7 @@ class TriageOperator(BaseOperator):
             raise TypeError("agreement_done_statuses must be a collection of statuses, not a str")
         self.agreement_done_statuses = frozenset(agreement_done_statuses)
         self.page_size = page_size
+        self._triaged: _Triaged | None = None
 
     def _time(self, name: str) -> datetime | None:
         value = getattr(self, name)
@@ -109,7 +122,8 @@ class TriageOperator(BaseOperator):
             ref_ids = None if self.ref_ids is None else ref_ids_argument(self.ref_ids)
             started_after, interacted_after = map(self._time, ("started_after", "interacted_after"))
             now = self._time("now") or datetime.now(UTC)
-        records = LeapHook(leap_conn_id=self.leap_conn_id).iter_connect_records(
+        hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        records = hook.iter_connect_records(
             ref_ids=ref_ids,
             started_after=started_after,
             interacted_after=interacted_after,
@@ -128,6 +142,38 @@ class TriageOperator(BaseOperator):
             self.quiet_period,
             format_counts(result),
         )
+        ti = context["ti"]
         for name, items in result.buckets.items():
-            context["ti"].xcom_push(key=name, value=items)
+            ti.xcom_push(key=name, value=items)
+        self._triaged = _Triaged(
+            hook.config.base_url,
+            None if ref_ids is None else len(ref_ids),
+            started_after,
+            interacted_after,
+            result,
+            offloaded(
+                ti, self.task_id, result.buckets, -1 if ti.map_index is None else ti.map_index
+            ),
+        )
         return result.summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
+        row count, and the counts per bucket and reason. Called by Airflow's OpenLineage
+        provider only; on failure it reports the input alone."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_leap.lineage import connect_input, triage_lineage
+
+        run = self._triaged
+        if run is None:  # failed before a result: what it read from is still worth saying
+            return OperatorLineage(inputs=[connect_input(self.leap_conn_id, None, ref_ids=None)])
+        source = connect_input(
+            self.leap_conn_id,
+            run.base_url,
+            ref_ids=run.ref_ids,
+            started_after=run.started_after,
+            interacted_after=run.interacted_after,
+            rows=run.result.summary["records_read"],
+        )
+        return triage_lineage(task_instance, source, run.result, run.locations)

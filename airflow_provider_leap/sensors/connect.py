@@ -155,6 +155,24 @@ class ConnectStatusSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout),  # the trigger's end_time, for Airflow
         )
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (docs: Lineage): the Connect records of the connection, with the number of
+        Reference IDs watched. Called by Airflow's OpenLineage provider only."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_leap.hooks.leap import LeapHook
+        from airflow_provider_leap.lineage import connect_input
+
+        try:  # lineage never fails a task: without a readable connection, no environment
+            base_url: str | None = LeapHook(leap_conn_id=self.leap_conn_id).config.base_url
+        except Exception:
+            base_url = None
+        try:
+            watched: int | None = len(self.arguments()[0])
+        except Exception:
+            watched = None
+        return OperatorLineage(inputs=[connect_input(self.leap_conn_id, base_url, ref_ids=watched)])
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Map the trigger's event to success, failure or timeout; nothing is left implicit."""
         status = (event or {}).get("status")

@@ -49,6 +49,7 @@ from airflow_provider_leap.testing.data import (
 )
 from airflow_provider_leap.testing.faults import Fault, FaultKind, Faults
 from airflow_provider_leap.testing.journeys import Population
+from airflow_provider_leap.testing.webhooks import Answer, WebhookApiError, WebhookHub
 
 if TYPE_CHECKING:
     from airflow_provider_leap.testing.admin import EmulatorAdmin
@@ -443,7 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, answer, _JSON, {}, None)
                 return
             page = emulator.route(self.command, split.path, split.query, headers, body)
-        except ApiError as exc:
+        except (ApiError, WebhookApiError) as exc:
             self._send(exc.status, exc.body(), _JSON, exc.headers, None)
             return
         fault = emulator.faults.pick(split.path, page.page)
@@ -573,6 +574,7 @@ class LeapEmulator:
         self._initial_dataset = self._dataset
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.webhooks = WebhookHub(self._authorize)  # subscriptions and deliveries (webhooks.py)
         self.admin: EmulatorAdmin | None = None
         if admin:
             from airflow_provider_leap.testing.admin import EmulatorAdmin
@@ -625,6 +627,7 @@ class LeapEmulator:
     def _follow_journeys(self) -> None:
         if self._journeys is not None:
             self.set_records(self._journeys.records_at(self.now))
+            self.webhooks.clock_moved(self._journeys, self.now)
 
     def set_records(
         self,
@@ -661,6 +664,7 @@ class LeapEmulator:
         self._now_us = to_us(self._initial_now)
         self._dataset = self._initial_dataset
         self._journeys = None
+        self.webhooks.reset()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -682,6 +686,7 @@ class LeapEmulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.webhooks.stop()
         self.stopping.set()
         server.shutdown()
         server.server_close()
@@ -718,8 +723,11 @@ class LeapEmulator:
 
     def route(
         self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> _Page:
-        """Answer one request: a page to send, or an ``ApiError``."""
+    ) -> _Page | Answer:
+        """Answer one request: a page to send (a subscription API answer for ``/v1.1/webhooks``),
+        or an ``ApiError`` (a ``WebhookApiError`` there)."""
+        if self.webhooks.handles(path):
+            return self.webhooks.route(method, path, headers, body)
         routes = {self.wire.connections_path: "GET", wire.METERS_SEARCH_PATH: "POST"}
         expected = routes.get(path)
         if expected is None:

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from deployment import REPO, Deployment
 from report import Report, Step
 
 REENGAGEMENT = "leap_connect_reengagement"
+EVENTS = "leap_connect_events"  # the example DAG scheduled on Leap's webhooks
 WATCH = "leap_connection_watch"
 FAST_WATCH = "leap_deploy_check_watch"  # scripts/deploy_check/dags/: polls every 5 s
 SENSOR = "wait_for_completed"
@@ -74,7 +76,9 @@ def run_checks(d: Deployment, report: Report) -> None:
         c.detail = check_triggerer_kill(d, c, customers["kill"])
     with report.check("cleared re-engagement run sends nothing twice", 150) as c:
         c.detail = check_clear_sends_nothing_twice(d, c, scheduled)
-    with report.check("API key appears nowhere", 120) as c:
+    with report.check("webhooks: emulator -> receiver -> asset event -> run", 240) as c:
+        c.detail = check_webhooks(d, c)
+    with report.check("API key and webhook secret appear nowhere", 120) as c:
         c.detail = check_secret_nowhere(d)
     with report.check("screenshots in chromium, no page error", 120) as c:
         c.detail = check_screenshots(d, c)
@@ -384,12 +388,40 @@ def check_clear_sends_nothing_twice(d: Deployment, c: Step, run_id: str | None) 
     )
 
 
+# --- webhooks -------------------------------------------------------------------------------
+
+
+def check_webhooks(d: Deployment, c: Step) -> str:
+    """``scripts/webhooks_check.py``'s checks against this deployment: a subscription made with
+    ``ensure_webhook`` in the emulator process, Leap's test delivery from it and direct
+    deliveries (refused, bad, repeated) to the plugin's receiver in the API server, each event
+    one asset event in PostgreSQL, runs of ``leap_connect_events`` created by the scheduler
+    that read every event and wait in the triggerer."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import webhooks_check
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    result = webhooks_check.run_checks(
+        api_url=d.api_url,
+        leap_url=d.emulator_url,
+        api_key=d.api_key,
+        webhook_secret=d.webhook_secret,
+        timeout=max(c.until - time.monotonic() - 5, 10),
+    )
+    (d.logs / "webhooks-check.log").write_text(result.table() + "\n", encoding="utf-8")
+    failed = [row for row in result.rows if not row.ok]
+    if failed:
+        raise CheckFailed("; ".join(f"{row.check}: {row.detail}" for row in failed))
+    return f"{len(result.rows)} steps (logs/webhooks-check.log); {result.rows[-1].detail}"
+
+
 # --- the key --------------------------------------------------------------------------------
 
 
 def check_secret_nowhere(d: Deployment) -> str:
     """Every log, task and trigger log, rendered field, XCom, the DB dump and argv: no key."""
-    for dag_id in (REENGAGEMENT, WATCH, FAST_WATCH):
+    for dag_id in (REENGAGEMENT, EVENTS, WATCH, FAST_WATCH):
         for run in d.api.runs(dag_id):
             for ti in d.api.task_instances(dag_id, run["dag_run_id"], keep=True):
                 base = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances"
@@ -399,8 +431,10 @@ def check_secret_nowhere(d: Deployment) -> str:
                     d.api.call("GET", f"{base}/{ti['task_id']}/xcomEntries/{entry['key']}")
     assert d.postgres is not None
     d.postgres.dump(d.out / "pg_dump.sql")
-    needles = [d.api_key.encode(), base64.b64encode(d.api_key.encode())]
-    needles.append(d.api_key.split("_")[-1].encode())  # the random part, however wrapped
+    needles = []
+    for secret in (d.api_key, d.webhook_secret):
+        needles += [secret.encode(), base64.b64encode(secret.encode())]
+        needles.append(secret.split("_")[-1].encode())  # the random part, however wrapped
     hits, scanned = [], 0
     for path in sorted(d.out.rglob("*")):
         if not path.is_file() or "tools" in path.relative_to(d.out).parts:
@@ -417,7 +451,7 @@ def check_secret_nowhere(d: Deployment) -> str:
     task_logs = len(list((d.home / "logs").rglob("attempt=*.log")))
     trigger_logs = len(list((d.home / "logs").rglob("*.log.trigger.*.log")))
     if hits:
-        raise CheckFailed(f"the key is in: {', '.join(hits[:10])}")
+        raise CheckFailed(f"the key or webhook secret is in: {', '.join(hits[:10])}")
     if not task_logs or not trigger_logs:
         raise CheckFailed(f"too little to search: {task_logs} task, {trigger_logs} trigger logs")
     return (

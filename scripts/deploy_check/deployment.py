@@ -4,7 +4,7 @@ emulator and an SMTP sink beside it.
 
 The API key reaches the emulator (``LEAP_EMULATOR_API_KEY``) and Airflow
 (``AIRFLOW_CONN_LEAP_DEFAULT``) through the environment only: never argv, never a file, never
-printed.
+printed. So does the webhook secret the receiver checks (the connection's ``webhook_secret``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from airflow_provider_leap.testing.smtp import SmtpSink
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.path.abspath(sys.executable)).parent  # the venv's bin, symlinks kept
-EXAMPLE_DAGS = ("leap_connect_reengagement.py", "leap_connection_watch.py")
+# Both re-engagement examples (hourly and on webhooks) import their policy and senders from
+# leap_reengagement_common.py.
+EXAMPLE_DAGS = (
+    "leap_connect_reengagement.py",
+    "leap_connect_events.py",
+    "leap_connection_watch.py",
+    "leap_reengagement_common.py",
+    ".airflowignore",
+)
 CHECK_DAG = Path(__file__).resolve().parent / "dags" / "leap_deploy_check_watch.py"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EMULATOR_SEED, EMULATOR_RECORDS = 0, 500
@@ -45,6 +53,7 @@ class Deployment:
         self.xcom_store = out / "xcom-store"
         self.ledger = out / "leap-ledger"
         self.api_key = api_key
+        self.webhook_secret = "whsec_DEPLOYCHECK_" + secrets.token_hex(20)  # no "_" inside
         self.marker = str(out)
         self.state_file = out / "state.json"
         self.processes = Processes(self.logs, self.marker, self.state_file)
@@ -112,7 +121,12 @@ class Deployment:
         self.smtp = SmtpSink(self.out / "smtp" / "deliveries.jsonl").__enter__()
         from cryptography.fernet import Fernet
 
-        leap = {"conn_type": "leap", "host": self.emulator_url, "password": self.api_key}
+        leap = {
+            "conn_type": "leap",
+            "host": self.emulator_url,
+            "password": self.api_key,
+            "extra": {"webhook_secret": self.webhook_secret},
+        }
         smtp = self.smtp.connection()
         settings = {
             "AIRFLOW_HOME": str(self.home),

@@ -1,0 +1,474 @@
+"""The webhook receiver: a FastAPI app for ``/leap/webhooks/{conn_id}`` on Airflow's API server.
+
+Each delivery is checked in this order, answered as soon as one check decides:
+
+1. the connection ``conn_id`` is a Leap connection with a ``webhook_secret``, and the header
+   named by its ``webhook_header`` extra carries that secret (constant-time comparison):
+   otherwise **401**, nothing read further, nothing recorded;
+2. the body is at most 1 MiB: otherwise **413**;
+3. the body is Leap's envelope of a valid event (``webhooks.read_event``): otherwise **400**,
+   logged by field name only (payloads hold Reference IDs);
+4. an event type this version does not know: **202**, logged, not recorded;
+5. the event is accepted: its marker is created exclusively in the inbox beside the delivery
+   ledger (``inbox.WebhookInbox``; shared by every API server worker and machine, kept across
+   restarts): **200** ``accepted``; it existed already: **200** ``duplicate``; the storage
+   failed: **503**, so Leap delivers it again later.
+
+Then, off the request path, each worker's :class:`Recorder` records accepted events in batches
+as Airflow asset events on ``leap://<conn_id>/<kind>`` (``assets.asset_uri``), through Airflow's
+asset manager (the call the REST API's ``POST /api/v2/assets/events`` makes), retrying while the
+database is unavailable. Markers a dead worker left unrecorded are recovered by the others.
+
+``plugins.webhooks.LeapWebhooksPlugin`` mounts it; only the API server imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hmac
+import importlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from airflow_provider_leap.inbox import Accepted, Marker, WebhookInbox, inbox_folders
+from airflow_provider_leap.webhooks import MAX_BODY_BYTES, EnvelopeError, read_event
+
+log = logging.getLogger("airflow_provider_leap.webhooks.receiver")
+
+ROUTE = "/webhooks/{conn_id}"
+SETTINGS_TTL = 10.0  # seconds a connection's secret is cached: a rotated secret counts after it
+BATCH = 200  # accepted events recorded in one database transaction
+RECOVER_EVERY = 120.0  # seconds between looks for markers a dead worker left unrecorded
+STALE = timedelta(minutes=2)  # a marker nobody took for this long was left by a dead worker
+MAX_BACKOFF = 30.0
+SQLITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Settings:
+    header: str | None  # None: this connection cannot receive (``reason`` says why)
+    secret: bytes
+    reason: str
+    fetched: float
+
+
+def storage_root(url: str) -> Marker:
+    """The inbox's root for ``[leap] ledger_url``: a plain path for local folders (no
+    filesystem layer on the request path), an ``ObjectStoragePath`` otherwise."""
+    # Both fit Marker; pathlib's read-only ``name`` and wider signatures are not mypy's idea of it.
+    if url.startswith("file://"):
+        return cast("Marker", Path(url[len("file://") :]))
+    if "://" not in url:
+        return cast("Marker", Path(url))
+    from airflow.sdk import ObjectStoragePath
+
+    return cast("Marker", ObjectStoragePath(url))
+
+
+class Receiver:
+    """One API server worker's receiver state: cached secrets, inboxes and the recorder."""
+
+    def __init__(self, root: Marker | None = None) -> None:
+        self._root = root
+        self._settings: dict[str, _Settings] = {}
+        self._inboxes: dict[str, WebhookInbox] = {}
+        self._lock = threading.Lock()
+        self.recorder = Recorder(self)
+
+    @property
+    def root(self) -> Marker:
+        if self._root is None:
+            from airflow_provider_leap.operators.contact import default_ledger_url
+
+            self._root = storage_root(default_ledger_url())
+        return self._root
+
+    # -- 1. who may deliver ----------------------------------------------------------------------
+
+    def cached(self, conn_id: str) -> _Settings | None:
+        """The connection's header and secret if read less than ``SETTINGS_TTL`` seconds ago."""
+        cached = self._settings.get(conn_id)
+        if cached is not None and time.monotonic() - cached.fetched < SETTINGS_TTL:
+            return cached
+        return None
+
+    def settings(self, conn_id: str) -> _Settings:
+        """The connection's header and secret, read again (blocking: a database or secrets
+        backend lookup) and cached."""
+        settings = self._read_settings(conn_id)
+        with self._lock:
+            if len(self._settings) > 1000:  # a flood of made-up ids must not grow this forever
+                self._settings.clear()
+            self._settings[conn_id] = settings
+        return settings
+
+    @staticmethod
+    def _read_settings(conn_id: str) -> _Settings:
+        from airflow.sdk import BaseHook
+
+        from airflow_provider_leap.config import LeapConfig
+        from airflow_provider_leap.errors import LeapConfigError
+        from airflow_provider_leap.hooks.leap import LeapHook
+        from airflow_provider_leap.inbox import valid_folder_name
+        from airflow_provider_leap.webhooks import receiver_secret
+
+        now = time.monotonic()
+        if not valid_folder_name(conn_id):
+            return _Settings(None, b"", "not a connection id", now)
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except Exception:  # the SDK raises its own not-found error
+            return _Settings(None, b"", "no such connection", now)
+        if conn.conn_type != LeapHook.conn_type:
+            return _Settings(None, b"", f"connection type is {conn.conn_type!r}, not 'leap'", now)
+        try:
+            config = LeapConfig.from_connection(conn)
+            header, secret = receiver_secret(config.webhook_header, config.webhook_secret)
+        except LeapConfigError as exc:
+            return _Settings(None, b"", str(exc), now)
+        return _Settings(header, secret.encode(), "", now)
+
+    # -- 5. accept, in a worker thread -----------------------------------------------------------
+
+    def inbox(self, conn_id: str) -> WebhookInbox:
+        found = self._inboxes.get(conn_id)
+        if found is None:
+            with self._lock:
+                found = self._inboxes.setdefault(conn_id, WebhookInbox(self.root, conn_id))
+        return found
+
+    def accept(self, conn_id: str, event_id: str, uri: str, extra: dict[str, Any]) -> str:
+        """``accepted`` (and queued for recording) or ``duplicate``; raises if storage fails."""
+        inbox = self.inbox(conn_id)
+        marker = inbox.accept(event_id, uri, extra)
+        if marker is None:
+            return "duplicate"
+        self.recorder.submit(inbox, marker, Accepted(uri, extra, ""))
+        return "accepted"
+
+
+class Recorder:
+    """Records accepted events as Airflow asset events, in batches, on a thread of its own.
+
+    A batch is one database transaction. While the database fails, the batch's events are given
+    back (another worker may take them) and tried again with a growing pause.
+    """
+
+    def __init__(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+        self._queue: queue.Queue[tuple[WebhookInbox, Marker, Accepted] | None] = queue.Queue()
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="leap-webhook-recorder", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Record what is queued within ``timeout``; the rest stays in the inbox, recovered
+        by a worker that is still running (or by this one after a restart)."""
+        self.flush(timeout)
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)  # wakes it up; it ends on reading it
+            thread.join(timeout)
+
+    def submit(self, inbox: WebhookInbox, marker: Marker, accepted: Accepted) -> None:
+        with self._idle:
+            self._busy += 1
+        self._queue.put((inbox, marker, accepted))
+        if self._thread is None:
+            self.start()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted event was recorded (or given back); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _done(self, count: int) -> None:
+        with self._idle:
+            self._busy -= count
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        next_recovery = time.monotonic() + RECOVER_EVERY / 4
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=max(0.0, next_recovery - time.monotonic()))
+            except queue.Empty:
+                self.recover()
+                next_recovery = time.monotonic() + RECOVER_EVERY
+                continue
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self._record(batch)
+            except Exception:  # storage trouble: the markers stay; a later recovery retries
+                log.exception("Recording %d Leap webhook event(s) failed", len(batch))
+            finally:
+                self._done(len(batch))
+
+    def _record(self, batch: list[tuple[WebhookInbox, Marker, Accepted]]) -> None:
+        pause = 0.5
+        while not self._stopping.is_set():
+            taken = [item for item in batch if item[0].take(item[1])]
+            if not taken:
+                return
+            try:
+                recorded = _register_asset_events([(a.uri, a.extra) for _, _, a in taken])
+            except Exception:
+                for inbox, marker, _ in taken:
+                    inbox.give_back(marker)
+                log.exception(
+                    "Recording %d accepted Leap webhook event(s) failed; retrying in %.1f s "
+                    "(they stay in the inbox until recorded)",
+                    len(taken),
+                    pause,
+                )
+                self._stopping.wait(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            for (_, _, accepted), ok in zip(taken, recorded, strict=True):
+                _log_recorded(accepted, ok)
+            return
+
+    def recover(self) -> int:
+        """Queue the markers dead workers left unrecorded; returns how many."""
+        try:
+            root = self._receiver.root
+            found = [
+                (inbox, marker, accepted)
+                for conn_id in inbox_folders(root)
+                for inbox in [self._receiver.inbox(conn_id)]
+                for marker, accepted in inbox.unrecorded(STALE)
+            ]
+        except Exception:
+            log.exception("Looking for unrecorded Leap webhook events failed")
+            return 0
+        for inbox, marker, accepted in found:
+            log.warning("Recovering accepted Leap webhook event %s", marker)
+            self.submit(inbox, marker, accepted)
+        return len(found)
+
+
+def _log_recorded(accepted: Accepted, ok: bool) -> None:
+    extra = accepted.extra
+    if ok:
+        log.info(
+            "Leap webhook %s: %s %s recorded on %s",
+            extra.get("webhook_event_id"),
+            extra.get("event_type"),
+            extra.get("status"),
+            accepted.uri,
+        )
+    else:
+        log.warning(
+            "Leap webhook %s (%s): no DAG is scheduled on %s, so Airflow has no such asset and "
+            "the event was not recorded; schedule a DAG on leap_asset(...) for it",
+            extra.get("webhook_event_id"),
+            extra.get("event_type"),
+            accepted.uri,
+        )
+
+
+def _register_asset_events(events: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+    """Asset events through Airflow's configured asset manager (``[core] asset_manager_class``),
+    as the REST API's ``POST /api/v2/assets/events`` records one: the event, the runs it queues
+    for DAGs scheduled on the asset, listeners and metrics; all in one committed transaction.
+    False for an event whose asset no DAG references (Airflow does not know it).
+
+    On SQLite (development only) concurrent writers fail at once with "database is locked"
+    instead of waiting: the worker's threads take turns, and another worker's lock is retried.
+    """
+    from airflow.assets.manager import asset_manager
+    from airflow.serialization.definitions.assets import SerializedAssetUniqueKey
+    from airflow.utils.session import create_session
+
+    for attempt in range(1, SQLITE_ATTEMPTS + 1):
+        try:
+            with _SQLITE.turn(), create_session() as session:
+                return [
+                    asset_manager.register_asset_change(
+                        asset=SerializedAssetUniqueKey(name=uri, uri=uri),
+                        extra=extra,
+                        source_is_api=True,
+                        session=session,
+                    )
+                    is not None
+                    for uri, extra in events
+                ]
+        except Exception as exc:
+            if not _SQLITE.enabled or "locked" not in str(exc) or attempt == SQLITE_ATTEMPTS:
+                raise
+            time.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
+
+
+class _SqliteTurns:
+    """Serialises this worker's writes when the metadata database is SQLite."""
+
+    def __init__(self) -> None:
+        self._enabled: bool | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        if self._enabled is None:
+            from airflow.configuration import conf
+
+            url = conf.get("database", "sql_alchemy_conn", fallback="")
+            self._enabled = url.startswith("sqlite")
+        return self._enabled
+
+    def turn(self) -> threading.Lock | contextlib.nullcontext[None]:
+        return self._lock if self.enabled else contextlib.nullcontext()
+
+
+_SQLITE = _SqliteTurns()
+
+# Imported by the first delivery otherwise, while Leap waits for the answer.
+_RECORDING_MODULES = (
+    "airflow.assets.manager",
+    "airflow.sdk",
+    "airflow.serialization.definitions.assets",
+    "airflow.utils.session",
+    "airflow_provider_leap.assets",
+    "airflow_provider_leap.hooks.leap",
+    "airflow_provider_leap.operators.contact",
+)
+
+
+def _warm_up(receiver: Receiver) -> None:
+    for name in _RECORDING_MODULES:
+        importlib.import_module(name)
+    # The API server's heap is large: a full collection walks all of it, and stalls every
+    # request of the worker meanwhile (0.3 to 1.5 s on 2 busy cores, bench.webhooks). What
+    # exists once the app has started lives as long as the worker: kept out of collections,
+    # as Airflow's DAG processor and LocalExecutor do.
+    gc.freeze()
+    receiver.recorder.start()
+
+
+def create_app(receiver: Receiver | None = None) -> FastAPI:
+    """The FastAPI app the plugin mounts at ``/leap`` (``receiver``: for tests)."""
+    from airflow_provider_leap.assets import asset_uri
+
+    state = receiver or Receiver()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_warm_up, state)
+        yield
+        await run_in_threadpool(state.recorder.stop)
+
+    app = FastAPI(
+        title="Leap webhook receiver",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.receiver = state
+
+    def answer(code: int, **body: str) -> JSONResponse:
+        return JSONResponse(body, status_code=code)
+
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None as soon as it exceeds the limit (nothing more is read)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post(ROUTE)
+    async def receive(conn_id: str, request: Request) -> JSONResponse:
+        received_at = datetime.now(timezone.utc)
+        settings = state.cached(conn_id)
+        if settings is None:
+            settings = await run_in_threadpool(state.settings, conn_id)
+        if settings.header is None:
+            log.warning("Leap webhook for %r refused (401): %s", conn_id, settings.reason)
+            return answer(401, error="unauthorized")
+        presented = request.headers.get(settings.header)
+        if presented is None or not hmac.compare_digest(presented.encode(), settings.secret):
+            log.warning(
+                "Leap webhook for %r refused (401): header %s %s",
+                conn_id,
+                settings.header,
+                "missing" if presented is None else "does not match webhook_secret",
+            )
+            return answer(401, error="unauthorized")
+        body = await read_body(request)
+        if body is None:
+            log.warning("Leap webhook for %r refused (413): over %d bytes", conn_id, MAX_BODY_BYTES)
+            return answer(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            event = read_event(body)
+        except EnvelopeError as exc:
+            log.warning("Leap webhook for %r refused (400): %s", conn_id, exc)
+            return answer(400, error=str(exc))
+        if event.kind is None:
+            log.warning(
+                "Leap webhook %s for %r: event type %r is not known to this provider version; "
+                "acknowledged, not recorded",
+                event.event_id,
+                conn_id,
+                event.event_type,
+            )
+            return answer(202, status="ignored: unknown event type")
+        uri = asset_uri(conn_id, event.kind)
+        extra = event.extra(received_at)
+        try:
+            outcome = await run_in_threadpool(state.accept, conn_id, event.event_id, uri, extra)
+        except Exception:
+            log.exception("Leap webhook %s for %r: inbox not writable", event.event_id, conn_id)
+            return answer(503, error="not accepted; deliver again later")
+        if outcome == "duplicate":
+            log.info("Leap webhook %s for %r: duplicate, accepted before", event.event_id, conn_id)
+        return answer(200, status=outcome, webhook_event_id=event.event_id)
+
+    return app

@@ -1,0 +1,444 @@
+"""Leap's webhooks: the subscription API and the events Leap delivers. No Airflow import.
+
+Subscriptions (``/v1.1/webhooks``, Leap's published "Webhook Subscription API" 1.1) are managed
+with plain functions over :meth:`LeapClient.request`; :func:`ensure_webhook` makes Leap's
+subscription for one receiver URL match what is wanted, and is safe to run again and again.
+
+Events arrive as Leap's envelope ``{"webhook_event_id": <uuid>, "payload": {...}}``;
+:func:`read_event` checks one against the published schema and returns a small typed
+:class:`WebhookEvent`. Event types and values this version does not know are data: a new status
+or utility passes through as a string, a new event type comes back with ``kind`` None.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+import msgspec
+
+from airflow_provider_leap.errors import LeapAPIError, LeapConfigError
+
+if TYPE_CHECKING:  # the HTTP client loads only when a subscription call is made
+    from airflow_provider_leap.client import LeapClient
+
+WEBHOOKS_PATH = "/v1.1/webhooks"
+
+CONNECT_SESSION_UPDATED = "connect_session.updated"
+CONNECT_AUTHORIZATION_UPDATED = "connect_session.authorization_updated"
+METER_CREATED = "meter.created"
+METER_GLOBAL_STATUS_UPDATED = "meter.enrollment.global-status.updated"
+METER_PARTICIPATION_STATUS_UPDATED = "meter.enrollment.participation-status.updated"
+METER_REQUIRED_ACTIONS_UPDATED = "meter.enrollment.required-actions.updated"
+METER_GROUP_UPDATED = "meter.enrollment.group.updated"
+
+# The event kinds: one Airflow asset per connection and kind (see ``assets.py``).
+CONNECT_SESSION = "connect_session"
+METER = "meter"
+
+CONNECT_EVENT_TYPES: tuple[str, ...] = (CONNECT_SESSION_UPDATED, CONNECT_AUTHORIZATION_UPDATED)
+METER_EVENT_TYPES: tuple[str, ...] = (
+    METER_CREATED,
+    METER_GLOBAL_STATUS_UPDATED,
+    METER_PARTICIPATION_STATUS_UPDATED,
+    METER_REQUIRED_ACTIONS_UPDATED,
+    METER_GROUP_UPDATED,
+)
+EVENT_TYPES: tuple[str, ...] = CONNECT_EVENT_TYPES + METER_EVENT_TYPES
+
+# Leap publishes no signature scheme: the subscription's headers carry a shared secret, which the
+# receiver compares with the connection's ``webhook_secret``.
+DEFAULT_SECRET_HEADER = "x-leap-webhook-secret"
+MIN_SECRET_LENGTH = 16
+MAX_BODY_BYTES = 1024 * 1024  # larger deliveries are refused (413): Leap's events are tiny
+
+# Leap refreshes Connect data once an hour; the project assumes each refresh has landed by this
+# long after the hour (the hourly example DAG runs at that minute). An assumption, not published.
+REFRESH_LANDED_BY = timedelta(minutes=17)
+REFRESH = timedelta(hours=1)
+
+# The published pattern of ``partner_reference`` (the Connect Reference ID).
+PARTNER_REFERENCE_PATTERN = r"^[^\/\\?\]\[{}!#$%^&*()<>|]{3,256}$"
+RefId = Annotated[str, msgspec.Meta(pattern=PARTNER_REFERENCE_PATTERN)]
+
+
+# -- subscriptions ---------------------------------------------------------------------------------
+
+
+class Header(msgspec.Struct, frozen=True):
+    """One header Leap sends with every delivery of a subscription (its value is a secret)."""
+
+    name: str
+    value: str
+
+    def __repr__(self) -> str:  # never show the value
+        return f"Header(name={self.name!r}, value='***')"
+
+
+class Webhook(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription as Leap lists it. Fields Leap adds later are ignored, not an error."""
+
+    webhook_id: str
+    receiver_url: str
+    event_types: tuple[str, ...] = ()
+    headers: tuple[Header, ...] = ()
+
+
+class WebhookTestResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What Leap got from the receiver when it sent a test event."""
+
+    is_successful: bool
+    status_code: int | None = None
+    response_time_ms: int | None = None
+    error: str | None = None
+
+
+class EnsureResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`ensure_webhook` did: ``action`` is created, updated or unchanged."""
+
+    webhook_id: str
+    action: str
+    removed: tuple[str, ...] = ()  # other subscriptions to the same URL, deleted
+
+
+class _List(msgspec.Struct):
+    webhooks: list[Webhook]
+
+
+class _Created(msgspec.Struct):
+    webhook_id: str
+
+
+_LIST = msgspec.json.Decoder(_List)
+_CREATED = msgspec.json.Decoder(_Created)
+_TEST_RESULT = msgspec.json.Decoder(WebhookTestResult)
+
+HeadersArg = Mapping[str, str] | Iterable[Header] | None
+
+
+def as_headers(headers: HeadersArg) -> tuple[Header, ...]:
+    """Headers from a mapping or ``Header`` items; names are compared case-insensitively later."""
+    if headers is None:
+        return ()
+    if isinstance(headers, Mapping):
+        items = tuple(Header(str(k), str(v)) for k, v in headers.items())
+    else:
+        items = tuple(headers)
+    for item in items:
+        if not isinstance(item, Header) or not item.name.strip():
+            raise LeapConfigError(f"webhook headers must be name/value pairs, got {item!r}")
+    return items
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, method: str, path: str) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise LeapAPIError(
+            f"Leap {method} {path} answered a body of an unexpected shape ({exc})",
+            method=method,
+            path=path,
+        ) from None
+
+
+def _body(receiver_url: str, event_types: Sequence[str], headers: HeadersArg) -> dict[str, Any]:
+    if not isinstance(receiver_url, str) or not receiver_url.strip():
+        raise LeapConfigError("receiver_url must be the public URL of your webhook receiver")
+    types = [event_types] if isinstance(event_types, str) else list(event_types)
+    if not types or not all(isinstance(t, str) and t for t in types):
+        raise LeapConfigError(f"event_types must be a non-empty list of names, got {event_types!r}")
+    return {
+        "receiver_url": receiver_url.strip(),
+        "event_types": types,
+        "headers": [{"name": h.name, "value": h.value} for h in as_headers(headers)],
+    }
+
+
+def _webhook_path(webhook_id: str, suffix: str = "") -> str:
+    if not webhook_id:
+        raise LeapConfigError("webhook_id must not be empty")
+    return f"{WEBHOOKS_PATH}/{quote(str(webhook_id), safe='')}{suffix}"
+
+
+def list_webhooks(client: LeapClient) -> list[Webhook]:
+    """Every subscription of this API key."""
+    response = client.request("GET", WEBHOOKS_PATH)
+    return list(_decode(_LIST, response.body, "GET", WEBHOOKS_PATH).webhooks)
+
+
+def create_webhook(
+    client: LeapClient,
+    receiver_url: str,
+    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
+    headers: HeadersArg = None,
+) -> str:
+    """Subscribe ``receiver_url``; returns the new ``webhook_id``.
+
+    Not retried (a create that timed out may have succeeded): :func:`ensure_webhook` is the
+    call that is safe to repeat.
+    """
+    from airflow_provider_leap.client import NO_RETRY
+
+    body = _body(receiver_url, event_types, headers)
+    response = client.request("POST", WEBHOOKS_PATH, json=body, retry=NO_RETRY)
+    return str(_decode(_CREATED, response.body, "POST", WEBHOOKS_PATH).webhook_id)
+
+
+def update_webhook(
+    client: LeapClient,
+    webhook_id: str,
+    receiver_url: str,
+    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
+    headers: HeadersArg = None,
+) -> str:
+    """Replace every setting of a subscription (Leap's PUT overwrites all of them)."""
+    path = _webhook_path(webhook_id)
+    response = client.request("PUT", path, json=_body(receiver_url, event_types, headers))
+    return str(_decode(_CREATED, response.body, "PUT", WEBHOOKS_PATH).webhook_id)
+
+
+def delete_webhook(client: LeapClient, webhook_id: str) -> None:
+    """Remove a subscription; a 404 (already gone) raises :class:`LeapAPIError`."""
+    client.request("DELETE", _webhook_path(webhook_id))
+
+
+def sample_payload(ref_id: str = "leap-webhook-test") -> dict[str, str]:
+    """A ``connect_session.updated`` payload for a test delivery: a click by ``ref_id``."""
+    return {
+        "webhook_event_type": CONNECT_SESSION_UPDATED,
+        "partner_reference": ref_id,
+        "status": "CREATED",
+    }
+
+
+def send_test_event(
+    client: LeapClient, webhook_id: str, payload: Mapping[str, Any] | None = None
+) -> WebhookTestResult:
+    """Ask Leap to deliver one test event now and report what the receiver answered."""
+    from airflow_provider_leap.client import NO_RETRY
+
+    path = _webhook_path(webhook_id, "/test")
+    body = dict(payload) if payload is not None else sample_payload()
+    response = client.request("POST", path, json=body, retry=NO_RETRY)
+    return _decode(_TEST_RESULT, response.body, "POST", WEBHOOKS_PATH)  # type: ignore[no-any-return]
+
+
+def _same(webhook: Webhook, event_types: Sequence[str], headers: tuple[Header, ...]) -> bool:
+    def normal(items: Iterable[Header]) -> set[tuple[str, str]]:
+        return {(h.name.lower(), h.value) for h in items}
+
+    return set(webhook.event_types) == set(event_types) and normal(webhook.headers) == normal(
+        headers
+    )
+
+
+def ensure_webhook(
+    client: LeapClient,
+    receiver_url: str,
+    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
+    headers: HeadersArg = None,
+) -> EnsureResult:
+    """Make Leap's subscription for ``receiver_url`` deliver ``event_types`` with ``headers``.
+
+    Creates it when missing, updates it when any setting differs, leaves it alone otherwise; other
+    subscriptions to the same URL would deliver every event twice, so they are deleted.
+    """
+    body = _body(receiver_url, event_types, headers)
+    wanted_headers = as_headers(headers)
+    matches = [w for w in list_webhooks(client) if w.receiver_url == body["receiver_url"]]
+    if not matches:
+        webhook_id = create_webhook(client, body["receiver_url"], body["event_types"], headers)
+        return EnsureResult(webhook_id=webhook_id, action="created")
+    keep, *others = matches
+    for other in others:
+        delete_webhook(client, other.webhook_id)
+    removed = tuple(other.webhook_id for other in others)
+    if _same(keep, body["event_types"], wanted_headers):
+        return EnsureResult(webhook_id=keep.webhook_id, action="unchanged", removed=removed)
+    update_webhook(client, keep.webhook_id, body["receiver_url"], body["event_types"], headers)
+    return EnsureResult(webhook_id=keep.webhook_id, action="updated", removed=removed)
+
+
+def receiver_secret(header: object, secret: object) -> tuple[str, str]:
+    """The header name (lower case) and the secret a receiver checks, from a connection's extras
+    ``webhook_header`` (None or "": :data:`DEFAULT_SECRET_HEADER`) and ``webhook_secret``."""
+    name = str(header).strip().lower() if header not in (None, "") else DEFAULT_SECRET_HEADER
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise LeapConfigError(f"webhook_header {header!r} is not an HTTP header name")
+    if not isinstance(secret, str) or not secret.strip():
+        raise LeapConfigError(
+            "no webhook_secret in the connection's extras: the receiver refuses every delivery "
+            "until one is set"
+        )
+    if len(secret) < MIN_SECRET_LENGTH or secret != secret.strip():
+        raise LeapConfigError(
+            f"webhook_secret must be at least {MIN_SECRET_LENGTH} characters, without surrounding "
+            "spaces (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return name, secret
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+class EnvelopeError(ValueError):
+    """A delivery that is not Leap's envelope of a valid event (answered 400).
+
+    The message names the field, never the value: payloads hold customers' Reference IDs.
+    """
+
+
+class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivered event, reduced to what a DAG acts on.
+
+    ``kind`` is ``connect_session`` or ``meter``, or None for an event type this version does not
+    know. ``status`` is the event's status (for meter events, the enrollment status or
+    participation preference); ``ref_id`` is Leap's ``partner_reference``.
+    """
+
+    event_id: str
+    event_type: str
+    kind: str | None
+    ref_id: str | None = None
+    status: str | None = None
+    utility: str | None = None
+    meter_id: str | None = None
+
+    def extra(self, received_at: datetime) -> dict[str, Any]:
+        """The small, JSON-ready summary stored with the Airflow asset event."""
+        summary = {
+            "ref_id": self.ref_id,
+            "status": self.status,
+            "event_type": self.event_type,
+            "event_time": received_at.isoformat(),
+            "webhook_event_id": self.event_id,
+            "utility_name": self.utility,
+            "meter_id": self.meter_id,
+        }
+        return {key: value for key, value in summary.items() if value is not None}
+
+
+class _Envelope(msgspec.Struct):
+    webhook_event_id: uuid.UUID
+    payload: msgspec.Raw
+
+
+class _Type(msgspec.Struct):
+    webhook_event_type: str
+
+
+class _ConnectSession(msgspec.Struct):
+    partner_reference: RefId
+    status: str
+
+
+class _ConnectAuthorization(msgspec.Struct):
+    partner_reference: RefId
+    status: str
+    utility_name: str
+
+
+class _Meter(msgspec.Struct, kw_only=True):
+    meter_id: str
+    transmission_region: str
+    partner_reference: RefId | None = None
+
+    @property
+    def status(self) -> str | None:
+        return None
+
+
+class _MeterGlobalStatus(_Meter, kw_only=True):
+    global_enrollment_status: str
+
+    @property
+    def status(self) -> str | None:
+        return self.global_enrollment_status
+
+
+class _MeterParticipation(_Meter, kw_only=True):
+    participation_preference: str
+    start_time: str
+
+    @property
+    def status(self) -> str | None:
+        return self.participation_preference
+
+
+class _MeterRequiredActions(_MeterGlobalStatus, kw_only=True):
+    required_actions: dict[str, Any]
+
+
+class _MeterGroup(msgspec.Struct):
+    market_group_id: str
+    market_group_name: str
+    start_date_time: str
+    end_date_time: str
+    meter_ids: list[str]
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_TYPE = msgspec.json.Decoder(_Type)
+_PAYLOADS: dict[str, tuple[str, msgspec.json.Decoder[Any]]] = {
+    CONNECT_SESSION_UPDATED: (CONNECT_SESSION, msgspec.json.Decoder(_ConnectSession)),
+    CONNECT_AUTHORIZATION_UPDATED: (CONNECT_SESSION, msgspec.json.Decoder(_ConnectAuthorization)),
+    METER_CREATED: (METER, msgspec.json.Decoder(_Meter)),
+    METER_GLOBAL_STATUS_UPDATED: (METER, msgspec.json.Decoder(_MeterGlobalStatus)),
+    METER_PARTICIPATION_STATUS_UPDATED: (METER, msgspec.json.Decoder(_MeterParticipation)),
+    METER_REQUIRED_ACTIONS_UPDATED: (METER, msgspec.json.Decoder(_MeterRequiredActions)),
+    METER_GROUP_UPDATED: (METER, msgspec.json.Decoder(_MeterGroup)),
+}
+
+
+def read_event(body: bytes) -> WebhookEvent:
+    """Check one delivery against Leap's published schema and reduce it to a WebhookEvent.
+
+    Raises :class:`EnvelopeError` for malformed JSON or a wrong shape; an unknown event type is
+    not an error (``kind`` None).
+    """
+    try:
+        envelope = _ENVELOPE.decode(body)
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"not Leap's webhook envelope: {exc}") from None
+    raw = envelope.payload
+    try:
+        event_type = _TYPE.decode(raw).webhook_event_type
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"payload: {exc}") from None
+    event_id = str(envelope.webhook_event_id)
+    known = _PAYLOADS.get(event_type)
+    if known is None:
+        return WebhookEvent(event_id=event_id, event_type=event_type, kind=None)
+    kind, decoder = known
+    try:
+        payload = decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"payload of {event_type}: {exc}") from None
+    return WebhookEvent(
+        event_id=event_id,
+        event_type=event_type,
+        kind=kind,
+        ref_id=getattr(payload, "partner_reference", None),
+        status=getattr(payload, "status", None),
+        utility=getattr(payload, "utility_name", None),
+        meter_id=getattr(payload, "meter_id", None),
+    )
+
+
+def answer_time(
+    received_at: datetime,
+    *,
+    quiet_period: timedelta,
+    refresh_landed_by: timedelta = REFRESH_LANDED_BY,
+) -> datetime:
+    """When the Connect API can be asked about an interaction Leap notified at ``received_at``.
+
+    Both a quiet period after it (the contact policy's first step) and Leap's first hourly refresh
+    after it must have passed: before that refresh, the API still shows the customer's previous
+    state, and acting on it would answer an old stall instead of this one.
+    """
+    refreshed = received_at.replace(minute=0, second=0, microsecond=0) + REFRESH + refresh_landed_by
+    return max(received_at + quiet_period, refreshed)

@@ -1,0 +1,225 @@
+"""What the two re-engagement example DAGs share: one policy, the same channels, one ledger.
+
+``leap_connect_reengagement`` (hourly) and ``leap_connect_events`` (on Leap's webhooks) both
+hand due contacts to the senders below, under the same channel names and so the same delivery
+ledger (``[leap] ledger_url``): whichever DAG finds a stall first sends its message, and the
+other finds it already sent. Not a DAG file (see ``.airflowignore``); it sits beside the DAGs
+so that both import it from the DAGs folder.
+
+Where the output goes, so the DAGs run anywhere:
+- messages: email through the ``smtp_default`` connection to the addresses in the
+  ``leap_contacts`` Variable (a JSON map ref_id -> email); a customer without an address is
+  counted and reported. Without ``smtp_default``, messages go to an outbox of JSON lines under
+  ``LEAP_OUTPUT_DIR`` (default ``$AIRFLOW_HOME/leap_output``).
+- CRM: each contact POSTed as JSON to the ``leap_crm`` HTTP connection (``Idempotency-Key`` =
+  the contact key); without it, JSON lines under ``LEAP_OUTPUT_DIR``.
+- Connect links: the ``leap_default`` connection's extras ``connect_account`` and
+  ``connect_variant`` (no link without an account).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import task
+
+from airflow_provider_leap.contact import Contact, ContactPolicy
+from airflow_provider_leap.delivery import ContactUnreachable
+from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
+
+# Hourly, once Leap's refresh of the hour has landed.
+HOURLY_SCHEDULE = f"{REFRESH_LANDED_BY.seconds // 60} * * * *"
+
+POLICY = ContactPolicy()  # first contact 1 h after a stall, reminders at 1, 3 and 7 days
+
+# Wording per bucket, then per (bucket, reason) where an error code deserves its own message.
+# Error codes beyond USER_CANCELED are illustrative.
+MESSAGES: dict[str, tuple[str, str]] = {
+    "not_started": (
+        "Finish connecting your utility account",
+        "You opened your enrolment link but have not logged into your utility yet. "
+        "It takes two minutes to pick up where you left off.",
+    ),
+    "utility_not_connected": (
+        "One step left: connect {utilities}",
+        "We still need access to {utilities}. Please log in to finish.",
+    ),
+    "utility_error": (
+        "We could not connect your utility account",
+        "Connecting {utilities} did not finish. Please try again.",
+    ),
+    "utility_error/error:USER_CANCELED": (
+        "Did you mean to stop?",
+        "You cancelled while connecting {utilities}. If that was a mistake, your link still works.",
+    ),
+    "utility_error/error:INVALID_CREDENTIALS": (
+        "Check your utility login",
+        "Your utility did not accept the username or password for {utilities}. Reset it on the "
+        "utility's website, then try again.",
+    ),
+    "agreements_pending": (
+        "Sign the last form to finish enrolling",
+        "Your utility is connected. Please complete: {agreements}.",
+    ),
+    "other_utility": (
+        "Did you connect the right utility?",
+        "You connected a different utility than the one we asked for ({utilities}). If you have "
+        "an account with it, please connect it too; otherwise no action is needed.",
+    ),
+}
+
+
+def output_dir(kind: str) -> Path:
+    base = os.environ.get("LEAP_OUTPUT_DIR") or os.path.join(
+        os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "leap_output"
+    )
+    path = Path(base) / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    """One JSON line, flushed before the ledger records the send."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def _connection_exists(conn_id: str) -> bool:
+    from airflow.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(conn_id)
+    except Exception:  # not defined (the SDK raises its own not-found error)
+        return False
+    return True
+
+
+def render_message(contact: Contact, link: str | None) -> dict[str, str]:
+    """Subject and body: the most specific wording of (bucket, reason), the step, the link."""
+    item = contact.item
+    keys = (f"{contact.bucket}/{contact.reason}", contact.bucket)
+    subject, body = next(MESSAGES[k] for k in keys if k in MESSAGES)
+    names = list(item.get("utilities") or item.get("error_codes") or [])
+    values = {
+        "utilities": ", ".join(names) or "your utility",
+        "agreements": ", ".join(item.get("agreements") or []) or "the remaining forms",
+    }
+    subject, body = subject.format(**values), body.format(**values)
+    if not contact.first:
+        subject = f"Reminder: {subject}"
+    if link:
+        body += f" Continue here: {link}"
+    if contact.also:
+        regions = ", ".join(sorted({str(a.get("transmission_region")) for a in contact.also}))
+        body += f" (We also have an unfinished enrolment for you in {regions}.)"
+    if contact.final and not contact.first:
+        body += " This is our last reminder."
+    return {"subject": subject, "body": body}
+
+
+class EmailSender:
+    """``send`` for the email channel: one SMTP session per task run, entered by the operator."""
+
+    def __enter__(self) -> EmailSender:
+        from airflow.sdk import Variable
+
+        from airflow_provider_leap.hooks.leap import LeapHook
+
+        self.addresses: dict[str, str] = Variable.get(
+            "leap_contacts", default={}, deserialize_json=True
+        )
+        self.hook = LeapHook()
+        self.smtp: Any = None
+        if _connection_exists("smtp_default"):
+            from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+            self.smtp = SmtpHook().__enter__()
+        self.outbox = output_dir("outbox") / "messages.jsonl"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.smtp is not None:
+            self.smtp.__exit__(None, None, None)
+
+    def __call__(self, contact: Contact) -> None:
+        region = contact.item.get("transmission_region")
+        link = self.hook.connect_url(contact.ref_id, region) if region else None
+        message = render_message(contact, link)
+        if self.smtp is None:
+            _append_line(
+                self.outbox, {"contact_key": contact.contact_key, **_row(contact), **message}
+            )
+            return
+        address = self.addresses.get(contact.ref_id)
+        if not address:
+            raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        self.smtp.send_email_smtp(
+            to=address,
+            subject=message["subject"],
+            html_content=message["body"],
+            custom_headers={"X-Leap-Contact-Key": contact.contact_key},
+        )
+
+
+def _row(contact: Contact) -> dict[str, Any]:
+    return {
+        "ref_id": contact.ref_id,
+        "stall": contact.stall,
+        "step": contact.step,
+        "bucket": contact.bucket,
+        "reason": contact.reason,
+        "transmission_region": contact.item.get("transmission_region"),
+    }
+
+
+class CrmSender:
+    """``send`` for the CRM channel: the contact key is the upsert key."""
+
+    def __enter__(self) -> CrmSender:
+        self.url: str | None = None
+        if _connection_exists("leap_crm"):
+            from airflow.sdk import BaseHook
+
+            self.url = str(BaseHook.get_connection("leap_crm").host)
+        self.records = output_dir("crm") / "records.jsonl"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, contact: Contact) -> None:
+        row = {
+            "contact_key": contact.contact_key,
+            **_row(contact),
+            "leap_id": contact.item.get("id"),
+        }
+        if self.url is None:
+            _append_line(self.records, row)
+            return
+        import requests
+
+        response = requests.post(
+            self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
+        )
+        response.raise_for_status()
+
+
+@task(trigger_rule="all_done")
+def flag_for_review(
+    needs_review: list[dict[str, Any]] | None,
+    attention: list[dict[str, Any]] | None,
+    run_id: str | None = None,
+    dag: Any = None,
+) -> dict[str, Any]:
+    """What a person looks at: records triage could not sort, and sends that need a hand."""
+    name = f"{getattr(dag, 'dag_id', 'dag')}__{run_id}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = output_dir("review") / f"{safe}.jsonl"
+    rows = [{"kind": "needs_review", **item} for item in needs_review or []]
+    rows += [{"kind": "send", **item} for item in attention or []]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    print(f"{len(rows)} item(s) for a person -> {path}")
+    return {"items": len(rows), "path": str(path)}

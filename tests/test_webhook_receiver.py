@@ -1,0 +1,297 @@
+"""The webhook receiver in-process, on real Airflow (SQLite metadata DB): every answer it gives,
+what it records, and what it does when storage or the database fails. The same app in a real
+API server process, with a scheduler and a triggerer, is a check of ``scripts/deploy_check.sh``
+(``scripts/webhooks_check.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_leap import webhooks as wh
+from airflow_provider_leap.inbox import WebhookInbox
+
+CONN = "leap_rx"
+SECRET = "rx-secret-" + "y" * 16
+HEADERS = {"x-leap-webhook-secret": SECRET}
+URI = f"leap://{CONN}/connect_session"
+
+
+@pytest.fixture(scope="module")
+def consumer(airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An unpaused DAG scheduled on ``leap://leap_rx/connect_session``, in the database."""
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
+
+    add_consumer_dag(tmp_path_factory.mktemp("rx_dags"), CONN, "rx_consumer")
+    return "rx_consumer"
+
+
+@pytest.fixture
+def connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_leap.hooks.leap import connection_json
+
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        connection_json("http://127.0.0.1:9", "unused", webhook_secret=SECRET),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_NOSECRET", connection_json("http://127.0.0.1:9", "unused")
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_NOT_LEAP", json.dumps({"conn_type": "http", "host": "x"}))
+
+
+@pytest.fixture
+def receiver(consumer: str, connection: None, tmp_path: Path) -> Iterator[Any]:
+    from airflow_provider_leap.plugins.receiver import Receiver
+
+    receiver = Receiver(root=tmp_path / "ledger")
+    yield receiver
+    receiver.recorder.stop()
+
+
+@pytest.fixture
+def client(receiver: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_leap.plugins.receiver import create_app
+
+    return TestClient(create_app(receiver))
+
+
+def delivery(ref_id: str = "cust-rx-1", event_id: str | None = None, **payload: Any) -> dict:
+    body = {
+        "webhook_event_type": wh.CONNECT_SESSION_UPDATED,
+        "partner_reference": ref_id,
+        "status": "CLOSED",
+        **payload,
+    }
+    return {"webhook_event_id": event_id or str(uuid.uuid4()), "payload": body}
+
+
+def recorded(event_ids: set[str]) -> list[dict[str, Any]]:
+    """The extras of the asset events recorded for ``event_ids`` on the connection's asset."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == URI)
+        ).all()
+    return [extra for extra in rows if extra.get("webhook_event_id") in event_ids]
+
+
+def post(client: Any, body: Any, headers: dict[str, str] | None = None, conn: str = CONN) -> Any:
+    return client.post(
+        f"/webhooks/{conn}", json=body, headers=HEADERS if headers is None else headers
+    )
+
+
+# -- who may deliver -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("conn", "headers"),
+    [
+        (CONN, {}),
+        (CONN, {"x-leap-webhook-secret": SECRET[:-1] + "z"}),
+        (CONN, {"x-other-header": SECRET}),
+        ("leap_nosecret", HEADERS),  # no secret configured: nobody may deliver
+        ("not_leap", HEADERS),
+        ("no_such_connection", HEADERS),
+        ("...", HEADERS),  # could not name a folder of the inbox
+    ],
+)
+def test_no_secret_no_entry(client: Any, conn: str, headers: dict[str, str]) -> None:
+    body = delivery()
+    answer = post(client, body, headers, conn=conn)
+    assert (answer.status_code, answer.json()) == (401, {"error": "unauthorized"})
+    client.app.state.receiver.recorder.flush()
+    assert recorded({body["webhook_event_id"]}) == []
+
+
+def test_the_header_name_is_case_insensitive(client: Any) -> None:
+    answer = post(client, delivery(), {"X-Leap-Webhook-Secret": SECRET})
+    assert answer.status_code == 200
+
+
+# -- what is accepted, and recorded --------------------------------------------------------------
+
+
+def test_an_event_is_recorded_once_however_often_it_arrives(client: Any, consumer: str) -> None:
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    body = delivery("cust-rx-once", status="CLOSED")
+    answers = [post(client, body) for _ in range(3)]
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [
+        (200, "accepted"),
+        (200, "duplicate"),
+        (200, "duplicate"),
+    ]
+    assert client.app.state.receiver.recorder.flush(30)
+    [extra] = recorded({body["webhook_event_id"]})
+    assert extra["ref_id"] == "cust-rx-once" and extra["status"] == "CLOSED"
+    assert extra["event_type"] == wh.CONNECT_SESSION_UPDATED
+    assert datetime.fromisoformat(extra["event_time"]) <= datetime.now(timezone.utc)
+    with create_session() as session:  # the scheduler will create a run of the consumer
+        queued = session.scalars(select(AssetDagRunQueue.target_dag_id)).all()
+    assert consumer in queued
+
+
+def test_another_worker_sees_the_same_event_as_a_duplicate(client: Any, receiver: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_leap.plugins.receiver import Receiver, create_app
+
+    other = Receiver(root=receiver.root)  # a second API server worker, same ledger storage
+    body = delivery()
+    assert post(client, body).json()["status"] == "accepted"
+    assert post(TestClient(create_app(other)), body).json()["status"] == "duplicate"
+    other.recorder.stop()
+
+
+def test_unknown_event_types_are_acknowledged_not_recorded(client: Any, receiver: Any) -> None:
+    body = {"webhook_event_id": str(uuid.uuid4()), "payload": {"webhook_event_type": "x.new"}}
+    answer = post(client, body)
+    assert (answer.status_code, answer.json()["status"]) == (202, "ignored: unknown event type")
+    assert not (Path(receiver.root) / ".webhooks").exists()
+
+
+def test_bad_input_is_400_and_logged_without_the_payload(client: Any, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="airflow_provider_leap.webhooks.receiver")
+    bad = delivery("ssn-123-45-678/9")  # a Reference ID that breaks Leap's pattern
+    answers = [
+        post(client, bad),
+        client.post(f"/webhooks/{CONN}", content=b'{"webhook_event_id": ', headers=HEADERS),
+        post(client, {"webhook_event_id": "1", "payload": {}}),
+    ]
+    assert [a.status_code for a in answers] == [400, 400, 400]
+    assert "partner_reference" in answers[0].json()["error"]
+    assert "ssn-123" not in caplog.text and "ssn-123" not in answers[0].text
+    assert caplog.text.count("refused (400)") == 3
+
+
+def test_bodies_over_one_mebibyte_are_refused_unread(client: Any) -> None:
+    big = b" " * (wh.MAX_BODY_BYTES + 1)
+    declared = client.post(f"/webhooks/{CONN}", content=big, headers=HEADERS)
+    streamed = client.post(
+        f"/webhooks/{CONN}",
+        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),
+        headers=HEADERS,
+    )
+    assert [declared.status_code, streamed.status_code] == [413, 413]
+    at_limit = b" " * (wh.MAX_BODY_BYTES - 2) + b"{}"
+    assert client.post(f"/webhooks/{CONN}", content=at_limit, headers=HEADERS).status_code == 400
+
+
+def test_an_event_no_dag_is_scheduled_on_is_acknowledged_and_said(
+    connection: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_leap.hooks.leap import connection_json
+    from airflow_provider_leap.plugins.receiver import Receiver, create_app
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_UNUSED",
+        connection_json("http://127.0.0.1:9", "k", webhook_secret=SECRET),
+    )
+    caplog.set_level(logging.WARNING, logger="airflow_provider_leap.webhooks.receiver")
+    receiver = Receiver(root=tmp_path)
+    answer = post(TestClient(create_app(receiver)), delivery(), conn="leap_unused")
+    assert answer.json()["status"] == "accepted"
+    assert receiver.recorder.flush(30)
+    receiver.recorder.stop()
+    assert "no DAG is scheduled on leap://leap_unused/connect_session" in caplog.text
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+def test_an_unwritable_inbox_is_503_so_leap_delivers_again(
+    consumer: str, connection: None, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_leap.plugins.receiver import Receiver, create_app
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    answer = post(TestClient(create_app(Receiver(root=blocked))), delivery())
+    assert answer.status_code == 503
+
+
+def test_a_database_outage_delays_recording_and_loses_nothing(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import airflow.assets.manager as manager
+
+    real = manager.asset_manager
+    calls = {"n": 0}
+
+    class Outage:
+        def register_asset_change(self, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                raise RuntimeError("database unavailable")
+            return real.register_asset_change(**kwargs)
+
+    monkeypatch.setattr(manager, "asset_manager", Outage())
+    body = delivery("cust-rx-outage")
+    assert post(client, body).json()["status"] == "accepted"  # durable before the database
+    assert client.app.state.receiver.recorder.flush(30)
+    assert calls["n"] == 3
+    assert [e["ref_id"] for e in recorded({body["webhook_event_id"]})] == ["cust-rx-outage"]
+
+
+def test_events_a_dead_worker_accepted_are_recovered_once(receiver: Any) -> None:
+    from airflow_provider_leap.assets import asset_uri
+
+    dead = WebhookInbox(
+        receiver.root,
+        CONN,
+        clock=lambda: datetime.now(timezone.utc) - timedelta(minutes=10),
+    )
+    event_id = str(uuid.uuid4())
+    extra = {"ref_id": "cust-rx-recovered", "webhook_event_id": event_id}
+    assert dead.accept(event_id, asset_uri(CONN), extra) is not None  # then the worker died
+    assert receiver.recorder.recover() == 1
+    assert receiver.recorder.flush(30)
+    assert receiver.recorder.recover() == 0
+    assert [e["ref_id"] for e in recorded({event_id})] == ["cust-rx-recovered"]
+
+
+# -- the plugin, as Airflow loads it -------------------------------------------------------------
+
+
+def test_the_plugin_mounts_the_receiver_at_leap(airflow_db: str) -> None:
+    from airflow import plugins_manager
+
+    apps, _ = plugins_manager.get_fastapi_plugins()
+    [mounted] = [a for a in apps if a["name"] == "Leap webhook receiver"]
+    assert mounted["url_prefix"] == "/leap"
+    assert any(getattr(r, "path", "") == "/webhooks/{conn_id}" for r in mounted["app"].routes)
+
+
+def test_asset_uris_are_checked_when_the_dag_is_parsed() -> None:
+    from airflow.sdk import Asset
+
+    from airflow_provider_leap.assets import leap_asset
+
+    assert leap_asset("leap_default").uri == "leap://leap_default/connect_session"
+    assert leap_asset("leap_default", "meter").uri == "leap://leap_default/meter"
+    with pytest.raises(ValueError, match="connect_session"):
+        Asset("leap://leap_default/connect_sessions")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        leap_asset("leap_default", "sessions")
