@@ -172,9 +172,13 @@ class ExclusiveCreate:
                 self.exclusive = False
         if path.exists():
             return False
-        with path.open("wb") as handle:
-            handle.write(body)
+        _write(path, body)
         return True
+
+
+def _write(path: StoragePath, body: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(body)
 
 
 class DeliveryLedger:
@@ -225,8 +229,7 @@ class DeliveryLedger:
         try:
             self._prepare()
             probe = self.folder / f".probe-{uuid.uuid4().hex}"
-            with probe.open("wb") as handle:
-                handle.write(b"ok")
+            _write(probe, b"ok")
             probe.unlink()
         except Exception as exc:
             raise LedgerError(
@@ -345,8 +348,7 @@ class DeliveryLedger:
         snapshot = Snapshot(1, _iso(self._clock()), list(entries.values()))
         final = self.folder / SNAPSHOT
         temporary = self.folder / f"{SNAPSHOT}.{uuid.uuid4().hex}.tmp"
-        with temporary.open("wb") as handle:
-            handle.write(msgspec.json.encode(snapshot))
+        _write(temporary, msgspec.json.encode(snapshot))
         temporary.replace(final)
 
     def _lock(self) -> bool:
@@ -403,8 +405,7 @@ class DeliveryLedger:
         """Record the outcome of a claimed attempt, right after the send."""
         claim = self._claim(contact, SENT if sent else FAILED, now, error)
         try:
-            with self._attempt_path(contact, OUTCOME).open("wb") as handle:
-                handle.write(msgspec.json.encode(claim))
+            _write(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
         except Exception as exc:
             raise LedgerError(
                 f"Sent {contact.contact_key} but could not record it in {self.claims}: {exc}; "
