@@ -56,7 +56,7 @@ def probe_command(args: argparse.Namespace) -> None:
     from airflow_provider_leap.errors import LeapError
     from airflow_provider_leap.probe import assumed_names, format_report, probe
 
-    with _logs_to_stderr():
+    with stdout_to(2):
         try:
             conn = Connection.get_connection_from_secrets(args.conn_id)
             config = LeapConfig.from_connection(conn)
@@ -83,13 +83,14 @@ def probe_command(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def _logs_to_stderr() -> Iterator[None]:
-    """Whatever is written to the process's stdout meanwhile goes to stderr, so that stdout holds
-    the report alone (``--json | jq`` works): Airflow 3.2's CLI logs to stdout, and looking up a
-    connection there logs Alembic's and SQLAlchemy's start-up lines."""
+def stdout_to(fd: int) -> Iterator[None]:
+    """The process's stdout (file descriptor 1) goes to ``fd`` meanwhile: the probe sends it to
+    stderr so that stdout holds the report alone (``--json | jq`` works), as Airflow 3.2's CLI
+    logs to stdout, and looking up a connection there logs Alembic's and SQLAlchemy's start-up
+    lines."""
     sys.stdout.flush()
     saved = os.dup(1)
-    os.dup2(2, 1)
+    os.dup2(fd, 1)
     try:
         yield
     finally:

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_leap.cli import stdout_to
 from bench.worker import current_rss_kb, peak_rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -388,16 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 def _stdout_to(path: Path) -> Iterator[None]:
     """This process's stdout (where Airflow's logging writes) into a file, as a triggerer's
     logs go to files; restored after."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with path.open("wb") as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+    with path.open("wb") as sink, stdout_to(sink.fileno()):
+        yield
 
 
 if __name__ == "__main__":
