@@ -26,11 +26,15 @@ def lineage_enabled() -> bool:
     return not conf.is_disabled()
 
 
-def offloaded(ti: Any, task_id: str, keys: Iterable[str], map_index: int = -1) -> dict[str, str]:
-    """The object-storage URL of each of these XComs of ``task_id`` (in ``ti``'s run) that the
-    backend moved out of the database; {} when OpenLineage is off or another backend is
-    configured. Lineage never fails a task: a lookup that fails reports nothing."""
+def offloaded(
+    ti: Any, task_id: str, keys: Iterable[str], *, mapped: bool = False
+) -> dict[str, str]:
+    """The object-storage URL of each of these XComs of ``task_id`` (in ``ti``'s run; of
+    ``ti``'s own map index when ``mapped``) that the backend moved out of the database; {} when
+    OpenLineage is off or another backend is configured. Lineage never fails a task: a lookup
+    that fails reports nothing."""
     try:
+        map_index = ti.map_index if mapped and ti.map_index is not None else -1
         return _offloaded(ti, task_id, keys, map_index)
     except Exception:
         log.warning("Could not tell where the XComs of %s are stored, for lineage", task_id)

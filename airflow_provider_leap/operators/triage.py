@@ -151,9 +151,7 @@ class TriageOperator(BaseOperator):
             started_after,
             interacted_after,
             result,
-            offloaded(
-                ti, self.task_id, result.buckets, -1 if ti.map_index is None else ti.map_index
-            ),
+            offloaded(ti, self.task_id, result.buckets, mapped=True),
         )
         return result.summary
 
