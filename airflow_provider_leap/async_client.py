@@ -14,10 +14,10 @@ import asyncio
 import functools
 import random
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import anyio
 import httpx
 
 from airflow_provider_leap.client import (
@@ -61,8 +61,8 @@ def _tls_context() -> ssl.SSLContext:
 class AsyncLeapClient:
     """An ``httpx.AsyncClient`` to one Leap environment, with the sync client's rules.
 
-    Use it as ``async with AsyncLeapClient(config) as client: ...`` on one event loop. ``sleep``,
-    ``clock`` and ``rng`` are injectable like ``LeapClient``'s.
+    Use it as ``async with AsyncLeapClient(config) as client: ...`` on one event loop. ``sleep``
+    and ``rng`` are injectable like ``LeapClient``'s.
     """
 
     def __init__(
@@ -70,11 +70,10 @@ class AsyncLeapClient:
         config: LeapConfig,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.config, self.rng = config, rng or random.Random()
-        self._sleep, self._clock = sleep, clock
+        self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"},
@@ -106,18 +105,17 @@ class AsyncLeapClient:
     async def _send(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer | Failure:
-        """One attempt, read whole within ``request_deadline`` (see ``LeapClient._send``)."""
+        """One attempt, read whole within ``request_deadline``: connect, head and body under one
+        cancel scope, so a server dripping any of them cannot hold the poll."""
         config = self.config
-        deadline = self._clock() + config.request_deadline
+        query = None if params is None else tuple(params)
         try:
-            query = None if params is None else tuple(params)
-            async with self._http.stream(method, path, params=query, json=body) as response:
-                chunks = []
-                async for chunk in response.aiter_bytes():
-                    chunks.append(chunk)
-                    if self._clock() > deadline:
-                        raise DeadlinePassed
+            with anyio.fail_after(config.request_deadline):
+                async with self._http.stream(method, path, params=query, json=body) as response:
+                    chunks = [chunk async for chunk in response.aiter_bytes()]
             return Answer(response.status_code, response.headers, b"".join(chunks))
+        except TimeoutError:  # the scope's (httpx raises its own timeout types)
+            failure = transport_failure(DeadlinePassed(), config, HTTPX_ERRORS)
         except HTTPX_ERRORS.caught as exc:
             failure = transport_failure(exc, config, HTTPX_ERRORS)
         return failure

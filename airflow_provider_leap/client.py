@@ -3,18 +3,21 @@
 The rules stay apart from the transport, so that an async transport (the deferrable trigger's)
 reuses them without a second copy: ``connect_queries``, ``decode_page``, ``check_records``,
 ``http_error``, ``RequestAttempts`` and ``Pager`` do no I/O and read no clock. Only
-``LeapClient._send`` touches ``requests``.
+``LeapClient`` (and its adapter, ``_DeadlineAdapter``) touches ``requests``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import chain
@@ -24,6 +27,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
 
 from airflow_provider_leap import wire
 from airflow_provider_leap.config import LeapConfig
@@ -492,6 +496,62 @@ def transport_failure(
     return Failure(kind, redact(detail, config))
 
 
+# When the answer's head must have arrived (time.monotonic()), for the request under way on
+# this thread; None outside LeapClient._send.
+_HEAD_DEADLINE: ContextVar[float | None] = ContextVar("leap_head_deadline", default=None)
+
+
+class _HeadDeadline:
+    """urllib3 connection part: the status line and headers arrive by the request's deadline.
+
+    ``timeout`` bounds each wait on the socket, so a server dripping its head one byte at a time
+    would otherwise hold a call for as long as it likes; at the deadline a timer shuts the
+    socket, and the read fails at once. The body is checked between reads in ``_send``.
+    """
+
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        deadline = _HEAD_DEADLINE.get()
+        if deadline is None:
+            return super().getresponse()  # type: ignore[misc]
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+
+
+class _HTTPConnection(_HeadDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """``requests``' adapter with connections that keep the head deadline (direct, no proxy)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class LeapClient:
     """A keep-alive session to one Leap environment: bounded retries, streaming paging.
 
@@ -515,7 +575,11 @@ class LeapClient:
             config = LeapConfig(base_url=config, api_key=api_key or "", **settings)
         self.config, self.rng = config, rng or random.Random()
         self._sleep, self._clock = sleep, clock
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            session.mount("http://", _DeadlineAdapter())
+            session.mount("https://", _DeadlineAdapter())
+        self.session = session
         self.session.headers.update(
             {"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"}
         )
@@ -553,12 +617,15 @@ class LeapClient:
     def _send(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer | Failure:
-        """One attempt, read whole within ``request_deadline`` (checked between reads, so a server
-        dripping its body cannot hold a task); ``timeout`` bounds each wait on the socket. Never
-        raises: the exception becomes a ``Failure``, so no error raised later has it (or the
-        request it holds, key included) as its context."""
+        """One attempt, read whole within ``request_deadline`` (the head by ``_HeadDeadline``'s
+        timer, the body checked between reads, so a server dripping either cannot hold a task);
+        ``timeout`` bounds each wait on the socket. Never raises: the exception becomes a
+        ``Failure``, so no error raised later has it (or the request it holds, key included) as
+        its context."""
         config = self.config
         deadline = self._clock() + config.request_deadline
+        head_by = time.monotonic() + config.request_deadline
+        token = _HEAD_DEADLINE.set(head_by)
         try:
             response = self.session.request(
                 method,
@@ -583,7 +650,10 @@ class LeapClient:
             raw.release_conn()  # read to the end: the connection goes back to the pool
             return Answer(response.status_code, response.headers, b"".join(chunks))
         except REQUESTS_ERRORS.caught as exc:
-            failure = transport_failure(exc, config)
+            cut = time.monotonic() >= head_by  # the head's timer shut the socket
+            failure = transport_failure(DeadlinePassed() if cut else exc, config)
+        finally:
+            _HEAD_DEADLINE.reset(token)
         return failure
 
     def _pages(self, pager: Pager[T]) -> Iterator[list[T]]:

@@ -29,13 +29,15 @@ class Seen:
 
 @dataclass
 class Reply:
-    """What to answer: ``body`` bytes or JSON; ``pause`` seconds between ``chunks`` bytes."""
+    """What to answer: ``body`` bytes or JSON; ``pause`` seconds between ``chunks`` bytes of the
+    body, or, with ``drip_head``, between single bytes of the status line and headers."""
 
     status: int = 200
     body: Any = b""
     headers: dict[str, str] = field(default_factory=dict)
     pause: float = 0.0
     chunks: int = 0
+    drip_head: bool = False
 
     def encoded(self) -> bytes:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
@@ -65,7 +67,14 @@ class FakeLeap:
                 for name, value in {"Content-Type": "application/json", **reply.headers}.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                if reply.drip_head:
+                    head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+                    for byte in range(len(head)):
+                        self.wfile.write(head[byte : byte + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.pause)
+                else:
+                    self.end_headers()
                 step = reply.chunks or len(body) or 1
                 for start in range(0, len(body), step):
                     self.wfile.write(body[start : start + step])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,7 +15,9 @@ import pytest
 import requests
 from fake_server import Reply, fake_leap, page, record, self_signed_certificate
 
+from airflow_provider_leap.async_client import AsyncLeapClient
 from airflow_provider_leap.client import NO_RETRY, LeapClient, connect_queries, decode_page
+from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.errors import (
     LeapAPIError,
     LeapAuthError,
@@ -378,6 +381,34 @@ def test_a_dripping_body_hits_the_request_deadline(sleeps) -> None:
             list(client.iter_connect_records())
     assert time.monotonic() - started < 3  # three attempts, each cut at the deadline
     assert len(server.requests) == 3 and sleeps.waits == [1.0, 2.0]
+
+
+def test_a_dripping_head_hits_the_request_deadline(sleeps) -> None:
+    # Each byte of the status line and headers well within `timeout`; the whole head would take
+    # about 10 s: the deadline cuts it, as it cuts a dripping body.
+    drip = Reply(body={"connections": []}, headers={"X-Pad": "x" * 100}, pause=0.05, drip_head=True)
+    with fake_leap(lambda seen: drip) as server:
+        client = fake_client(server.url, sleeps, timeout=5, request_deadline=0.3)
+        started = time.monotonic()
+        with pytest.raises(LeapAPIError, match=r"no whole answer in request_deadline=0.3 s"):
+            list(client.iter_connect_records())
+    assert time.monotonic() - started < 3  # three attempts, each cut at the deadline
+    assert len(server.requests) == 3
+
+
+def test_the_async_client_keeps_the_deadline_over_a_dripping_head() -> None:
+    drip = Reply(body={"connections": []}, headers={"X-Pad": "x" * 100}, pause=0.05, drip_head=True)
+
+    async def read(url: str) -> Any:
+        config = LeapConfig(url, GOOD_KEY, timeout=5, request_deadline=0.3, retry=NO_RETRY)
+        async with AsyncLeapClient(config) as client:
+            return await client.get_connect_records()
+
+    with fake_leap(lambda seen: drip) as server:
+        started = time.monotonic()
+        with pytest.raises(LeapAPIError, match=r"no whole answer in request_deadline=0.3 s"):
+            asyncio.run(read(server.url))
+    assert time.monotonic() - started < 2
 
 
 def test_retry_after_beyond_the_budget_says_so(sleeps) -> None:
