@@ -131,7 +131,11 @@ class LeapContactOperator(BaseOperator):
             url,
             view.stalls,
         )
-        opened = self.send if hasattr(self.send, "__enter__") else contextlib.nullcontext(self.send)
+        opened: contextlib.AbstractContextManager[Callable[[Contact], Any]] = (
+            self.send
+            if isinstance(self.send, contextlib.AbstractContextManager)
+            else contextlib.nullcontext(self.send)
+        )
         with opened as send:
             report = deliver(plan.due, send, ledger, now=now, max_attempts=self.policy.max_attempts)
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
