@@ -13,6 +13,8 @@ UTC = timezone.utc
 _fromisoformat = datetime.fromisoformat
 # Text already in this form is reused as is: formatting costs more than the rest of triage.
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z").fullmatch
+# Python 3.10's fromisoformat reads neither "Z" nor fractions other than 3 or 6 digits.
+_OLD_PYTHON_FORM = re.compile(r"(.*?)(?:\.(\d+))?([Zz]|[+-]\d\d:?\d\d)?").fullmatch
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -20,14 +22,11 @@ def parse_timestamp(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        when = _fromisoformat(value)
-    except ValueError:  # Python 3.10 does not read the "Z" suffix itself
-        if value[-1:] not in ("Z", "z"):
-            return None
-        try:
-            when = _fromisoformat(value[:-1] + "+00:00")
-        except ValueError:
-            return None
+        when: datetime | None = _fromisoformat(value)
+    except ValueError:
+        when = _parse_on_old_python(value)
+    if when is None:
+        return None
     if when.tzinfo is UTC:
         return when
     if when.tzinfo is None:
@@ -35,6 +34,25 @@ def parse_timestamp(value: object) -> datetime | None:
     try:
         return when.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
+        return None
+
+
+def _parse_on_old_python(value: str) -> datetime | None:
+    """What Python 3.11's ``fromisoformat`` reads and 3.10's does not: a ``Z`` suffix, an offset
+    without a colon, and fractional seconds of 1 to 6 digits (more are cut, as 3.11 does)."""
+    parts = _OLD_PYTHON_FORM(value)
+    if parts is None:
+        return None
+    head, fraction, zone = parts.groups()
+    text = head + ("." + fraction[:6].ljust(6, "0") if fraction else "")
+    if zone in ("Z", "z"):
+        zone = "+00:00"
+    elif zone and ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    text += zone or ""
+    try:
+        return _fromisoformat(text)
+    except ValueError:
         return None
 
 

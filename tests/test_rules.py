@@ -27,6 +27,10 @@ UTC = timezone.utc
         ("2024-10-21T13:43:05+02:00", datetime(2024, 10, 21, 11, 43, 5, tzinfo=UTC)),
         ("2024-10-21T11:43:05", datetime(2024, 10, 21, 11, 43, 5, tzinfo=UTC)),
         ("2024-10-21T11:43:05z", datetime(2024, 10, 21, 11, 43, 5, tzinfo=UTC)),
+        # Python 3.10's fromisoformat reads none of these; Leap's and users' times may be so
+        ("2026-02-01T00:00:00.5Z", datetime(2026, 2, 1, 0, 0, 0, 500000, tzinfo=UTC)),
+        ("2024-10-21T11:43:05.1234567Z", datetime(2024, 10, 21, 11, 43, 5, 123456, tzinfo=UTC)),
+        ("2024-10-21T13:43:05.25+0200", datetime(2024, 10, 21, 11, 43, 5, 250000, tzinfo=UTC)),
         ("0001-01-01T00:00:00+01:00", None),
         ("yesterday", None),
         ("", None),
