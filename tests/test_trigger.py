@@ -225,7 +225,9 @@ def test_cancelled_as_its_poll_answers_it_stops(leap_emulator) -> None:
 @pytest.mark.parametrize(
     ("first_poll", "expected"),
     [
-        (-59.5, 0.5),  # restarted after a poll was due: the next time on the grid, not +60 s
+        (-59.5, 0.0),  # restarted after a poll was due: that poll at once, not the next
+        (-0.5, 0.0),  # restarted just after a grid time: that poll at once, not 59.5 s later
+        (-119.5, 0.0),  # two grid times missed: one poll at once, not two
         (1.0, 1.0),  # restarted before its first poll: that poll, not earlier
     ],
 )
@@ -286,7 +288,7 @@ def test_triggers_of_one_connection_share_one_pass_per_poll(leap_emulator) -> No
     groups = [completed[i : i + 10] for i in range(0, 60, 10)]
     groups += [partial[i : i + 10] for i in range(0, 50, 10)]
     groups += [failing + completed[:9]]
-    at = time.time() + 0.5
+    at = time.time() + 1.5
     triggers = [
         make_trigger(ids, next_poll_at=at, poll_interval=60, fail_on_statuses=["ERROR"])
         for ids in groups
@@ -317,7 +319,7 @@ def test_triggers_of_one_connection_share_one_pass_per_poll(leap_emulator) -> No
 def test_a_shared_pass_hands_its_outcome_to_every_trigger(monkeypatch, leap_emulator) -> None:
     """More triggers than the hub wakes in one turn of the loop: each still gets the outcome."""
     monkeypatch.setenv("AIRFLOW_CONN_LEAP_DEFAULT", connection_json(leap_emulator.url, "wrong:key"))
-    at = time.time() + 0.3
+    at = time.time() + 1.5  # room for 45 triggers to join on a loaded machine
     triggers = [
         make_trigger([f"ref-{i:03d}"], next_poll_at=at, poll_interval=60) for i in range(45)
     ]
@@ -336,7 +338,7 @@ def test_other_connections_and_times_poll_apart(monkeypatch, leap_emulator) -> N
     use_connection(monkeypatch, leap_emulator.url)
     use_connection(monkeypatch, leap_emulator.url, "leap_other")
     ids = refs(leap_emulator, "COMPLETED", 3)
-    at = time.time() + 0.3
+    at = time.time() + 1.5
     triggers = [
         make_trigger(ids[:1], next_poll_at=at, poll_interval=60),
         make_trigger(ids[1:2], next_poll_at=at, poll_interval=60, leap_conn_id="leap_other"),

@@ -98,12 +98,18 @@ class ConnectStatusTrigger(BaseTrigger):
         )
 
     def _next_poll(self, previous: float | None) -> float:
-        """When to poll next: on the grid, ahead of now, and after the previous poll."""
+        """When to poll next: on the grid, and after the previous poll. The first poll of a run
+        (a new deferral, or a triggerer restarted from the row) that finds a grid time already
+        passed, one no triggerer polled, polls at once: waiting for the next one would cost a
+        whole interval for every restart that straddles a grid time."""
         now = time.time()
         if previous is None and self.next_poll_at is None:
             return now
-        not_before = now if previous is None else max(now, previous + self.poll_interval / 2)
-        return grid_time(self.next_poll_at or 0.0, self.poll_interval, not_before)
+        anchor, interval = self.next_poll_at or 0.0, self.poll_interval
+        if previous is None:
+            due = grid_time(anchor, interval, now)
+            return due - interval if due > now and due - interval >= anchor else due
+        return grid_time(anchor, interval, max(now, previous + interval / 2))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Between polls the trigger keeps its last summary only, never the records: the
