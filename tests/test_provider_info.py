@@ -101,3 +101,24 @@ def test_the_installed_package_is_the_one_under_test() -> None:
         installed = Path(str(dist.locate_file("airflow_provider_leap/__init__.py"))).resolve()
         assert imported == installed
         assert not imported.is_relative_to(ROOT), f"{imported} is the checkout, not the wheel"
+
+
+def test_the_metadata_declares_the_floor_the_license_and_the_pythons() -> None:
+    """What pip and PyPI read: the tested Airflow floor (3.2: the hook and sensor import
+    ``airflow.sdk`` names 3.0 and 3.1 lack), the license file, one classifier per supported
+    Python, and no dependency the code does not import (pendulum was one)."""
+    from packaging.requirements import Requirement
+
+    meta = installed_dist().metadata
+    requires = {r.name: r for r in map(Requirement, meta.get_all("Requires-Dist") or [])}
+    airflow_req = requires["apache-airflow"]
+    assert airflow_req.specifier.contains("3.2.0") and airflow_req.specifier.contains("3.3.2")
+    assert not airflow_req.specifier.contains("3.1.8") and not airflow_req.specifier.contains("4.0")
+    assert "pendulum" not in requires
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert installed_dist().read_text("licenses/LICENSE") or installed_dist().read_text("LICENSE")
+    assert meta["Requires-Python"] == ">=3.10"
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert "Framework :: Apache Airflow :: Provider" in classifiers
+    pythons = {c.rsplit(" ", 1)[1] for c in classifiers if re.fullmatch(r".*:: 3\.\d+", c)}
+    assert pythons == {"3.10", "3.11", "3.12", "3.13"}
