@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from airflow_provider_leap import DEFAULT_CONN_ID
 from airflow_provider_leap.datasets import dataset_uri
 from airflow_provider_leap.webhooks import CONNECT_SESSION, METER
 
@@ -27,7 +28,7 @@ def asset_uri(conn_id: str, kind: str = CONNECT_SESSION) -> str:
     return dataset_uri(conn_id, kind)
 
 
-def leap_asset(conn_id: str = "leap_default", kind: str = CONNECT_SESSION) -> Asset:
+def leap_asset(conn_id: str = DEFAULT_CONN_ID, kind: str = CONNECT_SESSION) -> Asset:
     """The Airflow asset to schedule a DAG on: ``schedule=[leap_asset("leap_default")]``."""
     from airflow.sdk import Asset
 

@@ -43,7 +43,6 @@ HTTPX_ERRORS = TransportErrors(
         httpx.StreamError,
         OSError,
         ValueError,
-        DeadlinePassed,
     ),
     tls=(),
     timeout=(httpx.TimeoutException, TimeoutError),
@@ -142,5 +141,5 @@ class AsyncLeapClient:
     async def get_connect_records(
         self, ref_ids: Iterable[str] | str | None = None, **filters: Any
     ) -> list[ConnectRecord]:
-        """Every record of ``connect_pages`` as one list: for the IDs a sensor watches."""
+        """Every record of ``connect_pages`` as one list (the trigger reads pages, via PollHub)."""
         return [record async for page in self.connect_pages(ref_ids, **filters) for record in page]

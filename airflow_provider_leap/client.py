@@ -1,9 +1,10 @@
 """HTTP core of the provider: requests, retries, paging, and checking what Leap sent. No Airflow.
 
 The rules stay apart from the transport, so that an async transport (the deferrable trigger's)
-reuses them without a second copy: ``connect_queries``, ``decode_page``, ``check_records``,
-``http_error``, ``RequestAttempts`` and ``Pager`` do no I/O and read no clock. Only
-``LeapClient`` (and its adapter, ``_DeadlineAdapter``) touches ``requests``.
+reuses them without a second copy: ``ConnectQuery`` (with ``connect_queries`` and
+``check_records``), ``Pager`` (with ``decode_page``), ``RequestAttempts`` (with ``http_error``) and
+``transport_failure`` do no I/O and read no clock. Only ``LeapClient``, its adapter
+(``_DeadlineAdapter``) and the ``REQUESTS_ERRORS`` table know ``requests``.
 """
 
 from __future__ import annotations
@@ -556,7 +557,7 @@ class LeapClient:
     """A keep-alive session to one Leap environment: bounded retries, streaming paging.
 
     Give it a ``LeapConfig``, or a base URL and an API key plus any ``LeapConfig`` field as a
-    keyword (``LeapClient(url, key, page_size=100)``). ``sleep``, ``clock`` and ``rng`` are
+    keyword (``LeapClient(url, key, page_size=100)``). ``sleep`` and ``rng`` are
     injectable so that tests never wait for real backoff.
     """
 
@@ -567,14 +568,13 @@ class LeapClient:
         *,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         **settings: Any,
     ) -> None:
         if isinstance(config, str):
             config = LeapConfig(base_url=config, api_key=api_key or "", **settings)
         self.config, self.rng = config, rng or random.Random()
-        self._sleep, self._clock = sleep, clock
+        self._sleep = sleep
         if session is None:
             session = requests.Session()
             session.mount("http://", _DeadlineAdapter())
@@ -623,9 +623,8 @@ class LeapClient:
         ``Failure``, so no error raised later has it (or the request it holds, key included) as
         its context."""
         config = self.config
-        deadline = self._clock() + config.request_deadline
-        head_by = time.monotonic() + config.request_deadline
-        token = _HEAD_DEADLINE.set(head_by)
+        deadline = time.monotonic() + config.request_deadline
+        token = _HEAD_DEADLINE.set(deadline)
         try:
             response = self.session.request(
                 method,
@@ -642,7 +641,7 @@ class LeapClient:
                 chunks = []
                 while chunk := read(_READ_SIZE, decode_content=True):
                     chunks.append(chunk)
-                    if self._clock() > deadline:
+                    if time.monotonic() > deadline:
                         raise DeadlinePassed
             except BaseException:
                 response.close()
@@ -650,7 +649,7 @@ class LeapClient:
             raw.release_conn()  # read to the end: the connection goes back to the pool
             return Answer(response.status_code, response.headers, b"".join(chunks))
         except REQUESTS_ERRORS.caught as exc:
-            cut = time.monotonic() >= head_by  # the head's timer shut the socket
+            cut = time.monotonic() >= deadline  # the head's timer shut the socket
             failure = transport_failure(DeadlinePassed() if cut else exc, config)
         finally:
             _HEAD_DEADLINE.reset(token)

@@ -205,7 +205,6 @@ class ContactPlan:
 
 
 _OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in Outcome)
-_COMPLETED_BUCKET = Bucket.COMPLETED
 
 _Item = tuple[str, Mapping[str, Any]]  # (bucket, triage item)
 
@@ -241,7 +240,7 @@ def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
     when: datetime | None = None
     completed = False
     for bucket, item in items:
-        completed = completed or bucket == _COMPLETED_BUCKET
+        completed = completed or bucket == Bucket.COMPLETED
         text = item.get("last_interaction")
         time = parse_timestamp(text)
         if time is not None and (when is None or time > when):

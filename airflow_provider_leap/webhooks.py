@@ -197,7 +197,7 @@ def update_webhook(
     """Replace every setting of a subscription (Leap's PUT overwrites all of them)."""
     path = _webhook_path(webhook_id)
     response = client.request("PUT", path, json=_body(receiver_url, event_types, headers))
-    return str(_decode(_CREATED, response.body, "PUT", WEBHOOKS_PATH).webhook_id)
+    return str(_decode(_CREATED, response.body, "PUT", path).webhook_id)
 
 
 def delete_webhook(client: LeapClient, webhook_id: str) -> None:
@@ -223,7 +223,7 @@ def send_test_event(
     path = _webhook_path(webhook_id, "/test")
     body = dict(payload) if payload is not None else sample_payload()
     response = client.request("POST", path, json=body, retry=NO_RETRY)
-    return _decode(_TEST_RESULT, response.body, "POST", WEBHOOKS_PATH)  # type: ignore[no-any-return]
+    return _decode(_TEST_RESULT, response.body, "POST", path)  # type: ignore[no-any-return]
 
 
 def _same(webhook: Webhook, event_types: Sequence[str], headers: tuple[Header, ...]) -> bool:

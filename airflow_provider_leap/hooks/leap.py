@@ -89,11 +89,6 @@ def config_from_connection(conn: Any, **overrides: Any) -> LeapConfig:
         return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def client_from_connection(conn: Any, **overrides: Any) -> LeapClient:
-    """A client for an Airflow connection (the deferrable trigger builds its own this way)."""
-    return LeapClient(config_from_connection(conn, **overrides))
-
-
 class LeapHook(BaseHook):
     """Talks to Leap's partner API through an Airflow connection of type ``leap``.
 

@@ -13,7 +13,12 @@ from airflow_provider_leap.errors import LeapConfigError
 from airflow_provider_leap.links import LeapConnectionsLink
 from airflow_provider_leap.refids import ref_ids_argument
 from airflow_provider_leap.timeutil import UTC, as_utc
-from airflow_provider_leap.triage import DEFAULT_AGREEMENT_DONE_STATUSES, TriageResult, triage
+from airflow_provider_leap.triage import (
+    DEFAULT_AGREEMENT_DONE_STATUSES,
+    DEFAULT_QUIET_PERIOD,
+    TriageResult,
+    triage,
+)
 from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
@@ -85,7 +90,7 @@ class TriageOperator(BaseOperator):
         started_after: datetime | str | None = None,
         interacted_after: datetime | str | None = None,
         now: datetime | str | None = None,
-        quiet_period: timedelta | float = timedelta(hours=1),
+        quiet_period: timedelta | float = DEFAULT_QUIET_PERIOD,
         agreement_done_statuses: Collection[str] = DEFAULT_AGREEMENT_DONE_STATUSES,
         page_size: int | None = None,
         **kwargs: Any,

@@ -43,8 +43,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_leap.inbox import Accepted, Marker, WebhookInbox, inbox_folders
-from airflow_provider_leap.webhooks import MAX_BODY_BYTES, EnvelopeError, read_event
+from airflow_provider_leap.inbox import (
+    Accepted,
+    Marker,
+    WebhookInbox,
+    inbox_folders,
+    valid_folder_name,
+)
+from airflow_provider_leap.webhooks import (
+    MAX_BODY_BYTES,
+    EnvelopeError,
+    read_event,
+    receiver_secret,
+)
 
 log = logging.getLogger("airflow_provider_leap.webhooks.receiver")
 
@@ -122,8 +133,6 @@ class Receiver:
         from airflow_provider_leap.config import LeapConfig
         from airflow_provider_leap.errors import LeapConfigError
         from airflow_provider_leap.hooks.leap import LeapHook
-        from airflow_provider_leap.inbox import valid_folder_name
-        from airflow_provider_leap.webhooks import receiver_secret
 
         now = time.monotonic()
         if not valid_folder_name(conn_id):
