@@ -13,30 +13,33 @@ DEFAULT_CONN_ID = "leap_default"
 
 # The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
 # importing the hook. Each field is stored as the extra of the same name.
-_FIELDS = (  # extra, label, JSON type, default, description
-    ("environment", "Environment", "string", "production",
-     "Picks Leap's host when Base URL is empty. A key works in one only."),
-    ("timeout", "Timeout (seconds)", "number", 30, "Longest wait on the socket, per request."),
-    ("max_retries", "Retry limit", "integer", 5,
-     "Retries of 429, 5xx, timeouts and connection errors per request."),
-    ("max_retry_wait", "Longest total retry wait (seconds)", "number", 300, None),
-    ("retry_backoff", "First retry backoff (seconds)", "number", 1,
-     "Doubles on each retry, with jitter; Retry-After wins when sent."),
-    ("page_size", "Page size", "integer", 500, None),
-    ("allow_insecure_http", "Allow plain http:// to a non-loopback host", "boolean", False, None),
-)  # fmt: skip
+_FIELDS = (  # extra, label, JSON type, default
+    ("environment", "Environment", "string", "production"),
+    ("timeout", "Timeout (seconds)", "number", 30),
+    ("max_retries", "Retry limit", "integer", 5),
+    ("max_retry_wait", "Longest total retry wait (seconds)", "number", 300),
+    ("retry_backoff", "First retry backoff (seconds)", "number", 1),
+    ("page_size", "Page size", "integer", 500),
+    ("allow_insecure_http", "Allow plain http:// to a non-loopback host", "boolean", False),
+)
+_HELP = {
+    "environment": "Picks Leap's host when Base URL is empty. A key works in one only.",
+    "timeout": "Longest wait on the socket, per request.",
+    "max_retries": "Retries of 429, 5xx, timeouts and connection errors per request.",
+    "retry_backoff": "Doubles on each retry, with jitter; Retry-After wins when sent.",
+}
 CONNECTION_FORM: dict[str, Any] = {
     "conn-fields": {
         name: {
             "label": label,
-            **({"description": description} if description else {}),
+            **({"description": _HELP[name]} if name in _HELP else {}),
             "schema": {
                 "type": [kind, "null"],
                 **({"enum": ["production", "staging"]} if name == "environment" else {}),
                 "default": default,
             },
         }
-        for name, label, kind, default, description in _FIELDS
+        for name, label, kind, default in _FIELDS
     },
     "ui-field-behaviour": {
         "hidden-fields": ["schema", "port", "login"],

@@ -1,9 +1,8 @@
 """One Leap connection, parsed once into a typed, checked ``LeapConfig``. No Airflow import.
 
-The hook, the trigger and the extra link read a connection through ``LeapConfig`` only, so one
-rule decides the base URL, the environment and the portal, and every extra is checked once: an
-unknown name, a value of the wrong type or out of range is an error naming the extra and the
-value. The API key is never part of a message or a ``repr``.
+The hook, the trigger and the extra link read a connection only through ``LeapConfig``: one rule
+for base URL, environment and portal; a bad extra is an error naming it and its value, never the
+API key.
 """
 
 from __future__ import annotations
@@ -22,13 +21,15 @@ from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.wire import ENVIRONMENT_URLS, PORTAL_URLS, WireNames
 
 UI_PREFIX = "extra__leap__"  # how older connection forms stored the extras
-_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False,
-          "no": False, "off": False}  # fmt: skip
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 _NUMBERS = ("timeout", "request_deadline", "max_retry_wait", "retry_backoff")
 _WHOLE_NUMBERS = ("max_retries", "page_size", "max_pages")
-# extra -> RetryPolicy field
-_RETRY_EXTRAS = {"max_retries": "max_retries", "max_retry_wait": "max_wait",
-                 "retry_backoff": "backoff_base"}  # fmt: skip
+_RETRY_EXTRAS = {  # extra -> RetryPolicy field
+    "max_retries": "max_retries",
+    "max_retry_wait": "max_wait",
+    "retry_backoff": "backoff_base",
+}
 _WIRE_EXTRAS = tuple(f.name for f in fields(WireNames))
 
 
@@ -36,10 +37,9 @@ _WIRE_EXTRAS = tuple(f.name for f in fields(WireNames))
 class LeapConfig:
     """Everything the client needs to talk to one Leap environment, checked on creation.
 
-    ``base_url`` empty means Leap's host for ``environment``; ``environment`` empty means the one
-    ``base_url`` belongs to (Leap's staging host, or a host whose name contains ``staging``, is
-    staging; any other production); ``portal_url`` empty means Leap's Partner Portal for the
-    environment. The extras of Connect links and webhooks are kept as strings.
+    Empty ``base_url``: Leap's host for ``environment``. Empty ``environment``: the one of
+    ``base_url`` (staging when the host name contains ``staging``, else production). Empty
+    ``portal_url``: Leap's Partner Portal for the environment.
     """
 
     base_url: str = ""
@@ -77,9 +77,7 @@ class LeapConfig:
     def from_connection(cls, conn: Any) -> LeapConfig:
         """Parse an Airflow ``Connection`` (host, schema, port, password, extra), strictly."""
         try:
-            values = {
-                k: _value(k, v) for k, v in _extras(conn.extra).items() if v not in (None, "")
-            }
+            values = _extras(conn.extra)
             retry = {_RETRY_EXTRAS[k]: values.pop(k) for k in list(values) if k in _RETRY_EXTRAS}
             names = {k: values.pop(k) for k in list(values) if k in _WIRE_EXTRAS}
             return cls(
@@ -93,16 +91,12 @@ class LeapConfig:
             raise LeapConfigError(f"Leap connection {conn.conn_id!r}: {exc}") from None
 
 
-KNOWN_EXTRAS = tuple(
-    sorted(
-        {f.name for f in fields(LeapConfig)} - {"base_url", "api_key", "retry", "wire"}
-        | {*_RETRY_EXTRAS, *_WIRE_EXTRAS}
-    )
-)
+_OWN_EXTRAS = {f.name for f in fields(LeapConfig)} - {"base_url", "api_key", "retry", "wire"}
+KNOWN_EXTRAS = tuple(sorted(_OWN_EXTRAS | {*_RETRY_EXTRAS, *_WIRE_EXTRAS}))
 
 
 def _extras(raw: Any) -> dict[str, Any]:
-    """The extra JSON as a dict of known names (an empty form field: absent)."""
+    """The extra JSON's settings, each checked (an empty form field: absent)."""
     try:
         data = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
     except ValueError as exc:
@@ -119,16 +113,16 @@ def _extras(raw: Any) -> dict[str, Any]:
             close = difflib.get_close_matches(name, KNOWN_EXTRAS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise LeapConfigError(f"unknown extra {name!r}: {hint}known: {', '.join(KNOWN_EXTRAS)}")
-    return extras
+    return {name: _value(name, value) for name, value in extras.items() if value not in (None, "")}
 
 
 def _value(name: str, value: Any) -> Any:
     """One extra's value, of its type and range; a bool is never a number to a person."""
     if name == "allow_insecure_http":
-        flag = value if isinstance(value, bool) else _FLAGS.get(str(value).strip().lower())
-        if flag is None:
+        word = str(value).strip().lower()  # a JSON true is "true" too
+        if word not in _TRUE + _FALSE:
             raise LeapConfigError(f"extra {name}={value!r} is not true or false")
-        return flag
+        return word in _TRUE
     if name not in _NUMBERS + _WHOLE_NUMBERS:
         if not isinstance(value, str):
             raise LeapConfigError(f"extra {name} must be a string, got a {type(value).__name__}")
@@ -185,17 +179,15 @@ def _environment_and_url(environment: str, base_url: str, allow_http: bool) -> t
             f"environment {environment!r} is not one of {sorted(ENVIRONMENT_URLS)}; "
             "or set the host to a base URL"
         )
-    if not base_url.strip():
-        return env or "production", ENVIRONMENT_URLS[env or "production"]
-    url = _checked_url(base_url, allow_http)
-    for leap_env, leap_url in ENVIRONMENT_URLS.items():
-        if url == leap_url and env not in ("", leap_env):
-            raise LeapConfigError(
-                f"environment {env!r} contradicts the host {url} ({leap_env}): a key works in "
-                "one environment only; drop the host or the environment"
-            )
-        if url == leap_url:
-            return leap_env, url
+    url = ENVIRONMENT_URLS[env or "production"]
+    if base_url.strip():
+        url = _checked_url(base_url, allow_http)
+    leap_env = next((name for name, leap_url in ENVIRONMENT_URLS.items() if leap_url == url), env)
+    if env not in ("", leap_env):
+        raise LeapConfigError(
+            f"environment {env!r} contradicts the host {url} ({leap_env}): a key works in "
+            "one environment only; drop the host or the environment"
+        )
     return env or ("staging" if "staging" in (urlsplit(url).hostname or "") else "production"), url
 
 

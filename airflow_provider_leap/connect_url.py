@@ -1,12 +1,8 @@
 """The customer's Leap Connect link, so a message can say "continue here". No Airflow import.
 
-Leap's current link shape (API-NOTES.md, "Connect URL")::
-
-    https://connect.leap.energy?transmissionRegion=<REGION>&variant=<VARIANT>&account=<ACCOUNT>&refId=<REF_ID>
-
-The partner fills in ``account`` (their Leap partner account) and ``variant`` (e.g. RESIDENTIAL
-or COMMERCIAL), as the connection extras ``connect_account`` and ``connect_variant``; the
-region and the Reference ID come from the customer's Connect record.
+Leap's link is ``https://connect.leap.energy?transmissionRegion=&variant=&account=&refId=``: the
+partner's ``account`` and ``variant`` (e.g. RESIDENTIAL or COMMERCIAL) come from the extras
+``connect_account`` and ``connect_variant``, the region and Reference ID from the Connect record.
 """
 
 from __future__ import annotations
@@ -38,14 +34,10 @@ def connect_url(
     parts = urlsplit(base_url)
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
         raise LeapConfigError(f"connect_base_url {base_url!r} must be a plain https:// URL")
-    query = urlencode(
-        {
-            "transmissionRegion": transmission_region,
-            "variant": variant,
-            "account": account,
-            "refId": ref_id,
-        },
-        quote_via=quote,
-        safe="",
-    )
-    return f"{base_url.rstrip('/')}?{query}"
+    query = {
+        "transmissionRegion": transmission_region,
+        "variant": variant,
+        "account": account,
+        "refId": ref_id,
+    }
+    return f"{base_url.rstrip('/')}?{urlencode(query, quote_via=quote, safe='')}"

@@ -13,16 +13,11 @@ if TYPE_CHECKING:
 
 class LeapConnectionsLink(BaseOperatorLink):
     """ "Leap Connections": the Partner Portal of the connection's environment (or the
-    ``portal_url`` extra).
-
-    Airflow 3 resolves the link in the worker when the task finishes and stores it, so the
-    connection is read there, never in the web server.
-    """
+    ``portal_url`` extra). Airflow 3 resolves it in the worker, never in the web server."""
 
     name = "Leap Connections"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        # Imported here: the hook loads the HTTP stack, which parsing a DAG file need not pay for.
         from airflow_provider_leap.hooks.leap import LeapHook
 
         conn_id = getattr(operator, "leap_conn_id", None)

@@ -1,10 +1,8 @@
 """Hosts and wire names of Leap's partner API, each defined exactly once.
 
-Leap publishes the hosts, the ``nextPageToken``/``page-token`` paging rule and the meters search.
-The Connect endpoint's path and query names sit behind a partner login, so the ``WireNames``
-defaults below are *assumptions* (docs: "The connection", wire-name overrides). Every one of them
-can be overridden from the Airflow connection's extras under the same name, e.g.
-``{"ref_id_param": "refId"}``.
+Leap publishes the hosts, the paging rule and the meters search; the Connect endpoint's names sit
+behind a partner login, so the ``WireNames`` defaults are *assumptions*, each overridable by the
+connection extra of the same name, e.g. ``{"ref_id_param": "refId"}``.
 """
 
 from __future__ import annotations

@@ -6,32 +6,29 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_leap import DEFAULT_CONN_ID
+from airflow_provider_leap import DEFAULT_CONN_ID, webhooks
 from airflow_provider_leap.client import LeapClient, deprecated_alias
 from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
-
-if TYPE_CHECKING:
-    from airflow_provider_leap.webhooks import EnsureResult, Webhook, WebhookTestResult
+from airflow_provider_leap.webhooks import EnsureResult, HeadersArg
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+Events = Sequence[str] | None  # None or empty: the Connect session events
 
 
 class LeapException(AirflowException):
-    """Every Leap failure, as Airflow sees it; the core error is its ``__cause__``.
-
-    ``status`` and ``title`` carry the HTTP status and Leap's error title when there was one.
-    """
+    """Every Leap failure, as Airflow sees it; the core error is its ``__cause__``, ``status`` and
+    ``title`` the HTTP status and Leap's error title when there was one."""
 
     def __init__(self, message: str, status: int | None = None, title: str | None = None):
         super().__init__(message)
@@ -55,9 +52,9 @@ def _translated(items: Iterator[T]) -> Iterator[T]:
 
 
 def _delegate(
-    method: Callable[Concatenate[LeapClient, P], R],
+    method: Callable[Concatenate[LeapClient, P], R], name: str = ""
 ) -> Callable[Concatenate[LeapHook, P], R]:
-    """The client's method as a hook method: same arguments, errors as ``LeapException``."""
+    """A function of the client as a hook method: same arguments, errors as ``LeapException``."""
 
     @functools.wraps(method)
     def call(hook: LeapHook, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -65,6 +62,7 @@ def _delegate(
             result = method(hook.client, *args, **kwargs)
         return cast("R", _translated(result)) if isinstance(result, Iterator) else result
 
+    call.__name__ = call.__qualname__ = name or method.__name__
     return call
 
 
@@ -82,21 +80,14 @@ def _collect(
     return call
 
 
-def config_from_connection(conn: Any, **overrides: Any) -> LeapConfig:
-    """The connection parsed and checked (no request); ``overrides`` replace settings."""
-    with airflow_errors():
-        config = LeapConfig.from_connection(conn)
-        return dataclasses.replace(config, **overrides) if overrides else config
-
-
 class LeapHook(BaseHook):
     """Talks to Leap's partner API through an Airflow connection of type ``leap``.
 
     The connection's password is the API key; the host a base URL (empty: the ``environment``
-    extra picks production or staging). The extras are listed in the docs' connection page and
-    checked on first use. Keyword arguments replace settings of the connection, e.g.
-    ``LeapHook(timeout=120)``. Methods take the arguments of the same methods of
-    :class:`~airflow_provider_leap.client.LeapClient` and raise :class:`LeapException`.
+    extra picks production or staging); the extras are checked on first use. Keyword arguments
+    replace the connection's settings, e.g. ``LeapHook(timeout=120)``. Methods take the arguments
+    of the :class:`~airflow_provider_leap.client.LeapClient` methods of the same name and raise
+    :class:`LeapException`.
 
     :param leap_conn_id: the Airflow connection to use.
     """
@@ -114,7 +105,9 @@ class LeapHook(BaseHook):
     @functools.cached_property
     def config(self) -> LeapConfig:
         """The connection, read and checked once: base URL, environment, portal, settings."""
-        return config_from_connection(self.get_connection(self.leap_conn_id), **self._overrides)
+        conn = self.get_connection(self.leap_conn_id)
+        with airflow_errors():
+            return dataclasses.replace(LeapConfig.from_connection(conn), **self._overrides)
 
     @functools.cached_property
     def client(self) -> LeapClient:
@@ -167,88 +160,54 @@ class LeapHook(BaseHook):
     def webhook_headers(self) -> dict[str, str]:
         """The header the receiver checks, from the extras ``webhook_header`` (default
         ``x-leap-webhook-secret``) and ``webhook_secret``: what a subscription must send."""
-        from airflow_provider_leap.webhooks import receiver_secret
-
+        config = self.config
         try:
-            header, secret = receiver_secret(self.config.webhook_header, self.config.webhook_secret)
+            header, secret = webhooks.receiver_secret(config.webhook_header, config.webhook_secret)
         except LeapError as exc:
             raise LeapException(f"Leap connection {self.leap_conn_id!r}: {exc}") from exc
         return {header: secret}
 
-    def _subscription(
-        self, events: Sequence[str] | None, headers: Mapping[str, str] | None
-    ) -> tuple[Sequence[str], Mapping[str, str]]:
-        from airflow_provider_leap.webhooks import CONNECT_EVENT_TYPES
-
-        return events or CONNECT_EVENT_TYPES, self.webhook_headers() if headers is None else headers
-
-    def list_webhooks(self) -> list[Webhook]:
-        """Every webhook subscription of this connection's API key."""
-        from airflow_provider_leap.webhooks import list_webhooks
-
+    def _subscribe(
+        self, func: Callable[..., R], *args: str, events: Events, headers: HeadersArg
+    ) -> R:
+        """``func(client, *args, events, headers)``; no events: Connect's session events, no
+        headers: :meth:`webhook_headers`."""
+        sent = self.webhook_headers() if headers is None else headers
         with airflow_errors():
-            return list_webhooks(self.client)
+            return func(self.client, *args, events or webhooks.CONNECT_EVENT_TYPES, sent)
+
+    list_webhooks = _delegate(webhooks.list_webhooks)
+    delete_webhook = _delegate(webhooks.delete_webhook)
+    test_webhook = _delegate(webhooks.send_test_event, "test_webhook")
 
     def create_webhook(
-        self,
-        receiver_url: str,
-        event_types: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, receiver_url: str, event_types: Events = None, headers: HeadersArg = None
     ) -> str:
-        """Subscribe ``receiver_url`` (default events: Connect sessions; default headers:
-        :meth:`webhook_headers`) and return the ``webhook_id``. Not retried: prefer
-        :meth:`ensure_webhook`, which is safe to repeat."""
-        from airflow_provider_leap.webhooks import create_webhook
-
-        events, sent = self._subscription(event_types, headers)
-        with airflow_errors():
-            return create_webhook(self.client, receiver_url, events, sent)
+        """Subscribe ``receiver_url`` (defaults as for :meth:`ensure_webhook`) and return the
+        ``webhook_id``. Not retried: prefer :meth:`ensure_webhook`, which is safe to repeat."""
+        return self._subscribe(
+            webhooks.create_webhook, receiver_url, events=event_types, headers=headers
+        )
 
     def update_webhook(
         self,
         webhook_id: str,
         receiver_url: str,
-        event_types: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        event_types: Events = None,
+        headers: HeadersArg = None,
     ) -> str:
-        """Overwrite every setting of subscription ``webhook_id`` (defaults as for create)."""
-        from airflow_provider_leap.webhooks import update_webhook
-
-        events, sent = self._subscription(event_types, headers)
-        with airflow_errors():
-            return update_webhook(self.client, webhook_id, receiver_url, events, sent)
-
-    def delete_webhook(self, webhook_id: str) -> None:
-        """Remove subscription ``webhook_id``."""
-        from airflow_provider_leap.webhooks import delete_webhook
-
-        with airflow_errors():
-            delete_webhook(self.client, webhook_id)
-
-    def test_webhook(
-        self, webhook_id: str, payload: Mapping[str, Any] | None = None
-    ) -> WebhookTestResult:
-        """Have Leap deliver a test event (default: a ``connect_session.updated`` click by
-        ``leap-webhook-test``) and return what the receiver answered."""
-        from airflow_provider_leap.webhooks import send_test_event
-
-        with airflow_errors():
-            return send_test_event(self.client, webhook_id, payload)
+        """Overwrite every setting of subscription ``webhook_id`` (defaults as for ensure)."""
+        return self._subscribe(
+            webhooks.update_webhook, webhook_id, receiver_url, events=event_types, headers=headers
+        )
 
     def ensure_webhook(
-        self,
-        url: str,
-        events: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, url: str, events: Events = None, headers: HeadersArg = None
     ) -> EnsureResult:
         """Make Leap deliver ``events`` (default: both Connect session events) to ``url`` with
         ``headers`` (default: :meth:`webhook_headers`): creates, updates or leaves the
         subscription as it is, and says which in ``EnsureResult.action``. Safe to repeat."""
-        from airflow_provider_leap.webhooks import ensure_webhook
-
-        wanted, sent = self._subscription(events, headers)
-        with airflow_errors():
-            result = ensure_webhook(self.client, url, wanted, sent)
+        result = self._subscribe(webhooks.ensure_webhook, url, events=events, headers=headers)
         removed = f" (removed duplicates {list(result.removed)})" if result.removed else ""
         self.log.info(
             "Leap webhook %s for %s: %s%s", result.webhook_id, url, result.action, removed
