@@ -1,7 +1,6 @@
 """Apache Airflow provider for Leap's partner API.
 
-Importing the package is cheap on purpose (Airflow imports it while parsing DAG files): no
-Airflow, HTTP or JSON library is imported here.
+Cheap to import on purpose (Airflow imports it while parsing DAG files): no Airflow, HTTP or JSON.
 """
 
 from __future__ import annotations

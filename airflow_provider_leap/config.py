@@ -1,8 +1,7 @@
 """One Leap connection, parsed once into a typed, checked ``LeapConfig``. No Airflow import.
 
-The hook, the trigger and the extra link read a connection only through ``LeapConfig``: one rule
-for base URL, environment and portal; a bad extra is an error naming it and its value, never the
-API key.
+The hook, trigger and extra link read a connection only through it: one rule for base URL,
+environment and portal; a bad extra is an error naming it and its value, never the API key.
 """
 
 from __future__ import annotations

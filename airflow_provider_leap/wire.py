@@ -16,8 +16,7 @@ PRODUCTION_URL = "https://api.leap.energy"
 STAGING_URL = "https://api.staging.leap.energy"
 ENVIRONMENT_URLS: Mapping[str, str] = {"production": PRODUCTION_URL, "staging": STAGING_URL}
 
-# Leap's Partner Portal, the operator extra link's target (the ``portal_url`` extra overrides it).
-PORTAL_URLS: Mapping[str, str] = {
+PORTAL_URLS: Mapping[str, str] = {  # the extra link's target, unless the portal_url extra is set
     "production": "https://partner.leap.energy",
     "staging": "https://partner.staging.leap.energy",
 }

@@ -83,13 +83,10 @@ def _collect(
 class LeapHook(BaseHook):
     """Talks to Leap's partner API through an Airflow connection of type ``leap``.
 
-    The connection's password is the API key; the host a base URL (empty: the ``environment``
-    extra picks production or staging); the extras are checked on first use. Keyword arguments
-    replace the connection's settings, e.g. ``LeapHook(timeout=120)``. Methods take the arguments
-    of the :class:`~airflow_provider_leap.client.LeapClient` methods of the same name and raise
-    :class:`LeapException`.
-
-    :param leap_conn_id: the Airflow connection to use.
+    The password is the API key, the host a base URL (empty: the ``environment`` extra decides).
+    Keyword arguments replace the connection's settings, e.g. ``LeapHook(timeout=120)``. Methods
+    take the arguments of the same :class:`~airflow_provider_leap.client.LeapClient` methods and
+    raise :class:`LeapException`.
     """
 
     conn_name_attr = "leap_conn_id"
@@ -216,7 +213,7 @@ class LeapHook(BaseHook):
 
 
 def connection_json(base_url: str, api_key: str, **extra: Any) -> str:
-    """An ``AIRFLOW_CONN_<ID>`` JSON value for a Leap connection (used by the demo and docs)."""
+    """An ``AIRFLOW_CONN_<ID>`` JSON value for a Leap connection (tests, examples)."""
     return json.dumps(
         {"conn_type": LeapHook.conn_type, "host": base_url, "password": api_key, "extra": extra}
     )
