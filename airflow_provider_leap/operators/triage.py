@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class _Triaged(NamedTuple):
-    """What a run read and made, kept for its lineage (asked for after ``execute``)."""
+    """What a run read and made, for its lineage (asked for after ``execute``)."""
 
     base_url: str
     ref_ids: int | None  # how many were asked for; None: every customer
@@ -39,40 +39,33 @@ class _Triaged(NamedTuple):
 def format_counts(result: TriageResult) -> str:
     """A short aligned table of counts per bucket, for the task log."""
     width = max(len(name) for name in result.buckets)
-    lines = [f"{name:<{width}}  {len(items):>8}" for name, items in result.buckets.items()]
-    summary = result.summary
-    lines.append(f"{'total read':<{width}}  {summary['records_read']:>8}")
-    if summary.get("duplicates_dropped"):
-        lines.append(f"{'duplicates':<{width}}  {summary['duplicates_dropped']:>8}")
-    return "\n".join(lines)
+    rows = [(name, len(items)) for name, items in result.buckets.items()]
+    rows.append(("total read", result.summary["records_read"]))
+    if result.summary.get("duplicates_dropped"):
+        rows.append(("duplicates", result.summary["duplicates_dropped"]))
+    return "\n".join(f"{name:<{width}}  {count:>8}" for name, count in rows)
 
 
 class TriageOperator(BaseOperator):
     """Read Connect records from Leap and push one XCom per triage bucket.
 
-    Every bucket of :data:`airflow_provider_leap.triage.BUCKETS` is pushed under an XCom key equal
-    to its name, empty buckets too, so ``triage.output["utility_error"]`` feeds a downstream task
-    that takes the whole list; :func:`airflow_provider_leap.operators.buckets.bucket_items` turns
-    one into a return value to map over. The return value is the summary. Records are triaged as
-    the pages arrive, but buckets are pushed only after the last page was read: a failure
-    part-way pushes nothing and a retry starts clean. Large buckets stay out of the metadata
-    database with Airflow's ``XComObjectStorageBackend`` (docs: triage page).
+    Every bucket of :data:`airflow_provider_leap.triage.BUCKETS`, empty ones too, is pushed under
+    its name (``triage.output["utility_error"]``; to map over one, see
+    :func:`airflow_provider_leap.operators.buckets.bucket_items`), and only after the last page:
+    a failure part-way pushes nothing, so a retry starts clean. Returns the summary. Large
+    buckets stay out of the metadata database with Airflow's ``XComObjectStorageBackend``.
 
     :param leap_conn_id: Airflow connection of type ``leap``. Templated.
-    :param ref_ids: only these Reference IDs: a list, comma-separated IDs, or a template
-        rendering either. ``None`` (the default) means every customer; anything that renders
-        empty is an error, never "everyone". Templated.
-    :param started_after: only connections started at or after this time. Templated; a string
-        is read as ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``).
-    :param interacted_after: only connections whose last interaction is at or after this time.
-        Templated, like ``started_after``.
-    :param now: the time the triage runs for (the quiet period counts back from it, and a
-        downstream ``LeapContactOperator`` plans with the summary's ``now``): ``None`` (the wall
-        clock), a datetime, or ISO-8601 text. ``"{{ dag_run.run_after }}"`` makes retries and
-        clears of a run triage at the same instant, and works for manual runs with no logical
-        date. Templated.
-    :param quiet_period: records touched more recently than this go to ``too_recent``: Leap
-        refreshes hourly, so acting sooner risks acting on stale data. Default one hour.
+    :param ref_ids: only these Reference IDs: a list or comma-separated. ``None``: every
+        customer; anything that renders empty is an error, never "everyone". Templated.
+    :param started_after: only connections started at or after this time; a string is read as
+        ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``). Templated.
+    :param interacted_after: likewise, for the last interaction. Templated.
+    :param now: the time the triage runs for (the quiet period counts back from it): ``None``
+        (wall clock), a datetime or ISO-8601 text. ``"{{ dag_run.run_after }}"`` keeps retries
+        and clears at one instant and works for manual runs with no logical date. Templated.
+    :param quiet_period: records touched more recently go to ``too_recent``: Leap refreshes
+        hourly, so acting sooner risks stale data.
     :param agreement_done_statuses: agreement values that count as done (besides NOT_REQUIRED).
     :param page_size: records per API page (default: the connection's, else 500).
     """
@@ -150,20 +143,16 @@ class TriageOperator(BaseOperator):
         ti = context["ti"]
         for name, items in result.buckets.items():
             ti.xcom_push(key=name, value=items)
+        locations = offloaded(ti, self.task_id, result.buckets, mapped=True)
+        count = None if ref_ids is None else len(ref_ids)
         self._triaged = _Triaged(
-            hook.config.base_url,
-            None if ref_ids is None else len(ref_ids),
-            started_after,
-            interacted_after,
-            result,
-            offloaded(ti, self.task_id, result.buckets, mapped=True),
+            hook.config.base_url, count, started_after, interacted_after, result, locations
         )
         return result.summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
-        row count, and the counts per bucket and reason. Called by Airflow's OpenLineage
-        provider only; on failure it reports the input alone."""
+        row count, and the counts per bucket and reason; on failure, the input alone."""
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         from airflow_provider_leap.lineage import connect_input, triage_lineage
