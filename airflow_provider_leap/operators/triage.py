@@ -25,15 +25,14 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class _Triaged(NamedTuple):
-    """What a run read and made, for its lineage (asked for after ``execute``)."""
+class _Read(NamedTuple):
+    """What a run read, in the arguments of its lineage input (``lineage.connect_input``)."""
 
     base_url: str
     ref_ids: int | None  # how many were asked for; None: every customer
     started_after: datetime | None
     interacted_after: datetime | None
-    result: TriageResult
-    locations: dict[str, str]  # bucket -> object-storage file, where the XCom backend put it
+    rows: int
 
 
 def format_counts(result: TriageResult) -> str:
@@ -103,7 +102,8 @@ class TriageOperator(BaseOperator):
             raise TypeError("agreement_done_statuses must be a collection of statuses, not a str")
         self.agreement_done_statuses = frozenset(agreement_done_statuses)
         self.page_size = page_size
-        self._triaged: _Triaged | None = None
+        # For the lineage, asked for after execute: what was read, the result, the offloaded files.
+        self._triaged: tuple[_Read, TriageResult, dict[str, str]] | None = None
 
     def _time(self, name: str) -> datetime | None:
         value = getattr(self, name)
@@ -143,11 +143,10 @@ class TriageOperator(BaseOperator):
         ti = context["ti"]
         for name, items in result.buckets.items():
             ti.xcom_push(key=name, value=items)
-        locations = offloaded(ti, self.task_id, result.buckets, mapped=True)
         count = None if ref_ids is None else len(ref_ids)
-        self._triaged = _Triaged(
-            hook.config.base_url, count, started_after, interacted_after, result, locations
-        )
+        rows = result.summary["records_read"]
+        read = _Read(hook.config.base_url, count, started_after, interacted_after, rows)
+        self._triaged = read, result, offloaded(ti, self.task_id, result.buckets, mapped=True)
         return result.summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -157,15 +156,8 @@ class TriageOperator(BaseOperator):
 
         from airflow_provider_leap.lineage import connect_input, triage_lineage
 
-        run = self._triaged
-        if run is None:  # failed before a result: what it read from is still worth saying
+        if self._triaged is None:  # failed before a result: what it read from is still worth saying
             return OperatorLineage(inputs=[connect_input(self.leap_conn_id, None, ref_ids=None)])
-        source = connect_input(
-            self.leap_conn_id,
-            run.base_url,
-            ref_ids=run.ref_ids,
-            started_after=run.started_after,
-            interacted_after=run.interacted_after,
-            rows=run.result.summary["records_read"],
-        )
-        return triage_lineage(task_instance, source, run.result, run.locations)
+        read, result, locations = self._triaged
+        source = connect_input(self.leap_conn_id, **read._asdict())
+        return triage_lineage(task_instance, source, result, locations)
