@@ -1,11 +1,7 @@
-"""Coalesced Connect polls and their schedule, for the triggerer's event loop. No Airflow.
+"""Coalesced Connect polls on a shared schedule, for the triggerer's event loop. No Airflow.
 
-A deferred sensor's trigger polls on a grid, ``anchor + k * interval``: the sensor anchors it on
-the epoch (``grid_time(0, interval, ...)``), so that sensors deferred at different moments poll
-at the same moments, and a trigger restarted from its kwargs resumes the same grid. At each grid
-time, the triggers of one event loop that poll the same connection share one pass over the
-Connect API (``PollHub``): their Reference IDs are merged into as few requests as the URL length
-allows (``client.ConnectQuery``), and each trigger gets the records of its own IDs.
+Sensors poll on the epoch's grid of their interval (``grid_time``), so those deferred at
+different moments poll together: one pass per connection and time (``PollHub``).
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from airflow_provider_leap.async_client import AsyncLeapClient
 from airflow_provider_leap.config import LeapConfig
@@ -23,48 +20,35 @@ from airflow_provider_leap.models import ConnectRecord
 
 log = logging.getLogger(__name__)
 Records = Mapping[str, list[ConnectRecord]]  # Reference ID -> its records (one per region)
-MIN_INTERVAL = 0.001  # a zero poke_interval polls back to back, not by dividing by zero
 
 
 def grid_time(anchor: float, interval: float, not_before: float) -> float:
     """The first time ``anchor + k * interval`` (``k >= 0``) at or after ``not_before``."""
-    interval = max(interval, MIN_INTERVAL)
+    interval = max(interval, 0.001)  # a zero poke_interval polls back to back
     return anchor + max(0, math.ceil((not_before - anchor) / interval)) * interval
 
 
+@dataclass
 class _Tick:
     """One shared poll: who waits for it (each caller's future and IDs), and its task."""
 
-    def __init__(self) -> None:
-        self.waiters: dict[asyncio.Future[Records], list[str]] = {}
-        self.task: asyncio.Task[None] | None = None
+    waiters: dict[asyncio.Future[Records], list[str]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
 
 
 class PollHub:
-    """Shares the polls of one event loop: one pass over the Connect API per connection and time.
+    """One pass over the Connect API per connection and time for all triggers of a loop.
 
-    ``records(conn_id, at, ids, until=...)`` waits until the wall-clock time ``at``, then
-    returns the records of ``ids`` from a pass made for everyone who asked for the same
-    connection and time. The pass runs in its own task, outside any caller's context (its logs
-    are the triggerer's, not one trigger's), with a client opened and closed within it. A caller
-    cancelled before the pass ends leaves it; when the last one leaves, the pass is cancelled:
-    no request is sent after that, and the client is closed on this loop. The connection is
-    read again for every pass (``load_config``), so a changed key is used at the next poll.
-
-    The outcome reaches the callers ``FAN_OUT`` at a time, one turn of the loop apart: each
-    caller then logs and decides, and hundreds of them at once would stall the loop.
+    The pass runs outside any trigger's context (its logs are the triggerer's) and reads the
+    connection again, so a changed key is used at the next poll; it is cancelled when its last
+    caller is. Callers get the outcome ``FAN_OUT`` per turn of the loop: hundreds deciding and
+    logging at once would stall it.
     """
 
     FAN_OUT = 20
 
-    def __init__(
-        self,
-        load_config: Callable[[str], Awaitable[LeapConfig]],
-        *,
-        client: Callable[[LeapConfig], AsyncLeapClient] = AsyncLeapClient,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._load_config, self._client, self._clock = load_config, client, clock
+    def __init__(self, load_config: Callable[[str], Awaitable[LeapConfig]]) -> None:
+        self._load_config = load_config
         self._open: dict[tuple[str, float], _Tick] = {}
 
     async def records(
@@ -84,7 +68,7 @@ class PollHub:
         mine: asyncio.Future[Records] = asyncio.get_running_loop().create_future()
         tick.waiters[mine] = list(ref_ids)
         try:
-            await asyncio.wait((mine,), timeout=max(until - self._clock(), 0.0))
+            await asyncio.wait((mine,), timeout=max(until - time.time(), 0.0))
             return mine.result() if mine.done() else None
         finally:
             del tick.waiters[mine]
@@ -97,7 +81,7 @@ class PollHub:
 
     async def _pass(self, conn_id: str, key: tuple[str, float], at: float, tick: _Tick) -> None:
         try:
-            await asyncio.sleep(max(at - self._clock(), 0.0))
+            await asyncio.sleep(max(at - time.time(), 0.0))
             self._close(key, tick)  # from now on, a caller for this time makes a pass of its own
             outcome = await self._poll(conn_id, tick)
             for number, waiter in enumerate(list(tick.waiters), 1):
@@ -118,8 +102,7 @@ class PollHub:
         """One pass over the Reference IDs of everyone waiting: their records, or the error."""
         ids = list(dict.fromkeys(ref_id for ids in tick.waiters.values() for ref_id in ids))
         try:
-            config = await self._load_config(conn_id)
-            async with self._client(config) as client:
+            async with AsyncLeapClient(await self._load_config(conn_id)) as client:
                 found: dict[str, list[ConnectRecord]] = {}
                 async for page in client.connect_pages(ids):
                     for record in page:

@@ -1,8 +1,6 @@
 """Where a set of Reference IDs stands against target statuses. No Airflow import.
 
-One evaluation = one pass over the Connect API for all IDs (the client batches them into as few
-requests as the URL length allows): the sensor's poke, or the deferrable trigger's share of a
-coalesced poll (``polls.PollHub``); ``evaluate`` is the rule of both.
+``evaluate`` is the one rule of the sensor's poke and the trigger's share of a coalesced poll.
 """
 
 from __future__ import annotations
@@ -21,10 +19,6 @@ if TYPE_CHECKING:
 SUMMARY_FIELDS = IDENTITY_FIELDS + TIME_FIELDS
 
 
-def record_summary(record: ConnectRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in SUMMARY_FIELDS}
-
-
 @dataclass
 class WatchResult:
     """Outcome of one evaluation; ``reached``/``waiting``/``failed`` map ref_id -> statuses."""
@@ -40,22 +34,19 @@ class WatchResult:
         return not (self.waiting or self.failed or self.missing)
 
     def counts(self) -> dict[str, int]:
-        """How many Reference IDs stand where (what a trigger event carries, not the records)."""
+        """What a trigger event carries instead of the records."""
         parts = ("reached", "waiting", "missing", "failed")
         return {name: len(getattr(self, name)) for name in parts}
 
     def describe(self, total: int) -> str:
         """The one log line a person needs: how many are still open, and which."""
         parts = [f"{len(self.reached)} of {total} Reference ID(s) reached the target status"]
-        if self.waiting:
-            parts.append(f"waiting on {len(self.waiting)}: {_sample(self.waiting)}")
-        if self.missing:
-            parts.append(
-                f"not listed by Leap yet (link not clicked?) {len(self.missing)}: "
-                f"{_sample(self.missing)}"
-            )
-        if self.failed:
-            parts.append(f"in a fail status {len(self.failed)}: {_sample(self.failed)}")
+        still_open = (
+            ("waiting on", self.waiting),
+            ("not listed by Leap yet (link not clicked?)", self.missing),
+            ("in a fail status", self.failed),
+        )
+        parts += [f"{label} {len(items)}: {_sample(items)}" for label, items in still_open if items]
         return "; ".join(parts)
 
 
@@ -74,19 +65,15 @@ def evaluate(
     target_statuses: Collection[str],
     fail_on_statuses: Collection[str] = (),
 ) -> WatchResult:
-    """Classify each Reference ID from the records Leap returned for them.
-
-    A Reference ID with several records (one per region) has reached the target only when every
-    one of them has; any record in a fail status fails it.
-    """
+    """Classify each Reference ID. One with several records (one per region) has reached the
+    target only when every one of them has; any record in a fail status fails it."""
     wanted = set(ref_ids)
     statuses: dict[str, list[str]] = {}
     result = WatchResult()
     for record in records:
-        if record.ref_id not in wanted:
-            continue
-        statuses.setdefault(record.ref_id, []).append(str(record.connection_status))
-        result.records.append(record_summary(record))
+        if record.ref_id in wanted:
+            statuses.setdefault(record.ref_id, []).append(str(record.connection_status))
+            result.records.append({name: getattr(record, name) for name in SUMMARY_FIELDS})
     targets, fails = set(target_statuses), set(fail_on_statuses)
     for ref_id in ref_ids:
         seen = statuses.get(ref_id)
@@ -113,6 +100,6 @@ def check_ref_ids(
 
 
 def statuses_argument(value: str | Iterable[str], name: str) -> list[str]:
-    """A sensor's statuses after rendering: one status, a list, or comma-separated; upper-cased
-    (Leap's statuses are upper case), any value allowed (Leap may add statuses)."""
+    """Rendered statuses: one, a list, or comma-separated; upper-cased as Leap's are, any value
+    allowed (Leap may add statuses)."""
     return list(dict.fromkeys(status.strip().upper() for status in rendered_list(value, name)))

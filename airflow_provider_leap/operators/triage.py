@@ -25,54 +25,46 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class _Triaged(NamedTuple):
-    """What a run read and made, kept for its lineage (asked for after ``execute``)."""
+class _Read(NamedTuple):
+    """What a run read, in the arguments of its lineage input (``lineage.connect_input``)."""
 
     base_url: str
     ref_ids: int | None  # how many were asked for; None: every customer
     started_after: datetime | None
     interacted_after: datetime | None
-    result: TriageResult
-    locations: dict[str, str]  # bucket -> object-storage file, where the XCom backend put it
+    rows: int
 
 
 def format_counts(result: TriageResult) -> str:
     """A short aligned table of counts per bucket, for the task log."""
     width = max(len(name) for name in result.buckets)
-    lines = [f"{name:<{width}}  {len(items):>8}" for name, items in result.buckets.items()]
-    summary = result.summary
-    lines.append(f"{'total read':<{width}}  {summary['records_read']:>8}")
-    if summary.get("duplicates_dropped"):
-        lines.append(f"{'duplicates':<{width}}  {summary['duplicates_dropped']:>8}")
-    return "\n".join(lines)
+    rows = [(name, len(items)) for name, items in result.buckets.items()]
+    rows.append(("total read", result.summary["records_read"]))
+    if result.summary.get("duplicates_dropped"):
+        rows.append(("duplicates", result.summary["duplicates_dropped"]))
+    return "\n".join(f"{name:<{width}}  {count:>8}" for name, count in rows)
 
 
 class TriageOperator(BaseOperator):
     """Read Connect records from Leap and push one XCom per triage bucket.
 
-    Every bucket of :data:`airflow_provider_leap.triage.BUCKETS` is pushed under an XCom key equal
-    to its name, empty buckets too, so ``triage.output["utility_error"]`` feeds a downstream task
-    that takes the whole list; :func:`airflow_provider_leap.operators.buckets.bucket_items` turns
-    one into a return value to map over. The return value is the summary. Records are triaged as
-    the pages arrive, but buckets are pushed only after the last page was read: a failure
-    part-way pushes nothing and a retry starts clean. Large buckets stay out of the metadata
-    database with Airflow's ``XComObjectStorageBackend`` (docs: triage page).
+    Every bucket of :data:`airflow_provider_leap.triage.BUCKETS`, empty ones too, is pushed under
+    its name (``triage.output["utility_error"]``; to map over one, see
+    :func:`airflow_provider_leap.operators.buckets.bucket_items`), and only after the last page:
+    a failure part-way pushes nothing, so a retry starts clean. Returns the summary. Large
+    buckets stay out of the metadata database with Airflow's ``XComObjectStorageBackend``.
 
     :param leap_conn_id: Airflow connection of type ``leap``. Templated.
-    :param ref_ids: only these Reference IDs: a list, comma-separated IDs, or a template
-        rendering either. ``None`` (the default) means every customer; anything that renders
-        empty is an error, never "everyone". Templated.
-    :param started_after: only connections started at or after this time. Templated; a string
-        is read as ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``).
-    :param interacted_after: only connections whose last interaction is at or after this time.
-        Templated, like ``started_after``.
-    :param now: the time the triage runs for (the quiet period counts back from it, and a
-        downstream ``LeapContactOperator`` plans with the summary's ``now``): ``None`` (the wall
-        clock), a datetime, or ISO-8601 text. ``"{{ dag_run.run_after }}"`` makes retries and
-        clears of a run triage at the same instant, and works for manual runs with no logical
-        date. Templated.
-    :param quiet_period: records touched more recently than this go to ``too_recent``: Leap
-        refreshes hourly, so acting sooner risks acting on stale data. Default one hour.
+    :param ref_ids: only these Reference IDs: a list or comma-separated. ``None``: every
+        customer; anything that renders empty is an error, never "everyone". Templated.
+    :param started_after: only connections started at or after this time; a string is read as
+        ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``). Templated.
+    :param interacted_after: likewise, for the last interaction. Templated.
+    :param now: the time the triage runs for (the quiet period counts back from it): ``None``
+        (wall clock), a datetime or ISO-8601 text. ``"{{ dag_run.run_after }}"`` keeps retries
+        and clears at one instant and works for manual runs with no logical date. Templated.
+    :param quiet_period: records touched more recently go to ``too_recent``: Leap refreshes
+        hourly, so acting sooner risks stale data.
     :param agreement_done_statuses: agreement values that count as done (besides NOT_REQUIRED).
     :param page_size: records per API page (default: the connection's, else 500).
     """
@@ -110,7 +102,8 @@ class TriageOperator(BaseOperator):
             raise TypeError("agreement_done_statuses must be a collection of statuses, not a str")
         self.agreement_done_statuses = frozenset(agreement_done_statuses)
         self.page_size = page_size
-        self._triaged: _Triaged | None = None
+        # For the lineage, asked for after execute: what was read, the result, the offloaded files.
+        self._triaged: tuple[_Read, TriageResult, dict[str, str]] | None = None
 
     def _time(self, name: str) -> datetime | None:
         value = getattr(self, name)
@@ -150,33 +143,21 @@ class TriageOperator(BaseOperator):
         ti = context["ti"]
         for name, items in result.buckets.items():
             ti.xcom_push(key=name, value=items)
-        self._triaged = _Triaged(
-            hook.config.base_url,
-            None if ref_ids is None else len(ref_ids),
-            started_after,
-            interacted_after,
-            result,
-            offloaded(ti, self.task_id, result.buckets, mapped=True),
-        )
+        count = None if ref_ids is None else len(ref_ids)
+        rows = result.summary["records_read"]
+        read = _Read(hook.config.base_url, count, started_after, interacted_after, rows)
+        self._triaged = read, result, offloaded(ti, self.task_id, result.buckets, mapped=True)
         return result.summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
-        row count, and the counts per bucket and reason. Called by Airflow's OpenLineage
-        provider only; on failure it reports the input alone."""
+        row count, and the counts per bucket and reason; on failure, the input alone."""
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         from airflow_provider_leap.lineage import connect_input, triage_lineage
 
-        run = self._triaged
-        if run is None:  # failed before a result: what it read from is still worth saying
+        if self._triaged is None:  # failed before a result: what it read from is still worth saying
             return OperatorLineage(inputs=[connect_input(self.leap_conn_id, None, ref_ids=None)])
-        source = connect_input(
-            self.leap_conn_id,
-            run.base_url,
-            ref_ids=run.ref_ids,
-            started_after=run.started_after,
-            interacted_after=run.interacted_after,
-            rows=run.result.summary["records_read"],
-        )
-        return triage_lineage(task_instance, source, run.result, run.locations)
+        read, result, locations = self._triaged
+        source = connect_input(self.leap_conn_id, **read._asdict())
+        return triage_lineage(task_instance, source, result, locations)

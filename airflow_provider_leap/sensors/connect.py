@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import (
     AirflowException,
     AirflowFailException,
@@ -24,40 +25,30 @@ from airflow_provider_leap.watch import statuses_argument
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_leap.hooks.leap import LeapHook
+
 HOURLY = timedelta(hours=1).total_seconds()
-
-
-def _default_deferrable() -> bool:
-    from airflow.sdk.configuration import conf
-
-    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
+Arguments = tuple[list[str], list[str], list[str]]  # Reference IDs, targets, fail statuses
 
 
 class ConnectStatusSensor(BaseSensorOperator):
     """Wait until every Reference ID is in one of ``target_statuses``.
 
-    Each poke makes one pass over the Connect API for all IDs (batched by the ``ref-id`` filter,
-    split only when the URL would get too long), never one request per ID. Reference IDs that
-    Leap does not list yet (the customer never clicked the link) keep the sensor waiting and are
-    named in the log. On success the XCom value is the matching records as small dicts
-    (``return_records=False``: none).
+    A poke is one pass over the Connect API for all IDs, never one request per ID; IDs Leap does
+    not list yet (link not clicked) keep it waiting and are named in the log. Leap refreshes
+    hourly, hence the hourly ``poke_interval`` (shorter against production logs a warning). Bad
+    arguments (checked once rendered) fail the task with ``LeapException``.
 
-    Leap refreshes connection data once an hour, so ``poke_interval`` defaults to one hour; a
-    shorter interval against a production host is allowed but logged as a warning. Arguments
-    are checked once rendered; a bad one fails the task with ``LeapException``.
-
-    :param ref_ids: Reference IDs: a list, or comma-separated IDs; never empty. Templated.
-    :param target_statuses: statuses that count as reached: one, a list, or comma-separated
-        (default ``COMPLETED``; case does not matter). Templated.
-    :param fail_on_statuses: statuses that end the wait with a failure (default none), given
-        like ``target_statuses``. Templated.
+    :param ref_ids: Reference IDs: a list or comma-separated; never empty. Templated.
+    :param target_statuses: statuses that count as reached: one, a list, or comma-separated, any
+        case (default ``COMPLETED``). Templated.
+    :param fail_on_statuses: statuses that fail the wait at once (default none). Templated.
     :param leap_conn_id: Airflow connection of type ``leap``. Templated.
-    :param deferrable: wait in the triggerer instead of a worker slot; defaults to Airflow's
-        ``[operators] default_deferrable``. The sensor's ``timeout`` applies the same way.
-    :param return_records: return (push to XCom) the records of the Reference IDs on success
-        (default ``True``). A deferred sensor's trigger event carries counts and IDs only, so
-        the records are read again, in one pass, when the task resumes; ``False`` spares that
-        pass and the XCom for thousands of IDs whose records no task reads.
+    :param deferrable: wait in the triggerer, not a worker slot; default: Airflow's
+        ``[operators] default_deferrable``.
+    :param return_records: push the matching records (small dicts) to XCom on success. A
+        deferred sensor reads them again on resuming (the event carries counts only); ``False``
+        spares that pass for thousands of IDs nobody reads.
     """
 
     template_fields = ("ref_ids", "target_statuses", "fail_on_statuses", "leap_conn_id")
@@ -83,9 +74,11 @@ class ConnectStatusSensor(BaseSensorOperator):
         self.target_statuses = target_statuses
         self.fail_on_statuses = fail_on_statuses
         self.leap_conn_id = leap_conn_id
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        if deferrable is None:
+            deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
+        self.deferrable = bool(deferrable)
 
-    def arguments(self) -> tuple[list[str], list[str], list[str]]:
+    def arguments(self) -> Arguments:
         """The rendered IDs, target statuses and fail statuses, checked."""
         from airflow_provider_leap.hooks.leap import airflow_errors
 
@@ -95,38 +88,40 @@ class ConnectStatusSensor(BaseSensorOperator):
             fails = statuses_argument(self.fail_on_statuses, "fail_on_statuses")
             if not targets:
                 raise LeapConfigError("target_statuses is empty: name at least one status")
-            if set(targets) & set(fails):
-                raise LeapConfigError(
-                    f"{sorted(set(targets) & set(fails))} cannot be both a target and a fail status"
-                )
+            if both := sorted(set(targets) & set(fails)):
+                raise LeapConfigError(f"{both} cannot be both a target and a fail status")
         return ids, targets, fails
 
-    def poke(self, context: Context) -> PokeReturnValue:
+    def _hook(self) -> LeapHook:
         # Imported here: the hook loads the HTTP stack, which parsing a DAG file need not pay for.
         from airflow_provider_leap.hooks.leap import LeapHook
 
-        ids, targets, fails = self.arguments()
-        hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        return LeapHook(leap_conn_id=self.leap_conn_id)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        return self._poke(self.arguments())
+
+    def _poke(self, arguments: Arguments) -> PokeReturnValue:
+        hook = self._hook()
         if self.poke_interval < HOURLY and hook.config.base_url == wire.PRODUCTION_URL:
             self.log.warning(
                 "poke_interval is %.0f s but Leap refreshes Connect data once an hour: polling "
                 "production more often returns the same data and spends rate limit.",
                 self.poke_interval,
             )
-        result = hook.check_ref_ids(ids, targets, fails)
-        message = result.describe(len(ids))
+        result = hook.check_ref_ids(*arguments)
+        message = result.describe(len(arguments[0]))
         self.log.info("%s", message)
         if result.failed:
             raise AirflowFailException(f"Leap connection(s) in a fail status: {message}")
-        records = result.records if self.return_records else None
-        return PokeReturnValue(is_done=result.done, xcom_value=records)
+        return PokeReturnValue(result.done, result.records if self.return_records else None)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        # Check once in the worker: no deferral when the answer is already there.
-        try:
-            first = self.poke(context)
+        arguments = self.arguments()
+        try:  # one check in the worker: no deferral when the answer is already there
+            first = self._poke(arguments)
         except AirflowFailException as exc:
             if self.soft_fail or self.never_fail:
                 raise AirflowSkipException(f"Skipped (soft_fail/never_fail): {exc}") from exc
@@ -136,7 +131,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         from airflow_provider_leap.polls import grid_time
         from airflow_provider_leap.triggers.connect import ConnectStatusTrigger
 
-        ids, targets, fails = self.arguments()
+        ids, targets, fails = arguments
         now, interval = time.time(), self.poke_interval
         self.defer(
             trigger=ConnectStatusTrigger(
@@ -146,9 +141,8 @@ class ConnectStatusSensor(BaseSensorOperator):
                 fail_on_statuses=fails,
                 poll_interval=interval,
                 end_time=now + self.timeout,
-                # The poke above was a poll: the next is on the epoch's grid of the interval, at
-                # least half an interval on (one interval on average), where other sensors of
-                # this connection poll too.
+                # The poke above was a poll: the next is on the epoch's grid of the interval (where
+                # other sensors of this connection poll too), at least half an interval on.
                 next_poll_at=grid_time(0.0, interval, now + interval / 2),
             ),
             method_name="execute_complete",
@@ -156,15 +150,13 @@ class ConnectStatusSensor(BaseSensorOperator):
         )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage (docs: Lineage): the Connect records of the connection, with the number of
-        Reference IDs watched. Called by Airflow's OpenLineage provider only."""
+        """OpenLineage (docs: Lineage): the connection's Connect records, and how many IDs."""
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        from airflow_provider_leap.hooks.leap import LeapHook
         from airflow_provider_leap.lineage import connect_input
 
         try:  # lineage never fails a task: without a readable connection, no environment
-            base_url: str | None = LeapHook(leap_conn_id=self.leap_conn_id).config.base_url
+            base_url: str | None = self._hook().config.base_url
         except Exception:
             base_url = None
         try:
@@ -175,13 +167,14 @@ class ConnectStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Map the trigger's event to success, failure or timeout; nothing is left implicit."""
-        status = (event or {}).get("status")
-        message = (event or {}).get("message", "")
+        status, message = (event or {}).get("status"), (event or {}).get("message", "")
         if status == "success" and event:
             self.log.info("All Reference IDs reached the target status: %s", message)
+            if not self.return_records:
+                return None
             if "records" in event:  # an event of the previous version carried them
-                return event["records"] if self.return_records else None
-            return self._records() if self.return_records else None
+                return event["records"]
+            return self._hook().check_ref_ids(*self.arguments()).records
         if status == "timeout":
             raise AirflowSensorTimeout(f"ConnectStatusSensor timed out: {message}")
         if status == "failed":
@@ -189,11 +182,3 @@ class ConnectStatusSensor(BaseSensorOperator):
         if status == "error":
             raise AirflowException(f"ConnectStatusSensor could not poll Leap: {message}")
         raise AirflowException(f"ConnectStatusSensor got an unexpected trigger event: {event!r}")
-
-    def _records(self) -> list[dict[str, Any]]:
-        """The records of the Reference IDs, read in one pass (the event does not carry them)."""
-        from airflow_provider_leap.hooks.leap import LeapHook
-
-        ids, targets, fails = self.arguments()
-        result = LeapHook(leap_conn_id=self.leap_conn_id).check_ref_ids(ids, targets, fails)
-        return result.records

@@ -1,8 +1,7 @@
 """ConnectStatusTrigger: the deferrable half of ConnectStatusSensor, run by the triggerer.
 
-It waits on the triggerer's event loop and holds no thread: the polls go through the core's
-async transport (``async_client``), shared with every other Leap trigger of the same connection
-and time in this process (``polls.PollHub``), and cancelling it stops its polling at once.
+It holds no thread: its polls go through the async client, shared with every Leap trigger of the
+same connection and time on this event loop (``polls.PollHub``); cancelling it stops them at once.
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.errors import LeapError, is_transient
-from airflow_provider_leap.polls import PollHub, Records, grid_time
+from airflow_provider_leap.polls import PollHub, grid_time
 from airflow_provider_leap.watch import evaluate
 
 _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PollHub] = weakref.WeakKeyDictionary()
@@ -33,31 +32,21 @@ async def _load_config(conn_id: str) -> LeapConfig:
 
 def _hub() -> PollHub:
     """This event loop's hub: the triggerer runs all its triggers on one loop."""
-    loop = asyncio.get_running_loop()
-    hub = _HUBS.get(loop)
-    if hub is None:
-        hub = _HUBS[loop] = PollHub(_load_config)
-    return hub
+    return _HUBS.setdefault(asyncio.get_running_loop(), PollHub(_load_config))
 
 
 class ConnectStatusTrigger(BaseTrigger):
     """Poll Leap until every Reference ID is in a target status, one fails, or ``end_time``.
 
-    Times are absolute (seconds since the epoch), so a trigger restarted from its kwargs (a
-    triggerer restart, or the trigger moving to another triggerer) resumes its schedule: it
-    polls at ``next_poll_at``, then every ``poll_interval`` after it (the next of those times
-    still ahead, after a restart), and gives up at ``end_time``. Without ``next_poll_at`` it
-    polls at once, then on the epoch's grid of ``poll_interval``. ``poll_first`` is read only
-    from rows deferred by the previous version: ``False`` (the sensor had just checked) joins
-    that grid without polling at once.
+    Times are absolute (epoch seconds), so a trigger rebuilt from its kwargs after a triggerer
+    restart keeps its schedule: it polls at ``next_poll_at`` and every ``poll_interval`` after it
+    (without it: at once, then on the epoch's grid). ``poll_first=False`` (rows of the previous
+    version) joins the epoch's grid without polling at once.
 
-    Events (``event["status"]``), each with a ``message`` (the last poll, one line) and
-    ``counts`` (Reference IDs reached, waiting, missing, failed), never the records:
-    ``success``; ``failed`` (with ``failed``: the Reference IDs in a fail status); ``timeout``
-    (``end_time`` passed); ``error`` (Leap refused the request, e.g. 401/403/400, or the
-    connection cannot be used: trying again would not help). A transient failure (429, 5xx, a
-    timeout, a dropped connection) that outlasts the client's own retries is logged and tried
-    again at the next poll.
+    Events carry ``status``, ``message`` (the last poll, one line) and ``counts``, never records:
+    ``success``, ``failed`` (with the ``failed`` IDs), ``timeout``, or ``error`` (a refused
+    request or unusable connection: trying again would not help). A transient failure that
+    outlasts the client's retries is logged and tried again at the next poll.
     """
 
     def __init__(
@@ -79,29 +68,25 @@ class ConnectStatusTrigger(BaseTrigger):
         self.fail_on_statuses = list(fail_on_statuses)
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time)
-        if next_poll_at is None and not poll_first:  # an older row: the sensor had just checked
+        if next_poll_at is None and not poll_first:
             next_poll_at = grid_time(0.0, self.poll_interval, time.time())
         self.next_poll_at = None if next_poll_at is None else float(next_poll_at)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "leap_conn_id": self.leap_conn_id,
-                "ref_ids": self.ref_ids,
-                "target_statuses": self.target_statuses,
-                "fail_on_statuses": self.fail_on_statuses,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "next_poll_at": self.next_poll_at,
-            },
-        )
+        kwargs = {
+            "leap_conn_id": self.leap_conn_id,
+            "ref_ids": self.ref_ids,
+            "target_statuses": self.target_statuses,
+            "fail_on_statuses": self.fail_on_statuses,
+            "poll_interval": self.poll_interval,
+            "end_time": self.end_time,
+            "next_poll_at": self.next_poll_at,
+        }
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _next_poll(self, previous: float | None) -> float:
-        """When to poll next: on the grid, and after the previous poll. The first poll of a run
-        (a new deferral, or a triggerer restarted from the row) that finds a grid time already
-        passed, one no triggerer polled, polls at once: waiting for the next one would cost a
-        whole interval for every restart that straddles a grid time."""
+        """On the grid, after the previous poll. The first poll of a run that finds a grid time
+        passed unpolled (a restart straddling it) polls at once rather than an interval late."""
         now = time.time()
         if previous is None and self.next_poll_at is None:
             return now
@@ -112,17 +97,16 @@ class ConnectStatusTrigger(BaseTrigger):
         return grid_time(anchor, interval, max(now, previous + interval / 2))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        # Between polls the trigger keeps its last summary only, never the records: the
-        # triggerer holds hundreds of these.
-        hub, last, at = _hub(), Summary("no successful poll yet", None), None
+        # Between polls only the last payload is kept, never records: a triggerer holds hundreds.
+        hub, at = _hub(), None
+        last: dict[str, Any] = {"message": "no successful poll yet", "counts": None}
         while True:
             at = self._next_poll(at)
             if at >= self.end_time:
                 await asyncio.sleep(max(self.end_time - time.time(), 0.0))
-                yield self._timeout_event(last)
-                return
+                break
             try:
-                event, last = await self._poll(hub, at, last)
+                payload = await self._poll(hub, at)
             except Exception as exc:
                 if not is_transient(exc):
                     why = str(exc) if isinstance(exc, LeapError) else f"{type(exc).__name__}: {exc}"
@@ -130,45 +114,27 @@ class ConnectStatusTrigger(BaseTrigger):
                     return
                 self.log.warning("Leap poll failed, trying again next poll: %s", exc)
                 continue
-            if event is not None:
-                yield event
+            if payload is None:  # end_time came during the poll
+                break
+            if payload["status"] is not None:
+                yield TriggerEvent(payload)
                 return
+            last = payload
+        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
+        message = f"Timed out at {end}; last poll: {last['message']}"
+        yield TriggerEvent({"status": "timeout", "message": message, "counts": last["counts"]})
 
-    async def _poll(
-        self, hub: PollHub, at: float, last: Summary
-    ) -> tuple[TriggerEvent | None, Summary]:
-        """The poll at ``at``: the event it ends the wait with, if any, and its summary. The
-        pass's records (every trigger's) are let go on return, not held until the next poll."""
+    async def _poll(self, hub: PollHub, at: float) -> dict[str, Any] | None:
+        """The poll at ``at`` as an event payload (``status`` None: keep waiting); None when
+        ``end_time`` comes first. The pass's records (every trigger's) are let go on return."""
         found = await hub.records(self.leap_conn_id, at, self.ref_ids, until=self.end_time)
-        if found is None:  # end_time came during the poll
-            return self._timeout_event(last), last
-        return self._outcome(found)
-
-    def _outcome(self, found: Records) -> tuple[TriggerEvent | None, Summary]:
-        """What this poll's records mean for the trigger's IDs."""
+        if found is None:
+            return None
         ids = dict.fromkeys(self.ref_ids)
         records = chain.from_iterable(found.get(ref_id, ()) for ref_id in ids)
         result = evaluate(records, ids, self.target_statuses, self.fail_on_statuses)
-        summary = Summary(result.describe(len(ids)), result.counts())
-        self.log.info("%s", summary.message)
+        payload = {"status": None, "message": result.describe(len(ids)), "counts": result.counts()}
+        self.log.info("%s", payload["message"])
         if result.failed:
-            return summary.event("failed", failed=sorted(result.failed)), summary
-        return (summary.event("success") if result.done else None), summary
-
-    def _timeout_event(self, last: Summary) -> TriggerEvent:
-        end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
-        return Summary(f"Timed out at {end}; last poll: {last.message}", last.counts).event(
-            "timeout"
-        )
-
-
-class Summary(NamedTuple):
-    """One poll, as an event tells it: one line, and how many Reference IDs stand where."""
-
-    message: str
-    counts: dict[str, int] | None
-
-    def event(self, status: str, **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {"status": status, "message": self.message, "counts": self.counts, **extra}
-        )
+            return {**payload, "status": "failed", "failed": sorted(result.failed)}
+        return {**payload, "status": "success" if result.done else None}
