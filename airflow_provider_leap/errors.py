@@ -35,10 +35,7 @@ class LeapAPIError(LeapError):
         transient: bool = False,
     ) -> None:
         super().__init__(message)
-        self.method = method
-        self.path = path
-        self.status = status
-        self.title = title
+        self.method, self.path, self.status, self.title = method, path, status, title
         self.transient = transient
 
 
