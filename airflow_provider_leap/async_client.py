@@ -1,8 +1,8 @@
 """The async transport: Leap's Connect records over httpx, for the triggerer. No Airflow.
 
-Every rule is ``client.py``'s; only ``_send`` touches httpx, and the backoff is an
-``asyncio.sleep``: a waiting poll holds no thread, and cancelling it stops it at once (nothing is
-sent after the cancellation, the connection is closed on the loop that opened it).
+Every rule is ``client.py``'s. The backoff is an ``asyncio.sleep``: a waiting poll holds no
+thread, and cancelling it stops it at once (nothing more is sent, and the connection is closed
+on the loop that opened it).
 """
 
 from __future__ import annotations
