@@ -19,6 +19,7 @@ sent, never repeated, and is reported for a person.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -181,6 +182,15 @@ def _write(path: StoragePath, body: bytes) -> None:
         handle.write(body)
 
 
+@contextlib.contextmanager
+def _storage_failure(message: Callable[[Exception], str]) -> Iterator[None]:
+    """Any failure of the storage inside, as a ``LedgerError`` that says what it stopped."""
+    try:
+        yield
+    except Exception as exc:
+        raise LedgerError(message(exc)) from exc
+
+
 class DeliveryLedger:
     """One channel's ledger (``email``, ``sms``, ``crm`` ...) under ``root``.
 
@@ -226,16 +236,16 @@ class DeliveryLedger:
 
     def check_writable(self) -> None:
         """Fail before any send when the ledger cannot be written (wrong path, permissions)."""
-        try:
+        with _storage_failure(
+            lambda exc: (
+                f"The delivery ledger at {self.folder} cannot be written ({exc}); nothing "
+                "was sent. Fix the location or its permissions ([leap] ledger_url)."
+            )
+        ):
             self._prepare()
             probe = self.folder / f".probe-{uuid.uuid4().hex}"
             _write(probe, b"ok")
             probe.unlink()
-        except Exception as exc:
-            raise LedgerError(
-                f"The delivery ledger at {self.folder} cannot be written ({exc}); nothing was "
-                "sent. Fix the location or its permissions ([leap] ledger_url)."
-            ) from exc
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -393,24 +403,22 @@ class DeliveryLedger:
     def claim(self, contact: Contact, now: datetime) -> bool:
         """Take attempt ``contact.attempt`` of this contact; False if another sender has it."""
         body = msgspec.json.encode(self._claim(contact, SENDING, now, None))
-        try:
+        with _storage_failure(lambda exc: f"Cannot record a claim in {self.claims}: {exc}"):
             self._prepare()
             return self._create_exclusive(self._attempt_path(contact, CLAIM), body)
-        except Exception as exc:
-            raise LedgerError(f"Cannot record a claim in {self.claims}: {exc}") from exc
 
     def settle(
         self, contact: Contact, now: datetime, *, sent: bool, error: str | None = None
     ) -> None:
         """Record the outcome of a claimed attempt, right after the send."""
         claim = self._claim(contact, SENT if sent else FAILED, now, error)
-        try:
+        with _storage_failure(
+            lambda exc: (
+                f"Sent {contact.contact_key} but could not record it in {self.claims}: "
+                f"{exc}; its claim stays 'sending', so it is never sent again"
+            )
+        ):
             _write(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
-        except Exception as exc:
-            raise LedgerError(
-                f"Sent {contact.contact_key} but could not record it in {self.claims}: {exc}; "
-                "its claim stays 'sending', so it is never sent again"
-            ) from exc
 
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""

@@ -1,9 +1,8 @@
-"""Typed, immutable records of Leap's Connect and Meters APIs.
+"""Typed, immutable records of Leap's Connect and Meters APIs, under the API's field names.
 
-Attributes carry the API's own field names. Enumerated values stay plain ``str`` on the records
-(compare them with the enums below): Leap may add statuses or error codes at any time and those
-must flow through as data, not fail decoding. Each record keeps the exact JSON it came from
-(``record.raw``), so fields Leap adds later are never lost.
+Enumerated values stay plain ``str`` (compare them with the enums below): a status or error code
+Leap adds later flows through as data. Each record keeps its exact JSON (``record.raw``), so
+fields Leap adds later are never lost.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -45,11 +44,8 @@ class UtilityStatus(str, Enum):
 class _Record(
     msgspec.Struct, frozen=True, kw_only=True, gc=False, rename={"raw_json": "__leap_raw__"}
 ):
-    """Base of decoded records: keeps the source JSON next to the typed fields.
-
-    ``gc=False``: immutable records cannot form cycles, so the cyclic garbage collector need
-    never look at them, however many a run holds.
-    """
+    """Base of decoded records: the source JSON next to the typed fields. ``gc=False``: immutable
+    records cannot form cycles, so the cyclic collector need never walk them."""
 
     raw_json: msgspec.Raw | None = None
 
@@ -75,11 +71,9 @@ class UtilityConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class ConnectRecord(_Record, frozen=True, kw_only=True):
-    """One Reference ID's connection, as the Connect API reports it.
-
-    ``parse_error`` is set (and the typed fields hold only what could be salvaged) when the
-    record's JSON did not fit the documented shape; triage then sends it to review.
-    """
+    """One Reference ID's connection. ``parse_error`` is None but on a record whose JSON did not
+    fit the documented shape (the typed fields hold what could be salvaged): triage sends those to
+    review. It is no field, so no key of Leap's JSON can set it."""
 
     id: str | None = None
     transmission_region: str | None = None
@@ -89,7 +83,7 @@ class ConnectRecord(_Record, frozen=True, kw_only=True):
     agreements: dict[str, Any] = {}
     start_date_time_utc: str | None = None
     last_interaction_date_time_utc: str | None = None
-    parse_error: str | None = msgspec.field(default=None, name="__leap_parse_error__")
+    parse_error: ClassVar[str | None] = None
 
     @property
     def last_interaction(self) -> datetime | None:
@@ -99,10 +93,8 @@ class ConnectRecord(_Record, frozen=True, kw_only=True):
         )
 
 
-class MeterAudit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    created_by: str | None = None
-    created_at: str | None = None
-    updated_at: str | None = None
+class _UnfitRecord(ConnectRecord, frozen=True, kw_only=True):
+    parse_error: str | None = None  # type: ignore[misc]  # the one record type that has it
 
 
 class Meter(_Record, frozen=True, kw_only=True):
@@ -113,7 +105,7 @@ class Meter(_Record, frozen=True, kw_only=True):
     transmission_region: str | None = None
     customer_classification: str | None = None
     connection_references: tuple[str, ...] = ()
-    audit: MeterAudit | None = None
+    audit: Any = None  # as sent: Leap's schema allows any JSON value here
 
 
 R = TypeVar("R", bound=_Record)
@@ -121,9 +113,11 @@ _ANY = msgspec.json.Decoder()
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 _CONNECT = msgspec.json.Decoder(ConnectRecord)
 _CONNECT_LIST = msgspec.json.Decoder(list[ConnectRecord])
+_METER = msgspec.json.Decoder(Meter)
 _METER_LIST = msgspec.json.Decoder(list[Meter])
 # Collections Leap may send as null instead of empty (say before the customer picks a utility).
 _NULLABLE_COLLECTIONS: dict[str, Any] = {"utility_connections": [], "agreements": {}}
+_RAW_KEY = "__leap_raw__"  # raw_json's name: in Leap's JSON, a key like any other
 
 
 def _attach(record: R, raw: msgspec.Raw) -> R:
@@ -131,26 +125,31 @@ def _attach(record: R, raw: msgspec.Raw) -> R:
     return record
 
 
-def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
-    """Keep what is readable from a record that does not fit the documented shape.
-
-    Off the hot path: only records that failed the typed decode come here. A null where a list
-    or an object belongs is read as empty; anything else keeps ``parse_error``.
-    """
+def _retry(raw: msgspec.Raw, decoder: msgspec.json.Decoder[R]) -> tuple[R | None, dict[str, Any]]:
+    """Second reading of a record the typed decode refused (off the hot path): a null for a list
+    or an object is read as empty, a key named like ``raw_json`` is left to ``raw``. Returns the
+    record (None: still unfit) and the JSON object it was read from ({} if none)."""
     try:
         data = _ANY.decode(raw)
     except msgspec.DecodeError:
-        data = None
+        return None, {}
     if not isinstance(data, dict):
-        return ConnectRecord(raw_json=raw, parse_error=error)
-    nulls = {k: v for k, v in _NULLABLE_COLLECTIONS.items() if k in data and data[k] is None}
-    if nulls:
-        try:
-            return _attach(_CONNECT.decode(msgspec.json.encode({**data, **nulls})), raw)
-        except msgspec.DecodeError as exc:
-            error = str(exc)
+        return None, {}
+    fixed = {k: v for k, v in data.items() if k != _RAW_KEY}
+    fixed |= {k: v for k, v in _NULLABLE_COLLECTIONS.items() if data.get(k, v) is None}
+    try:
+        return _attach(decoder.decode(msgspec.json.encode(fixed)), raw), data
+    except msgspec.DecodeError:
+        return None, data
+
+
+def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
+    """A record that does not fit: what ``_retry`` reads, else its identity and times, unfit."""
+    record, data = _retry(raw, _CONNECT)
+    if record is not None:
+        return record
     text = {k: data[k] for k in IDENTITY_FIELDS + TIME_FIELDS if isinstance(data.get(k), str)}
-    return ConnectRecord(raw_json=raw, parse_error=error, **text)
+    return _UnfitRecord(raw_json=raw, parse_error=error, **text)
 
 
 def decode_connect_record(raw: msgspec.Raw | bytes) -> ConnectRecord:
@@ -173,12 +172,9 @@ def _decode_list(
     whole: msgspec.json.Decoder[list[R]],
     one: Callable[[msgspec.Raw], R | None],
 ) -> tuple[list[R], int]:
-    """A JSON list of records decoded in one call, each keeping its own JSON as ``raw``.
-
-    Only when some record does not fit are they decoded one by one, through ``one``, which may
-    leave a record out (None): the count of those comes second. Raises ``msgspec.DecodeError``
-    when ``records`` is not a JSON list.
-    """
+    """A JSON list of records decoded in one call, each keeping its own JSON as ``raw``; only
+    when one does not fit, one by one through ``one`` (None: left out, counted second). Raises
+    ``msgspec.DecodeError`` when ``records`` is not a JSON list."""
     raws = _RAW_LIST.decode(records)
     try:
         typed = whole.decode(records)
@@ -196,9 +192,9 @@ def decode_connect_records(records: msgspec.Raw) -> tuple[list[ConnectRecord], i
 
 def _meter_or_none(raw: msgspec.Raw) -> Meter | None:
     try:
-        return _attach(msgspec.json.decode(raw, type=Meter), raw)
+        return _attach(_METER.decode(raw), raw)
     except msgspec.DecodeError:
-        return None
+        return _retry(raw, _METER)[0]
 
 
 def decode_meters(records: msgspec.Raw) -> tuple[list[Meter], int]:

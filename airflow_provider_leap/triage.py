@@ -1,10 +1,8 @@
 """Triage of Connect records into follow-up buckets: docs/triage.md's decision table, row by row.
 
-The outcome depends on the arguments only: ``triage`` never reads the clock, never logs per
-record and never raises because of a record. Unknown enumeration values and unreadable records
-are data, reported in ``needs_review``, so one bad record cannot hide the others from the
-follow-up tasks. Items are small JSON-ready dicts: they travel through Airflow's XCom to the
-email and CRM tasks.
+``triage`` depends on its arguments only (no clock, no per-record log) and never raises because
+of a record: unknown values and unreadable records go to ``needs_review``, so one bad record
+cannot hide the others. Items are small JSON-ready dicts, for XCom.
 """
 
 from __future__ import annotations
@@ -29,8 +27,8 @@ from airflow_provider_leap.timeutil import UTC, format_timestamp, parse_timestam
 
 
 class Bucket:
-    """Bucket names, the keys of ``TriageResult.buckets``: plain strings, not enum members, so
-    they go into XCom and f-strings as they are and cost the per-record path a string."""
+    """Bucket names, the keys of ``TriageResult.buckets``: plain strings (not enum members) for
+    XCom, f-strings and the per-record path's speed."""
 
     COMPLETED = "completed"
     NOT_STARTED = "not_started"
@@ -109,10 +107,8 @@ class TriageResult:
 
 
 def _utilities(record: ConnectRecord, done: frozenset[str]) -> Decision:
-    """Rows 4 (unknown utility status) to 9, for a PARTIAL or ERROR record with utilities.
-
-    Plain loops, no comprehensions or ``any()``: this runs for most records.
-    """
+    """Rows 4 (unknown utility status) to 9, for a PARTIAL or ERROR record with utilities
+    (plain loops, no comprehensions or ``any()``: this runs for most records)."""
     utilities = record.utility_connections
     required: list[UtilityConnection] = []
     other_connected = False  # a utility not marked required is CONNECTED
@@ -247,10 +243,8 @@ def _sort(
     cutoff: datetime | None,
     done: frozenset[str],
 ) -> tuple[dict[str, list[dict[str, Any]]], int, int]:
-    """Every record into its bucket, keeping one item per ``id``: the latest last interaction.
-
-    Returns the buckets, the records read and the duplicates dropped.
-    """
+    """The buckets (one item per ``id``: the latest last interaction), records read and
+    duplicates dropped."""
     buckets: dict[str, list[dict[str, Any]]] = {name: [] for name in BUCKETS}
     kept: dict[str, dict[str, Any]] = {}  # id -> the item kept for it
     read = dropped = 0

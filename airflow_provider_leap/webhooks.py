@@ -180,9 +180,12 @@ def create_webhook(
     Not retried (a create that timed out may have succeeded): :func:`ensure_webhook` is the
     call that is safe to repeat.
     """
+    return _post(client, _body(receiver_url, event_types, headers))
+
+
+def _post(client: LeapClient, body: dict[str, Any]) -> str:
     from airflow_provider_leap.client import NO_RETRY
 
-    body = _body(receiver_url, event_types, headers)
     response = client.request("POST", WEBHOOKS_PATH, json=body, retry=NO_RETRY)
     return str(_decode(_CREATED, response.body, "POST", WEBHOOKS_PATH).webhook_id)
 
@@ -195,8 +198,12 @@ def update_webhook(
     headers: HeadersArg = None,
 ) -> str:
     """Replace every setting of a subscription (Leap's PUT overwrites all of them)."""
+    return _put(client, webhook_id, _body(receiver_url, event_types, headers))
+
+
+def _put(client: LeapClient, webhook_id: str, body: dict[str, Any]) -> str:
     path = _webhook_path(webhook_id)
-    response = client.request("PUT", path, json=_body(receiver_url, event_types, headers))
+    response = client.request("PUT", path, json=body)
     return str(_decode(_CREATED, response.body, "PUT", path).webhook_id)
 
 
@@ -226,13 +233,11 @@ def send_test_event(
     return _decode(_TEST_RESULT, response.body, "POST", path)  # type: ignore[no-any-return]
 
 
-def _same(webhook: Webhook, event_types: Sequence[str], headers: tuple[Header, ...]) -> bool:
-    def normal(items: Iterable[Header]) -> set[tuple[str, str]]:
-        return {(h.name.lower(), h.value) for h in items}
-
-    return set(webhook.event_types) == set(event_types) and normal(webhook.headers) == normal(
-        headers
-    )
+def _same(webhook: Webhook, body: dict[str, Any]) -> bool:
+    """Whether ``webhook`` already delivers what ``body`` asks for (header names: any case)."""
+    sent = {(h["name"].lower(), h["value"]) for h in body["headers"]}
+    kept = {(h.name.lower(), h.value) for h in webhook.headers}
+    return set(webhook.event_types) == set(body["event_types"]) and kept == sent
 
 
 def ensure_webhook(
@@ -247,18 +252,16 @@ def ensure_webhook(
     subscriptions to the same URL would deliver every event twice, so they are deleted.
     """
     body = _body(receiver_url, event_types, headers)
-    wanted_headers = as_headers(headers)
     matches = [w for w in list_webhooks(client) if w.receiver_url == body["receiver_url"]]
     if not matches:
-        webhook_id = create_webhook(client, body["receiver_url"], body["event_types"], headers)
-        return EnsureResult(webhook_id=webhook_id, action="created")
+        return EnsureResult(webhook_id=_post(client, body), action="created")
     keep, *others = matches
     for other in others:
         delete_webhook(client, other.webhook_id)
     removed = tuple(other.webhook_id for other in others)
-    if _same(keep, body["event_types"], wanted_headers):
+    if _same(keep, body):
         return EnsureResult(webhook_id=keep.webhook_id, action="unchanged", removed=removed)
-    update_webhook(client, keep.webhook_id, body["receiver_url"], body["event_types"], headers)
+    _put(client, keep.webhook_id, body)
     return EnsureResult(webhook_id=keep.webhook_id, action="updated", removed=removed)
 
 

@@ -452,28 +452,31 @@ _FIRST_NAMES = ("Ana", "Bo", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Iv
 _LAST_NAMES = ("Smith", "Garcia", "Nguyen", "O'Neil", "Kowalski", "Okafor", "Lee", "Ruiz")
 
 
+def _long_ref_id(rng: random.Random, i: int) -> str:
+    head = f"L{i}-"
+    return head + "y" * rng.randint(150, REF_ID_MAX_LEN - len(head))
+
+
+# Partner styles of Reference ID: (share of records up to here, builder; None passes it on).
+_REF_ID_STYLES: tuple[tuple[float, Callable[[random.Random, int], str | None]], ...] = (
+    (0.35, lambda rng, i: f"cust-{i:06d}"),
+    (0.50, lambda rng, i: f"acct_{i}.{rng.getrandbits(16):04x}"),
+    (0.60, lambda rng, i: f"user+{i}@example.com"),
+    (0.70, lambda rng, i: f"crm:{i}:{rng.randint(100, 999)}"),
+    (0.76, lambda rng, i: f"ref={i}"),
+    (0.84, lambda rng, i: f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)} {i}"),
+    (0.90, lambda rng, i: f"+1-555-{i:07d}"),
+    (0.93, lambda rng, i: f"{i:03d}" if i < 1000 else None),
+    (0.95, _long_ref_id),
+)
+
+
 def _random_ref_id(rng: random.Random, i: int) -> str:
     """A unique Reference ID (the record index is embedded) in one of several partner styles."""
     style = rng.random()
-    if style < 0.35:
-        return f"cust-{i:06d}"
-    if style < 0.50:
-        return f"acct_{i}.{rng.getrandbits(16):04x}"
-    if style < 0.60:
-        return f"user+{i}@example.com"
-    if style < 0.70:
-        return f"crm:{i}:{rng.randint(100, 999)}"
-    if style < 0.76:
-        return f"ref={i}"
-    if style < 0.84:
-        return f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)} {i}"
-    if style < 0.90:
-        return f"+1-555-{i:07d}"
-    if style < 0.93 and i < 1000:
-        return f"{i:03d}"
-    if style < 0.95:
-        head = f"L{i}-"
-        return head + "y" * rng.randint(150, REF_ID_MAX_LEN - len(head))
+    for share, build in _REF_ID_STYLES:
+        if style < share and (ref_id := build(rng, i)) is not None:
+            return ref_id
     return f"Lead.{i}-{rng.choice(_LAST_NAMES)}_{rng.randint(1, 99)}"
 
 
