@@ -2,8 +2,7 @@
 
 Every rule is ``client.py``'s. The backoff is an ``asyncio.sleep``: a waiting poll holds no
 thread, and cancelling it stops it at once (nothing more is sent, and the connection is closed
-on the loop that opened it).
-"""
+on the loop that opened it)."""
 
 from __future__ import annotations
 

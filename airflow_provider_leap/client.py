@@ -1,8 +1,7 @@
 """HTTP core of the provider: requests, retries, paging, and checking what Leap sent. No Airflow.
 
 The rules (``ConnectQuery``, ``Pager``, ``RequestAttempts``, ``transport_failure``) do no I/O,
-so the trigger's async transport reuses them without a second copy.
-"""
+so the trigger's async transport reuses them without a second copy."""
 
 from __future__ import annotations
 
@@ -491,8 +490,7 @@ class LeapClient:
     """A keep-alive session to one Leap environment: bounded retries, streaming paging.
 
     Takes a ``LeapConfig``, or a base URL, a key and ``LeapConfig`` fields as keywords
-    (``LeapClient(url, key, page_size=100)``); tests inject ``sleep`` and ``rng``.
-    """
+    (``LeapClient(url, key, page_size=100)``); tests inject ``sleep`` and ``rng``."""
 
     def __init__(
         self,

@@ -40,8 +40,7 @@ class RetryPolicy:
 
     ``max_retries`` counts retries after the first attempt. ``max_wait`` bounds the sum of the
     waits between the attempts of one request (one ``Retry-After`` longer than what is left ends
-    the retries at once): each request of a paging run has its own budget.
-    """
+    the retries at once): each request of a paging run has its own budget."""
 
     max_retries: int = 5
     backoff_base: float = 1.0
