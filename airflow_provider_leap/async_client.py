@@ -1,12 +1,8 @@
 """The async transport: Leap's Connect records over httpx, for the triggerer. No Airflow.
 
-Every rule is ``client.py``'s: ``ConnectQuery`` builds the requests and checks the records,
-``Pager`` decodes and follows the pages, ``RequestAttempts`` decides the retries and maps the
-errors, ``transport_failure`` names what went wrong. Only ``AsyncLeapClient._send`` touches
-httpx, and the backoff is an ``asyncio.sleep``: a waiting poll holds no thread, and cancelling
-it stops it at once (nothing is sent after the cancellation, the connection is closed on the
-loop that opened it).
-"""
+Every rule is ``client.py``'s. The backoff is an ``asyncio.sleep``: a waiting poll holds no
+thread, and cancelling it stops it at once (nothing more is sent, and the connection is closed
+on the loop that opened it)."""
 
 from __future__ import annotations
 
@@ -37,14 +33,7 @@ from airflow_provider_leap.models import ConnectRecord
 T = TypeVar("T")
 
 HTTPX_ERRORS = TransportErrors(
-    caught=(
-        httpx.HTTPError,
-        httpx.InvalidURL,
-        httpx.StreamError,
-        OSError,
-        ValueError,
-    ),
-    tls=(),
+    caught=(httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError),
     timeout=(httpx.TimeoutException, TimeoutError),
     connection=(httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, OSError),
 )
@@ -58,11 +47,8 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class AsyncLeapClient:
-    """An ``httpx.AsyncClient`` to one Leap environment, with the sync client's rules.
-
-    Use it as ``async with AsyncLeapClient(config) as client: ...`` on one event loop. ``sleep``
-    and ``rng`` are injectable like ``LeapClient``'s.
-    """
+    """An ``httpx.AsyncClient`` to one Leap environment, with the sync client's rules; use it as
+    ``async with AsyncLeapClient(config) as client: ...`` on one event loop."""
 
     def __init__(
         self,
@@ -71,8 +57,7 @@ class AsyncLeapClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.config, self.rng = config, rng or random.Random()
-        self._sleep = sleep
+        self.config, self.rng, self._sleep = config, rng or random.Random(), sleep
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"},
@@ -93,10 +78,9 @@ class AsyncLeapClient:
     async def _request(
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer:
-        """One API call, transient failures retried (``LeapClient.request``'s rules)."""
-        attempts, policy = RequestAttempts(self.config, method, path, self.rng), self.config.retry
+        attempts = RequestAttempts(self.config, method, path, self.rng, self.config.retry)
         while True:
-            step = attempts.after(await self._send(method, path, params, body), policy)
+            step = attempts.after(await self._send(method, path, params, body))
             if isinstance(step, Answer):
                 return step
             await self._sleep(step)
@@ -106,18 +90,16 @@ class AsyncLeapClient:
     ) -> Answer | Failure:
         """One attempt, read whole within ``request_deadline``: connect, head and body under one
         cancel scope, so a server dripping any of them cannot hold the poll."""
-        config = self.config
         query = None if params is None else tuple(params)
         try:
-            with anyio.fail_after(config.request_deadline):
+            with anyio.fail_after(self.config.request_deadline):
                 async with self._http.stream(method, path, params=query, json=body) as response:
                     chunks = [chunk async for chunk in response.aiter_bytes()]
             return Answer(response.status_code, response.headers, b"".join(chunks))
         except TimeoutError:  # the scope's (httpx raises its own timeout types)
-            failure = transport_failure(DeadlinePassed(), config, HTTPX_ERRORS)
+            return transport_failure(DeadlinePassed(), self.config, HTTPX_ERRORS)
         except HTTPX_ERRORS.caught as exc:
-            failure = transport_failure(exc, config, HTTPX_ERRORS)
-        return failure
+            return transport_failure(exc, self.config, HTTPX_ERRORS)
 
     async def _pages(self, pager: Pager[T]) -> AsyncIterator[list[T]]:
         while pager.more():

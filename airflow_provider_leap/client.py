@@ -1,11 +1,7 @@
 """HTTP core of the provider: requests, retries, paging, and checking what Leap sent. No Airflow.
 
-The rules stay apart from the transport, so that an async transport (the deferrable trigger's)
-reuses them without a second copy: ``ConnectQuery`` (with ``connect_queries`` and
-``check_records``), ``Pager`` (with ``decode_page``), ``RequestAttempts`` (with ``http_error``) and
-``transport_failure`` do no I/O and read no clock. Only ``LeapClient``, its adapter
-(``_DeadlineAdapter``) and the ``REQUESTS_ERRORS`` table know ``requests``.
-"""
+The rules (``ConnectQuery``, ``Pager``, ``RequestAttempts``, ``transport_failure``) do no I/O,
+so the trigger's async transport reuses them without a second copy."""
 
 from __future__ import annotations
 
@@ -17,6 +13,7 @@ import ssl
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -88,9 +85,6 @@ def redact(text: str, config: LeapConfig) -> str:
     return text.replace(config.api_key, "***")
 
 
-# -- what the rules look at, whatever the transport ----------------------------------------------
-
-
 @dataclass(frozen=True)
 class Answer:
     """An HTTP answer, its body read whole."""
@@ -137,30 +131,26 @@ def http_error(
             f"key must not travel on); set the base URL ({config.base_url}) to where Leap answers"
         )
     cls = LeapAuthError if status in AUTH_HINTS else LeapAPIError
+    transient = is_retryable_status(status)
     return cls(
-        message + why,
-        method=method,
-        path=path,
-        status=status,
-        title=title,
-        transient=is_retryable_status(status),
+        message + why, method=method, path=path, status=status, title=title, transient=transient
     )
 
 
 class RequestAttempts:
-    """The retry rules of one request: ``after`` takes each attempt's outcome and returns the
-    answer (a success) or the seconds to wait before the next attempt; it raises the request's
-    error when retrying is pointless or the policy's budget is spent. A transport's request
-    loop sends, passes the outcome to ``after``, and waits or returns what it says.
-    """
+    """The retry rules of one request: ``after`` takes an attempt's outcome and returns the
+    answer or the seconds to wait, or raises when retrying is pointless or the budget spent."""
 
-    def __init__(self, config: LeapConfig, method: str, path: str, rng: random.Random) -> None:
-        self.config, self.method, self.path, self.rng = config, method, path, rng
+    def __init__(
+        self, config: LeapConfig, method: str, path: str, rng: random.Random, policy: RetryPolicy
+    ) -> None:
+        self.config, self.method, self.path = config, method, path
+        self.rng, self.policy = rng, policy
         self.number, self.waited = 0, 0.0
 
-    def after(self, outcome: Answer | Failure, policy: RetryPolicy) -> Answer | float:
+    def after(self, outcome: Answer | Failure) -> Answer | float:
         self.number += 1
-        method, path, config = self.method, self.path, self.config
+        method, path, config, policy = self.method, self.path, self.config, self.policy
         if isinstance(outcome, Answer):
             if outcome.status < 300:
                 return outcome
@@ -195,24 +185,18 @@ class RequestAttempts:
         return delay
 
 
-# -- pages ---------------------------------------------------------------------------------------
-
-
 def decode_page(
     body: bytes, record_keys: Sequence[str], token_keys: Sequence[str], where: str
 ) -> tuple[msgspec.Raw, str | None]:
-    """One page's raw record list and next token (None: the last page).
-
-    A bare JSON array is one page. A JSON object must hold one of ``record_keys``: an empty or
-    null list is an empty page, but none of them at all is an error naming the keys seen.
-    """
+    """One page's raw record list and next token (None: the last page). A bare JSON array is
+    one page; an object without any of ``record_keys`` is an error (null is an empty page)."""
     try:
         page = _ENVELOPE.decode(body)
         if isinstance(page, list):
             return msgspec.Raw(body), None
         records = next((page[k] for k in record_keys if k in page), None)
         tokens = (_TOKEN.decode(page[k]) for k in token_keys if k in page)
-        token = next((t for t in tokens if t is not None and t != ""), None)
+        token = next((str(t) for t in tokens if t is not None and t != ""), None)
     except msgspec.DecodeError as exc:  # a body cut off on the way, most likely: transient
         raise LeapPagingError(
             f"{where} is not readable JSON of the expected shape ({exc})", transient=True
@@ -223,23 +207,13 @@ def decode_page(
             f"{where} has none of the record keys {', '.join(record_keys)} (keys seen: {seen}); "
             "if the records are under another key, set the extra records_key"
         )
-    return (msgspec.Raw(b"[]") if records == _NULL else records), (
-        None if token is None else str(token)
-    )
+    return (msgspec.Raw(b"[]") if records == _NULL else records), token
 
 
 class Pager(Generic[T]):
-    """One listing's requests and paging rules, without I/O, for any transport::
-
-        while pager.more():
-            records = pager.page(<the answer to pager.params / pager.body>)
-
-    ``more`` follows the previous page's token (into the query, or into the body) and is
-    false after the last page; it stops a repeated token, a page that repeats the previous
-    one (a server ignoring the token) and a listing longer than ``max_pages``. ``page``
-    decodes one answer; it is called before the token is followed, so a page's records are
-    handed on before a paging error about what comes after them.
-    """
+    """One listing's paging rules, for any transport: ``while pager.more(): pager.page(<the
+    answer to pager.params / pager.body>)``. ``more`` follows the token only after ``page`` has
+    handed on the records, so an error about the next page never loses them."""
 
     def __init__(
         self,
@@ -255,62 +229,54 @@ class Pager(Generic[T]):
         self.method, self.path, self.name = method, path, f"Leap {method} {path}"
         self.config, self.keys, self.decode = config, keys, decode
         self.query, self.params, self.body = query, query, body
-        self.pages, self.done = 0, False
-        self.seen: set[str] = set()
-        self.previous: list[Any] = []
-        self._last: tuple[list[T], str | None] | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.name}: page {self.pages + 1}"
+        self.pages, self.seen = 0, set[str]()
+        self.token: str | None = None
+        self.records: list[T] = []
+        self.previous: list[T] = []
 
     def page(self, answer: Answer) -> list[T]:
         """The records of one answer, decoded (a record that does not fit is logged)."""
-        records_json, token = decode_page(answer.body, *self.keys, self.where)
+        where = f"{self.name}: page {self.pages + 1}"
+        records_json, token = decode_page(answer.body, *self.keys, where)
         try:
             records, skipped = self.decode(records_json)
         except msgspec.DecodeError:
-            raise LeapPagingError(f"{self.where}: the records are not a JSON list") from None
+            raise LeapPagingError(f"{where}: the records are not a JSON list") from None
         if skipped:
-            log.warning("%s: skipped %d record(s) that do not fit", self.where, skipped)
-        self._last = records, token
+            log.warning("%s: skipped %d record(s) that do not fit", where, skipped)
+        self.pages += 1
+        self.token, self.previous, self.records = token, self.records, records
         return records
 
     def more(self) -> bool:
-        if self._last is not None:
-            token = self.follow(*self._last)
-            self._last, self.done = None, token is None
-            if token is not None and self.query is not None:
-                self.params = [*self.query, (self.config.wire.page_token_param, token)]
-            if token is not None and self.body is not None:
-                self.body = {**self.body, "page_token": token}
-        return not self.done
-
-    def follow(self, records: list[Any], token: str | None) -> str | None:
-        self.pages += 1
+        """Whether a request follows; a repeated token, a page repeating the previous one (a
+        server ignoring the token) and a listing longer than ``max_pages`` raise instead."""
+        token, max_pages = self.token, self.config.max_pages
+        if self.pages == 0:
+            return True
         if token is None:
             log.info("%s: read %d page(s)", self.name, self.pages)
-            return None
+            return False
         if token in self.seen:
             problem = "repeated an earlier page token"
-        elif records and records == self.previous:
+        elif self.records and self.records == self.previous:
             problem = (
                 f"repeated the records of page {self.pages - 1} under a new token: the server "
                 f"seems to ignore {self.config.wire.page_token_param!r} (extra page_token_param)"
             )
-        elif self.pages >= self.config.max_pages:
+        elif self.pages >= max_pages:
             problem = (
-                f"still has a next page at max_pages={self.config.max_pages}; raise the extra "
-                "max_pages if the account really holds that many records"
+                f"still has a next page at max_pages={max_pages}; raise the extra max_pages if "
+                "the account really holds that many records"
             )
         else:
             self.seen.add(token)
-            self.previous = records
-            return token
+            if self.body is None:
+                self.params = [*(self.query or []), (self.config.wire.page_token_param, token)]
+            else:
+                self.body = {**self.body, "page_token": token}
+            return True
         raise LeapPagingError(f"{self.name}: page {self.pages} {problem}; stopped")
-
-
-# -- the Connect query, and checking that the answer is the one asked for ------------------------
 
 
 def connect_queries(
@@ -334,40 +300,6 @@ def connect_queries(
     return [group + base for group in groups]
 
 
-def check_records(
-    records: list[ConnectRecord],
-    names: wire.WireNames,
-    ref_ids: set[str] | None,
-    after: Mapping[str, datetime],
-) -> list[ConnectRecord]:
-    """Trust, but verify: records outside the filters sent are dropped, with a warning.
-
-    The Connect wire names are assumptions. A server ignores a filter it does not know and
-    answers with records nobody asked for; acting on those would message the wrong customers.
-    ``after`` maps a ``TIME_FILTERS`` extra to the time sent. A record whose timestamp does not
-    parse is kept (triage reports it as malformed).
-    """
-    kept: list[ConnectRecord] = []
-    dropped: dict[str, int] = {}
-    for record in records:
-        extra = "ref_id_param" if ref_ids is not None and record.ref_id not in ref_ids else None
-        for name, since in after.items():
-            when = parse_timestamp(getattr(record, TIME_FILTERS[name]))
-            if extra is None and when is not None and when < since:
-                extra = name
-        if extra is None:
-            kept.append(record)
-        else:
-            dropped[extra] = dropped.get(extra, 0) + 1
-    for extra, count in dropped.items():
-        log.warning(
-            "Leap answered %d record(s) outside the %r filter sent: the server seems to ignore "
-            "that parameter (check the extra %s); they were dropped",
-            *(count, getattr(names, extra), extra),
-        )
-    return kept
-
-
 def _sent_time(value: TimeArg, param: str) -> datetime:
     """A time filter as sent: UTC, whole seconds (what the server compares with)."""
     try:
@@ -377,12 +309,8 @@ def _sent_time(value: TimeArg, param: str) -> datetime:
 
 
 class ConnectQuery:
-    """One Connect listing as asked for, whatever the transport: the arguments checked (at
-    once: a bad one raises here), a ``Pager`` per request and the check of every page.
-
-    Reference IDs go as repeated ``ref-id`` parameters, split over several requests when the
-    query would get long; an empty collection means no request (``None``: every record).
-    """
+    """One Connect listing as asked for, whatever the transport: the arguments checked at once
+    (a bad one raises here), a ``Pager`` per request, and the check of every page."""
 
     def __init__(
         self,
@@ -404,22 +332,41 @@ class ConnectQuery:
         self.config, self.size = config, size
 
     def pagers(self) -> Iterator[Pager[ConnectRecord]]:
+        """A ``Pager`` per request; none for an empty list of IDs (``None``: every record)."""
         names = self.config.wire
         sent = {getattr(names, name): when for name, when in self.after.items()}
-        keys = ((names.records_key, *wire.RECORDS_KEY_FALLBACKS),
-                (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS))  # fmt: skip
-        for query in connect_queries(names, self.size, self.ids, sent) if self.ids != [] else []:
+        keys = (
+            (names.records_key, *wire.RECORDS_KEY_FALLBACKS),
+            (names.next_token_key, *wire.NEXT_TOKEN_KEY_FALLBACKS),
+        )
+        for query in connect_queries(names, self.size, self.ids, sent):
             path = names.connections_path
             yield Pager("GET", path, self.config, keys, decode_connect_records, query=query)
 
     def check(self, records: list[ConnectRecord]) -> list[ConnectRecord]:
-        """The page's records within the filters sent (see ``check_records``)."""
+        """Trust, but verify: records outside the filters sent (a server ignoring a filter whose
+        wire name is wrong) are dropped with a warning, or we would message the wrong customers.
+        A record whose timestamp does not parse is kept (triage reports it)."""
         if self.wanted is None and not self.after:
             return records
-        return check_records(records, self.config.wire, self.wanted, self.after)
+        outside = [self._outside(record) for record in records]
+        for extra, count in Counter(x for x in outside if x is not None).items():
+            log.warning(
+                "Leap answered %d record(s) outside the %r filter sent: the server seems to "
+                "ignore that parameter (check the extra %s); they were dropped",
+                *(count, getattr(self.config.wire, extra), extra),
+            )
+        return [record for record, x in zip(records, outside, strict=True) if x is None]
 
-
-# -- transports: what their errors mean ------------------------------------------------------------
+    def _outside(self, record: ConnectRecord) -> str | None:
+        """The extra naming the first filter sent that ``record`` is outside of, if any."""
+        if self.wanted is not None and record.ref_id not in self.wanted:
+            return "ref_id_param"
+        for name, since in self.after.items():
+            when = parse_timestamp(getattr(record, TIME_FILTERS[name]))
+            if when is not None and when < since:
+                return name
+        return None
 
 
 class DeadlinePassed(Exception):
@@ -428,31 +375,24 @@ class DeadlinePassed(Exception):
 
 @dataclass(frozen=True)
 class TransportErrors:
-    """One HTTP library's exceptions, by what they mean for a retry (see ``transport_failure``).
-
-    ``caught``: everything one attempt may raise. A ``timeout`` type anywhere in the chain of
-    causes is a timeout; ``tls`` and ``connection`` types are matched on the exception itself.
-    """
+    """One HTTP library's exceptions by what they mean for a retry: ``caught`` is all one attempt
+    may raise; a ``timeout`` type anywhere in the causes makes a timeout, ``connection`` and
+    ``tls`` types are matched on the exception itself."""
 
     caught: tuple[type[BaseException], ...]
-    tls: tuple[type[BaseException], ...]
     timeout: tuple[type[BaseException], ...]
     connection: tuple[type[BaseException], ...]
+    tls: tuple[type[BaseException], ...] = ()
 
 
-# ValueError covers UnicodeError and http.client refusing a header value. Not urllib3's
-# TimeoutError as a timeout: its NewConnectionError (refused) is one.
+# OSError includes requests' own exceptions; ValueError covers UnicodeError and http.client
+# refusing a header value. Not urllib3's TimeoutError as a timeout: its NewConnectionError
+# (refused) is one.
 REQUESTS_ERRORS = TransportErrors(
-    caught=(
-        requests.RequestException,
-        urllib3.exceptions.HTTPError,
-        OSError,
-        ValueError,
-        DeadlinePassed,
-    ),
-    tls=(requests.exceptions.SSLError,),
+    caught=(OSError, urllib3.exceptions.HTTPError, ValueError, DeadlinePassed),
     timeout=(requests.Timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError),
-    connection=(requests.ConnectionError, urllib3.exceptions.ProtocolError, OSError),
+    connection=(OSError, urllib3.exceptions.ProtocolError),
+    tls=(requests.exceptions.SSLError,),
 )
 
 
@@ -484,10 +424,8 @@ def transport_failure(
     elif dns is not None:
         kind, detail = "dns", f"the host name does not resolve ({dns}): check the host"
     elif isinstance(exc, DeadlinePassed):
-        kind, detail = (
-            "deadline",
-            f"no whole answer in request_deadline={config.request_deadline:g} s",
-        )
+        deadline = config.request_deadline
+        kind, detail = "deadline", f"no whole answer in request_deadline={deadline:g} s"
     elif any(isinstance(e, errors.timeout) for e in causes):
         kind, detail = "timeout", f"{type(exc).__name__} (timeout={config.timeout:g} s)"
     elif isinstance(exc, errors.connection):
@@ -497,18 +435,13 @@ def transport_failure(
     return Failure(kind, redact(detail, config))
 
 
-# When the answer's head must have arrived (time.monotonic()), for the request under way on
-# this thread; None outside LeapClient._send.
+# When the head of the answer under way on this thread is due (time.monotonic()), in _send.
 _HEAD_DEADLINE: ContextVar[float | None] = ContextVar("leap_head_deadline", default=None)
 
 
 class _HeadDeadline:
-    """urllib3 connection part: the status line and headers arrive by the request's deadline.
-
-    ``timeout`` bounds each wait on the socket, so a server dripping its head one byte at a time
-    would otherwise hold a call for as long as it likes; at the deadline a timer shuts the
-    socket, and the read fails at once. The body is checked between reads in ``_send``.
-    """
+    """urllib3 connection part: ``timeout`` bounds each wait on the socket, so a server dripping
+    its head byte by byte could hold a call for ever; at the deadline a timer shuts the socket."""
 
     sock: socket.socket | None
 
@@ -556,10 +489,8 @@ class _DeadlineAdapter(HTTPAdapter):
 class LeapClient:
     """A keep-alive session to one Leap environment: bounded retries, streaming paging.
 
-    Give it a ``LeapConfig``, or a base URL and an API key plus any ``LeapConfig`` field as a
-    keyword (``LeapClient(url, key, page_size=100)``). ``sleep`` and ``rng`` are
-    injectable so that tests never wait for real backoff.
-    """
+    Takes a ``LeapConfig``, or a base URL, a key and ``LeapConfig`` fields as keywords
+    (``LeapClient(url, key, page_size=100)``); tests inject ``sleep`` and ``rng``."""
 
     def __init__(
         self,
@@ -573,12 +504,11 @@ class LeapClient:
     ) -> None:
         if isinstance(config, str):
             config = LeapConfig(base_url=config, api_key=api_key or "", **settings)
-        self.config, self.rng = config, rng or random.Random()
-        self._sleep = sleep
+        self.config, self.rng, self._sleep = config, rng or random.Random(), sleep
         if session is None:
             session = requests.Session()
-            session.mount("http://", _DeadlineAdapter())
-            session.mount("https://", _DeadlineAdapter())
+            for prefix in ("http://", "https://"):
+                session.mount(prefix, _DeadlineAdapter())
         self.session = session
         self.session.headers.update(
             {"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"}
@@ -602,14 +532,11 @@ class LeapClient:
         json: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
     ) -> Answer:
-        """One API call, transient failures retried within the policy's bounds.
-
-        Raises :class:`LeapAPIError` (or a subclass) naming method, path, status and Leap's title.
-        """
-        attempts = RequestAttempts(self.config, method, path, self.rng)
-        policy = retry or self.config.retry
+        """One API call, transient failures retried within the policy's bounds; raises
+        :class:`LeapAPIError` (or a subclass) naming method, path, status and Leap's title."""
+        attempts = RequestAttempts(self.config, method, path, self.rng, retry or self.config.retry)
         while True:
-            step = attempts.after(self._send(method, path, params, json), policy)
+            step = attempts.after(self._send(method, path, params, json))
             if isinstance(step, Answer):
                 return step
             self._sleep(step)
@@ -618,22 +545,15 @@ class LeapClient:
         self, method: str, path: str, params: Sequence[tuple[str, str]] | None, body: Any
     ) -> Answer | Failure:
         """One attempt, read whole within ``request_deadline`` (the head by ``_HeadDeadline``'s
-        timer, the body checked between reads, so a server dripping either cannot hold a task);
-        ``timeout`` bounds each wait on the socket. Never raises: the exception becomes a
-        ``Failure``, so no error raised later has it (or the request it holds, key included) as
-        its context."""
-        config = self.config
+        timer, the body checked between reads). Never raises: the exception becomes a ``Failure``,
+        so no later error has it (or its request, key included) as its context."""
+        config, url = self.config, self.config.base_url + path
         deadline = time.monotonic() + config.request_deadline
+        timeout = min(config.timeout, config.request_deadline)  # each wait on the socket
         token = _HEAD_DEADLINE.set(deadline)
         try:
             response = self.session.request(
-                method,
-                config.base_url + path,
-                params=params,
-                json=body,
-                timeout=min(config.timeout, config.request_deadline),
-                stream=True,
-                allow_redirects=False,
+                method, url, params, json=body, timeout=timeout, stream=True, allow_redirects=False
             )
             try:
                 raw = response.raw
@@ -656,7 +576,6 @@ class LeapClient:
         return failure
 
     def _pages(self, pager: Pager[T]) -> Iterator[list[T]]:
-        """Every page of one listing, decoded."""
         while pager.more():
             yield pager.page(
                 self.request(pager.method, pager.path, params=pager.params, json=pager.body)
@@ -671,21 +590,16 @@ class LeapClient:
     ) -> Iterator[ConnectRecord]:
         """Every Connect record matching the filters, page by page (memory: two pages).
 
-        Reference IDs go as repeated ``ref-id`` parameters, split over several requests when the
-        query would get long; an empty collection means no record (``None``: every record). A
-        record that does not fit the documented shape comes back with ``parse_error`` set
-        instead of stopping the run. Records outside the filters sent (a server ignoring a
-        filter whose wire name is wrong) are dropped with a warning. Invalid arguments raise at
-        the call, API failures while iterating.
+        IDs go as repeated ``ref-id`` parameters, over several requests when the URL would get
+        long; none means no record (``None``: every record). A record that does not fit comes
+        back with ``parse_error`` set; one outside the filters sent is dropped with a warning.
+        Invalid arguments raise at the call, API failures while iterating.
         """
         query = ConnectQuery(self.config, ref_ids, started_after, interacted_after, page_size)
-        return chain.from_iterable(self._connect_pages(query))
+        pages = (self._pages(pager) for pager in query.pagers())
+        return chain.from_iterable(map(query.check, chain.from_iterable(pages)))
 
     iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
-
-    def _connect_pages(self, query: ConnectQuery) -> Iterator[list[ConnectRecord]]:
-        for pager in query.pagers():
-            yield from map(query.check, self._pages(pager))
 
     def iter_meters(
         self,
@@ -695,11 +609,8 @@ class LeapClient:
         page_size: int | None = None,
         **filters: Any,
     ) -> Iterator[Meter]:
-        """Meters from ``POST /v2/meters/search``; IDs go in requests of at most 100 each.
-
-        ``filters`` are further fields of Leap's search body. A meter listed under several
-        chunks is yielded once.
-        """
+        """Meters from ``POST /v2/meters/search``, IDs in requests of at most 100 each (a meter
+        listed under several is yielded once); ``filters`` are further fields of the body."""
         low, high = wire.METERS_PAGE_SIZE_RANGE
         size = min(high, self.config.page_size) if page_size is None else page_size
         if not isinstance(size, int) or not low <= size <= high:
@@ -714,16 +625,13 @@ class LeapClient:
     def _meters(self, body: dict[str, Any], ids: list[str] | None) -> Iterator[Meter]:
         step, path = wire.METERS_MAX_REFERENCE_IDS, wire.METERS_SEARCH_PATH
         chunks = [None] if ids is None else [ids[i : i + step] for i in range(0, len(ids), step)]
-        seen: set[str] = set()
+        seen: set[str | None] = set()
         for chunk in chunks:
             chunk_body = body if chunk is None else {**body, "connection_reference_ids": chunk}
             pager = Pager("POST", path, self.config, _METERS_KEYS, decode_meters, body=chunk_body)
-            for page in self._pages(pager):
-                for meter in page:
-                    if meter.meter_id is not None:
-                        if meter.meter_id in seen:
-                            continue
-                        seen.add(meter.meter_id)
+            for meter in chain.from_iterable(self._pages(pager)):
+                if meter.meter_id is None or meter.meter_id not in seen:
+                    seen.add(meter.meter_id)
                     yield meter
 
     def check(self) -> tuple[bool, str]:

@@ -1,8 +1,5 @@
-"""Exceptions of the Airflow-free core.
-
-The core never imports Airflow; the hook re-raises these as ``LeapException`` (an
-``AirflowException``) carrying the same message, ``status`` and ``title``.
-"""
+"""Exceptions of the Airflow-free core: the hook re-raises them as ``LeapException`` (an
+``AirflowException``) carrying the same message, ``status`` and ``title``."""
 
 from __future__ import annotations
 
@@ -21,8 +18,7 @@ class LeapAPIError(LeapError):
     The message names the method, the path (never the query, which may hold Reference IDs, and
     never the API key), the HTTP status and Leap's ``title`` when the body carries one.
     ``transient`` is true when trying again later may succeed (Leap overloaded, unreachable or
-    cut off, the request's retries spent), false when Leap refused the request as such.
-    """
+    cut off, the request's retries spent), false when Leap refused the request as such."""
 
     def __init__(
         self,
@@ -35,10 +31,7 @@ class LeapAPIError(LeapError):
         transient: bool = False,
     ) -> None:
         super().__init__(message)
-        self.method = method
-        self.path = path
-        self.status = status
-        self.title = title
+        self.method, self.path, self.status, self.title = method, path, status, title
         self.transient = transient
 
 

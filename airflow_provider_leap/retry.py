@@ -1,7 +1,5 @@
-"""Retry decisions: which failures are worth another try, and how long to wait.
-
-Pure functions over a frozen policy, so the rules are tested without a server or a clock.
-"""
+"""Retry decisions: which failures are worth another try, and how long to wait (pure functions
+over a frozen policy, so the rules are tested without a server or a clock)."""
 
 from __future__ import annotations
 
@@ -11,23 +9,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-RETRYABLE_STATUSES = frozenset({429}) | frozenset(range(500, 600))
-
 
 def is_retryable_status(status: int) -> bool:
     """429 and every 5xx are transient; any other 4xx is the caller's to fix."""
-    return status in RETRYABLE_STATUSES
+    return status == 429 or 500 <= status < 600
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
-
-    Returns None when absent, unreadable, negative, infinite or a date already past: the caller
-    then falls back to its backoff rather than retrying back to back.
-    """
-    if value is None:
-        return None
-    text = value.strip()
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date. None when
+    absent, unreadable, negative, infinite or past: the caller then falls back to its backoff."""
+    text = (value or "").strip()
     if not text:
         return None
     try:
@@ -49,8 +40,7 @@ class RetryPolicy:
 
     ``max_retries`` counts retries after the first attempt. ``max_wait`` bounds the sum of the
     waits between the attempts of one request (one ``Retry-After`` longer than what is left ends
-    the retries at once): each request of a paging run has its own budget.
-    """
+    the retries at once): each request of a paging run has its own budget."""
 
     max_retries: int = 5
     backoff_base: float = 1.0
@@ -73,23 +63,14 @@ class RetryPolicy:
         return delay * (1 - self.jitter * rng.random())
 
     def next_wait(
-        self,
-        retry_number: int,
-        waited: float,
-        rng: random.Random,
-        retry_after: float | None = None,
+        self, retry_number: int, waited: float, rng: random.Random, retry_after: float | None = None
     ) -> float | None:
-        """Seconds to wait before retry ``retry_number``, or None when the budget is spent.
-
-        ``waited`` is what earlier retries of the same request already waited. A server's
-        ``Retry-After`` wins over the computed backoff.
-        """
+        """Seconds to wait before retry ``retry_number`` (``Retry-After`` wins over the backoff),
+        or None when the budget is spent; ``waited``: what this request's retries waited so far."""
         if retry_number > self.max_retries:
             return None
         delay = retry_after if retry_after is not None else self.backoff(retry_number, rng)
-        if waited + delay > self.max_wait:
-            return None
-        return delay
+        return None if waited + delay > self.max_wait else delay
 
     def give_up_reason(self, retry_number: int, waited: float, retry_after: float | None) -> str:
         """Why ``next_wait`` said no, in words that name the setting to change."""
