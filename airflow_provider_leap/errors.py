@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 
 class LeapError(Exception):
     """Base class of every error this provider raises on purpose."""
@@ -12,6 +14,7 @@ class LeapConfigError(LeapError):
     """The connection or arguments are not usable (bad URL, plain HTTP to a remote host...)."""
 
 
+@dataclass(eq=False)  # eq=False: an exception stays hashable, compared by identity
 class LeapAPIError(LeapError):
     """Leap answered with an error, or could not be reached within the retry bound.
 
@@ -20,19 +23,16 @@ class LeapAPIError(LeapError):
     ``transient`` is true when trying again later may succeed (Leap overloaded, unreachable or
     cut off, the request's retries spent), false when Leap refused the request as such."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        method: str = "",
-        path: str = "",
-        status: int | None = None,
-        title: str | None = None,
-        transient: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.method, self.path, self.status, self.title = method, path, status, title
-        self.transient = transient
+    message: str
+    _: KW_ONLY
+    method: str = ""
+    path: str = ""
+    status: int | None = None
+    title: str | None = None
+    transient: bool = False
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
 class LeapAuthError(LeapAPIError):

@@ -117,6 +117,7 @@ _CREATED = msgspec.json.Decoder(_Created)
 _TEST_RESULT = msgspec.json.Decoder(WebhookTestResult)
 
 HeadersArg = Mapping[str, str] | Iterable[Header] | None
+Events = Sequence[str] | None  # None: CONNECT_EVENT_TYPES
 
 
 def as_headers(headers: HeadersArg) -> tuple[Header, ...]:
@@ -144,9 +145,12 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, method: str, path: 
         ) from None
 
 
-def _body(receiver_url: str, event_types: Sequence[str], headers: HeadersArg) -> dict[str, Any]:
+def _body(receiver_url: str, event_types: Events, headers: HeadersArg) -> dict[str, Any]:
+    """The subscription as Leap's API takes it; no ``event_types``: Connect's session events."""
     if not isinstance(receiver_url, str) or not receiver_url.strip():
         raise LeapConfigError("receiver_url must be the public URL of your webhook receiver")
+    if event_types is None:
+        event_types = CONNECT_EVENT_TYPES
     types = [event_types] if isinstance(event_types, str) else list(event_types)
     if not types or not all(isinstance(t, str) and t for t in types):
         raise LeapConfigError(f"event_types must be a non-empty list of names, got {event_types!r}")
@@ -170,10 +174,7 @@ def list_webhooks(client: LeapClient) -> list[Webhook]:
 
 
 def create_webhook(
-    client: LeapClient,
-    receiver_url: str,
-    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
-    headers: HeadersArg = None,
+    client: LeapClient, receiver_url: str, event_types: Events = None, headers: HeadersArg = None
 ) -> str:
     """Subscribe ``receiver_url``; returns the new ``webhook_id``.
 
@@ -191,13 +192,10 @@ def _post(client: LeapClient, body: dict[str, Any]) -> str:
 
 
 def update_webhook(
-    client: LeapClient,
-    webhook_id: str,
-    receiver_url: str,
-    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
-    headers: HeadersArg = None,
+    client: LeapClient, webhook_id: str, receiver_url: str, event_types: Events, headers: HeadersArg
 ) -> str:
-    """Replace every setting of a subscription (Leap's PUT overwrites all of them)."""
+    """Replace every setting of a subscription. Leap's PUT overwrites all of them, so nothing is
+    defaulted: headers left out would drop the receiver's secret."""
     return _put(client, webhook_id, _body(receiver_url, event_types, headers))
 
 
@@ -241,10 +239,7 @@ def _same(webhook: Webhook, body: dict[str, Any]) -> bool:
 
 
 def ensure_webhook(
-    client: LeapClient,
-    receiver_url: str,
-    event_types: Sequence[str] = CONNECT_EVENT_TYPES,
-    headers: HeadersArg = None,
+    client: LeapClient, receiver_url: str, event_types: Events = None, headers: HeadersArg = None
 ) -> EnsureResult:
     """Make Leap's subscription for ``receiver_url`` deliver ``event_types`` with ``headers``.
 

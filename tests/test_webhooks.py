@@ -275,14 +275,21 @@ def test_ensure_webhook_removes_other_subscriptions_to_the_same_url(leap) -> Non
 
 def test_subscription_calls_round_trip(leap, leap_emulator: LeapEmulator) -> None:  # type: ignore[no-untyped-def]
     webhook_id = wh.create_webhook(leap, "http://127.0.0.1:9/nobody-listens")
-    assert wh.update_webhook(leap, webhook_id, "https://b.example.com/h") == webhook_id
-    assert [w.receiver_url for w in wh.list_webhooks(leap)] == ["https://b.example.com/h"]
+    headers = {"x-leap-webhook-secret": SECRET}
+    updated = wh.update_webhook(leap, webhook_id, "https://b.example.com/h", None, headers)
+    assert updated == webhook_id
+    [webhook] = wh.list_webhooks(leap)
+    assert (webhook.receiver_url, webhook.event_types) == (
+        "https://b.example.com/h",
+        wh.CONNECT_EVENT_TYPES,
+    )
+    assert [(h.name, h.value) for h in webhook.headers] == list(headers.items())
     wh.delete_webhook(leap, webhook_id)
     assert wh.list_webhooks(leap) == []
     with pytest.raises(LeapAPIError, match="HTTP 404: The specified resource was not found"):
         wh.delete_webhook(leap, webhook_id)
     with pytest.raises(LeapAPIError, match="404"):
-        wh.update_webhook(leap, webhook_id, "https://b.example.com/h")
+        wh.update_webhook(leap, webhook_id, "https://b.example.com/h", None, None)
 
 
 def test_a_create_that_failed_is_not_retried_and_ensure_finds_it(leap, leap_emulator) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from airflow.sdk import BaseHook
@@ -18,12 +18,11 @@ from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
-from airflow_provider_leap.webhooks import EnsureResult, HeadersArg
+from airflow_provider_leap.webhooks import EnsureResult, Events, HeadersArg
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-Events = Sequence[str] | None  # None or empty: the Connect session events
 
 
 class LeapException(AirflowException):
