@@ -207,7 +207,7 @@ def _checked_url(url: str, allow_http: bool) -> str:
             f"base URL {url!r} has a path or query: give scheme://host[:port] only (the Connect "
             "path is the extra connections_path)"
         )
-    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         raise LeapConfigError(
             f"Refusing plain http:// to {parts.hostname}: the API key would cross the network "
             "unencrypted. Use https, or set the extra allow_insecure_http=true."
@@ -215,8 +215,9 @@ def _checked_url(url: str, allow_http: bool) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine (plain HTTP to it keeps the key on the machine)."""
     try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or (host is not None and ipaddress.ip_address(host).is_loopback)
     except ValueError:
         return False

@@ -59,7 +59,7 @@ with DAG(
         triggering_asset_events: Any = None, params: Any = None, dag_run: Any = None
     ) -> dict[str, Any]:
         """The Reference IDs Leap announced, and when the Connect API can answer for them."""
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from airflow_provider_leap.models import parse_timestamp
         from airflow_provider_leap.webhooks import answer_time
@@ -76,7 +76,10 @@ with DAG(
                 answer_time(when, quiet_period=POLICY.quiet_period) for when in announced.values()
             )
         elif params and params.get("ref_ids"):
-            received = parse_timestamp(params.get("received_at"))
+            text = params.get("received_at")
+            received = parse_timestamp(text)
+            if text and received is None:  # a retry would not fix it; a default would hide it
+                raise AirflowFailException(f"received_at {text!r} is not an ISO-8601 time")
             announced = dict.fromkeys(params["ref_ids"], received or dag_run.run_after)
             answer_at = (
                 answer_time(received, quiet_period=POLICY.quiet_period)
@@ -107,9 +110,6 @@ with DAG(
         task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
     )
 
-    hint >> wait >> triage >> [message, crm]
     # As in the hourly DAG, but a run with nothing announced (all skipped) has nothing to review.
-    review = flag_for_review.override(trigger_rule="none_skipped")(
-        triage.output["needs_review"], message.output["attention"]
-    )
-    crm >> review
+    review = flag_for_review.override(trigger_rule="none_skipped")()
+    hint >> wait >> triage >> [message, crm] >> review

@@ -68,6 +68,4 @@ with DAG(
         task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
     )
 
-    triage >> [message, crm]
-    review = flag_for_review(triage.output["needs_review"], message.output["attention"])
-    crm >> review
+    triage >> [message, crm] >> flag_for_review()

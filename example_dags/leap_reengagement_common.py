@@ -207,18 +207,25 @@ class CrmSender:
         response.raise_for_status()
 
 
-@task(trigger_rule="all_done")
-def flag_for_review(
-    needs_review: list[dict[str, Any]] | None,
-    attention: list[dict[str, Any]] | None,
-    run_id: str | None = None,
-    dag: Any = None,
-) -> dict[str, Any]:
-    """What a person looks at: records triage could not sort, and sends that need a hand."""
+@task(trigger_rule="all_done", retries=0)
+def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) -> dict[str, Any]:
+    """What a person looks at: records triage could not sort, and sends that need a hand.
+
+    Runs whatever the senders did. Fails at once when ``triage`` pushed nothing (it failed, or
+    never ran): the run must not look green without a triage, and no retry can bring it back.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    needs_review = ti.xcom_pull(task_ids="triage", key="needs_review")
+    if needs_review is None:
+        raise AirflowFailException("triage did not finish (see its log): nothing to review")
+    attention = ti.xcom_pull(task_ids="message_customers", key="attention")
+    if attention is None:
+        print("message_customers did not report what needs a hand: see its log")
     name = f"{getattr(dag, 'dag_id', 'dag')}__{run_id}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = output_dir("review") / f"{safe}.jsonl"
-    rows = [{"kind": "needs_review", **item} for item in needs_review or []]
+    rows = [{"kind": "needs_review", **item} for item in needs_review]
     rows += [{"kind": "send", **item} for item in attention or []]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(f"{len(rows)} item(s) for a person -> {path}")

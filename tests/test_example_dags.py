@@ -241,6 +241,18 @@ def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_e
     assert _outbox(reengagement_env) == []
 
 
+def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
+    source = (EXAMPLES / "leap_connect_events.py").read_text()
+    conf = {"ref_ids": ["early"], "received_at": "yesterday at ten"}
+    result = run_dag("leap_connect_events", source, logical_date=None, run_conf=conf)
+    assert result.state == "failed"
+    assert result.task_states["what_to_answer"] == "failed"
+    assert result.task_states["triage"] == "upstream_failed"
+    # the review fails at once (no retries), so the run is red and ends without waiting
+    assert result.task_states["flag_for_review"] == "failed"
+    assert _outbox(reengagement_env) == []
+
+
 @pytest.mark.usefixtures("airflow_db")
 def test_a_bad_cadence_is_an_import_error_that_says_why(tmp_path) -> None:
     from airflow.dag_processing.dagbag import DagBag

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import http.client
-import ipaddress
 import itertools
 import threading
 import time
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from airflow_provider_leap import webhooks as leap
+from airflow_provider_leap.config import is_loopback
 from airflow_provider_leap.testing.data import UTILITIES
 from airflow_provider_leap.testing.journeys import Journey, Population, Step
 
@@ -137,15 +137,6 @@ def journey_events(journey: Journey, index: int) -> list[dict[str, str]]:
     before = journey.events[index - 1].step if index else None
     done = {"webhook_event_type": session, **ref, "status": "COMPLETED"}
     return [done] if before is Step.CONNECTED else [authorized, done]
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebhookHub:
@@ -282,7 +273,7 @@ class WebhookHub:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise WebhookApiError(400, "Bad Request", "receiver_url must be an absolute URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise WebhookApiError(400, "Bad Request", "receiver_url must use https")
         types = request.get("event_types")
         if not isinstance(types, list) or not types:
