@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in prepare(out):
         print(note)
     api_key = os.environ.get("LEAP_DEPLOY_CHECK_API_KEY") or (
-        "lk_live_DEPLOYCHECK_" + secrets.token_urlsafe(18)
+        "lk_live_DEPLOYCHECK_" + secrets.token_hex(20)  # no "_" in the random part
     )
     report = Report(out)
     deployment = Deployment(out, api_key)
