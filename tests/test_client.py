@@ -338,6 +338,20 @@ def test_a_server_ignoring_a_time_filter_cannot_widen_the_result(sleeps, caplog)
     assert "outside the 'last-interaction-date' filter" in caplog.text
 
 
+def test_a_server_ignoring_the_meters_reference_filter_cannot_widen_the_result(
+    sleeps, caplog
+) -> None:
+    meters = [
+        {"meter_id": "m1", "connection_references": ["bbb", "aaa"]},
+        {"meter_id": "m2", "connection_references": ["zzz"]},  # somebody else's
+        {"meter_id": "m3"},  # no references listed: nothing to check it against, kept
+    ]
+    with fake_leap(lambda seen: Reply(body={"meters": meters})) as server:
+        got = list(fake_client(server.url, sleeps).iter_meters(["aaa"]))
+    assert [m.meter_id for m in got] == ["m1", "m3"]
+    assert "1 meter(s) for none of the Reference IDs sent" in caplog.text
+
+
 def test_an_unknown_records_key_is_an_error_not_zero_records(sleeps) -> None:
     with (
         fake_leap(lambda seen: Reply(body={"results": [record("aaa")]})) as server,
