@@ -629,20 +629,22 @@ class LeapClient:
         for chunk in chunks:
             chunk_body = body if chunk is None else {**body, "connection_reference_ids": chunk}
             pager = Pager("POST", path, self.config, _METERS_KEYS, decode_meters, body=chunk_body)
-            asked, outside = set(chunk or ()), 0
-            for meter in chain.from_iterable(self._pages(pager)):
-                refs = meter.connection_references  # none listed: nothing to verify against
-                if asked and refs and asked.isdisjoint(refs):
-                    outside += 1
-                elif meter.meter_id is None or meter.meter_id not in seen:
-                    seen.add(meter.meter_id)
-                    yield meter
-            if outside:
-                log.warning(
-                    "Leap answered %d meter(s) for none of the Reference IDs sent: the server "
-                    "seems to ignore connection_reference_ids; they were dropped",
-                    outside,
-                )
+            asked = set(chunk or ())
+            for page in self._pages(pager):
+                outside = 0
+                for meter in page:
+                    refs = meter.connection_references  # none listed: nothing to verify against
+                    if asked and refs and asked.isdisjoint(refs):
+                        outside += 1
+                    elif meter.meter_id is None or meter.meter_id not in seen:
+                        seen.add(meter.meter_id)
+                        yield meter
+                if outside:
+                    log.warning(
+                        "Leap answered %d meter(s) for none of the Reference IDs sent: the server "
+                        "seems to ignore connection_reference_ids; they were dropped",
+                        outside,
+                    )
 
     def check(self) -> tuple[bool, str]:
         """One cheap authenticated request; ``(ok, message)`` for Airflow's connection test."""

@@ -125,31 +125,35 @@ def _attach(record: R, raw: msgspec.Raw) -> R:
     return record
 
 
-def _retry(raw: msgspec.Raw, decoder: msgspec.json.Decoder[R]) -> tuple[R | None, dict[str, Any]]:
+def _retry(
+    raw: msgspec.Raw, decoder: msgspec.json.Decoder[R]
+) -> tuple[R | None, dict[str, Any], str]:
     """Second reading of a record the typed decode refused (off the hot path): a null for a list
     or an object is read as empty, a key named like ``raw_json`` is left to ``raw``. Returns the
-    record (None: still unfit) and the JSON object it was read from ({} if none)."""
+    record (None: still unfit), the JSON object it was read from ({} if none) and, when still
+    unfit, why ("" if not a JSON object: the first reading's error says it better)."""
     try:
         data = _ANY.decode(raw)
     except msgspec.DecodeError:
-        return None, {}
+        return None, {}, ""
     if not isinstance(data, dict):
-        return None, {}
+        return None, {}, ""
     fixed = {k: v for k, v in data.items() if k != _RAW_KEY}
     fixed |= {k: v for k, v in _NULLABLE_COLLECTIONS.items() if data.get(k, v) is None}
     try:
-        return _attach(decoder.decode(msgspec.json.encode(fixed)), raw), data
-    except msgspec.DecodeError:
-        return None, data
+        return _attach(decoder.decode(msgspec.json.encode(fixed)), raw), data, ""
+    except msgspec.DecodeError as exc:
+        return None, data, str(exc)
 
 
 def _salvage(raw: msgspec.Raw, error: str) -> ConnectRecord:
-    """A record that does not fit: what ``_retry`` reads, else its identity and times, unfit."""
-    record, data = _retry(raw, _CONNECT)
+    """A record that does not fit: what ``_retry`` reads, else its identity and times, unfit
+    (``parse_error``: what is wrong once the nulls read as empty are set aside)."""
+    record, data, still_wrong = _retry(raw, _CONNECT)
     if record is not None:
         return record
     text = {k: data[k] for k in IDENTITY_FIELDS + TIME_FIELDS if isinstance(data.get(k), str)}
-    return _UnfitRecord(raw_json=raw, parse_error=error, **text)
+    return _UnfitRecord(raw_json=raw, parse_error=still_wrong or error, **text)
 
 
 def decode_connect_record(raw: msgspec.Raw | bytes) -> ConnectRecord:

@@ -195,7 +195,11 @@ def update_webhook(
     client: LeapClient, webhook_id: str, receiver_url: str, event_types: Events, headers: HeadersArg
 ) -> str:
     """Replace every setting of a subscription. Leap's PUT overwrites all of them, so nothing is
-    defaulted: headers left out would drop the receiver's secret."""
+    defaulted: headers left out would drop the receiver's secret (``[]`` says "none")."""
+    if headers is None:
+        raise LeapConfigError(
+            "update_webhook replaces every setting: give the headers ([] for none)"
+        )
     return _put(client, webhook_id, _body(receiver_url, event_types, headers))
 
 

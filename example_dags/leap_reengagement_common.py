@@ -207,12 +207,16 @@ class CrmSender:
         response.raise_for_status()
 
 
+SENDERS = ("message_customers", "record_in_crm")  # the task ids both DAGs give their senders
+
+
 @task(trigger_rule="all_done", retries=0)
 def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) -> dict[str, Any]:
     """What a person looks at: records triage could not sort, and sends that need a hand.
 
-    Runs whatever the senders did. Fails at once when ``triage`` pushed nothing (it failed, or
-    never ran): the run must not look green without a triage, and no retry can bring it back.
+    Runs whatever the senders did, and writes what there is. Then fails, without retries (none
+    would help), when triage or a sender did not finish: this is the DAG's last task, so its
+    state is the run's, and a run that did not message everyone due must not look green.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -220,8 +224,6 @@ def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) 
     if needs_review is None:
         raise AirflowFailException("triage did not finish (see its log): nothing to review")
     attention = ti.xcom_pull(task_ids="message_customers", key="attention")
-    if attention is None:
-        print("message_customers did not report what needs a hand: see its log")
     name = f"{getattr(dag, 'dag_id', 'dag')}__{run_id}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = output_dir("review") / f"{safe}.jsonl"
@@ -229,4 +231,7 @@ def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) 
     rows += [{"kind": "send", **item} for item in attention or []]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(f"{len(rows)} item(s) for a person -> {path}")
+    unfinished = [task for task in SENDERS if ti.xcom_pull(task_ids=task) is None]
+    if unfinished:  # a sender returns its counts only when it finished
+        raise AirflowFailException(f"{' and '.join(unfinished)} did not finish: see the log")
     return {"items": len(rows), "path": str(path)}

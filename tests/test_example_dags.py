@@ -241,6 +241,26 @@ def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_e
     assert _outbox(reengagement_env) == []
 
 
+def test_a_sender_that_did_not_finish_makes_the_run_red_after_the_review(
+    run_dag, reengagement_env, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (in_the_way / "ledger").as_uri())
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    # No retries here: an unwritable ledger stays unwritable, and dag.test would wait them out.
+    source = source.replace('"retries": 2', '"retries": 0')
+    assert '"retries": 0' in source
+    result = run_dag("leap_connect_reengagement", source)
+    assert result.task_states["triage"] == "success"
+    assert result.task_states["message_customers"] == "failed"
+    assert result.task_states["record_in_crm"] == "failed"
+    assert result.task_states["flag_for_review"] == "failed"  # the review file is written first
+    assert result.state == "failed"
+    assert len(list((reengagement_env / "review").glob("*.jsonl"))) == 1
+    assert _outbox(reengagement_env) == []
+
+
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
     source = (EXAMPLES / "leap_connect_events.py").read_text()
     conf = {"ref_ids": ["early"], "received_at": "yesterday at ten"}

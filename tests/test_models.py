@@ -86,6 +86,13 @@ def test_malformed_record_keeps_what_is_readable() -> None:
     assert "utility_connections" in (record.parse_error or "")
 
 
+def test_parse_error_names_what_is_wrong_not_a_null_read_as_empty() -> None:
+    body = b'{"id": "a", "ref_id": "abc", "utility_connections": null, "connection_status": 5}'
+    record = decode_connect_record(body)
+    assert "connection_status" in (record.parse_error or "")
+    assert "utility_connections" not in (record.parse_error or "")
+
+
 def test_last_interaction_falls_back_to_start() -> None:
     record = connect_record_from_mapping(
         {

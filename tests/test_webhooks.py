@@ -289,6 +289,8 @@ def test_subscription_calls_round_trip(leap, leap_emulator: LeapEmulator) -> Non
     with pytest.raises(LeapAPIError, match="HTTP 404: The specified resource was not found"):
         wh.delete_webhook(leap, webhook_id)
     with pytest.raises(LeapAPIError, match="404"):
+        wh.update_webhook(leap, webhook_id, "https://b.example.com/h", None, [])
+    with pytest.raises(LeapConfigError, match=r"give the headers \(\[\] for none\)"):
         wh.update_webhook(leap, webhook_id, "https://b.example.com/h", None, None)
 
 

@@ -120,8 +120,8 @@ class ConnectStatusSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         arguments = self.arguments()
-        try:  # one check in the worker: no deferral when the answer is already there
-            first = self._poke(arguments)
+        try:  # one check in the worker (through poke: a subclass's own poke is honoured)
+            first = self.poke(context)
         except AirflowFailException as exc:
             if self.soft_fail or self.never_fail:
                 raise AirflowSkipException(f"Skipped (soft_fail/never_fail): {exc}") from exc
