@@ -18,6 +18,7 @@ class LeapConnectionsLink(BaseOperatorLink):
     name = "Leap Connections"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # Imported here: the hook loads the HTTP stack, which parsing a DAG file need not pay for.
         from airflow_provider_leap.hooks.leap import LeapHook
 
         conn_id = getattr(operator, "leap_conn_id", None)

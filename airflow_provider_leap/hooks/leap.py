@@ -166,11 +166,11 @@ class LeapHook(BaseHook):
     def _subscribe(
         self, func: Callable[..., R], *args: str, events: Events, headers: HeadersArg
     ) -> R:
-        """``func(client, *args, events, headers)``; no events: Connect's session events, no
-        headers: :meth:`webhook_headers`."""
+        """``func(client, *args, events, headers)``; no events (None or empty): the core's default,
+        Connect's session events; no headers: :meth:`webhook_headers`."""
         sent = self.webhook_headers() if headers is None else headers
         with airflow_errors():
-            return func(self.client, *args, events or webhooks.CONNECT_EVENT_TYPES, sent)
+            return func(self.client, *args, events or None, sent)
 
     list_webhooks = _delegate(webhooks.list_webhooks)
     delete_webhook = _delegate(webhooks.delete_webhook)
