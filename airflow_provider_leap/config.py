@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,13 +73,21 @@ class LeapConfig:
                 raise LeapConfigError(f"{name} must be a whole number >= 1, got {value!r}")
 
     @classmethod
-    def from_connection(cls, conn: Any) -> LeapConfig:
-        """Parse an Airflow ``Connection`` (host, schema, port, password, extra), strictly."""
+    def from_connection(cls, conn: Any, **overrides: Any) -> LeapConfig:
+        """Parse an Airflow ``Connection`` (host, schema, port, password, extra), strictly.
+
+        ``overrides`` replace extras by name, checked the same way; ``retry`` and ``wire`` may
+        also be given whole, as a ``RetryPolicy`` and a ``WireNames``."""
         try:
-            values = _extras(conn.extra)
+            whole = {k: overrides.pop(k) for k in ("retry", "wire") if k in overrides}
+            kinds: dict[str, type] = {"retry": RetryPolicy, "wire": WireNames}
+            for name, value in whole.items():
+                if not isinstance(value, kinds[name]):
+                    raise LeapConfigError(f"{name} must be a {kinds[name].__name__}")
+            values = _extras(conn.extra) | _checked(overrides)
             retry = {_RETRY_EXTRAS[k]: values.pop(k) for k in list(values) if k in _RETRY_EXTRAS}
             names = {k: values.pop(k) for k in list(values) if k in _WIRE_EXTRAS}
-            return cls(
+            config = cls(
                 base_url=_host_url(conn.host, conn.schema, conn.port),
                 api_key=conn.password or "",
                 retry=RetryPolicy(**retry),
@@ -88,6 +96,7 @@ class LeapConfig:
             )
         except LeapConfigError as exc:
             raise LeapConfigError(f"Leap connection {conn.conn_id!r}: {exc}") from None
+        return replace(config, **whole)
 
 
 _OWN_EXTRAS = {f.name for f in fields(LeapConfig)} - {"base_url", "api_key", "retry", "wire"}
@@ -106,13 +115,17 @@ def _extras(raw: Any) -> dict[str, Any]:
         raise LeapConfigError(
             f"the extra must be a JSON object of settings, not a {type(data).__name__}"
         )
-    extras = {str(k).removeprefix(UI_PREFIX): v for k, v in data.items()}
-    for name in extras:
+    return _checked({str(k).removeprefix(UI_PREFIX): v for k, v in data.items()})
+
+
+def _checked(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings by extra name, each of its type and range; an unknown name raises with a hint."""
+    for name in settings:
         if name not in KNOWN_EXTRAS:
             close = difflib.get_close_matches(name, KNOWN_EXTRAS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise LeapConfigError(f"unknown extra {name!r}: {hint}known: {', '.join(KNOWN_EXTRAS)}")
-    return {name: _value(name, value) for name, value in extras.items() if value not in (None, "")}
+    return {name: _value(name, v) for name, v in settings.items() if v not in (None, "")}
 
 
 def _value(name: str, value: Any) -> Any:

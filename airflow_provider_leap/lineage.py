@@ -75,7 +75,7 @@ class LeapQueryInputDatasetFacet(_LeapSchema, InputDatasetFacet):
 
 @attr.define
 class LeapTriageRunFacet(_LeapSchema, RunFacet):
-    """The funnel of one triage: customers per bucket, and per reason within each bucket."""
+    """The funnel of one triage: items (Connect records) per bucket, and per reason in each."""
 
     recordsRead: int
     duplicatesDropped: int

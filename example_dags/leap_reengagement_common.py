@@ -101,7 +101,10 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     """Subject and body: the most specific wording of (bucket, reason), the step, the link."""
     item = contact.item
     keys = (f"{contact.bucket}/{contact.reason}", contact.bucket)
-    subject, body = next(MESSAGES[k] for k in keys if k in MESSAGES)
+    wording = next((MESSAGES[k] for k in keys if k in MESSAGES), None)
+    if wording is None:  # a failed send, then a person's: never a message without words
+        raise LookupError(f"no wording for bucket {contact.bucket!r}: add one to MESSAGES")
+    subject, body = wording
     names = list(item.get("utilities") or item.get("error_codes") or [])
     values = {
         "utilities": ", ".join(names) or "your utility",
@@ -223,12 +226,13 @@ def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) 
     needs_review = ti.xcom_pull(task_ids="triage", key="needs_review")
     if needs_review is None:
         raise AirflowFailException("triage did not finish (see its log): nothing to review")
-    attention = ti.xcom_pull(task_ids="message_customers", key="attention")
     name = f"{getattr(dag, 'dag_id', 'dag')}__{run_id}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = output_dir("review") / f"{safe}.jsonl"
     rows = [{"kind": "needs_review", **item} for item in needs_review]
-    rows += [{"kind": "send", **item} for item in attention or []]
+    for sender in SENDERS:  # every channel's sends that need a person
+        attention = ti.xcom_pull(task_ids=sender, key="attention") or []
+        rows += [{"kind": "send", "task": sender, **item} for item in attention]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(f"{len(rows)} item(s) for a person -> {path}")
     unfinished = [task for task in SENDERS if ti.xcom_pull(task_ids=task) is None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -259,6 +260,34 @@ def test_a_sender_that_did_not_finish_makes_the_run_red_after_the_review(
     assert result.state == "failed"
     assert len(list((reengagement_env / "review").glob("*.jsonl"))) == 1
     assert _outbox(reengagement_env) == []
+
+
+def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
+    run_dag, reengagement_env, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A CRM that refuses every connection, and one attempt per contact on that channel: each CRM
+    # send is given up at once and left to a person, while every email goes out.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    crm = {"conn_type": "http", "host": f"http://127.0.0.1:{closed}/crm"}
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_CRM", json.dumps(crm))
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    one_try = "send=CrmSender(), policy=dataclasses.replace(POLICY, max_attempts=1)"
+    source = source.replace("send=CrmSender(), policy=POLICY", one_try)
+    source = source.replace("import annotations\n", "import annotations\nimport dataclasses\n", 1)
+    assert one_try in source and "import dataclasses" in source
+    result = run_dag("leap_connect_reengagement", source)
+    assert result.state == "success", result.task_states
+    email = result.xcoms[("message_customers", "return_value")]
+    given_up = result.xcoms[("record_in_crm", "return_value")]["given_up"]
+    assert email["sent"] == given_up > 0
+    (review,) = (reengagement_env / "review").glob("*.jsonl")
+    rows = [json.loads(line) for line in review.read_text().splitlines()]
+    sends = [row for row in rows if row["kind"] == "send"]
+    assert len(sends) == given_up
+    assert {(row["task"], row["why"]) for row in sends} == {("record_in_crm", "given_up")}
+    assert "ConnectionError" in sends[0]["detail"]
 
 
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]

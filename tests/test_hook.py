@@ -17,6 +17,7 @@ from airflow_provider_leap.config import KNOWN_EXTRAS
 from airflow_provider_leap.errors import LeapAuthError, LeapConfigError
 from airflow_provider_leap.hooks.leap import LeapException, LeapHook, connection_json
 from airflow_provider_leap.models import ConnectRecord
+from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.testing import EMULATOR_API_KEY
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -92,6 +93,17 @@ def test_constructor_settings_replace_the_connections(monkeypatch, leap_emulator
     assert LeapHook("leap_x", timeout=120, page_size=50).config.timeout == 120.0
     with pytest.raises(LeapException, match="timeout must be seconds > 0"):
         LeapHook("leap_x", timeout=0).config  # noqa: B018
+    # Checked like the extras: by name (a retry bound too), of the extra's type, with a hint.
+    hook = LeapHook("leap_x", max_retries="3", connections_path="/v2/c")
+    assert (hook.config.retry.max_retries, hook.config.wire.connections_path) == (3, "/v2/c")
+    with pytest.raises(LeapException, match="'leap_x': extra timeout='soon' is not a finite"):
+        LeapHook("leap_x", timeout="soon").config  # noqa: B018
+    with pytest.raises(LeapException, match="unknown extra 'timoeut': did you mean 'timeout'"):
+        LeapHook("leap_x", timoeut=5).config  # noqa: B018
+    policy = RetryPolicy(max_retries=9)
+    assert LeapHook("leap_x", retry=policy, max_retries=1).config.retry == policy
+    with pytest.raises(LeapException, match="retry must be a RetryPolicy"):
+        LeapHook("leap_x", retry={"max_retries": 9}).config  # noqa: B018
 
 
 def test_wire_name_extras_reach_the_requests(monkeypatch, leap_emulator) -> None:

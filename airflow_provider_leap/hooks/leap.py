@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 from collections.abc import Callable, Collection, Iterator
@@ -83,9 +82,9 @@ class LeapHook(BaseHook):
     """Talks to Leap's partner API through an Airflow connection of type ``leap``.
 
     The password is the API key, the host a base URL (empty: the ``environment`` extra decides).
-    Keyword arguments replace the connection's settings, e.g. ``LeapHook(timeout=120)``. Methods
-    take the arguments of the same :class:`~airflow_provider_leap.client.LeapClient` methods and
-    raise :class:`LeapException`.
+    Keyword arguments replace the connection's extras and are checked alike, e.g.
+    ``LeapHook(timeout=120)``. Methods take the arguments of the same
+    :class:`~airflow_provider_leap.client.LeapClient` methods and raise :class:`LeapException`.
     """
 
     conn_name_attr = "leap_conn_id"
@@ -103,7 +102,7 @@ class LeapHook(BaseHook):
         """The connection, read and checked once: base URL, environment, portal, settings."""
         conn = self.get_connection(self.leap_conn_id)
         with airflow_errors():
-            return dataclasses.replace(LeapConfig.from_connection(conn), **self._overrides)
+            return LeapConfig.from_connection(conn, **self._overrides)
 
     @functools.cached_property
     def client(self) -> LeapClient:
