@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
+from airflow_provider_leap.timeutil import _CANONICAL
 from airflow_provider_leap.triage import BUCKETS, Bucket
 
 DEFAULT_QUIET_PERIOD = timedelta(hours=1)
@@ -79,7 +80,8 @@ class ContactPolicy:
         before and than the quiet period. Empty: first contact only.
     :param horizon: stalls older than this are never contacted; the ledger forgets them then.
         Must exceed the last step, so a stall found late still gets its one message.
-    :param max_attempts: failed sends of one contact before the stall is left to a person.
+    :param max_attempts: failed sends of one step before that step is given up (reported for a
+        person); the stall's next step, when due, is tried afresh.
     :param buckets: the triage buckets that get messages, most actionable first.
     """
 
@@ -143,7 +145,7 @@ def contact_key(ref_id: str, stall: str, step: int) -> str:
 class StallRecord(Protocol):
     """What the delivery ledger knows about a customer's latest stall (``ledger.Entry``)."""
 
-    stall: str  # the stall's last interaction, as triage reports it
+    stall: str  # the stall's last interaction, as ``Contact.stall`` (one text per instant)
     sent_step: int  # the last step delivered (or whose delivery is unconfirmed); -1: none
     sent_at: int | None  # the run's "now" when it was sent, in seconds since the epoch
     failed_step: int  # the step whose sends failed, and how often
@@ -233,19 +235,40 @@ def _customers(
     return customers
 
 
+_TIMESPECS = {20: "seconds", 24: "milliseconds", 27: "microseconds"}  # by canonical length
+
+
+def _stall_text(when: datetime, source: str = "") -> str:
+    """The one text of a stall's instant, whatever form Leap wrote it in: UTC with ``Z``, at the
+    shortest of seconds, milliseconds or microseconds that holds it exactly.
+
+    The plan, the ledger and :func:`contact_key` tell stalls apart by this text, so
+    ``...05Z``, ``...05.000Z`` and ``...05+00:00`` are one stall. ``source`` (the text ``when``
+    was read from) is reused when already in this form, as Leap's two forms usually are:
+    formatting costs more than the rest of the plan.
+    """
+    micro = when.microsecond
+    length = 20 if not micro else 24 if not micro % 1000 else 27
+    if len(source) == length and _CANONICAL(source):
+        return source
+    naive = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return naive.isoformat(timespec=_TIMESPECS[length]) + "Z"
+
+
 def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
-    """The customer's stall (latest last interaction of any record) and whether any record
-    is COMPLETED."""
-    stall: str | None = None
+    """The customer's stall (latest last interaction of any record, as :func:`_stall_text`) and
+    whether any record is COMPLETED."""
+    text: object = None
     when: datetime | None = None
     completed = False
     for bucket, item in items:
         completed = completed or bucket == Bucket.COMPLETED
-        text = item.get("last_interaction")
-        time = parse_timestamp(text)
+        time = parse_timestamp(item.get("last_interaction"))
         if time is not None and (when is None or time > when):
-            stall, when = str(text), time
-    return stall, when, completed
+            text, when = item.get("last_interaction"), time
+    if when is None:
+        return None, None, completed
+    return _stall_text(when, text if isinstance(text, str) else ""), when, completed
 
 
 def _pick(
@@ -301,18 +324,24 @@ def plan_contacts(
             continue
         state = ledger.get(ref_id, _NOTHING_SENT)
         if state.stall != stall:
-            if state.stall and stall_order(state.stall) > stall_time:
+            answered = stall_order(state.stall) if state.stall else None
+            if answered is not None and answered > stall_time:
                 counts["waiting"] += 1  # Leap shows an older stall than one already answered
                 continue
-            state = _NOTHING_SENT
+            if answered != stall_time:  # the same instant in another text (an older ledger)
+                state = _NOTHING_SENT
         if state.in_flight:
             counts["in_flight"] += 1
             continue
-        if state.failed_step > state.sent_step and state.failures >= policy.max_attempts:
-            counts["given_up"] += 1  # reported once, by the send that gave up
-            continue
         if step <= state.sent_step:
             counts["finished" if state.sent_step == last_step else "already_sent"] += 1
+            continue
+        if step < state.failed_step or (
+            step == state.failed_step and state.failures >= policy.max_attempts
+        ):
+            # That step's attempts are spent (reported once, by the send that gave up); the
+            # stall's next step starts anew at attempt 1. An earlier step's turn is over.
+            counts["given_up"] += 1
             continue
         if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1

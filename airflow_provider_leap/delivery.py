@@ -62,7 +62,8 @@ def deliver(
     """Send each contact whose attempt this process can claim; record each outcome at once.
 
     A send that raises counts as a failed attempt (tried again next run, up to
-    ``max_attempts``, then reported); :class:`ContactUnreachable` is not an attempt. Anything
+    ``max_attempts``; then that step is given up and reported, once, and the stall's next step
+    is planned afresh); :class:`ContactUnreachable` is not an attempt. Anything
     that is not an ``Exception`` (the task being killed or timing out) leaves the claim
     ``sending``: that message may have gone out, so it is never sent again.
     """

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from airflow_provider_leap.contact import (
+    Contact,
     ContactPolicy,
     StallState,
     contact_key,
     plan_contacts,
 )
+from airflow_provider_leap.delivery import DeliveryReport, deliver
+from airflow_provider_leap.ledger import DeliveryLedger
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -188,6 +194,90 @@ def test_failed_sends_stay_due_with_the_next_attempt_then_give_up() -> None:
         {key: StallState(iso(stall), failed_step=0, failures=3)},
     )
     assert gone.due == [] and gone.outcomes["given_up"] == 1
+
+
+def test_a_cleared_older_run_never_starts_a_step_before_one_already_tried() -> None:
+    stall = T0 - 2 * H  # step 0 is due at T0; the ledger holds a failed try of step 1
+    ledger = {"a1b": StallState(iso(stall), failed_step=1, failures=1)}
+    result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["given_up"] == 1
+
+
+class Channel:
+    """An email channel as the operator runs it: a real ledger in a folder and a mail server
+    that refuses every send while ``down``. Each run is a new ledger object, as each task is."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.down, self.inbox = root, False, []  # inbox: (ref_id, stall, step, key)
+
+    def __call__(self, contact: Contact) -> None:
+        if self.down:
+            raise ConnectionRefusedError("SMTP server down")
+        self.inbox.append((contact.ref_id, contact.stall, contact.step, contact.contact_key))
+
+    def run(
+        self, buckets: dict[str, list[dict[str, object]]], now: datetime
+    ) -> tuple[list[Contact], DeliveryReport]:
+        ledger = DeliveryLedger(self.root)
+        states = ledger.load(now).states
+        due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states).due
+        return due, deliver(due, self, ledger, now=now, max_attempts=ContactPolicy().max_attempts)
+
+
+def hourly(start: datetime, hours: int) -> Iterable[datetime]:
+    return (start + h * H for h in range(hours))
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ("2026-03-02T09:30:05Z", "2026-03-02T09:30:05.000Z", "2026-03-02T09:30:05+00:00"),
+        ("2026-03-02T09:30:05.892Z", "2026-03-02T09:30:05.892000Z", "2026-03-02T10:30:05.892+0100"),
+    ],
+)
+def test_one_instant_is_one_stall_however_leap_writes_it(tmp_path: Path, texts) -> None:
+    """The stall is the instant: a record rewritten in another form is not a new interaction."""
+    channel = Channel(tmp_path)
+    start = datetime(2026, 3, 2, 11, 17, tzinfo=timezone.utc)
+    for now, text in zip(hourly(start, 24 * 8), itertools.cycle(texts), strict=False):
+        channel.run({"not_started": [item("a1b", T0, last_interaction=text)]}, now)
+    steps = [step for _, _, step, _ in channel.inbox]
+    assert steps == [0, 1, 2, 3]  # once per step, never a second first contact
+    assert {stall for _, stall, _, _ in channel.inbox} == {texts[0]}  # Leap's form, kept as is
+    later = start + 31 * D  # still forgotten after the horizon (the ledger compares stall[:19])
+    assert DeliveryLedger(tmp_path).load(later).stalls == 0
+
+
+def test_a_ledger_written_with_another_text_of_the_instant_is_the_same_stall() -> None:
+    stall = "2026-03-02T09:30:05Z"
+    ledger = {"a1b": StallState("2026-03-02T09:30:05.000Z", sent_step=0, sent_at=0)}
+    result = plan({"not_started": [item("a1b", T0, last_interaction=stall)]}, T0, ledger)
+    assert result.due == [] and result.outcomes["already_sent"] == 1
+
+
+def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: Path) -> None:
+    """A ten-minute outage spends a step's attempts (the run and Airflow's two retries): that
+    step is given up and reported once; the day-1, day-3 and day-7 reminders still go, each
+    from attempt 1, and a reminder that fails in turn is given up alone."""
+    channel = Channel(tmp_path)
+    buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
+    channel.down = True
+    reports = [channel.run(buckets, T0)[1] for _ in range(3)]  # the try and two retries
+    assert [r.failed for r in reports] == [1, 1, 1]
+    attention = [a for r in reports for a in r.attention]
+    channel.down = False
+    planned = []
+    for now in hourly(T0 + H, 8 * 24):
+        channel.down = T0 + 22 * H <= now < T0 + 25 * H  # the day-1 reminder fails three times
+        due, report = channel.run(buckets, now)
+        planned += [(c.step, c.attempt) for c in due]
+        attention += report.attention
+    assert [(a["why"], a["step"], a["attempt"]) for a in attention] == [
+        ("given_up", 0, 3),
+        ("given_up", 1, 3),
+    ]
+    assert planned == [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]  # a spent step is never retried
+    assert [step for _, _, step, _ in channel.inbox] == [2, 3]
 
 
 def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:
