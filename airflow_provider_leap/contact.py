@@ -242,10 +242,9 @@ def _stall_text(when: datetime, source: str = "") -> str:
     """The one text of a stall's instant, whatever form Leap wrote it in: UTC with ``Z``, at the
     shortest of seconds, milliseconds or microseconds that holds it exactly.
 
-    The plan, the ledger and :func:`contact_key` tell stalls apart by this text, so
-    ``...05Z``, ``...05.000Z`` and ``...05+00:00`` are one stall. ``source`` (the text ``when``
-    was read from) is reused when already in this form, as Leap's two forms usually are:
-    formatting costs more than the rest of the plan.
+    ``Contact.stall``, hence the ledger and :func:`contact_key`, so ``...05Z``, ``...05.000Z``
+    and ``...05+00:00`` are one stall with one key. ``source`` (the text ``when`` was read from)
+    is reused when already in this form, as Leap's usual ``...05Z`` and ``...05.892Z`` are.
     """
     micro = when.microsecond
     length = 20 if not micro else 24 if not micro % 1000 else 27
@@ -256,19 +255,18 @@ def _stall_text(when: datetime, source: str = "") -> str:
 
 
 def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
-    """The customer's stall (latest last interaction of any record, as :func:`_stall_text`) and
-    whether any record is COMPLETED."""
-    text: object = None
+    """The customer's stall (latest last interaction of any record) and whether any record
+    is COMPLETED."""
+    stall: str | None = None
     when: datetime | None = None
     completed = False
     for bucket, item in items:
         completed = completed or bucket == Bucket.COMPLETED
-        time = parse_timestamp(item.get("last_interaction"))
+        text = item.get("last_interaction")
+        time = parse_timestamp(text)
         if time is not None and (when is None or time > when):
-            text, when = item.get("last_interaction"), time
-    if when is None:
-        return None, None, completed
-    return _stall_text(when, text if isinstance(text, str) else ""), when, completed
+            stall, when = str(text), time
+    return stall, when, completed
 
 
 def _pick(
@@ -297,7 +295,8 @@ def plan_contacts(
 
     At most one contact per Reference ID, however many records (regions) Leap returned.
     ``ledger`` maps a Reference ID to what was sent in its latest stall; a missing key, or an
-    older stall, means nothing was sent for this one.
+    older stall, means nothing was sent for this one. Stalls are instants: a ledger's text of
+    the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -328,7 +327,7 @@ def plan_contacts(
             if answered is not None and answered > stall_time:
                 counts["waiting"] += 1  # Leap shows an older stall than one already answered
                 continue
-            if answered != stall_time:  # the same instant in another text (an older ledger)
+            if answered != stall_time:  # else the same instant in another text: one stall
                 state = _NOTHING_SENT
         if state.in_flight:
             counts["in_flight"] += 1
@@ -347,6 +346,7 @@ def plan_contacts(
             counts["waiting"] += 1
             continue
         bucket, item, also = _pick(items, rank)
+        stall = _stall_text(stall_time, stall)
         plan.due.append(
             Contact(
                 contact_key=contact_key(ref_id, stall, step),
