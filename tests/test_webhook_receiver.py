@@ -309,16 +309,16 @@ def test_a_claim_left_by_a_worker_killed_while_recording_is_recovered_once(
     from airflow_provider_leap.plugins.receiver import Receiver, create_app
 
     past = datetime.now(timezone.utc) - timedelta(minutes=15)  # more than the 10 min lease
-    dead = Receiver(root=receiver.root, clock=lambda: past)
     body = delivery("cust-rx-killed")
     event_id = body["webhook_event_id"]
     if committed:
+        dead = Receiver(root=receiver.root, clock=lambda: past)
         assert post(TestClient(create_app(dead)), body).json()["status"] == "accepted"
         assert dead.recorder.flush(30)
         dead.recorder.stop()
         (next(Path(receiver.root).rglob(event_id + ".done"))).unlink()  # killed before this
     else:
-        inbox = dead.inbox(CONN)
+        inbox = WebhookInbox(receiver.root, CONN, clock=lambda: past)
         extra = {"ref_id": "cust-rx-killed", "webhook_event_id": event_id}
         marker = inbox.accept(event_id, URI, extra)
         assert marker is not None and inbox.take(marker)  # killed in the transaction
