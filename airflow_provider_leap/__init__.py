@@ -114,19 +114,7 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "s3://aws_default@my-bucket/leap-ledger",
                         "default": "",
-                    },
-                    "webhook_claim_lease": {
-                        "description": (
-                            "Seconds a webhook receiver's claim on an accepted event lasts; a "
-                            "claim older than that with nothing recorded (its API server worker "
-                            "died) is taken over. Keep it longer than any metadata database "
-                            "transaction.\n"
-                        ),
-                        "version_added": "0.1.0",
-                        "type": "integer",
-                        "example": "600",
-                        "default": "600",
-                    },
+                    }
                 },
             }
         },

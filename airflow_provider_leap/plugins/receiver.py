@@ -68,7 +68,8 @@ SETTINGS_TTL = 10.0  # seconds a connection's secret is cached: a rotated secret
 BATCH = 200  # accepted events recorded in one database transaction
 RECOVER_EVERY = 120.0  # seconds between looks for markers a dead worker left unrecorded
 STALE = timedelta(minutes=2)  # a marker nobody took for this long was left by a dead worker
-LEASE = 600  # seconds a claim lasts ([leap] webhook_claim_lease): longer than any transaction
+LEASE = timedelta(minutes=10)  # a claim not done by then was left by a dead worker: far longer
+# than any transaction (the one provider-wide option is [leap] ledger_url: this stays a constant)
 SKEW = timedelta(minutes=10)  # clocks of API server machines may differ by this much
 RECORDED, NO_ASSET, ALREADY = "recorded", "no asset", "already recorded"
 MAX_BACKOFF = 30.0
@@ -105,13 +106,6 @@ class Pending(NamedTuple):
     accepted: Accepted
     claim: int = 1
     check: bool = False
-
-
-def claim_lease() -> timedelta:
-    """``[leap] webhook_claim_lease``: after it, a claim with no ``.done`` is taken over."""
-    from airflow.configuration import conf
-
-    return timedelta(seconds=conf.getint("leap", "webhook_claim_lease", fallback=LEASE))
 
 
 class Receiver:
@@ -335,12 +329,12 @@ class Recorder:
         longer than any transaction, rules out.
         """
         try:
-            root, lease = self._receiver.root, claim_lease()
+            root = self._receiver.root
             found = [
                 Pending(inbox, marker, accepted, claim, check=True)
                 for conn_id in inbox_folders(root)
                 for inbox in [self._receiver.inbox(conn_id)]
-                for marker, accepted, claim in inbox.unrecorded(STALE, lease)
+                for marker, accepted, claim in inbox.unrecorded(STALE, LEASE)
             ]
         except Exception:
             log.exception("Looking for unrecorded Leap webhook events failed")
