@@ -167,20 +167,29 @@ def _checked_key(key: str) -> str:
     key = (key or "").strip()
     if not key:
         raise LeapConfigError("No Leap API key: set it as the password of the Airflow connection")
-    for position, char in enumerate(key, 1):
-        if char.isascii() and char.isprintable() and char != " ":
+    found = unsafe_in_header(key)
+    if found is None:
+        return key
+    position, what = found
+    if key[:7].lower() == "bearer ":
+        what = "a 'Bearer ' prefix: give the key alone"
+    raise LeapConfigError(
+        f"the API key (the connection's password) holds {what} at position {position} of "
+        f"{len(key)}: copy it again from Leap's Partner Portal (the key is never shown here)"
+    )
+
+
+def unsafe_in_header(value: str, *, spaces: bool = False) -> tuple[int, str] | None:
+    """The position (from 1) and kind of the first character of a secret that an HTTP header
+    cannot carry as typed (servers read header bytes as latin-1), or None. Spaces count unless
+    ``spaces``. Meant for error messages that must never show the secret itself."""
+    for position, char in enumerate(value, 1):
+        if char.isascii() and char.isprintable() and (spaces or char != " "):
             continue
-        if key[:7].lower() == "bearer ":
-            what = "a 'Bearer ' prefix: give the key alone"
-        elif char.isascii():
-            what = "a space, line break or other control character"
-        else:
-            what = f"a non-ASCII character (U+{ord(char):04X}, pasted with it?)"
-        raise LeapConfigError(
-            f"the API key (the connection's password) holds {what} at position {position} of "
-            f"{len(key)}: copy it again from Leap's Partner Portal (the key is never shown here)"
-        )
-    return key
+        if char.isascii():
+            return position, "a space, line break or other control character"
+        return position, f"a non-ASCII character (U+{ord(char):04X}, pasted with it?)"
+    return None
 
 
 def _environment_and_url(environment: str, base_url: str, allow_http: bool) -> tuple[str, str]:

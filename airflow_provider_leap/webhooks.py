@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from airflow_provider_leap.config import unsafe_in_header
 from airflow_provider_leap.errors import LeapAPIError, LeapConfigError
 
 if TYPE_CHECKING:  # the HTTP client loads only when a subscription call is made
@@ -116,22 +117,36 @@ _LIST = msgspec.json.Decoder(_List)
 _CREATED = msgspec.json.Decoder(_Created)
 _TEST_RESULT = msgspec.json.Decoder(WebhookTestResult)
 
-HeadersArg = Mapping[str, str] | Iterable[Header] | None
+HeadersArg = Mapping[str, str] | Iterable[Header | tuple[str, str] | Mapping[str, str]] | None
 Events = Sequence[str] | None  # None: CONNECT_EVENT_TYPES
 
 
 def as_headers(headers: HeadersArg) -> tuple[Header, ...]:
-    """Headers from a mapping or ``Header`` items; names are compared case-insensitively later."""
+    """Headers from a mapping of names to values, or a list of ``Header`` items, (name, value)
+    pairs or Leap's ``{"name": ..., "value": ...}``; names are compared case-insensitively later.
+    Errors name the shape, never a value: header values are secrets."""
     if headers is None:
         return ()
     if isinstance(headers, Mapping):
-        items = tuple(Header(str(k), str(v)) for k, v in headers.items())
-    else:
-        items = tuple(headers)
-    for item in items:
-        if not isinstance(item, Header) or not item.name.strip():
-            raise LeapConfigError(f"webhook headers must be name/value pairs, got {item!r}")
-    return items
+        return tuple(_header(item) for item in headers.items())
+    if isinstance(headers, str | bytes):
+        raise LeapConfigError("webhook headers must be a mapping or a list of headers, got a str")
+    return tuple(_header(item) for item in headers)
+
+
+def _header(item: object) -> Header:
+    if isinstance(item, Mapping) and set(item) == {"name", "value"}:
+        item = (item["name"], item["value"])
+    if isinstance(item, tuple | list) and len(item) == 2 and not isinstance(item, Header):
+        item = Header(str(item[0]), str(item[1]))
+    if not isinstance(item, Header):
+        raise LeapConfigError(
+            "webhook headers must be (name, value) pairs, {'name': ..., 'value': ...} or Header "
+            f"items, got a {type(item).__name__}"
+        )
+    if not item.name.strip():
+        raise LeapConfigError("a webhook header has an empty name")
+    return item
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, method: str, path: str) -> Any:
@@ -278,9 +293,19 @@ def receiver_secret(header: object, secret: object) -> tuple[str, str]:
     if len(secret) < MIN_SECRET_LENGTH or secret != secret.strip():
         raise LeapConfigError(
             f"webhook_secret must be at least {MIN_SECRET_LENGTH} characters, without surrounding "
-            "spaces (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            f"spaces ({_MAKE_SECRET})"
+        )
+    unsafe = unsafe_in_header(secret, spaces=True)
+    if unsafe is not None:  # it could never match: headers arrive as latin-1, not as typed
+        position, what = unsafe
+        raise LeapConfigError(
+            f"webhook_secret holds {what} at position {position} of {len(secret)}; a header "
+            f"carries printable ASCII only ({_MAKE_SECRET}; the secret is never shown here)"
         )
     return name, secret
+
+
+_MAKE_SECRET = "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 # -- events ----------------------------------------------------------------------------------------

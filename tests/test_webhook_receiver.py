@@ -119,6 +119,28 @@ def test_no_secret_no_entry(client: Any, conn: str, headers: dict[str, str]) -> 
     assert recorded({body["webhook_event_id"]}) == []
 
 
+def test_a_connection_lookup_that_fails_is_503_and_not_cached(
+    client: Any, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    import sqlalchemy.exc
+    from airflow.sdk import BaseHook
+
+    real, calls = BaseHook.get_connection, []
+
+    def database_down(conn_id: str) -> Any:
+        calls.append(conn_id)
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    caplog.set_level(logging.WARNING, logger="airflow_provider_leap.webhooks.receiver")
+    monkeypatch.setattr(BaseHook, "get_connection", staticmethod(database_down))
+    answers = [post(client, delivery()) for _ in range(2)]
+    assert [a.status_code for a in answers] == [503, 503]  # Leap delivers them again
+    assert calls == [CONN, CONN]  # not cached: the next delivery looks again
+    assert "(OperationalError)" in caplog.text and "no such connection" not in caplog.text
+    monkeypatch.setattr(BaseHook, "get_connection", real)
+    assert post(client, delivery()).status_code == 200  # back at once, no 10 s of refusals
+
+
 def test_the_header_name_is_case_insensitive(client: Any) -> None:
     answer = post(client, delivery(), {"X-Leap-Webhook-Secret": SECRET})
     assert answer.status_code == 200
@@ -270,6 +292,100 @@ def test_events_a_dead_worker_accepted_are_recovered_once(receiver: Any) -> None
     assert receiver.recorder.flush(30)
     assert receiver.recorder.recover() == 0
     assert [e["ref_id"] for e in recorded({event_id})] == ["cust-rx-recovered"]
+
+
+def marker_files(root: Path, event_id: str) -> list[str]:
+    return sorted(p.name.replace(event_id, "<id>") for p in root.rglob(f"{event_id}*"))
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_claim_left_by_a_worker_killed_while_recording_is_recovered_once(
+    client: Any, receiver: Any, committed: bool
+) -> None:
+    """A worker killed mid-batch leaves its claim: before its transaction committed, or after
+    it but before the event was marked done. Either way the event ends recorded once."""
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_leap.plugins.receiver import Receiver, create_app
+
+    past = datetime.now(timezone.utc) - timedelta(minutes=15)  # more than the 10 min lease
+    body = delivery("cust-rx-killed")
+    event_id = body["webhook_event_id"]
+    if committed:
+        dead = Receiver(root=receiver.root, clock=lambda: past)
+        assert post(TestClient(create_app(dead)), body).json()["status"] == "accepted"
+        assert dead.recorder.flush(30)
+        dead.recorder.stop()
+        (next(Path(receiver.root).rglob(event_id + ".done"))).unlink()  # killed before this
+    else:
+        inbox = WebhookInbox(receiver.root, CONN, clock=lambda: past)
+        extra = {"ref_id": "cust-rx-killed", "webhook_event_id": event_id}
+        marker = inbox.accept(event_id, URI, extra)
+        assert marker is not None and inbox.take(marker)  # killed in the transaction
+        assert recorded({event_id}) == []
+    assert marker_files(Path(receiver.root), event_id) == ["<id>", "<id>.taken"]
+    assert receiver.recorder.recover() == 1
+    assert receiver.recorder.flush(30)
+    assert len(recorded({event_id})) == 1
+    assert marker_files(Path(receiver.root), event_id) == [
+        "<id>",
+        "<id>.2.taken",
+        "<id>.done",
+        "<id>.taken",
+    ]
+    assert receiver.recorder.recover() == 0
+    assert post(client, body).json()["status"] == "duplicate"
+
+
+def test_a_storage_error_while_claiming_hands_every_claim_back(
+    client: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from airflow_provider_leap.plugins.receiver import Receiver
+
+    real_take, calls, five_queued = WebhookInbox.take, [], threading.Event()
+
+    def flaky_take(inbox: WebhookInbox, marker: Any, claim: int = 1) -> bool:
+        calls.append(marker.name)
+        if len(calls) == 1:  # hold the first batch until the other four form the next one
+            five_queued.wait(30)
+        if len(calls) == 3:
+            raise OSError(503, "SlowDown: please reduce your request rate")
+        return real_take(inbox, marker, claim)
+
+    monkeypatch.setattr(WebhookInbox, "take", flaky_take)
+    bodies = [delivery(f"cust-rx-batch-{i}") for i in range(5)]
+    assert {post(client, body).json()["status"] for body in bodies} == {"accepted"}
+    five_queued.set()
+    assert receiver.recorder.flush(30)
+    ids = {body["webhook_event_id"] for body in bodies}
+    root = Path(receiver.root)
+    assert len(calls) == 3 and len(recorded(ids)) == 1  # the first; the second batch failed
+    assert len(list(root.rglob("*.taken"))) == 1  # no claim left behind by the failed batch
+    monkeypatch.setattr(WebhookInbox, "take", real_take)
+    later = Receiver(root=root, clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=3))
+    assert later.recorder.recover() == 4  # another worker, a little later, finds the four
+    assert later.recorder.flush(30)
+    later.recorder.stop()
+    assert sorted(e["ref_id"] for e in recorded(ids)) == [f"cust-rx-batch-{i}" for i in range(5)]
+
+
+def test_a_marker_whose_write_failed_is_accepted_again_and_recorded(
+    client: Any, receiver: Any
+) -> None:
+    """A full disk: the marker was created, its content not written, the delivery answered 503;
+    Leap's retry is accepted (not a duplicate) and recorded."""
+    body = delivery("cust-rx-disk-full")
+    event_id = body["webhook_event_id"]
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    empty = Path(receiver.root) / ".webhooks" / CONN / today / event_id
+    empty.parent.mkdir(parents=True)
+    empty.touch()
+    assert post(client, body).json()["status"] == "accepted"
+    assert client.app.state.receiver.recorder.flush(30)
+    assert [e["ref_id"] for e in recorded({event_id})] == ["cust-rx-disk-full"]
+    assert post(client, body).json()["status"] == "duplicate"
 
 
 # -- the plugin, as Airflow loads it -------------------------------------------------------------

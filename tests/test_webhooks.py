@@ -223,9 +223,36 @@ def test_receiver_secret_defaults_and_checks() -> None:
         (None, "short", "at least 16"),
         (None, f" {SECRET}", "surrounding spaces"),
         ("x bad:name", SECRET, "not an HTTP header"),
+        (None, "Grüße-aus-Köln-0123456789", "non-ASCII character .* at position 3 of 25"),
+        (None, "tab\there-0123456789", "control character at position 4 of 19"),
     ]:
-        with pytest.raises(LeapConfigError, match=hint):
+        with pytest.raises(LeapConfigError, match=hint) as raised:
             wh.receiver_secret(header, secret)
+        assert secret is None or secret.strip() not in str(raised.value)
+    # A header arrives as latin-1: a non-ASCII secret could never match, so it is refused
+    # before it is sent to Leap; inner spaces are printable ASCII and do match.
+    assert wh.receiver_secret(None, "with inner space-0123")[1] == "with inner space-0123"
+
+
+def test_headers_come_in_every_shape_and_errors_never_show_a_value() -> None:
+    expected = (wh.Header("x-leap-webhook-secret", SECRET),)
+    for shape in (
+        {"x-leap-webhook-secret": SECRET},
+        [("x-leap-webhook-secret", SECRET)],
+        [{"name": "x-leap-webhook-secret", "value": SECRET}],
+        expected,
+    ):
+        assert wh.as_headers(shape) == expected  # type: ignore[arg-type]
+    for bad in (
+        [("x-leap-webhook-secret", SECRET, "extra")],
+        [{"x-leap-webhook-secret": SECRET}],
+        [SECRET],
+        SECRET,
+        [("", SECRET)],
+    ):
+        with pytest.raises(LeapConfigError) as raised:
+            wh.as_headers(bad)  # type: ignore[arg-type]
+        assert SECRET not in str(raised.value)
 
 
 def test_header_values_never_show() -> None:
@@ -562,7 +589,10 @@ def test_each_event_is_accepted_once_however_many_workers_race(tmp_path: Path) -
         thread.start()
     for thread in threads:
         thread.join()
-    [marker] = [r for r in results if r is not None]
+    # One marker; until marker creation is atomic, a delivery may see it still empty (being
+    # written), take it for a failed write and write it again: answered "accepted" too, and
+    # still recorded once (recording goes through an exclusive claim).
+    [marker] = {r for r in results if r is not None}
     assert WebhookInbox.read(marker).extra == EXTRA  # type: ignore[arg-type]
 
 
@@ -587,16 +617,48 @@ def test_one_recorder_takes_an_event_and_dead_workers_leftovers_are_found(tmp_pa
     left = inbox.accept(str(uuid.uuid4()), URI, EXTRA)
     assert left is not None
     assert inbox.take(marker) and not inbox.take(marker)
-    assert list(inbox.unrecorded(timedelta(minutes=2))) == []  # too fresh: its worker is on it
+    stale, lease = timedelta(minutes=2), timedelta(minutes=10)
+    assert list(inbox.unrecorded(stale, lease)) == []  # too fresh: its worker is on it
     clock.now += timedelta(minutes=5)
-    assert [(m.name, a.uri) for m, a in inbox.unrecorded(timedelta(minutes=2))] == [
-        (left.name, URI)
+    assert [(m.name, a.uri, n) for m, a, n in inbox.unrecorded(stale, lease)] == [
+        (left.name, URI, 1)
     ]
     inbox.give_back(marker)
     assert not (marker.parent / (marker.name + TAKEN)).exists()
-    assert sorted(m.name for m, _ in inbox.unrecorded(timedelta(minutes=2))) == sorted(
+    assert sorted(m.name for m, _, _ in inbox.unrecorded(stale, lease)) == sorted(
         [marker.name, left.name]
     )
+
+
+def test_an_expired_claim_is_taken_over_by_one_recoverer_and_done_ends_it(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc))
+    inbox = WebhookInbox(tmp_path, "leap_default", clock=clock)
+    marker = inbox.accept(EVENT_ID, URI, EXTRA)
+    assert marker is not None and inbox.take(marker)  # then its worker died while recording
+    stale, lease = timedelta(minutes=2), timedelta(minutes=10)
+    clock.now += timedelta(minutes=9)
+    assert list(inbox.unrecorded(stale, lease)) == []  # the lease still holds
+    clock.now += timedelta(minutes=2)
+    recoverers = [WebhookInbox(tmp_path, "leap_default", clock=clock) for _ in range(3)]
+    found = [list(r.unrecorded(stale, lease)) for r in recoverers]
+    assert [[(m.name, n) for m, _, n in f] for f in found] == [[(EVENT_ID, 2)]] * 3
+    assert [r.take(marker, 2) for r in recoverers] == [True, False, False]
+    assert list(inbox.unrecorded(stale, lease)) == []  # the new claim is fresh
+    clock.now += timedelta(minutes=11)
+    assert [n for _, _, n in inbox.unrecorded(stale, lease)] == [3]  # that one died too
+    inbox.done(marker)
+    assert list(inbox.unrecorded(stale, lease)) == []  # recorded: no claim of it expires
+
+
+def test_a_marker_whose_write_failed_is_not_a_duplicate(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc))
+    inbox = WebhookInbox(tmp_path, "leap_default", clock=clock)
+    empty = tmp_path / ".webhooks" / "leap_default" / "2026-02-28" / EVENT_ID
+    empty.parent.mkdir(parents=True)
+    empty.write_bytes(b"")  # created yesterday, the disk full before its content was written
+    marker = inbox.accept(EVENT_ID, URI, EXTRA)  # Leap's retry
+    assert marker == empty and WebhookInbox.read(marker).extra == EXTRA
+    assert inbox.accept(EVENT_ID, URI, EXTRA) is None  # now it is a duplicate
 
 
 def test_connection_ids_that_cannot_name_a_folder_are_refused(tmp_path: Path) -> None:

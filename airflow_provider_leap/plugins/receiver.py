@@ -4,7 +4,8 @@ Each delivery is checked in this order, answered as soon as one check decides:
 
 1. the connection ``conn_id`` is a Leap connection with a ``webhook_secret``, and the header
    named by its ``webhook_header`` extra carries that secret (constant-time comparison):
-   otherwise **401**, nothing read further, nothing recorded;
+   otherwise **401**, nothing read further, nothing recorded; the connection could not be
+   looked up (database or secrets backend down): **503**, so Leap delivers it again later;
 2. the body is at most 1 MiB: otherwise **413**;
 3. the body is Leap's envelope of a valid event (``webhooks.read_event``): otherwise **400**,
    logged by field name only (payloads hold Reference IDs);
@@ -17,7 +18,8 @@ Each delivery is checked in this order, answered as soon as one check decides:
 Then, off the request path, each worker's :class:`Recorder` records accepted events in batches
 as Airflow asset events on ``leap://<conn_id>/<kind>`` (``assets.asset_uri``), through Airflow's
 asset manager (the call the REST API's ``POST /api/v2/assets/events`` makes), retrying while the
-database is unavailable. Markers a dead worker left unrecorded are recovered by the others.
+database is unavailable. Markers a dead worker left unrecorded, or claimed and never marked done,
+are recovered by the others (see :meth:`Recorder.recover` for why none is recorded twice).
 
 ``plugins.webhooks.LeapWebhooksPlugin`` mounts it; only the API server imports this module.
 """
@@ -32,12 +34,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -48,8 +50,10 @@ from airflow_provider_leap.inbox import (
     Marker,
     WebhookInbox,
     inbox_folders,
+    utcnow,
     valid_folder_name,
 )
+from airflow_provider_leap.timeutil import parse_timestamp
 from airflow_provider_leap.webhooks import (
     MAX_BODY_BYTES,
     EnvelopeError,
@@ -64,6 +68,10 @@ SETTINGS_TTL = 10.0  # seconds a connection's secret is cached: a rotated secret
 BATCH = 200  # accepted events recorded in one database transaction
 RECOVER_EVERY = 120.0  # seconds between looks for markers a dead worker left unrecorded
 STALE = timedelta(minutes=2)  # a marker nobody took for this long was left by a dead worker
+LEASE = timedelta(minutes=10)  # a claim not done by then was left by a dead worker: far longer
+# than any transaction (the one provider-wide option is [leap] ledger_url: this stays a constant)
+SKEW = timedelta(minutes=10)  # clocks of API server machines may differ by this much
+RECORDED, NO_ASSET, ALREADY = "recorded", "no asset", "already recorded"
 MAX_BACKOFF = 30.0
 SQLITE_ATTEMPTS = 5
 
@@ -89,11 +97,29 @@ def storage_root(url: str) -> Marker:
     return cast("Marker", ObjectStoragePath(url))
 
 
-class Receiver:
-    """One API server worker's receiver state: cached secrets, inboxes and the recorder."""
+class Pending(NamedTuple):
+    """An accepted event to record, with the claim that records it. ``check``: an earlier
+    attempt may have committed it (a recovered event, or a retry), so look in the database."""
 
-    def __init__(self, root: Marker | None = None) -> None:
+    inbox: WebhookInbox
+    marker: Marker
+    accepted: Accepted
+    claim: int = 1
+    check: bool = False
+
+
+class Receiver:
+    """One API server worker's receiver state: cached secrets, inboxes and the recorder.
+
+    :param root: the inbox's root (default: from ``[leap] ledger_url``).
+    :param clock: wall clock of the inboxes (claims and their lease), injectable for tests.
+    """
+
+    def __init__(
+        self, root: Marker | None = None, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self._root = root
+        self._clock = clock
         self._settings: dict[str, _Settings] = {}
         self._inboxes: dict[str, WebhookInbox] = {}
         self._lock = threading.Lock()
@@ -118,7 +144,7 @@ class Receiver:
 
     def settings(self, conn_id: str) -> _Settings:
         """The connection's header and secret, read again (blocking: a database or secrets
-        backend lookup) and cached."""
+        backend lookup) and cached; raises when the lookup fails (nothing cached then)."""
         settings = self._read_settings(conn_id)
         with self._lock:
             if len(self._settings) > 1000:  # a flood of made-up ids must not grow this forever
@@ -129,6 +155,7 @@ class Receiver:
     @staticmethod
     def _read_settings(conn_id: str) -> _Settings:
         from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
 
         from airflow_provider_leap.config import LeapConfig
         from airflow_provider_leap.errors import LeapConfigError
@@ -139,7 +166,7 @@ class Receiver:
             return _Settings(None, b"", "not a connection id", now)
         try:
             conn = BaseHook.get_connection(conn_id)
-        except Exception:  # the SDK raises its own not-found error
+        except AirflowNotFoundException:  # anything else: the lookup failed, the caller says 503
             return _Settings(None, b"", "no such connection", now)
         if conn.conn_type != LeapHook.conn_type:
             return _Settings(None, b"", f"connection type is {conn.conn_type!r}, not 'leap'", now)
@@ -156,7 +183,8 @@ class Receiver:
         found = self._inboxes.get(conn_id)
         if found is None:
             with self._lock:
-                found = self._inboxes.setdefault(conn_id, WebhookInbox(self.root, conn_id))
+                inbox = WebhookInbox(self.root, conn_id, clock=self._clock)
+                found = self._inboxes.setdefault(conn_id, inbox)
         return found
 
     def accept(self, conn_id: str, event_id: str, uri: str, extra: dict[str, Any]) -> str:
@@ -165,7 +193,7 @@ class Receiver:
         marker = inbox.accept(event_id, uri, extra)
         if marker is None:
             return "duplicate"
-        self.recorder.submit(inbox, marker, Accepted(uri, extra, ""))
+        self.recorder.submit(Pending(inbox, marker, Accepted(uri, extra, "")))
         return "accepted"
 
 
@@ -173,12 +201,13 @@ class Recorder:
     """Records accepted events as Airflow asset events, in batches, on a thread of its own.
 
     A batch is one database transaction. While the database fails, the batch's events are given
-    back (another worker may take them) and tried again with a growing pause.
+    back (another worker may take them) and tried again with a growing pause. A claim that is
+    not recorded is always given back; once recorded, the event is marked done.
     """
 
     def __init__(self, receiver: Receiver) -> None:
         self._receiver = receiver
-        self._queue: queue.Queue[tuple[WebhookInbox, Marker, Accepted] | None] = queue.Queue()
+        self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._busy = 0
         self._idle = threading.Condition()
         self._stopping = threading.Event()
@@ -204,10 +233,10 @@ class Recorder:
             self._queue.put(None)  # wakes it up; it ends on reading it
             thread.join(timeout)
 
-    def submit(self, inbox: WebhookInbox, marker: Marker, accepted: Accepted) -> None:
+    def submit(self, pending: Pending) -> None:
         with self._idle:
             self._busy += 1
-        self._queue.put((inbox, marker, accepted))
+        self._queue.put(pending)
         if self._thread is None:
             self.start()
 
@@ -255,57 +284,103 @@ class Recorder:
             finally:
                 self._done(len(batch))
 
-    def _record(self, batch: list[tuple[WebhookInbox, Marker, Accepted]]) -> None:
+    def _record(self, batch: list[Pending]) -> None:
         pause = 0.5
         while not self._stopping.is_set():
-            taken = [item for item in batch if item[0].take(item[1])]
+            taken = _take(batch)  # a storage error: raised, the markers wait for a recovery
             if not taken:
                 return
+            outcomes: list[str] | None = None
             try:
-                recorded = _register_asset_events([(a.uri, a.extra) for _, _, a in taken])
+                outcomes = _register_asset_events(
+                    [(t.accepted.uri, t.accepted.extra, t.check) for t in taken]
+                )
             except Exception:
-                for inbox, marker, _ in taken:
-                    inbox.give_back(marker)
                 log.exception(
                     "Recording %d accepted Leap webhook event(s) failed; retrying in %.1f s "
                     "(they stay in the inbox until recorded)",
                     len(taken),
                     pause,
                 )
+            finally:
+                if outcomes is None:
+                    _give_back(taken)
+            if outcomes is None:  # a failed commit may still have committed: check next time
+                batch = [item._replace(check=True) for item in batch]
                 self._stopping.wait(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
                 continue
-            for (_, _, accepted), ok in zip(taken, recorded, strict=True):
-                _log_recorded(accepted, ok)
+            for item, outcome in zip(taken, outcomes, strict=True):
+                _log_recorded(item.accepted, outcome)
+                try:
+                    item.inbox.done(item.marker)
+                except Exception as exc:  # its claim expires, and the recovery finds it recorded
+                    log.warning("Marking %s recorded failed: %s", item.marker, exc)
             return
 
     def recover(self) -> int:
-        """Queue the markers dead workers left unrecorded; returns how many."""
+        """Queue the accepted events left unrecorded; returns how many.
+
+        Those are markers never claimed (a worker died before recording them) and claims older
+        than the lease with no ``.done`` (a worker died, or lost its storage, while recording).
+        None is recorded twice: a recovered event is first looked up among the asset's events,
+        in the transaction that would record it, and only recorded if absent. The one case this
+        cannot see is a transaction still open when its claim expires, which the lease, far
+        longer than any transaction, rules out.
+        """
         try:
             root = self._receiver.root
             found = [
-                (inbox, marker, accepted)
+                Pending(inbox, marker, accepted, claim, check=True)
                 for conn_id in inbox_folders(root)
                 for inbox in [self._receiver.inbox(conn_id)]
-                for marker, accepted in inbox.unrecorded(STALE)
+                for marker, accepted, claim in inbox.unrecorded(STALE, LEASE)
             ]
         except Exception:
             log.exception("Looking for unrecorded Leap webhook events failed")
             return 0
-        for inbox, marker, accepted in found:
-            log.warning("Recovering accepted Leap webhook event %s", marker)
-            self.submit(inbox, marker, accepted)
+        for pending in found:
+            log.warning("Recovering accepted Leap webhook event %s", pending.marker)
+            self.submit(pending)
         return len(found)
 
 
-def _log_recorded(accepted: Accepted, ok: bool) -> None:
+def _take(batch: list[Pending]) -> list[Pending]:
+    """The events of ``batch`` this worker now holds a claim on; if claiming fails half-way,
+    the claims already taken are given back before the error is raised."""
+    taken: list[Pending] = []
+    try:
+        for item in batch:
+            if item.inbox.take(item.marker, item.claim):
+                taken.append(item)
+    except BaseException:
+        _give_back(taken)
+        raise
+    return taken
+
+
+def _give_back(taken: list[Pending]) -> None:
+    for item in taken:
+        try:
+            item.inbox.give_back(item.marker, item.claim)
+        except Exception as exc:  # the claim expires after the lease, then it is recovered
+            log.warning("Giving back the claim of %s failed: %s", item.marker, exc)
+
+
+def _log_recorded(accepted: Accepted, outcome: str) -> None:
     extra = accepted.extra
-    if ok:
+    if outcome == RECORDED:
         log.info(
             "Leap webhook %s: %s %s recorded on %s",
             extra.get("webhook_event_id"),
             extra.get("event_type"),
             extra.get("status"),
+            accepted.uri,
+        )
+    elif outcome == ALREADY:
+        log.info(
+            "Leap webhook %s: found recorded on %s already, not recorded again",
+            extra.get("webhook_event_id"),
             accepted.uri,
         )
     else:
@@ -318,11 +393,13 @@ def _log_recorded(accepted: Accepted, ok: bool) -> None:
         )
 
 
-def _register_asset_events(events: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+def _register_asset_events(events: list[tuple[str, dict[str, Any], bool]]) -> list[str]:
     """Asset events through Airflow's configured asset manager (``[core] asset_manager_class``),
     as the REST API's ``POST /api/v2/assets/events`` records one: the event, the runs it queues
     for DAGs scheduled on the asset, listeners and metrics; all in one committed transaction.
-    False for an event whose asset no DAG references (Airflow does not know it).
+    Each event's outcome: ``RECORDED``; ``NO_ASSET`` when no DAG references its asset (Airflow
+    does not know it); ``ALREADY`` when it is to be checked (its third item) and the asset has
+    it already.
 
     On SQLite (development only) concurrent writers fail at once with "database is locked"
     instead of waiting: the worker's threads take turns, and another worker's lock is retried.
@@ -334,21 +411,51 @@ def _register_asset_events(events: list[tuple[str, dict[str, Any]]]) -> list[boo
     for attempt in range(1, SQLITE_ATTEMPTS + 1):
         try:
             with _SQLITE.turn(), create_session() as session:
+                there = _recorded_already([(u, e) for u, e, check in events if check], session)
                 return [
-                    asset_manager.register_asset_change(
+                    ALREADY
+                    if (uri, extra.get("webhook_event_id")) in there
+                    else RECORDED
+                    if asset_manager.register_asset_change(
                         asset=SerializedAssetUniqueKey(name=uri, uri=uri),
                         extra=extra,
                         source_is_api=True,
                         session=session,
                     )
                     is not None
-                    for uri, extra in events
+                    else NO_ASSET
+                    for uri, extra, _ in events
                 ]
         except Exception as exc:
             if not _SQLITE.enabled or "locked" not in str(exc) or attempt == SQLITE_ATTEMPTS:
                 raise
             time.sleep(0.02 * attempt)
     raise AssertionError("unreachable")
+
+
+def _recorded_already(
+    events: list[tuple[str, dict[str, Any]]], session: Any
+) -> set[tuple[str, Any]]:
+    """The (asset URI, webhook_event_id) pairs of ``events`` the database has already: one
+    query per asset, over its events since the earliest of them was received (less ``SKEW``;
+    all of them when one has no time). The ids are compared here, not in SQL: JSON queries
+    differ between databases."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from sqlalchemy import select
+
+    since: dict[str, datetime | None] = {}
+    for uri, extra in events:
+        received = parse_timestamp(extra.get("event_time"))
+        earliest = since.get(uri, received)
+        since[uri] = None if received is None or earliest is None else min(received, earliest)
+    found: set[tuple[str, Any]] = set()
+    for uri, start in since.items():
+        query = select(AssetEvent.extra).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+        query = query.where(AssetModel.uri == uri)
+        if start is not None:
+            query = query.where(AssetEvent.timestamp >= start - SKEW)
+        found.update((uri, e.get("webhook_event_id")) for e in session.scalars(query) if e)
+    return found
 
 
 class _SqliteTurns:
@@ -438,12 +545,24 @@ def create_app(receiver: Receiver | None = None) -> FastAPI:
         received_at = datetime.now(timezone.utc)
         settings = state.cached(conn_id)
         if settings is None:
-            settings = await run_in_threadpool(state.settings, conn_id)
+            try:
+                settings = await run_in_threadpool(state.settings, conn_id)
+            except Exception as exc:  # its message may quote a connection: the type only
+                log.warning(
+                    "Leap webhook for %r not accepted (503): looking up the connection failed "
+                    "(%s); the database or secrets backend may be down, Leap delivers it again",
+                    conn_id,
+                    type(exc).__name__,
+                )
+                return answer(503, error="not accepted; deliver again later")
         if settings.header is None:
             log.warning("Leap webhook for %r refused (401): %s", conn_id, settings.reason)
             return answer(401, error="unauthorized")
         presented = request.headers.get(settings.header)
-        if presented is None or not hmac.compare_digest(presented.encode(), settings.secret):
+        # Starlette decodes header bytes as latin-1: encoding so gives back the bytes sent.
+        if presented is None or not hmac.compare_digest(
+            presented.encode("latin-1"), settings.secret
+        ):
             log.warning(
                 "Leap webhook for %r refused (401): header %s %s",
                 conn_id,
