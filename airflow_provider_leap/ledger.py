@@ -391,7 +391,7 @@ class DeliveryLedger:
             generation = uuid.uuid4().hex
             self._write_snapshot(entries, generation, cutoff)
             # Written after the snapshot and before any claim is deleted: see ``_covered``.
-            _write(self.folder / GENERATION, generation.encode())
+            self._replace(GENERATION, generation.encode())
             for path in folded:
                 path.unlink(missing_ok=True)
             view.compacted = True
@@ -470,27 +470,40 @@ class DeliveryLedger:
         snapshot = Snapshot(
             1, _iso(self._clock()), list(entries.values()), generation, forgotten_before
         )
-        final = self.folder / SNAPSHOT
-        temporary = self.folder / f"{SNAPSHOT}.{uuid.uuid4().hex}.tmp"
-        _write(temporary, msgspec.json.encode(snapshot))
-        temporary.replace(final)
+        self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
+
+    def _replace(self, name: str, body: bytes) -> None:
+        """Write a file of the channel folder so readers see the old one or the new one whole
+        (a marker truncated mid-write would read as "never compacted")."""
+        temporary = self.folder / f"{name}.{uuid.uuid4().hex}.tmp"
+        _write(temporary, body)
+        temporary.replace(self.folder / name)
 
     def _lock(self) -> bool:
+        """Take the compaction lock; False while another task holds it (that one compacts).
+
+        A lock that vanished between our create and our read was released just now: this load
+        only reads (breaking it could remove the next holder's fresh lock, and two compactions
+        would then write over each other). Only a lock older than ``stale_after``, or damaged,
+        was left by a killed compaction and is broken.
+        """
         self._prepare()
         lock = self.folder / LOCK
         body = msgspec.json.encode({"owner": self.owner, "at": _iso(self._clock())})
-        for _ in range(2):
-            if self._create_exclusive(lock, body):
-                return True
-            try:
-                with lock.open("rb") as handle:
-                    held_since = msgspec.json.decode(handle.read()).get("at", "")
-            except Exception:
-                held_since = ""
-            if held_since and held_since >= _iso(self._clock() - self.stale_after):
-                return False
-            lock.unlink(missing_ok=True)  # left by a killed compaction
-        return False
+        if self._create_exclusive(lock, body):
+            return True
+        try:
+            with lock.open("rb") as handle:
+                held_since = msgspec.json.decode(handle.read()).get("at", "")
+        except FileNotFoundError:
+            return False
+        except (msgspec.DecodeError, AttributeError):
+            held_since = ""
+        if held_since and held_since >= _iso(self._clock() - self.stale_after):
+            return False
+        log.warning("Breaking the stale compaction lock %s (held since %r)", lock, held_since)
+        lock.unlink(missing_ok=True)
+        return self._create_exclusive(lock, body)
 
     def _unlock(self) -> None:
         (self.folder / LOCK).unlink(missing_ok=True)
