@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -65,7 +66,9 @@ _READ_SIZE = 1 << 20
 _ANY = msgspec.json.Decoder()
 _ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
 _TOKEN = msgspec.json.Decoder(str | int | None)
-_NULL = msgspec.Raw(b"null")
+_NULL, _EMPTY = msgspec.Raw(b"null"), msgspec.Raw(b'""')
+# An envelope key that looks like a next-page token under a name we do not read.
+_TOKEN_LIKE = re.compile(r"token|cursor|^next(page|url|link)?$").search
 
 
 def deprecated_alias(func: Callable[..., T], old: str) -> Callable[..., T]:
@@ -207,6 +210,15 @@ def decode_page(
             f"{where} has none of the record keys {', '.join(record_keys)} (keys seen: {seen}); "
             "if the records are under another key, set the extra records_key"
         )
+    if token is None:  # the last page, unless the token went under a new name
+        for key, value in page.items():
+            name = key.lower().replace("_", "").replace("-", "")
+            if key not in token_keys and _TOKEN_LIKE(name) and value not in (_NULL, _EMPTY):
+                raise LeapPagingError(
+                    f"{where} has no next-page token under {', '.join(token_keys)} but carries "
+                    f"{key!r}: if that is the token, set the extra next_token_key (else only "
+                    "this page would be read)"
+                )
     return (msgspec.Raw(b"[]") if records == _NULL else records), token
 
 
@@ -351,6 +363,13 @@ class ConnectQuery:
             return records
         outside = [self._outside(record) for record in records]
         for extra, count in Counter(x for x in outside if x is not None).items():
+            if not extra:
+                log.warning(
+                    "Leap answered %d record(s) without a ref_id to check against the IDs sent: "
+                    "has the record shape changed (a renamed key)? They were dropped",
+                    count,
+                )
+                continue
             log.warning(
                 "Leap answered %d record(s) outside the %r filter sent: the server seems to "
                 "ignore that parameter (check the extra %s); they were dropped",
@@ -359,9 +378,10 @@ class ConnectQuery:
         return [record for record, x in zip(records, outside, strict=True) if x is None]
 
     def _outside(self, record: ConnectRecord) -> str | None:
-        """The extra naming the first filter sent that ``record`` is outside of, if any."""
+        """The extra naming the first filter sent that ``record`` is outside of, if any ("": it
+        has no ``ref_id`` to check)."""
         if self.wanted is not None and record.ref_id not in self.wanted:
-            return "ref_id_param"
+            return "" if record.ref_id is None else "ref_id_param"
         for name, since in self.after.items():
             when = parse_timestamp(getattr(record, TIME_FILTERS[name]))
             if when is not None and when < since:

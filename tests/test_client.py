@@ -352,6 +352,39 @@ def test_a_server_ignoring_the_meters_reference_filter_cannot_widen_the_result(
     assert "1 meter(s) for none of the Reference IDs sent" in caplog.text
 
 
+def test_records_without_a_ref_id_are_named_as_such_not_as_an_ignored_filter(
+    sleeps, caplog
+) -> None:
+    renamed = [
+        {("refId" if key == "ref_id" else key): value for key, value in record(ref).items()}
+        for ref in ("aaa", "bbb")
+    ]
+    with fake_leap(lambda seen: page(renamed)) as server:
+        got = list(fake_client(server.url, sleeps).iter_connect_records(ref_ids=["aaa", "bbb"]))
+    assert got == []
+    assert "2 record(s) without a ref_id" in caplog.text and "renamed key" in caplog.text
+    assert "outside the 'ref-id' filter" not in caplog.text
+
+
+def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> None:
+    body = {"connections": [record("aaa")], "pageToken": "p2"}
+    with (
+        fake_leap(lambda seen: Reply(body=body)) as server,
+        pytest.raises(LeapPagingError, match=r"carries 'pageToken': .* extra next_token_key"),
+    ):
+        list(fake_client(server.url, sleeps).iter_connect_records())
+
+
+@pytest.mark.parametrize("extra", [{"cursor": None}, {"nextPage": ""}, {"next_refresh": "soon"}])
+def test_an_empty_token_like_key_or_another_field_still_ends_the_listing(
+    sleeps, extra: dict[str, Any]
+) -> None:
+    body = {"connections": [record("aaa")], **extra}
+    with fake_leap(lambda seen: Reply(body=body)) as server:
+        got = list(fake_client(server.url, sleeps).iter_connect_records())
+    assert [r.ref_id for r in got] == ["aaa"] and len(server.requests) == 1
+
+
 def test_an_unknown_records_key_is_an_error_not_zero_records(sleeps) -> None:
     with (
         fake_leap(lambda seen: Reply(body={"results": [record("aaa")]})) as server,

@@ -122,9 +122,34 @@ def test_a_refused_key_is_an_error_at_once(monkeypatch, leap_emulator) -> None:
     assert len(connect_requests(leap_emulator)) == 1  # not retried: waiting would not help
 
 
-def test_a_missing_connection_is_an_error(leap_emulator) -> None:
-    event = run(first_event(make_trigger(["abc"], leap_conn_id="leap_nowhere")))
-    assert event["status"] == "error" and "leap_nowhere" in event["message"]
+def test_a_connection_that_cannot_be_read_is_tried_again_until_end_time(leap_emulator) -> None:
+    # Airflow reports a secrets backend or database blip as "not found": the connection was
+    # readable when the sensor deferred, so the wait goes on, and the timeout says why.
+    trigger = make_trigger(
+        ["abc"], leap_conn_id="leap_nowhere", end_time=time.time() + 0.5, poll_interval=0.1
+    )
+    event = run(first_event(trigger))
+    assert event["status"] == "timeout", event
+    failed = "the polls since failed: could not read the Airflow connection 'leap_nowhere'"
+    assert failed in event["message"]
+    assert connect_requests(leap_emulator) == []
+
+
+@pytest.mark.usefixtures("leap_conn")
+def test_a_lookup_that_fails_once_is_ridden_out(monkeypatch, leap_emulator) -> None:
+    from airflow_provider_leap.hooks.leap import LeapHook
+
+    real, calls = LeapHook.aget_connection, []
+
+    async def blip_once(conn_id: str) -> Any:  # a secrets backend down for one poll
+        calls.append(conn_id)
+        if len(calls) == 1:
+            raise ConnectionError("secrets backend unreachable")
+        return await real(conn_id)
+
+    monkeypatch.setattr(LeapHook, "aget_connection", staticmethod(blip_once))
+    event = run(first_event(make_trigger(refs(leap_emulator, "COMPLETED", 1))))
+    assert event["status"] == "success" and len(calls) == 2
 
 
 @pytest.mark.usefixtures("leap_conn")

@@ -17,7 +17,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_leap.config import LeapConfig
-from airflow_provider_leap.errors import LeapError, is_transient
+from airflow_provider_leap.errors import LeapAPIError, LeapError, is_transient
 from airflow_provider_leap.polls import PollHub, grid_time
 from airflow_provider_leap.watch import evaluate
 
@@ -25,9 +25,19 @@ _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PollHub] = weakref.W
 
 
 async def _load_config(conn_id: str) -> LeapConfig:
+    """The connection, read at each poll. A failed lookup is transient: it was readable when the
+    sensor deferred, so a lookup failing now is far more often a secrets backend or database
+    blip than a deleted connection (Airflow reports both as not found)."""
     from airflow_provider_leap.hooks.leap import LeapHook
 
-    return LeapConfig.from_connection(await LeapHook.aget_connection(conn_id))
+    try:
+        conn = await LeapHook.aget_connection(conn_id)
+    except Exception as exc:
+        raise LeapAPIError(
+            f"could not read the Airflow connection {conn_id!r} ({type(exc).__name__}: {exc})",
+            transient=True,
+        ) from exc
+    return LeapConfig.from_connection(conn)
 
 
 def _hub() -> PollHub:
@@ -45,8 +55,9 @@ class ConnectStatusTrigger(BaseTrigger):
 
     Events carry ``status``, ``message`` (the last poll, one line) and ``counts``, never records:
     ``success``, ``failed`` (with the ``failed`` IDs), ``timeout``, or ``error`` (a refused
-    request or unusable connection: trying again would not help). A transient failure that
-    outlasts the client's retries is logged and tried again at the next poll.
+    request or a connection whose settings are wrong: trying again would not help). A transient
+    failure that outlasts the client's retries, or a connection lookup that fails, is logged and
+    tried again at the next poll.
     """
 
     def __init__(
@@ -100,6 +111,7 @@ class ConnectStatusTrigger(BaseTrigger):
         # Between polls only the last payload is kept, never records: a triggerer holds hundreds.
         hub, at = _hub(), None
         last: dict[str, Any] = {"message": "no successful poll yet", "counts": None}
+        failing = ""  # why the polls since the last successful one failed
         while True:
             at = self._next_poll(at)
             if at >= self.end_time:
@@ -113,15 +125,16 @@ class ConnectStatusTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "error", "message": why})
                     return
                 self.log.warning("Leap poll failed, trying again next poll: %s", exc)
+                failing = f"; the polls since failed: {exc}"
                 continue
             if payload is None:  # end_time came during the poll
                 break
             if payload["status"] is not None:
                 yield TriggerEvent(payload)
                 return
-            last = payload
+            last, failing = payload, ""
         end = datetime.fromtimestamp(self.end_time, tz=timezone.utc).isoformat()
-        message = f"Timed out at {end}; last poll: {last['message']}"
+        message = f"Timed out at {end}; last poll: {last['message']}{failing}"
         yield TriggerEvent({"status": "timeout", "message": message, "counts": last["counts"]})
 
     async def _poll(self, hub: PollHub, at: float) -> dict[str, Any] | None:
