@@ -290,13 +290,17 @@ def plan_contacts(
     now: datetime,
     policy: ContactPolicy,
     ledger: Mapping[str, StallRecord],
+    forgotten_before: datetime | None = None,
 ) -> ContactPlan:
     """Decide, for every customer in the triage buckets, whether a message is due now.
 
     At most one contact per Reference ID, however many records (regions) Leap returned.
     ``ledger`` maps a Reference ID to what was sent in its latest stall; a missing key, or an
     older stall, means nothing was sent for this one. Stalls are instants: a ledger's text of
-    the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall.
+    the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall. Stalls
+    before ``forgotten_before`` (the ledger's ``LedgerView.forgotten_before``) are expired
+    whatever ``now`` is: the ledger no longer knows what they were sent, so a cleared old run
+    must not answer them again.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -315,6 +319,9 @@ def plan_contacts(
             continue
         if stall is None or stall_time is None or not any(b in rank for b, _ in items):
             counts["no_action"] += 1
+            continue
+        if forgotten_before is not None and stall_time < forgotten_before:
+            counts["expired"] += 1
             continue
         age = now - stall_time
         step = policy.step_at(age)

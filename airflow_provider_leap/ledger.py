@@ -7,6 +7,7 @@ subfolder per channel::
     <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
     <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
+    <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
@@ -15,16 +16,24 @@ only one process ever sends that attempt. Right after the send, a second file re
 outcome (a new file, not a rewrite: cheaper, and never a half-written claim). A claim with no
 outcome (the process was killed mid-send) may or may not have gone out: once stale it counts as
 sent, never repeated, and is reported for a person.
+
+Compaction folds settled claims into ``ledger.json`` and then deletes them, which would let a
+sender that planned earlier claim an attempt already sent: so every compaction first writes
+the snapshot, then a new ``generation``, then deletes; a claim checks the generation (see
+:meth:`DeliveryLedger.claim`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -40,6 +49,7 @@ SNAPSHOT = "ledger.json"
 CLAIMS = "claims"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
+GENERATION = "generation"
 DEFAULT_STALE_AFTER = timedelta(minutes=30)
 
 SENDING, SENT, FAILED = "sending", "sent", "failed"
@@ -111,6 +121,10 @@ class Snapshot(msgspec.Struct):
     version: int
     written_at: str
     entries: list[Entry]
+    generation: str = ""  # the compaction that wrote it (also in the ``generation`` file)
+    # The highest expiry cutoff ever applied ("YYYY-MM-DDTHH:MM:SS"): stalls before it were
+    # forgotten, so they stay expired for a run whatever its own "now" (a cleared old run).
+    forgotten_before: str = ""
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
@@ -130,6 +144,22 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
     return entry
 
 
+def _covers(entry: Entry | None, contact: Contact) -> bool:
+    """Whether a customer's compacted entry already records this attempt (sent, failed as
+    often, or superseded by a later step or a later stall)."""
+    if entry is None:
+        return False
+    if entry.stall != contact.stall:
+        return stall_order(entry.stall) > stall_order(contact.stall)
+    if entry.sent_step >= contact.step or entry.failed_step > contact.step:
+        return True
+    return entry.failed_step == contact.step and entry.failures >= contact.attempt
+
+
+def _by_ref_id(snapshot: Snapshot) -> dict[str, Entry]:
+    return {entry.ref_id: entry for entry in snapshot.entries}
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -146,35 +176,91 @@ class LedgerView:
     unconfirmed: list[dict[str, Any]] = field(default_factory=list)  # newly found this run
     compacted: bool = False
     stalls: int = 0
+    # Stalls before this were forgotten: expired for the plan whatever the run's "now"
+    # (``plan_contacts(forgotten_before=...)``).
+    forgotten_before: datetime | None = None
+
+
+# What ``os.link`` raises where a file system has no hard links.
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class ExclusiveCreate:
-    """Create a file only if it does not exist yet: the primitive every claim rests on.
+    """Create a file, body included, only if it does not exist yet: what every claim rests on.
 
-    Calling it returns True when this call created ``path``, False when it existed. An object
-    store without exclusive create falls back, once and with a warning, to check-then-write:
-    concurrent writers then need an Airflow pool of one slot (see the docs); a retry or a clear
-    is still safe.
+    Calling it returns True when this call created ``path``, False when it existed. The file
+    appears whole or not at all, so a process killed mid-way or a full disk never leaves an
+    empty file that blocks the name: on a local or network disk the body goes into a temporary
+    file in the same folder, hard-linked to ``path`` (a link fails when the name exists); an
+    object store writes the object at close of ``open("xb")``, and a write that fails removes
+    what it made. A store without exclusive create falls back, once and with a warning, to
+    check-then-write: concurrent writers then need an Airflow pool of one slot (see the docs);
+    a retry or a clear is still safe.
     """
 
     def __init__(self) -> None:
         self.exclusive = True
+        self.links = True
 
     def __call__(self, path: StoragePath, body: bytes) -> bool:
+        local = _local(path)
+        if local is not None and self.links:
+            try:
+                return _link_new(local, body)
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                log.warning("%s takes no hard links (%s); creating files in place", path, exc)
+                self.links = False
         if self.exclusive:
             try:
-                with path.open("xb") as handle:
-                    handle.write(body)
-                return True
+                handle = path.open("xb")
             except FileExistsError:
                 return False
             except (ValueError, NotImplementedError, TypeError):
                 log.warning("%s has no exclusive create; relying on one writer at a time", path)
                 self.exclusive = False
+            else:
+                _fill(path, handle, body)
+                return True
         if path.exists():
             return False
-        _write(path, body)
+        _fill(path, path.open("wb"), body)
         return True
+
+
+def _local(path: StoragePath) -> Path | None:
+    """The ``pathlib.Path`` of a path on this machine's file systems (``file://`` included)."""
+    if isinstance(path, Path):
+        return path
+    if getattr(path, "protocol", None) in ("file", "local"):
+        return Path(str(getattr(path, "path", "")))
+    return None
+
+
+def _link_new(path: Path, body: bytes) -> bool:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            handle.write(body)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _fill(path: StoragePath, handle: Any, body: bytes) -> None:
+    """Write a file just created; if that fails, remove it: no half-made file blocks the name."""
+    try:
+        with handle:
+            handle.write(body)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _write(path: StoragePath, body: bytes) -> None:
@@ -223,6 +309,11 @@ class DeliveryLedger:
         self._clock = clock
         self._create_exclusive = ExclusiveCreate()
         self._prepared = False
+        # The compaction behind the snapshot last read, and that snapshot when it is newer
+        # than the one the plan came from (read by ``claim`` after another task compacted).
+        self._generation = ""
+        self._newer: dict[str, Entry] | None = None
+        self._forgotten_before = ""
 
     def __repr__(self) -> str:
         return f"DeliveryLedger({str(self.folder)!r})"
@@ -255,8 +346,24 @@ class DeliveryLedger:
         Compacts (persists the fold, forgets stalls past the horizon) when no other task is
         compacting; otherwise reads only.
         """
-        entries = self._read_snapshot()
+        with _storage_failure(lambda exc: f"Cannot lock the delivery ledger {self.folder}: {exc}"):
+            locked = self._lock()
+        try:
+            return self._load(now, compact=locked)
+        finally:
+            if locked:
+                self._unlock()
+
+    def _load(self, now: datetime, *, compact: bool) -> LedgerView:
+        # The lock is taken before anything is read, so the snapshot a compaction writes is
+        # built on the latest one (no other compaction can slip in between and be overwritten).
+        # Claims are read before the snapshot: a claim deleted before it was listed was folded
+        # into a snapshot written before its deletion, so the snapshot read next holds it; a
+        # claim seen in both is folded twice, which changes nothing (``Entry.fold`` keeps the
+        # highest step, attempt and time).
         claims = self._read_claims()
+        snapshot = self._read_snapshot()
+        entries = _by_ref_id(snapshot)
         stale_before = _iso(self._clock() - self.stale_after)
         view = LedgerView()
         live: list[Claim] = []
@@ -275,18 +382,21 @@ class DeliveryLedger:
             folded += paths
         # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
         # characters compares the times, to the second, without parsing 100,000 of them.
-        cutoff = _iso(now - self.horizon)[:19]
+        cutoff = max(_iso(now - self.horizon)[:19], snapshot.forgotten_before)
         expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
         for ref_id in expired:
             del entries[ref_id]
-        if (folded or expired) and self._lock():
-            try:
-                self._write_snapshot(entries)
-                for path in folded:
-                    path.unlink(missing_ok=True)
-                view.compacted = True
-            finally:
-                self._unlock()
+        generation = snapshot.generation
+        if compact and (folded or expired):
+            generation = uuid.uuid4().hex
+            self._write_snapshot(entries, generation, cutoff)
+            # Written after the snapshot and before any claim is deleted: see ``_covered``.
+            self._replace(GENERATION, generation.encode())
+            for path in folded:
+                path.unlink(missing_ok=True)
+            view.compacted = True
+        self._generation, self._newer = generation, None
+        self._forgotten_before = cutoff
         if view.unconfirmed and not view.compacted:
             view.unconfirmed = []  # reported by the task that folds them, once
         view.stalls = len(entries)
@@ -295,26 +405,26 @@ class DeliveryLedger:
             if entry is not None:
                 entry.in_flight = True
         view.states = entries
+        view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
         return view
 
-    def _read_snapshot(self) -> dict[str, Entry]:
+    def _read_snapshot(self) -> Snapshot:
         path = self.folder / SNAPSHOT
         try:
             with path.open("rb") as handle:
                 data = handle.read()
         except FileNotFoundError:
-            return {}
+            return Snapshot(1, "", [])
         except Exception as exc:
             raise LedgerError(f"The delivery ledger {path} cannot be read: {exc}") from exc
         try:
             with gc_paused():  # 100,000 entries at once (bench.ledger)
-                snapshot = _SNAPSHOT_DECODER.decode(data)
+                return _SNAPSHOT_DECODER.decode(data)
         except msgspec.DecodeError as exc:
             raise LedgerError(
                 f"The delivery ledger {path} is damaged ({exc}); restore it from a backup or "
                 "move it aside (every stall in it would then be contacted again)"
             ) from None
-        return {entry.ref_id: entry for entry in snapshot.entries}
 
     def _read_claims(self) -> list[tuple[list[StoragePath], Claim]]:
         """Each attempt's files and what they say: the outcome when written, else the claim."""
@@ -354,29 +464,46 @@ class DeliveryLedger:
 
     # -- compaction ------------------------------------------------------------------------------
 
-    def _write_snapshot(self, entries: dict[str, Entry]) -> None:
-        snapshot = Snapshot(1, _iso(self._clock()), list(entries.values()))
-        final = self.folder / SNAPSHOT
-        temporary = self.folder / f"{SNAPSHOT}.{uuid.uuid4().hex}.tmp"
-        _write(temporary, msgspec.json.encode(snapshot))
-        temporary.replace(final)
+    def _write_snapshot(
+        self, entries: dict[str, Entry], generation: str, forgotten_before: str
+    ) -> None:
+        snapshot = Snapshot(
+            1, _iso(self._clock()), list(entries.values()), generation, forgotten_before
+        )
+        self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
+
+    def _replace(self, name: str, body: bytes) -> None:
+        """Write a file of the channel folder so readers see the old one or the new one whole
+        (a marker truncated mid-write would read as "never compacted")."""
+        temporary = self.folder / f"{name}.{uuid.uuid4().hex}.tmp"
+        _write(temporary, body)
+        temporary.replace(self.folder / name)
 
     def _lock(self) -> bool:
+        """Take the compaction lock; False while another task holds it (that one compacts).
+
+        A lock that vanished between our create and our read was released just now: this load
+        only reads (breaking it could remove the next holder's fresh lock, and two compactions
+        would then write over each other). Only a lock older than ``stale_after``, or damaged,
+        was left by a killed compaction and is broken.
+        """
         self._prepare()
         lock = self.folder / LOCK
         body = msgspec.json.encode({"owner": self.owner, "at": _iso(self._clock())})
-        for _ in range(2):
-            if self._create_exclusive(lock, body):
-                return True
-            try:
-                with lock.open("rb") as handle:
-                    held_since = msgspec.json.decode(handle.read()).get("at", "")
-            except Exception:
-                held_since = ""
-            if held_since and held_since >= _iso(self._clock() - self.stale_after):
-                return False
-            lock.unlink(missing_ok=True)  # left by a killed compaction
-        return False
+        if self._create_exclusive(lock, body):
+            return True
+        try:
+            with lock.open("rb") as handle:
+                held_since = msgspec.json.decode(handle.read()).get("at", "")
+        except FileNotFoundError:
+            return False
+        except (msgspec.DecodeError, AttributeError):
+            held_since = ""
+        if held_since and held_since >= _iso(self._clock() - self.stale_after):
+            return False
+        log.warning("Breaking the stale compaction lock %s (held since %r)", lock, held_since)
+        lock.unlink(missing_ok=True)
+        return self._create_exclusive(lock, body)
 
     def _unlock(self) -> None:
         (self.folder / LOCK).unlink(missing_ok=True)
@@ -401,11 +528,47 @@ class DeliveryLedger:
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
-        """Take attempt ``contact.attempt`` of this contact; False if another sender has it."""
+        """Take attempt ``contact.attempt`` of this contact; False if another sender has it,
+        or had it and a compaction since this ledger's ``load`` recorded it."""
         body = msgspec.json.encode(self._claim(contact, SENDING, now, None))
+        path = self._attempt_path(contact, CLAIM)
         with _storage_failure(lambda exc: f"Cannot record a claim in {self.claims}: {exc}"):
             self._prepare()
-            return self._create_exclusive(self._attempt_path(contact, CLAIM), body)
+            if not self._create_exclusive(path, body):
+                return False
+            if self._covered(contact):
+                path.unlink(missing_ok=True)
+                return False
+            return True
+
+    def _covered(self, contact: Contact) -> bool:
+        """Whether a compaction this ledger has not seen recorded the attempt just claimed.
+
+        A compaction writes the snapshot, then a new generation, and only then deletes the
+        claims it folded. So if our exclusive create succeeded only because a compaction had
+        deleted an earlier claim of this attempt, that compaction's generation was written
+        before the create, the generation read here (after it) differs from the one this
+        ledger last read, and the snapshot read next is that compaction's or a later one: it
+        records the attempt (later compactions keep it, or forget the whole stall and move
+        ``forgotten_before`` past it). The same generation: nothing was deleted since the
+        snapshot the plan was made from. One small read per claim; the snapshot is read again
+        only after another task compacted.
+        """
+        generation = self._read_generation()
+        if generation != self._generation:
+            snapshot = self._read_snapshot()
+            self._generation, self._newer = snapshot.generation, _by_ref_id(snapshot)
+            self._forgotten_before = max(self._forgotten_before, snapshot.forgotten_before)
+        if contact.stall[:19] < self._forgotten_before:
+            return True
+        return self._newer is not None and _covers(self._newer.get(contact.ref_id), contact)
+
+    def _read_generation(self) -> str:
+        try:
+            with (self.folder / GENERATION).open("rb") as handle:
+                return bytes(handle.read()).decode("ascii", "replace")
+        except FileNotFoundError:  # never compacted (or by a version before generations)
+            return ""
 
     def settle(
         self, contact: Contact, now: datetime, *, sent: bool, error: str | None = None
@@ -418,7 +581,8 @@ class DeliveryLedger:
                 f"{exc}; its claim stays 'sending', so it is never sent again"
             )
         ):
-            _write(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
+            # Created whole, like the claim: a reader never sees a half-written outcome.
+            self._create_exclusive(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
 
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""

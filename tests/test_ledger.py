@@ -209,3 +209,225 @@ def test_airflow_object_storage_paths_work_the_same(tmp_path: Path) -> None:
     contact = plan_contacts(buckets(6), now=T0, policy=POLICY, ledger={}).due[-1]
     assert DeliveryLedger(root).claim(contact, T0) is True
     assert DeliveryLedger(root).claim(contact, T0) is False
+
+
+# -- concurrency: compaction, the read order, half-made files, cleared old runs -----------------
+
+
+def _plan(ledger: DeliveryLedger, items, now=T0):  # type: ignore[no-untyped-def]
+    view = ledger.load(now)
+    return plan_contacts(
+        items, now=now, policy=POLICY, ledger=view.states, forgotten_before=view.forgotten_before
+    )
+
+
+def _deliver(ledger: DeliveryLedger, due, send, now=T0):  # type: ignore[no-untyped-def]
+    return deliver(due, send, ledger, now=now, max_attempts=POLICY.max_attempts)
+
+
+def _customers(*ref_ids: str, stall: datetime = T0 - timedelta(hours=2)):  # type: ignore[no-untyped-def]
+    picked = {f"cust-{i:04d}" for i in range(10)} & set(ref_ids)
+    return {"not_started": [i for i in buckets(10, stall)["not_started"] if i["ref_id"] in picked]}
+
+
+def _hold_lock(root: Path, channel: str = "email") -> Path:
+    """The compaction lock, fresh, as another task that is compacting right now holds it."""
+    lock = root / channel / "compact.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"owner": "another task", "at": "2999-01-01T00:00:00.000000Z"}))
+    return lock
+
+
+class BetweenReads(DeliveryLedger):
+    """A ledger whose ``load`` runs ``between`` once, between reading the claims and reading the
+    snapshot (in whichever order ``load`` reads them): where another task's compaction hurts."""
+
+    between = None
+
+    def _read_claims(self):  # type: ignore[no-untyped-def]
+        self._reads = getattr(self, "_reads", 0) + 1
+        self._interleave()
+        return super()._read_claims()
+
+    def _read_snapshot(self):  # type: ignore[no-untyped-def]
+        self._reads = getattr(self, "_reads", 0) + 1
+        self._interleave()
+        return super()._read_snapshot()
+
+    def _interleave(self) -> None:
+        if self._reads == 2 and self.between is not None:
+            between, self.between = self.between, None
+            between()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["sent", "failed"])
+def test_a_compaction_between_plan_and_claim_lets_no_second_send_through(
+    tmp_path: Path, fails: bool
+) -> None:
+    # The hourly run plans three customers and sends them one by one; meanwhile a webhook run
+    # sends cust-0001 (or fails to), and another's load compacts, deleting those claim files.
+    hourly, outbox = DeliveryLedger(tmp_path, owner="hourly"), Outbox()
+    plan = _plan(hourly, _customers("cust-0000", "cust-0001", "cust-0002"))
+    assert [c.attempt for c in plan.due] == [1, 1, 1]
+    _deliver(hourly, plan.due[:1], outbox)
+    webhook = DeliveryLedger(tmp_path, owner="webhook")
+    event = _plan(webhook, _customers("cust-0001"))
+    _deliver(
+        webhook, event.due, Outbox(fail={"cust-0001"} if fails else set()) if fails else outbox
+    )
+    assert _plan(DeliveryLedger(tmp_path, owner="other"), _customers("cust-0009")).due
+    assert list((tmp_path / "email" / "claims").iterdir()) == []  # compacted: files gone
+    report = _deliver(hourly, plan.due[1:], outbox)
+    assert report.claimed_elsewhere == 1 and report.sent == 1
+    assert Counter(outbox.sent) == Counter(set(outbox.sent)) and len(outbox.sent) == 3 - fails
+    # The refused claim is given back: the next attempt (or step) is still free for the next run.
+    assert sorted(p.name.split(".")[-1] for p in (tmp_path / "email" / "claims").iterdir()) == [
+        "claim",
+        "outcome",
+    ]
+    nxt = _plan(DeliveryLedger(tmp_path), _customers("cust-0001"))
+    assert [c.attempt for c in nxt.due] == ([2] if fails else [])
+
+
+def test_a_load_that_reads_while_another_task_compacts_plans_nothing_again(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox()
+    items = _customers("cust-0000", "cust-0001")
+    _deliver(DeliveryLedger(tmp_path), _plan(DeliveryLedger(tmp_path), items).due, outbox)
+    lock = _hold_lock(tmp_path)  # another task is compacting: this load only reads
+
+    def other_task_compacts() -> None:
+        lock.unlink()
+        assert DeliveryLedger(tmp_path, owner="other").load(T0).compacted
+
+    reader = BetweenReads(tmp_path, owner="reader")
+    reader.between = other_task_compacts
+    view = reader.load(T0)
+    assert not view.compacted and reader.between is None
+    plan = plan_contacts(items, now=T0, policy=POLICY, ledger=view.states)
+    assert plan.due == [] and plan.outcomes["already_sent"] == 2
+
+
+def test_a_compaction_never_writes_over_a_newer_snapshot(tmp_path: Path) -> None:
+    # A webhook run about cust-0009 loads; between its two reads another task compacts run 1's
+    # sends of cust-0000/1 and a third sender leaves a fresh outcome for it to fold.
+    outbox = Outbox()
+    items = _customers("cust-0000", "cust-0001")
+    _deliver(DeliveryLedger(tmp_path), _plan(DeliveryLedger(tmp_path), items).due, outbox)
+
+    def compaction_then_a_send() -> None:
+        DeliveryLedger(tmp_path, owner="other").load(T0)
+        third = DeliveryLedger(tmp_path, owner="third")
+        _deliver(third, _plan(third, _customers("cust-0005")).due, outbox)
+
+    webhook = BetweenReads(tmp_path, owner="webhook")
+    webhook.between = compaction_then_a_send
+    webhook.load(T0)
+    nxt = DeliveryLedger(tmp_path)
+    nxt.load(T0)  # folds whatever is left
+    snapshot = json.loads((tmp_path / "email" / "ledger.json").read_text())
+    assert sorted(e[0] for e in snapshot["entries"]) == ["cust-0000", "cust-0001", "cust-0005"]
+    later = T0 + timedelta(hours=1)
+    assert _plan(DeliveryLedger(tmp_path), items, later).due == []
+    assert len(outbox.sent) == 3
+
+
+def _stress_sender(root: str, out: str, folder: str, kind: str, seed: int) -> None:
+    import random
+
+    def send(contact) -> None:  # type: ignore[no-untyped-def]
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(contact.contact_key + "\n")
+
+    def wait_for(name: str) -> None:
+        while not os.path.exists(os.path.join(folder, name)):
+            time.sleep(0.001)
+
+    wait_for("go")  # every process is up: go together
+    everyone = buckets(120)
+    if kind == "hourly":
+        # Plans everyone, then its (slow) send loop runs on while the first webhook process
+        # is done (its sends compacted by its own later loads) and the second still runs.
+        ledger = DeliveryLedger(Path(root), owner=kind)
+        plan = plan_contacts(everyone, now=T0, policy=POLICY, ledger=ledger.load(T0).states)
+        wait_for("webhook-0")
+        deliver(plan.due, send, ledger, now=T0, max_attempts=POLICY.max_attempts)
+        return
+    rnd = random.Random(seed)
+    for _ in range(30):  # webhook runs: load (compacting), plan three customers, send them
+        picked = {"not_started": rnd.sample(everyone["not_started"], 3)}
+        run(DeliveryLedger(Path(root), owner=kind), picked, send)
+    Path(folder, kind).touch()
+
+
+def test_the_hourly_run_and_webhook_runs_at_once_send_each_contact_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    out = tmp_path / "sent.txt"
+    workers = [
+        context.Process(
+            target=_stress_sender,
+            args=(str(tmp_path / "ledger"), str(out), str(tmp_path), kind, seed),
+        )
+        for seed, kind in enumerate(["hourly", "webhook-0", "webhook-1"])
+    ]
+    for worker in workers:
+        worker.start()
+    (tmp_path / "go").touch()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    sent = Counter(out.read_text().split())
+    assert len(sent) == 120 and set(sent.values()) == {1}
+
+
+@pytest.mark.parametrize("where", ["local", "object store"])
+def test_a_file_is_created_whole_or_not_at_all(tmp_path: Path, where: str) -> None:
+    from upath import UPath
+
+    from airflow_provider_leap.ledger import ExclusiveCreate
+
+    folder = tmp_path if where == "local" else UPath(f"memory://ledger-test/{tmp_path.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    create = ExclusiveCreate()
+    assert create(folder / "a.claim", b"first") is True
+    assert create(folder / "a.claim", b"second") is False
+    with pytest.raises(TypeError):  # the write fails after the create (as a full disk would)
+        create(folder / "b.claim", "not bytes")  # type: ignore[arg-type]
+    assert sorted(p.name for p in folder.iterdir()) == ["a.claim"]  # no temporary, no empty b
+    assert (folder / "a.claim").read_bytes() == b"first" and create.exclusive
+
+
+def test_a_stall_the_ledger_forgot_stays_expired_for_a_cleared_old_run(tmp_path: Path) -> None:
+    stall = T0 - timedelta(hours=2)
+    items = _customers("cust-0000", stall=stall)
+    outbox = Outbox()
+    for offset in (timedelta(hours=1), *(timedelta(days=d, hours=1) for d in (1, 3, 7))):
+        now = stall + offset
+        ledger = DeliveryLedger(tmp_path)
+        _deliver(ledger, _plan(ledger, items, now).due, outbox, now)
+    assert len(outbox.sent) == 4
+    # Day 31: the stall is forgotten. Then the failed run of day 29 is cleared and runs again.
+    forgetting = DeliveryLedger(tmp_path)
+    assert forgetting.load(stall + timedelta(days=31)).stalls == 0
+    old_now = stall + timedelta(days=29)
+    cleared = DeliveryLedger(tmp_path)
+    plan = _plan(cleared, items, old_now)
+    assert plan.due == [] and plan.outcomes["expired"] == 1
+    # A plan made without forgotten_before (a user's own code) is still refused at the claim.
+    due = plan_contacts(items, now=old_now, policy=POLICY, ledger={}).due
+    assert _deliver(cleared, due, outbox, old_now).claimed_elsewhere == 1
+    assert len(outbox.sent) == 4
+    snapshot = json.loads((tmp_path / "email" / "ledger.json").read_text())
+    assert snapshot["forgotten_before"] == (stall + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_a_snapshot_written_before_generations_is_read(tmp_path: Path) -> None:
+    (tmp_path / "email").mkdir()
+    stall = (T0 - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = {"version": 1, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0000", stall, 0]]}
+    (tmp_path / "email" / "ledger.json").write_text(json.dumps(old))
+    ledger = DeliveryLedger(tmp_path)
+    view = ledger.load(T0)
+    assert view.stalls == 1 and view.forgotten_before == T0 - POLICY.horizon
+    assert plan_contacts(buckets(1), now=T0, policy=POLICY, ledger=view.states).due == []

@@ -122,7 +122,13 @@ class LeapContactOperator(BaseOperator):
             view = ledger.load(now)
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
-        plan = plan_contacts(buckets, now=now, policy=self.policy, ledger=view.states)
+        plan = plan_contacts(
+            buckets,
+            now=now,
+            policy=self.policy,
+            ledger=view.states,
+            forgotten_before=view.forgotten_before,
+        )
         self.log.info(
             "Channel %s at %s: %d customer(s) due; ledger %s holds %d stall(s)",
             self.channel,
