@@ -24,8 +24,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from airflow_provider_leap.gc_pause import gc_paused
-from airflow_provider_leap.models import parse_timestamp
-from airflow_provider_leap.timeutil import _CANONICAL
+from airflow_provider_leap.timeutil import format_timestamp, parse_timestamp
 from airflow_provider_leap.triage import BUCKETS, Bucket
 
 DEFAULT_QUIET_PERIOD = timedelta(hours=1)
@@ -235,25 +234,6 @@ def _customers(
     return customers
 
 
-_TIMESPECS = {20: "seconds", 24: "milliseconds", 27: "microseconds"}  # by canonical length
-
-
-def _stall_text(when: datetime, source: str = "") -> str:
-    """The one text of a stall's instant, whatever form Leap wrote it in: UTC with ``Z``, at the
-    shortest of seconds, milliseconds or microseconds that holds it exactly.
-
-    ``Contact.stall``, hence the ledger and :func:`contact_key`, so ``...05Z``, ``...05.000Z``
-    and ``...05+00:00`` are one stall with one key. ``source`` (the text ``when`` was read from)
-    is reused when already in this form, as Leap's usual ``...05Z`` and ``...05.892Z`` are.
-    """
-    micro = when.microsecond
-    length = 20 if not micro else 24 if not micro % 1000 else 27
-    if len(source) == length and _CANONICAL(source):
-        return source
-    naive = when.astimezone(timezone.utc).replace(tzinfo=None)
-    return naive.isoformat(timespec=_TIMESPECS[length]) + "Z"
-
-
 def _stall(items: list[_Item]) -> tuple[str | None, datetime | None, bool]:
     """The customer's stall (latest last interaction of any record) and whether any record
     is COMPLETED."""
@@ -353,7 +333,7 @@ def plan_contacts(
             counts["waiting"] += 1
             continue
         bucket, item, also = _pick(items, rank)
-        stall = _stall_text(stall_time, stall)
+        stall = format_timestamp(stall_time, stall)
         plan.due.append(
             Contact(
                 contact_key=contact_key(ref_id, stall, step),

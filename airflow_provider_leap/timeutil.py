@@ -56,11 +56,20 @@ def _parse_on_old_python(value: str) -> datetime | None:
         return None
 
 
+_TIMESPECS = {20: "seconds", 24: "milliseconds", 27: "microseconds"}  # by the text's length
+
+
 def format_timestamp(when: datetime, source: str | None = None) -> str:
-    """ISO-8601 UTC with ``Z``; ``source`` (the text ``when`` was read from) reused if canonical."""
-    if source is not None and _CANONICAL(source):
+    """The one text of an instant: ISO-8601 UTC with ``Z``, at the shortest of seconds,
+    milliseconds or microseconds that holds it exactly, so ``...05Z``, ``...05.000Z`` and
+    ``...05+00:00`` read back as one text (a stall's identity: ``contact.contact_key``).
+    ``source``, the text ``when`` was read from, is reused when it is that text already."""
+    micro = when.microsecond
+    length = 20 if not micro else 24 if not micro % 1000 else 27
+    if source is not None and len(source) == length and _CANONICAL(source):
         return source
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    naive = when.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(timespec=_TIMESPECS[length]) + "Z"
 
 
 def as_utc(value: datetime | date | str, name: str = "timestamp") -> datetime:

@@ -46,16 +46,24 @@ def test_parse_timestamp(text: object, expected: datetime | None) -> None:
     ("when", "source", "expected"),
     [
         (datetime(2026, 11, 1, 8, tzinfo=UTC), None, "2026-11-01T08:00:00Z"),
-        (datetime(2026, 11, 1, 8, 0, 0, 250000, tzinfo=UTC), None, "2026-11-01T08:00:00.250000Z"),
+        (datetime(2026, 11, 1, 8, 0, 0, 250000, tzinfo=UTC), None, "2026-11-01T08:00:00.250Z"),
+        (datetime(2026, 11, 1, 8, 0, 0, 250001, tzinfo=UTC), None, "2026-11-01T08:00:00.250001Z"),
         (
             datetime(2026, 11, 1, 10, tzinfo=timezone(timedelta(hours=2))),
             None,
             "2026-11-01T08:00:00Z",
         ),
+        # One text per instant (a stall's identity): a source is reused only when it is that text.
+        (datetime(2026, 11, 1, 8, tzinfo=UTC), "2026-11-01T08:00:00.000Z", "2026-11-01T08:00:00Z"),
         (
-            datetime(2026, 11, 1, 8, tzinfo=UTC),
-            "2026-11-01T08:00:00.000Z",
-            "2026-11-01T08:00:00.000Z",
+            datetime(2026, 11, 1, 8, 0, 0, 892000, tzinfo=UTC),
+            "2026-11-01T08:00:00.892Z",
+            "2026-11-01T08:00:00.892Z",
+        ),
+        (
+            datetime(2026, 11, 1, 8, 0, 0, 800000, tzinfo=UTC),
+            "2026-11-01T08:00:00.8Z",
+            "2026-11-01T08:00:00.800Z",
         ),
         (datetime(2026, 11, 1, 8, tzinfo=UTC), "2026-11-01T10:00:00+02:00", "2026-11-01T08:00:00Z"),
     ],
