@@ -147,12 +147,15 @@ class WebhookInbox:
         nothing was queued for the failed one, and recording goes through an exclusive claim.
         """
         now = self._clock()
-        today = now.strftime("%Y-%m-%d")
-        yesterday = (now - timedelta(days=1)).strftime("%Y-%m-%d")
         body = msgspec.json.encode(Accepted(uri, extra, now.isoformat()))
-        marker = self.folder / yesterday / event_id
-        if not marker.exists():
-            marker = self._day_folder(today) / event_id
+        # The neighbouring days too: a repeat may reach a worker whose clock is across midnight
+        # from the one that accepted it (Leap retries for 8 hours).
+        days = [(now + timedelta(days=d)).strftime("%Y-%m-%d") for d in (-1, 1)]
+        marker = next(
+            (m for m in (self.folder / day / event_id for day in days) if m.exists()), None
+        )
+        if marker is None:
+            marker = self._day_folder(now.strftime("%Y-%m-%d")) / event_id
             if self._create(marker, body):
                 self._prune(now)
                 return marker

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import uuid
@@ -136,8 +137,12 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
     for an earlier stall than the one on record no longer matters (None)."""
     entry = entries.get(claim.ref_id)
     if entry is not None and entry.stall != claim.stall:
-        if stall_order(entry.stall) > stall_order(claim.stall):
+        recorded, claimed = stall_order(entry.stall), stall_order(claim.stall)
+        if recorded > claimed:
             return None
+        if recorded == claimed:  # the same instant in another text (an older version's)
+            entry.stall = claim.stall
+            return entry
         entry = None
     if entry is None:
         entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall)
@@ -150,7 +155,9 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
     if entry is None:
         return False
     if entry.stall != contact.stall:
-        return stall_order(entry.stall) > stall_order(contact.stall)
+        recorded, contacted = stall_order(entry.stall), stall_order(contact.stall)
+        if recorded != contacted:
+            return recorded > contacted
     if entry.sent_step >= contact.step or entry.failed_step > contact.step:
         return True
     return entry.failed_step == contact.step and entry.failures >= contact.attempt
@@ -221,7 +228,10 @@ class ExclusiveCreate:
                 log.warning("%s has no exclusive create; relying on one writer at a time", path)
                 self.exclusive = False
             else:
-                _fill(path, handle, body)
+                try:
+                    _fill(path, handle, body)
+                except FileExistsError:  # a store that decides at commit (S3, GCS): it existed
+                    return False
                 return True
         if path.exists():
             return False
@@ -253,10 +263,14 @@ def _link_new(path: Path, body: bytes) -> bool:
 
 
 def _fill(path: StoragePath, handle: Any, body: bytes) -> None:
-    """Write a file just created; if that fails, remove it: no half-made file blocks the name."""
+    """Write a file just created; if that fails, remove it: no half-made file blocks the name.
+    Except when the store refuses the name at commit (S3's and GCS's exclusive create decide at
+    close): the object there is another writer's, never to be removed."""
     try:
         with handle:
             handle.write(body)
+    except FileExistsError:
+        raise
     except BaseException:
         with contextlib.suppress(Exception):
             path.unlink(missing_ok=True)
@@ -314,6 +328,7 @@ class DeliveryLedger:
         self._generation = ""
         self._newer: dict[str, Entry] | None = None
         self._forgotten_before = ""
+        self._token = ""  # of the compaction lock this ledger last took
 
     def __repr__(self) -> str:
         return f"DeliveryLedger({str(self.folder)!r})"
@@ -488,25 +503,49 @@ class DeliveryLedger:
         was left by a killed compaction and is broken.
         """
         self._prepare()
-        lock = self.folder / LOCK
-        body = msgspec.json.encode({"owner": self.owner, "at": _iso(self._clock())})
-        if self._create_exclusive(lock, body):
+        self._token = uuid.uuid4().hex
+        body = msgspec.json.encode(
+            {"owner": self.owner, "at": _iso(self._clock()), "token": self._token}
+        )
+        if self._create_exclusive(self.folder / LOCK, body):
             return True
+        held = self._read_lock()
+        if held is None:
+            return False
+        if held["at"] and held["at"] >= _iso(self._clock() - self.stale_after):
+            return False
+        # One breaker per stale lock: whoever creates its break marker; the others only read.
+        # The marker is named after that lock's content, so a later lock is not affected.
+        if not self._create_exclusive(self.folder / f"{LOCK}.broken-{held['digest']}", b""):
+            return False
+        if self._read_lock() != held:  # released and taken again meanwhile: not stale any more
+            return False
+        log.warning("Breaking the stale compaction lock (held since %r)", held["at"])
+        (self.folder / LOCK).unlink(missing_ok=True)
+        return self._create_exclusive(self.folder / LOCK, body)
+
+    def _read_lock(self) -> dict[str, str] | None:
+        """The lock's time and token ("" when unreadable) and a digest of its content; None
+        when there is no lock."""
         try:
-            with lock.open("rb") as handle:
-                held_since = msgspec.json.decode(handle.read()).get("at", "")
+            with (self.folder / LOCK).open("rb") as handle:
+                raw = bytes(handle.read())
         except FileNotFoundError:
-            return False
-        except (msgspec.DecodeError, AttributeError):
-            held_since = ""
-        if held_since and held_since >= _iso(self._clock() - self.stale_after):
-            return False
-        log.warning("Breaking the stale compaction lock %s (held since %r)", lock, held_since)
-        lock.unlink(missing_ok=True)
-        return self._create_exclusive(lock, body)
+            return None
+        try:
+            data = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        held = {key: str(data.get(key) or "") for key in ("at", "token")}
+        return held | {"digest": hashlib.sha256(raw).hexdigest()[:24]}
 
     def _unlock(self) -> None:
-        (self.folder / LOCK).unlink(missing_ok=True)
+        """Remove the lock if it is still ours (a lock broken as stale is another's by now)."""
+        held = self._read_lock()
+        if held is not None and held["token"] == self._token:
+            (self.folder / LOCK).unlink(missing_ok=True)
 
     # -- claims ----------------------------------------------------------------------------------
 
@@ -536,10 +575,14 @@ class DeliveryLedger:
             self._prepare()
             if not self._create_exclusive(path, body):
                 return False
-            if self._covered(contact):
+            try:
+                covered = self._covered(contact)
+            except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 path.unlink(missing_ok=True)
-                return False
-            return True
+                raise
+            if covered:
+                path.unlink(missing_ok=True)
+            return not covered
 
     def _covered(self, contact: Contact) -> bool:
         """Whether a compaction this ledger has not seen recorded the attempt just claimed.

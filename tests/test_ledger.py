@@ -431,3 +431,127 @@ def test_a_snapshot_written_before_generations_is_read(tmp_path: Path) -> None:
     view = ledger.load(T0)
     assert view.stalls == 1 and view.forgotten_before == T0 - POLICY.horizon
     assert plan_contacts(buckets(1), now=T0, policy=POLICY, ledger=view.states).due == []
+
+
+# -- second review: a stale lock, stores that decide at commit, a failed check, old texts --------
+
+
+def test_a_stale_lock_is_broken_by_one_task_only_and_never_unlocked_by_another(
+    tmp_path: Path,
+) -> None:
+    stale = tmp_path / "email" / "compact.lock"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"owner": "killed", "at": "2000-01-01T00:00:00.000000Z"}))
+    second = DeliveryLedger(tmp_path)
+
+    class SawTheSameStaleLock(DeliveryLedger):
+        """Reads the stale lock, then ``second`` breaks it and takes the lock, then goes on."""
+
+        def _read_lock(self):  # type: ignore[no-untyped-def]
+            held = super()._read_lock()
+            if not getattr(self, "_interleaved", False):
+                self._interleaved = True
+                assert second._lock() is True
+            return held
+
+    first = SawTheSameStaleLock(tmp_path)
+    assert first._lock() is False  # it must not break the lock ``second`` holds now
+    assert json.loads(stale.read_text())["token"] == second._token
+    first._unlock()  # a task whose lock was broken as stale removes nothing of another's
+    assert stale.exists()
+    second._unlock()
+    assert not stale.exists()
+
+
+class _CommitTimeStore:
+    """An object-store path whose exclusive create is decided when the object is committed, at
+    close (S3's If-None-Match, GCS's ifGenerationMatch=0): not a ``pathlib.Path``, no links."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+
+    def __truediv__(self, key: str) -> _CommitTimeStore:
+        return _CommitTimeStore(self.path / key)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        self.path.unlink(missing_ok=missing_ok)
+
+    def open(self, mode: str = "rb"):  # type: ignore[no-untyped-def]
+        if mode != "xb":
+            return open(self.path, mode)
+        target, chunks = self.path, []
+
+        class Upload:
+            def write(self, body: bytes) -> None:
+                chunks.append(body)
+
+            def __enter__(self) -> Upload:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                if target.exists():
+                    raise FileExistsError(f"412 Precondition Failed: {target.name}")
+                target.write_bytes(b"".join(chunks))
+
+        return Upload()
+
+
+def test_a_store_that_refuses_the_name_at_commit_never_loses_the_winners_file(
+    tmp_path: Path,
+) -> None:
+    from airflow_provider_leap.ledger import ExclusiveCreate, _fill
+
+    claim = _CommitTimeStore(tmp_path) / "lc1-abc.1.claim"
+    loser = claim.open("xb")  # opened before the winner committed, committed after it
+    assert ExclusiveCreate()(claim, b"winner") is True
+    with pytest.raises(FileExistsError):
+        _fill(claim, loser, b"loser")  # how ExclusiveCreate writes: the store refuses at commit
+    assert ExclusiveCreate()(claim, b"third") is False  # refused at close: "it existed"
+    assert claim.path.read_bytes() == b"winner"
+
+
+def test_a_claim_whose_check_fails_is_given_back_not_left_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _customers("cust-0000")
+    ledger = DeliveryLedger(tmp_path)
+    [contact] = _plan(ledger, items).due
+
+    def storage_hiccup() -> str:
+        raise OSError("503 SlowDown")
+
+    monkeypatch.setattr(ledger, "_read_generation", storage_hiccup)
+    with pytest.raises(LedgerError, match="Cannot record a claim"):
+        ledger.claim(contact, T0)
+    assert list((tmp_path / "email" / "claims").iterdir()) == []
+    retry = DeliveryLedger(tmp_path)  # Airflow's retry: nothing was sent, so it is due again
+    assert [c.contact_key for c in _plan(retry, items).due] == [contact.contact_key]
+
+
+def test_an_entry_in_an_older_text_of_the_same_instant_keeps_what_was_sent(
+    tmp_path: Path,
+) -> None:
+    stall = T0 - timedelta(days=1, hours=1)
+    old_text = stall.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # as a version before one text per instant
+    items = _customers("cust-0000", stall=stall)
+    items["not_started"][0]["last_interaction"] = old_text
+    ledger = DeliveryLedger(tmp_path)
+    [first] = _plan(ledger, items, T0 - timedelta(days=1)).due
+    assert first.stall.endswith(":00Z")  # the one text
+    ledger.claim(first, T0 - timedelta(days=1))
+    ledger.settle(first, T0 - timedelta(days=1), sent=True)
+    DeliveryLedger(tmp_path).load(T0)  # compacted: the entry holds the canonical text
+    snapshot = json.loads((tmp_path / "email" / "ledger.json").read_text())
+    snapshot["entries"][0][1] = old_text  # as the older version would have written it
+    (tmp_path / "email" / "ledger.json").write_text(json.dumps(snapshot))
+    ledger = DeliveryLedger(tmp_path)
+    [reminder] = _plan(ledger, items).due
+    assert (reminder.step, reminder.first) == (1, False)
+    _deliver(ledger, [reminder], Outbox(fail={"cust-0000"}))  # the reminder fails once
+    entry = DeliveryLedger(tmp_path).load(T0).states["cust-0000"]
+    assert (entry.sent_step, entry.failed_step, entry.failures) == (0, 1, 1)
+    assert entry.sent_at is not None

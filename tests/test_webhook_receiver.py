@@ -308,7 +308,7 @@ def test_a_claim_left_by_a_worker_killed_while_recording_is_recovered_once(
 
     from airflow_provider_leap.plugins.receiver import Receiver, create_app
 
-    past = datetime.now(timezone.utc) - timedelta(minutes=15)  # more than the 10 min lease
+    past = datetime.now(timezone.utc) - timedelta(minutes=25)  # past the lease (10) + skew (10)
     body = delivery("cust-rx-killed")
     event_id = body["webhook_event_id"]
     if committed:
@@ -335,6 +335,19 @@ def test_a_claim_left_by_a_worker_killed_while_recording_is_recovered_once(
     ]
     assert receiver.recorder.recover() == 0
     assert post(client, body).json()["status"] == "duplicate"
+
+
+def test_a_claim_within_the_lease_plus_the_clock_skew_is_left_to_its_worker(
+    receiver: Any,
+) -> None:
+    """A recovering worker whose clock runs up to ``SKEW`` ahead must not cut a live claim short:
+    15 minutes by its clock is past the 10-minute lease, but not past lease plus skew."""
+    past = datetime.now(timezone.utc) - timedelta(minutes=15)
+    event_id = delivery("cust-rx-live")["webhook_event_id"]
+    inbox = WebhookInbox(receiver.root, CONN, clock=lambda: past)
+    marker = inbox.accept(event_id, URI, {"ref_id": "cust-rx-live", "webhook_event_id": event_id})
+    assert marker is not None and inbox.take(marker)
+    assert receiver.recorder.recover() == 0
 
 
 def test_a_storage_error_while_claiming_hands_every_claim_back(

@@ -595,6 +595,21 @@ def test_each_event_is_accepted_once_however_many_workers_race(tmp_path: Path) -
     assert WebhookInbox.read(marker).extra == EXTRA  # type: ignore[arg-type]
 
 
+def test_a_repeat_reaching_a_worker_whose_clock_is_before_midnight_is_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    after = WebhookInbox(
+        tmp_path, "leap_default", clock=lambda: datetime(2026, 3, 3, 0, 1, tzinfo=timezone.utc)
+    )
+    before = WebhookInbox(
+        tmp_path,
+        "leap_default",
+        clock=lambda: datetime(2026, 3, 2, 23, 59, 30, tzinfo=timezone.utc),
+    )
+    assert after.accept(EVENT_ID, URI, EXTRA) is not None
+    assert before.accept(EVENT_ID, URI, EXTRA) is None  # Leap's retry, two minutes of skew apart
+
+
 def test_a_retry_after_midnight_is_still_a_duplicate_and_old_days_go(tmp_path: Path) -> None:
     clock = Clock(datetime(2026, 3, 1, 23, 59, tzinfo=timezone.utc))
     inbox = WebhookInbox(tmp_path, "leap_default", clock=clock)

@@ -326,7 +326,8 @@ class Recorder:
         None is recorded twice: a recovered event is first looked up among the asset's events,
         in the transaction that would record it, and only recorded if absent. The one case this
         cannot see is a transaction still open when its claim expires, which the lease, far
-        longer than any transaction, rules out.
+        longer than any transaction, rules out; a claim is taken over only after the lease plus
+        ``SKEW``, so a recovering worker whose clock runs ahead does not cut a live one short.
         """
         try:
             root = self._receiver.root
@@ -334,7 +335,7 @@ class Recorder:
                 Pending(inbox, marker, accepted, claim, check=True)
                 for conn_id in inbox_folders(root)
                 for inbox in [self._receiver.inbox(conn_id)]
-                for marker, accepted, claim in inbox.unrecorded(STALE, LEASE)
+                for marker, accepted, claim in inbox.unrecorded(STALE, LEASE + SKEW)
             ]
         except Exception:
             log.exception("Looking for unrecorded Leap webhook events failed")
