@@ -23,8 +23,8 @@ markers left by a dead process never both do. A claim holds when it was taken an
 *lease*: a claim older than that with no ``.done`` was left by a worker that died (or lost its
 storage) while recording, and a recovering worker takes it over by creating the next claim
 (``.2.taken``, ``.3.taken`` ...), exclusively again. Markers are grouped by the UTC day of
-acceptance: a delivery looks in its own day and the day before (Leap's retries span 8 hours),
-and older days are deleted.
+acceptance: a delivery looks in its own day and the days on either side (Leap's retries span 8
+hours, and two machines' clocks may sit on either side of midnight), and older days are deleted.
 """
 
 from __future__ import annotations

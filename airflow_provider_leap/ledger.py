@@ -9,6 +9,7 @@ subfolder per channel::
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
+    <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
