@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -190,12 +191,13 @@ def _customers(emu):  # type: ignore[no-untyped-def]
     ]
     emu.now = DAY
     emu.play(population)
+    return population
 
 
 def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
-    run_dag, reengagement_env, leap_emulator
+    run_dag, reengagement_env, leap_emulator, record_webhooks
 ) -> None:  # type: ignore[no-untyped-def]
-    _customers(leap_emulator)
+    population = _customers(leap_emulator)
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
     events = (EXAMPLES / "leap_connect_events.py").read_text()
     sent: list[tuple[str, str, int]] = []
@@ -207,6 +209,7 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
         counts = result.xcoms[("message_customers", "return_value")]
         crm = result.xcoms[("record_in_crm", "return_value")]
         assert crm["sent"] == counts["sent"]
+        assert counts["held"] == 0  # every event was refreshed before the run read the data
         sent.append((name, at.strftime("%H:%M"), counts["sent"]))
         if name == "leap_connect_events":
             hint = result.xcoms[("what_to_answer", "answer_at")]
@@ -216,21 +219,116 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
         conf = {"ref_ids": ref_ids, "received_at": _at(received).isoformat()}
         run("leap_connect_events", events, _at(answer), logical_date=None, run_conf=conf)
 
+    # The receiver has recorded Leap's events up to 11:17 (every DAG here holds back customers
+    # with events the data read may not show; the events a run answers never hold it back).
+    record_webhooks(population, until=_at("11:17"), silent=("silent",))
     run("leap_connect_reengagement", hourly, _at("11:17"), logical_date=_at("11:17"))
     announced(["early"], "10:05", "11:17")  # the 11:00 refresh has landed by 11:17
     announced(["late"], "10:40", "11:40")  # one quiet period after the stall
-    announced(["done"], "10:50", "11:50")
+    announced(["done"], "10:50", "12:17")  # within the margin of 11:00: the 12:00 refresh
     run("leap_connect_reengagement", hourly, _at("12:17"), logical_date=_at("12:17"))
     assert sent == [
         ("leap_connect_reengagement", "11:17", 2),  # early and silent (no webhook for it)
         ("leap_connect_events", "11:17", 0),  # early: already sent by the hourly run
         ("leap_connect_events", "11:40", 1),  # late: 37 minutes before the next hourly run
-        ("leap_connect_events", "11:50", 0),  # done: the API says COMPLETED
+        ("leap_connect_events", "12:17", 0),  # done: the API says COMPLETED
         ("leap_connect_reengagement", "12:17", 0),  # late: not again
     ]
     messages = _outbox(reengagement_env)
     assert sorted(m["ref_id"] for m in messages) == ["early", "late", "silent"]
     assert len({m["contact_key"] for m in messages}) == 3
+
+
+@pytest.fixture
+def record_webhooks(airflow_db, tmp_path):  # type: ignore[no-untyped-def]
+    """Records, as the webhook receiver does, the events Leap sends for the steps the emulator's
+    customers took before ``until``: each through Leap's envelope, stamped received at the step
+    (webhooks do not wait for the refresh), recorded by Airflow's asset manager."""
+    from airflow_provider_leap.plugins.receiver import RECORDED, _register_asset_events
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag, journey_events
+    from airflow_provider_leap.webhooks import read_event
+
+    add_consumer_dag(tmp_path / "consumer", "leap_default", "leap_events_consumer")
+    done: set[tuple[str, int]] = set()
+
+    def record(population, *, until: datetime, silent: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
+        extras = []
+        for journey in (j for customer in population.customers for j in customer.journeys):
+            for index, step in enumerate(journey.events if journey.ref_id not in silent else ()):
+                if step.at < until and (journey.record_id, index) not in done:
+                    done.add((journey.record_id, index))
+                    for payload in journey_events(journey, index):
+                        body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
+                        extras.append(read_event(json.dumps(body).encode()).extra(step.at))
+        uri = "leap://leap_default/connect_session"
+        assert set(_register_asset_events([(uri, extra, False) for extra in extras])) <= {RECORDED}
+
+    return record
+
+
+def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
+    run_dag, reengagement_env, leap_emulator, record_webhooks, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The bug: a customer who completes at 10:05 is still stalled in the data the 10:17 run
+    reads (Leap's 10:00 refresh). Their webhook was received after that refresh (less the
+    margin, 9:50), so the hourly run holds their message back, records nothing, and the 11:17
+    run finds them COMPLETED. A customer whose last event came before 9:50 is messaged."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_leap.ledger import DeliveryLedger
+    from airflow_provider_leap.testing.journeys import Customer, Event, Journey, Population, Step
+
+    day = DAY + timedelta(days=1)
+
+    def at(hhmm: str) -> datetime:
+        return _at(hhmm) + timedelta(days=1)
+
+    def customer(ref_id: str, *events: Event) -> Customer:
+        record = f"CAISO_{uuid.uuid4()}_{ref_id}"
+        journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
+        return Customer(ref_id, "scripted", [journey])
+
+    population = Population(customers=0, start=day)
+    population.customers = [
+        customer("finisher", Event(at("07:00"), Step.CLICK), Event(at("10:05"), Step.COMPLETE)),
+        customer("clicker", Event(at("07:00"), Step.CLICK)),
+        customer("latecomer", Event(at("07:00"), Step.CLICK), Event(at("09:52"), Step.ERROR, "X")),
+    ]
+    leap_emulator.play(population)
+    record_webhooks(population, until=at("10:17"))
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+
+    def run(source: str, hhmm: str) -> dict[str, int]:
+        leap_emulator.now = at(hhmm)
+        result = run_dag(
+            "leap_connect_reengagement", source, logical_date=at(hhmm), run_after=at(hhmm)
+        )
+        assert result.state == "success", result.task_states
+        counts = result.xcoms[("message_customers", "return_value")]
+        assert result.xcoms[("record_in_crm", "return_value")] == counts
+        return counts
+
+    def ledger() -> set[str]:
+        url = os.environ["AIRFLOW__LEAP__LEDGER_URL"]
+        return set(DeliveryLedger(ObjectStoragePath(url), channel="email").load(at("12:00")).states)
+
+    counts = run(hourly, "10:17")
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker"]
+    assert (counts["sent"], counts["held"]) == (1, 1)
+    assert ledger() == {"clicker"}  # the held customer is neither sent nor failed
+    # latecomer: their 9:52 error is in the 10:00 refresh, a new stall inside the quiet period.
+    counts = run(hourly, "11:17")  # the 11:00 refresh shows the completion
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker", "latecomer"]
+    assert (counts["completed"], counts["held"]) == (1, 0)
+
+    # Without hold_on_events the events are not read: the 10:17 run messages the finisher.
+    plain = hourly.replace(", hold_on_events=hold", "").replace("hold_on_events=hold,", "")
+    assert "hold_on_events" not in plain
+    monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path / "plain"))
+    monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "plain-ledger").as_uri())
+    counts = run(plain, "10:17")
+    assert sorted(m["ref_id"] for m in _outbox(tmp_path / "plain")) == ["clicker", "finisher"]
+    assert (counts["sent"], counts["held"]) == (2, 0)
 
 
 def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
