@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -67,6 +68,65 @@ def load_dag(path: Path):  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
+
+
+class WebhookLog:
+    """Leap's webhooks for the steps customers take, recorded as the receiver records them.
+
+    Each step becomes Leap's event(s) (the emulator's mapping, ``journey_events``), read from
+    Leap's envelope (``read_event``) and recorded by Airflow's asset manager on
+    ``leap://<conn_id>/connect_session`` (the receiver's ``_register_asset_events``), received
+    when the step was taken: webhooks do not wait for the hourly refresh. The simulation's clock
+    is the receiver's, so the event's time in the database is set to it too. Customers in
+    ``silent`` send none (their subscription was down).
+    """
+
+    def __init__(self, population, conn_id: str = "leap_default", silent=()) -> None:  # type: ignore[no-untyped-def]
+        self.uri = f"leap://{conn_id}/connect_session"
+        self.steps = sorted(
+            (
+                (step.at, index, journey)
+                for customer in population.customers
+                if customer.ref_id not in silent
+                for journey in customer.journeys
+                for index, step in enumerate(journey.events)
+            ),
+            key=lambda taken: taken[0],
+        )
+        self.recorded = 0  # steps recorded so far, in time order
+
+    def record(self, until: datetime) -> None:
+        """Every step taken before ``until`` not yet recorded."""
+        from airflow.models.asset import AssetEvent
+        from airflow.utils.session import create_session
+        from sqlalchemy import func, select, update
+
+        from airflow_provider_leap.plugins.receiver import RECORDED, _register_asset_events
+        from airflow_provider_leap.testing.webhooks import journey_events
+        from airflow_provider_leap.webhooks import read_event
+
+        extras = []
+        while self.recorded < len(self.steps) and self.steps[self.recorded][0] < until:
+            at, index, journey = self.steps[self.recorded]
+            self.recorded += 1
+            for payload in journey_events(journey, index):
+                body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
+                extras.append(read_event(json.dumps(body).encode()).extra(at))
+        if not extras:
+            return
+        with create_session() as session:
+            last = session.scalar(select(func.max(AssetEvent.id))) or 0
+        outcomes = _register_asset_events([(self.uri, extra, False) for extra in extras])
+        assert set(outcomes) == {RECORDED}, outcomes
+        with create_session() as session:
+            rows = session.execute(
+                select(AssetEvent.id, AssetEvent.extra).where(AssetEvent.id > last)
+            )
+            for row_id, extra in rows.all():
+                when = datetime.fromisoformat(extra["event_time"])
+                session.execute(
+                    update(AssetEvent).where(AssetEvent.id == row_id).values(timestamp=when)
+                )
 
 
 def task_states(dagrun) -> dict[str, list[object]]:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from reengagement_sim import WebhookLog
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
 
@@ -195,7 +196,7 @@ def _customers(emu):  # type: ignore[no-untyped-def]
 
 
 def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
-    run_dag, reengagement_env, leap_emulator, record_webhooks
+    run_dag, reengagement_env, leap_emulator, consumer
 ) -> None:  # type: ignore[no-untyped-def]
     population = _customers(leap_emulator)
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
@@ -221,7 +222,7 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
 
     # The receiver has recorded Leap's events up to 11:17 (every DAG here holds back customers
     # with events the data read may not show; the events a run answers never hold it back).
-    record_webhooks(population, until=_at("11:17"), silent=("silent",))
+    WebhookLog(population, silent=("silent",)).record(until=_at("11:17"))
     run("leap_connect_reengagement", hourly, _at("11:17"), logical_date=_at("11:17"))
     announced(["early"], "10:05", "11:17")  # the 11:00 refresh has landed by 11:17
     announced(["late"], "10:40", "11:40")  # one quiet period after the stall
@@ -239,35 +240,16 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
     assert len({m["contact_key"] for m in messages}) == 3
 
 
-@pytest.fixture
-def record_webhooks(airflow_db, tmp_path):  # type: ignore[no-untyped-def]
-    """Records, as the webhook receiver does, the events Leap sends for the steps the emulator's
-    customers took before ``until``: each through Leap's envelope, stamped received at the step
-    (webhooks do not wait for the refresh), recorded by Airflow's asset manager."""
-    from airflow_provider_leap.plugins.receiver import RECORDED, _register_asset_events
-    from airflow_provider_leap.testing.webhooks import add_consumer_dag, journey_events
-    from airflow_provider_leap.webhooks import read_event
+@pytest.fixture(scope="module")
+def consumer(airflow_db, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A DAG scheduled on ``leap://leap_default/connect_session``: Airflow knows the asset."""
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
 
-    add_consumer_dag(tmp_path / "consumer", "leap_default", "leap_events_consumer")
-    done: set[tuple[str, int]] = set()
-
-    def record(population, *, until: datetime, silent: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
-        extras = []
-        for journey in (j for customer in population.customers for j in customer.journeys):
-            for index, step in enumerate(journey.events if journey.ref_id not in silent else ()):
-                if step.at < until and (journey.record_id, index) not in done:
-                    done.add((journey.record_id, index))
-                    for payload in journey_events(journey, index):
-                        body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
-                        extras.append(read_event(json.dumps(body).encode()).extra(step.at))
-        uri = "leap://leap_default/connect_session"
-        assert set(_register_asset_events([(uri, extra, False) for extra in extras])) <= {RECORDED}
-
-    return record
+    add_consumer_dag(tmp_path_factory.mktemp("consumer"), "leap_default", "leap_events_consumer")
 
 
 def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
-    run_dag, reengagement_env, leap_emulator, record_webhooks, tmp_path, monkeypatch
+    run_dag, reengagement_env, leap_emulator, consumer, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """The bug: a customer who completes at 10:05 is still stalled in the data the 10:17 run
     reads (Leap's 10:00 refresh). Their webhook was received after that refresh (less the
@@ -295,7 +277,7 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
         customer("latecomer", Event(at("07:00"), Step.CLICK), Event(at("09:52"), Step.ERROR, "X")),
     ]
     leap_emulator.play(population)
-    record_webhooks(population, until=at("10:17"))
+    WebhookLog(population).record(until=at("10:17"))
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
 
     def run(source: str, hhmm: str) -> dict[str, int]:
