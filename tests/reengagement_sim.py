@@ -3,9 +3,10 @@
 Run by ``test_reengagement_simulation.py`` in a process of its own (a fresh Airflow home whose
 DAGs folder holds only the example DAG): the emulator plays a population of customers whose
 journeys move with its clock, a real SMTP server on loopback is their inbox, and every hour at
-minute 17 the DAG runs with ``dag.test()`` for that simulated hour. Along the way: hours with no
-runs (the scheduler down), a send task that fails mid-batch and is retried, a run cleared and
-run again, a refused address. Writes what happened as JSON for the test to check.
+minute 17 the DAG runs with ``dag.test()`` for that simulated hour, Leap's webhooks for every
+step taken before then recorded as the receiver records them (``WebhookLog``). Along the way:
+hours with no runs (the scheduler down), a send task that fails mid-batch and is retried, a run
+cleared and run again, a refused address. Writes what happened as JSON for the test to check.
 """
 
 from __future__ import annotations
@@ -129,6 +130,22 @@ class WebhookLog:
                 )
 
 
+def held(dagrun) -> int:  # type: ignore[no-untyped-def]
+    """The customers the run's ``message_customers`` held back (its returned counts)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=dagrun.run_id,
+            dag_ids=dagrun.dag_id,
+            task_ids="message_customers",
+            key="return_value",
+        )
+        row = session.scalars(query).first()
+        return int(XComModel.deserialize_value(row)["held"]) if row is not None else 0
+
+
 def task_states(dagrun) -> dict[str, list[object]]:  # type: ignore[no-untyped-def]
     from airflow.utils.session import create_session
 
@@ -149,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
     from airflow_provider_leap.testing.journeys import Population
     from airflow_provider_leap.testing.smtp import SmtpSink
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
 
     initdb()
+    add_consumer_dag(home / "consumer", "leap_default", "leap_events_consumer")
     population = Population(seed=args.seed, customers=args.customers, start=START, days=args.days)
+    webhooks = WebhookLog(population)
     runs: list[dict[str, object]] = []
     started = time.monotonic()
     with LeapEmulator(records=[], now=START) as emulator, SmtpSink() as sink:
@@ -173,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # the scheduler is down: no run this hour
             at = START + timedelta(hours=hour, minutes=17)
             emulator.now = at
+            webhooks.record(until=at)
             sink.tag = at.isoformat()
             if hour == args.fail_hour:
                 sink.fail_next = 5  # mid-batch: five sends answered 451
@@ -186,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         "rerun": attempt > 0,
                         "state": str(dagrun.state),
                         "tasks": task_states(dagrun),
+                        "held": held(dagrun),
                     }
                 )
     output = home / "output"
