@@ -70,7 +70,8 @@ class LeapContactOperator(BaseOperator):
         :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time) is held back
         for this run: the record may predate a completion or a new step. Held customers are
         counted (``held``) and logged, not recorded in the ledger; the next run decides. The
-        asset is added to the task's inlets. Default None: no events are read.
+        asset is added to the task's inlets, so it is not templated: Airflow reads a task's
+        inlets when the DAG is parsed. Default None: no events are read.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, unreachable, unconfirmed).
@@ -127,26 +128,27 @@ class LeapContactOperator(BaseOperator):
         }
         return when, buckets
 
-    def _held(self, context: Context, now: datetime) -> set[str]:
+    def _announced(self, context: Context, now: datetime) -> set[str]:
         """Reference IDs Leap announced news for since the data read at ``now`` was refreshed."""
         if self.hold_on_events is None:
             return set()
         since = stale_from(now)
         # Airflow records an event when it is received or later: its time never filters one out.
         events = context["inlet_events"][self.hold_on_events].after(since.isoformat())
-        held = announced_since(((e.extra, e.timestamp) for e in events), since)
+        announced = announced_since(((e.extra, e.timestamp) for e in events), since)
         self.log.info(
-            "%d event(s) on %s since %s (the data read at %s may not show them)",
+            "%d event(s) for %d customer(s) on %s since %s (the data read at %s may not show them)",
             len(events),
+            len(announced),
             self.hold_on_events.uri,
             since.isoformat(),
             now.astimezone(timezone.utc).isoformat(),
         )
-        return held
+        return announced
 
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
-        hold = self._held(context, now)
+        hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
         try:
