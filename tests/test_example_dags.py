@@ -8,6 +8,7 @@ import socket
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reengagement_sim import WebhookLog
@@ -164,35 +165,48 @@ def _at(hhmm: str) -> datetime:
     return DAY.replace(hour=hour, minute=minute)
 
 
+def _customer(ref_id: str, *events: Any) -> Any:
+    """A scripted customer with one record, in CAISO, who takes ``events``."""
+    from airflow_provider_leap.testing.journeys import Customer, Journey
+
+    record = f"CAISO_{uuid.uuid4()}_{ref_id}"
+    journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
+    return Customer(ref_id, "scripted", [journey])
+
+
+def _play(emu: Any, now: datetime, *customers: Any) -> Any:
+    """The emulator plays ``customers`` from ``now`` on; returns their population."""
+    from airflow_provider_leap.testing.journeys import Population
+
+    population = Population(customers=0, start=now)
+    population.customers = list(customers)
+    emu.now = now
+    emu.play(population)
+    return population
+
+
 def _customers(emu):  # type: ignore[no-untyped-def]
     """Four customers, played by the emulator (records follow its clock and hourly refresh):
     ``late`` errs at 10:40 and ``early`` clicks at 10:05, both announced by webhooks; ``done``
     completes at 10:50; ``silent`` errs at 10:12 with no webhook (the subscription was down)."""
-    from airflow_provider_leap.testing.journeys import Customer, Event, Journey, Population, Step
+    from airflow_provider_leap.testing.journeys import Event, Step
 
-    def customer(ref_id: str, *events: Event) -> Customer:
-        record = f"CAISO_{uuid.uuid4()}_{ref_id}"
-        journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
-        return Customer(ref_id, "scripted", [journey])
-
-    population = Population(customers=0, start=DAY)
-    population.customers = [
-        customer(
+    return _play(
+        emu,
+        DAY,
+        _customer(
             "late",
             Event(_at("09:30"), Step.CLICK),
             Event(_at("10:40"), Step.ERROR, "USER_CANCELED"),
         ),
-        customer("early", Event(_at("10:05"), Step.CLICK)),
-        customer("done", Event(_at("10:20"), Step.CLICK), Event(_at("10:50"), Step.COMPLETE)),
-        customer(
+        _customer("early", Event(_at("10:05"), Step.CLICK)),
+        _customer("done", Event(_at("10:20"), Step.CLICK), Event(_at("10:50"), Step.COMPLETE)),
+        _customer(
             "silent",
             Event(_at("10:10"), Step.CLICK),
             Event(_at("10:12"), Step.ERROR, "INVALID_CREDENTIALS"),
         ),
-    ]
-    emu.now = DAY
-    emu.play(population)
-    return population
+    )
 
 
 def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
@@ -258,25 +272,18 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_leap.ledger import DeliveryLedger
-    from airflow_provider_leap.testing.journeys import Customer, Event, Journey, Population, Step
-
-    day = DAY + timedelta(days=1)
+    from airflow_provider_leap.testing.journeys import Event, Step
 
     def at(hhmm: str) -> datetime:
         return _at(hhmm) + timedelta(days=1)
 
-    def customer(ref_id: str, *events: Event) -> Customer:
-        record = f"CAISO_{uuid.uuid4()}_{ref_id}"
-        journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
-        return Customer(ref_id, "scripted", [journey])
-
-    population = Population(customers=0, start=day)
-    population.customers = [
-        customer("finisher", Event(at("07:00"), Step.CLICK), Event(at("10:05"), Step.COMPLETE)),
-        customer("clicker", Event(at("07:00"), Step.CLICK)),
-        customer("latecomer", Event(at("07:00"), Step.CLICK), Event(at("09:52"), Step.ERROR, "X")),
-    ]
-    leap_emulator.play(population)
+    population = _play(
+        leap_emulator,
+        at("00:00"),
+        _customer("finisher", Event(at("07:00"), Step.CLICK), Event(at("10:05"), Step.COMPLETE)),
+        _customer("clicker", Event(at("07:00"), Step.CLICK)),
+        _customer("latecomer", Event(at("07:00"), Step.CLICK), Event(at("09:52"), Step.ERROR, "X")),
+    )
     WebhookLog(population).record(until=at("10:17"))
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
 
