@@ -172,12 +172,34 @@ class EmailSender:
         address = self.addresses.get(contact.ref_id)
         if not address:
             raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        try:
+            self._send(address, message, contact)
+        except Exception as exc:
+            if not _session_ended(exc):
+                raise
+            # Relays end a session after so many messages: this one was not taken, so it goes
+            # on a new session, once (a second failure is the attempt's), and the customers
+            # after it are not each charged an attempt on a dead session.
+            self.smtp.__exit__(None, None, None)
+            self.smtp = type(self.smtp)().__enter__()
+            self._send(address, message, contact)
+
+    def _send(self, address: str, message: dict[str, str], contact: Contact) -> None:
         self.smtp.send_email_smtp(
             to=address,
             subject=message["subject"],
             html_content=message["body"],
             custom_headers={"X-Leap-Contact-Key": contact.contact_key},
         )
+
+
+def _session_ended(exc: Exception) -> bool:
+    """Whether the SMTP server closed the session instead of taking the message: a 421 reply at
+    any step, or the connection gone. (A connection lost after the whole message was sent is
+    unknowable here; it is resent, as a retried attempt would resend it.)"""
+    import smtplib
+
+    return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421
 
 
 def _row(contact: Contact) -> dict[str, Any]:

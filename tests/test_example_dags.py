@@ -360,3 +360,29 @@ def test_a_record_without_a_region_is_linked_by_its_id_or_left_to_a_person(
         assert [(r["ref_id"], r["why"]) for r in rows if r["kind"] == "send"] == [
             ("nowhere", "unreachable")
         ]
+
+
+def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attempt(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # Relays limit messages per connection: after 3 the sink answers 421 and closes. The example
+    # sends the rest on new sessions, in the same try: everyone due gets one message, and no
+    # attempt is spent on a message the relay never took.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = source.replace('"retries": 2', '"retries": 0')  # every send in one try
+    assert '"retries": 0' in source
+    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
+    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
+    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    with SmtpSink() as sink:
+        sink.session_limit = 3
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        result = run_dag("leap_connect_reengagement", source)
+        inbox = sink.inbox
+    assert result.state == "success", result.task_states
+    counts = result.xcoms[("message_customers", "return_value")]
+    assert counts["failed"] == counts["given_up"] == 0
+    assert counts["sent"] == counts["due"] == len(inbox) > 3 * 2
+    assert len({m.contact_key for m in inbox}) == len(inbox)
