@@ -7,7 +7,8 @@ fields Leap adds later are never lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import Enum
 from itertools import repeat
@@ -39,6 +40,45 @@ class UtilityStatus(str, Enum):
     CONNECTED = "CONNECTED"
     NOT_CONNECTED = "NOT_CONNECTED"
     ERROR = "ERROR"
+
+
+class TransmissionRegion(str, Enum):
+    """``transmission_region`` values Leap lists."""
+
+    CAISO = "CAISO"
+    ERCOT = "ERCOT"
+    NYISO = "NYISO"
+    ISONE = "ISONE"
+    PJM = "PJM"
+    SERC = "SERC"
+    WECC_SW = "WECC_SW"
+    WECC_PC = "WECC_PC"
+
+
+_REGIONS = frozenset(region.value for region in TransmissionRegion)
+# Leap's record id: ``<REGION>_<uuid>_<ref_id>``.
+_RECORD_ID = re.compile(
+    r"(?P<region>.+?)_[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}_(?P<ref_id>.*)",
+    re.DOTALL,
+)
+
+
+def record_region(record: Mapping[str, Any]) -> str | None:
+    """The transmission region of a Connect record (its JSON, or a triage item).
+
+    Its ``transmission_region`` when set (a region Leap adds later too); else the region its
+    ``id`` starts with, when the id has Leap's shape ``<REGION>_<uuid>_<ref_id>`` for this
+    record's Reference ID and the region is one Leap lists; else None: nobody can know it, and a
+    Connect link without it would not work.
+    """
+    region = record.get("transmission_region")
+    if isinstance(region, str) and region:
+        return region
+    record_id, ref_id = record.get("id"), record.get("ref_id")
+    found = _RECORD_ID.fullmatch(record_id) if isinstance(record_id, str) else None
+    if found is None or found["region"] not in _REGIONS:
+        return None
+    return found["region"] if ref_id is None or found["ref_id"] == ref_id else None
 
 
 class _Record(

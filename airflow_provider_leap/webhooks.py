@@ -7,7 +7,8 @@ subscription for one receiver URL match what is wanted, and is safe to run again
 Events arrive as Leap's envelope ``{"webhook_event_id": <uuid>, "payload": {...}}``;
 :func:`read_event` checks one against the published schema and returns a small typed
 :class:`WebhookEvent`. Event types and values this version does not know are data: a new status
-or utility passes through as a string, a new event type comes back with ``kind`` None.
+or utility passes through as a string, and a new ``connect_session.*`` or ``meter.*`` type is an
+event of that kind, read best-effort. Only a type of neither family comes back with ``kind`` None.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import msgspec
 
 from airflow_provider_leap.config import unsafe_in_header
 from airflow_provider_leap.errors import LeapAPIError, LeapConfigError
+from airflow_provider_leap.refids import is_valid_ref_id
 from airflow_provider_leap.timeutil import parse_timestamp
 
 if TYPE_CHECKING:  # the HTTP client loads only when a subscription call is made
@@ -50,6 +52,8 @@ METER_EVENT_TYPES: tuple[str, ...] = (
     METER_GROUP_UPDATED,
 )
 EVENT_TYPES: tuple[str, ...] = CONNECT_EVENT_TYPES + METER_EVENT_TYPES
+# A type Leap adds later belongs to the kind its family prefix names.
+KIND_PREFIXES: dict[str, str] = {CONNECT_SESSION + ".": CONNECT_SESSION, METER + ".": METER}
 
 # Leap publishes no signature scheme: the subscription's headers carry a shared secret, which the
 # receiver compares with the connection's ``webhook_secret``.
@@ -328,9 +332,10 @@ class EnvelopeError(ValueError):
 class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One delivered event, reduced to what a DAG acts on.
 
-    ``kind`` is ``connect_session`` or ``meter``, or None for an event type this version does not
-    know. ``status`` is the event's status (for meter events, the enrollment status or
-    participation preference); ``ref_id`` is Leap's ``partner_reference``.
+    ``kind`` is ``connect_session`` or ``meter`` (for a type this version does not know, the one
+    its prefix names), or None for a type of neither family. ``status`` is the event's status
+    (for meter events, the enrollment status or participation preference); ``ref_id`` is Leap's
+    ``partner_reference``.
     """
 
     event_id: str
@@ -416,6 +421,7 @@ class _MeterGroup(msgspec.Struct):
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _TYPE = msgspec.json.Decoder(_Type)
+_OBJECT = msgspec.json.Decoder(dict[str, Any])
 _PAYLOADS: dict[str, tuple[str, msgspec.json.Decoder[Any]]] = {
     CONNECT_SESSION_UPDATED: (CONNECT_SESSION, msgspec.json.Decoder(_ConnectSession)),
     CONNECT_AUTHORIZATION_UPDATED: (CONNECT_SESSION, msgspec.json.Decoder(_ConnectAuthorization)),
@@ -430,8 +436,8 @@ _PAYLOADS: dict[str, tuple[str, msgspec.json.Decoder[Any]]] = {
 def read_event(body: bytes) -> WebhookEvent:
     """Check one delivery against Leap's published schema and reduce it to a WebhookEvent.
 
-    Raises :class:`EnvelopeError` for malformed JSON or a wrong shape; an unknown event type is
-    not an error (``kind`` None).
+    Raises :class:`EnvelopeError` for malformed JSON or a wrong shape. An unknown event type is
+    not an error: see :func:`kind_of`; what its payload offers is read best-effort.
     """
     try:
         envelope = _ENVELOPE.decode(body)
@@ -445,7 +451,7 @@ def read_event(body: bytes) -> WebhookEvent:
     event_id = str(envelope.webhook_event_id)
     known = _PAYLOADS.get(event_type)
     if known is None:
-        return WebhookEvent(event_id=event_id, event_type=event_type, kind=None)
+        return _unknown(event_id, event_type, raw)
     kind, decoder = known
     try:
         payload = decoder.decode(raw)
@@ -459,6 +465,40 @@ def read_event(body: bytes) -> WebhookEvent:
         status=getattr(payload, "status", None),
         utility=getattr(payload, "utility_name", None),
         meter_id=getattr(payload, "meter_id", None),
+    )
+
+
+def kind_of(event_type: str) -> str | None:
+    """The kind of an event type: a published one's, else the one its family prefix names
+    (``connect_session.created`` is a ``connect_session`` event), else None."""
+    known = _PAYLOADS.get(event_type)
+    if known is not None:
+        return known[0]
+    return next((k for p, k in KIND_PREFIXES.items() if event_type.startswith(p)), None)
+
+
+def _unknown(event_id: str, event_type: str, raw: msgspec.Raw) -> WebhookEvent:
+    """An event of a type Leap added after this version: no schema to hold it to, so each field
+    is taken only when present and of the published type (a Reference ID only within Leap's
+    rule); a field missing or of another type is left out, never a refused delivery."""
+    kind = kind_of(event_type)
+    if kind is None:
+        return WebhookEvent(event_id=event_id, event_type=event_type, kind=None)
+    payload = _OBJECT.decode(raw)  # an object already: the type was read from it
+
+    def text(name: str) -> str | None:
+        value = payload.get(name)
+        return value if isinstance(value, str) and value else None
+
+    ref_id = text("partner_reference")
+    return WebhookEvent(
+        event_id=event_id,
+        event_type=event_type,
+        kind=kind,
+        ref_id=ref_id if is_valid_ref_id(ref_id) else None,
+        status=text("status"),
+        utility=text("utility_name"),
+        meter_id=text("meter_id"),
     )
 
 

@@ -14,7 +14,9 @@ Where the output goes, so the DAGs run anywhere:
 - CRM: each contact POSTed as JSON to the ``leap_crm`` HTTP connection (``Idempotency-Key`` =
   the contact key); without it, JSON lines under ``LEAP_OUTPUT_DIR``.
 - Connect links: the ``leap_default`` connection's extras ``connect_account`` and
-  ``connect_variant`` (no link without an account).
+  ``connect_variant`` (no link without an account). With an account, a customer whose region
+  cannot be known (``models.record_region``) gets no message without the link: the send is
+  reported for a person (``ContactUnreachable``) and tried again next run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from airflow.sdk import task
 
 from airflow_provider_leap.contact import Contact, ContactPolicy
 from airflow_provider_leap.delivery import ContactUnreachable
+from airflow_provider_leap.models import record_region
 from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
 
 # Hourly, once Leap's refresh of the hour has landed.
@@ -116,7 +119,7 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     if link:
         body += f" Continue here: {link}"
     if contact.also:
-        regions = ", ".join(sorted({str(a.get("transmission_region")) for a in contact.also}))
+        regions = ", ".join(sorted({record_region(a) or "another region" for a in contact.also}))
         body += f" (We also have an unfinished enrolment for you in {regions}.)"
     if contact.final and not contact.first:
         body += " This is our last reminder."
@@ -147,10 +150,20 @@ class EmailSender:
         if self.smtp is not None:
             self.smtp.__exit__(None, None, None)
 
+    def link(self, contact: Contact) -> str | None:
+        """The customer's Connect link; None when links are not configured (no account)."""
+        if not self.hook.config.connect_account:
+            return None
+        region = record_region(contact.item)
+        if region is None:  # the link is what the customer acts on: a person decides
+            raise ContactUnreachable(
+                f"no Connect link for {contact.ref_id}: Leap's record has no "
+                "transmission_region, and its id names no region Leap lists"
+            )
+        return self.hook.connect_url(contact.ref_id, region)
+
     def __call__(self, contact: Contact) -> None:
-        region = contact.item.get("transmission_region")
-        link = self.hook.connect_url(contact.ref_id, region) if region else None
-        message = render_message(contact, link)
+        message = render_message(contact, self.link(contact))
         if self.smtp is None:
             _append_line(
                 self.outbox, {"contact_key": contact.contact_key, **_row(contact), **message}
@@ -159,12 +172,34 @@ class EmailSender:
         address = self.addresses.get(contact.ref_id)
         if not address:
             raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        try:
+            self._send(address, message, contact)
+        except Exception as exc:
+            if not _session_ended(exc):
+                raise
+            # Relays end a session after so many messages: this one was not taken, so it goes
+            # on a new session, once (a second failure is the attempt's), and the customers
+            # after it are not each charged an attempt on a dead session.
+            self.smtp.__exit__(None, None, None)
+            self.smtp = type(self.smtp)().__enter__()
+            self._send(address, message, contact)
+
+    def _send(self, address: str, message: dict[str, str], contact: Contact) -> None:
         self.smtp.send_email_smtp(
             to=address,
             subject=message["subject"],
             html_content=message["body"],
             custom_headers={"X-Leap-Contact-Key": contact.contact_key},
         )
+
+
+def _session_ended(exc: Exception) -> bool:
+    """Whether the SMTP server closed the session instead of taking the message: a 421 reply at
+    any step, or the connection gone. (A connection lost after the whole message was sent is
+    unknowable here; it is resent, as a retried attempt would resend it.)"""
+    import smtplib
+
+    return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421
 
 
 def _row(contact: Contact) -> dict[str, Any]:
@@ -174,7 +209,7 @@ def _row(contact: Contact) -> dict[str, Any]:
         "step": contact.step,
         "bucket": contact.bucket,
         "reason": contact.reason,
-        "transmission_region": contact.item.get("transmission_region"),
+        "transmission_region": record_region(contact.item),
     }
 
 

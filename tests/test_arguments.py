@@ -7,8 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from airflow.exceptions import TaskDeferred
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from leap_guide import guide_example
 
 import airflow_provider_leap.hooks.leap as hook_module

@@ -403,3 +403,73 @@ def test_a_bad_cadence_is_an_import_error_that_says_why(tmp_path) -> None:
     bag = DagBag(dag_folder=str(tmp_path))
     (error,) = bag.import_errors.values()
     assert "cadence must be positive and strictly increasing" in error
+
+
+def test_a_record_without_a_region_is_linked_by_its_id_or_left_to_a_person(
+    run_dag, reengagement_env, leap_emulator
+) -> None:  # type: ignore[no-untyped-def]
+    """Leap's ``transmission_region`` null: the region its id names makes the Connect link; with
+    none to be known, no message without the link goes out, a person is told, every run."""
+
+    def record(ref_id: str, record_id: str) -> dict[str, object]:
+        return {
+            "id": record_id,
+            "transmission_region": None,
+            "ref_id": ref_id,
+            "start_date_time_utc": "2026-03-02T09:00:00Z",
+            "last_interaction_date_time_utc": "2026-03-02T10:00:00Z",
+            "connection_status": "NOT_STARTED",
+            "utility_connections": [],
+            "agreements": {},
+        }
+
+    leap_emulator.set_records(
+        [record("by-id", f"PJM_{uuid.uuid4()}_by-id"), record("nowhere", "opaque-record-7")]
+    )
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    reviewed: list[list[dict[str, object]]] = []
+    for at in ("12:17", "13:17"):
+        leap_emulator.now = _at(at)
+        result = run_dag(
+            "leap_connect_reengagement", source, logical_date=_at(at), run_after=_at(at)
+        )
+        assert result.state == "success", result.task_states
+        counts = result.xcoms[("message_customers", "return_value")]
+        assert (counts["sent"], counts["unreachable"]) == ((1, 1) if at == "12:17" else (0, 1))
+        attention = result.xcoms[("message_customers", "attention")]
+        assert [(a["ref_id"], a["why"]) for a in attention] == [("nowhere", "unreachable")]
+        review = sorted((reengagement_env / "review").glob("*.jsonl"))[-1]
+        reviewed.append([json.loads(line) for line in review.read_text().splitlines()])
+    [message] = _outbox(reengagement_env)  # one message in all, with its link; none link-less
+    assert message["ref_id"] == "by-id" and message["transmission_region"] == "PJM"
+    assert "transmissionRegion=PJM&" in str(message["body"])
+    for rows in reviewed:  # the customer nobody can link is listed for a person every run
+        assert [(r["ref_id"], r["why"]) for r in rows if r["kind"] == "send"] == [
+            ("nowhere", "unreachable")
+        ]
+
+
+def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attempt(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # Relays limit messages per connection: after 3 the sink answers 421 and closes. The example
+    # sends the rest on new sessions, in the same try: everyone due gets one message, and no
+    # attempt is spent on a message the relay never took.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = source.replace('"retries": 2', '"retries": 0')  # every send in one try
+    assert '"retries": 0' in source
+    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
+    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
+    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    with SmtpSink() as sink:
+        sink.session_limit = 3
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        result = run_dag("leap_connect_reengagement", source)
+        inbox = sink.inbox
+    assert result.state == "success", result.task_states
+    counts = result.xcoms[("message_customers", "return_value")]
+    assert counts["failed"] == counts["given_up"] == 0
+    assert counts["sent"] == counts["due"] == len(inbox) > 3 * 2
+    assert len({m.contact_key for m in inbox}) == len(inbox)

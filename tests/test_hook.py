@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from airflow.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap import get_provider_info, wire
 from airflow_provider_leap.config import KNOWN_EXTRAS

@@ -9,9 +9,11 @@ from leap_guide import GUIDE_EXAMPLE_TEXT, GUIDE_PATH, guide_example
 
 from airflow_provider_leap.models import (
     ConnectionStatus,
+    TransmissionRegion,
     UtilityStatus,
     connect_record_from_mapping,
     decode_connect_record,
+    record_region,
 )
 
 
@@ -118,3 +120,40 @@ def test_null_collections_read_as_empty() -> None:
 def test_null_collection_next_to_a_real_error_stays_malformed() -> None:
     record = decode_connect_record(b'{"id": "x", "ref_id": 7, "utility_connections": null}')
     assert record.parse_error and "ref_id" in record.parse_error
+
+
+UUID = "62631455-9dfd-433b-9482-fd043f2336d4"
+
+
+@pytest.mark.parametrize(
+    ("record", "region"),
+    [
+        ({"transmission_region": "PJM", "id": f"CAISO_{UUID}_r1", "ref_id": "r1"}, "PJM"),
+        ({"transmission_region": "NEW_GRID", "id": None}, "NEW_GRID"),  # unknown is data
+        # null (or empty, or mistyped): the region Leap's id starts with
+        (
+            {"transmission_region": None, "id": f"CAISO_{UUID}_Test1012", "ref_id": "Test1012"},
+            "CAISO",
+        ),
+        ({"transmission_region": "", "id": f"WECC_PC_{UUID}_a_b_c", "ref_id": "a_b_c"}, "WECC_PC"),
+        ({"transmission_region": 7, "id": f"ISONE_{UUID.upper()}_+1-555"}, "ISONE"),
+        ({"id": f"SERC_{UUID}_x_{UUID}_y", "ref_id": f"x_{UUID}_y"}, "SERC"),
+        # no region anyone can know: not one Leap lists, not Leap's shape, another customer's id
+        ({"transmission_region": None, "id": f"MARS_{UUID}_r1", "ref_id": "r1"}, None),
+        ({"transmission_region": None, "id": f"WECC_{UUID}_r1", "ref_id": "r1"}, None),
+        ({"transmission_region": None, "id": "CAISO_r1", "ref_id": "r1"}, None),
+        ({"transmission_region": None, "id": f"CAISO_{UUID}_r2", "ref_id": "r1"}, None),
+        ({"transmission_region": None, "id": None, "ref_id": "r1"}, None),
+        ({}, None),
+    ],
+)
+def test_the_region_of_a_record_is_its_own_else_the_one_its_id_names(
+    record: dict[str, object], region: str | None
+) -> None:
+    assert record_region(record) == region
+
+
+def test_every_region_leap_lists_is_read_back_from_an_id() -> None:
+    for region in TransmissionRegion:
+        record = {"transmission_region": None, "id": f"{region.value}_{UUID}_r1", "ref_id": "r1"}
+        assert record_region(record) == region.value

@@ -26,10 +26,13 @@ URI = f"leap://{CONN}/connect_session"
 
 @pytest.fixture(scope="module")
 def consumer(airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An unpaused DAG scheduled on ``leap://leap_rx/connect_session``, in the database."""
+    """Unpaused DAGs scheduled on ``leap://leap_rx/connect_session`` (its id returned) and on
+    ``leap://leap_rx/meter``, in the database."""
     from airflow_provider_leap.testing.webhooks import add_consumer_dag
 
-    add_consumer_dag(tmp_path_factory.mktemp("rx_dags"), CONN, "rx_consumer")
+    folder = tmp_path_factory.mktemp("rx_dags")
+    add_consumer_dag(folder, CONN, "rx_consumer")
+    add_consumer_dag(folder, CONN, "rx_meter_consumer", kind=wh.METER)
     return "rx_consumer"
 
 
@@ -75,19 +78,25 @@ def delivery(ref_id: str = "cust-rx-1", event_id: str | None = None, **payload: 
     return {"webhook_event_id": event_id or str(uuid.uuid4()), "payload": body}
 
 
-def recorded(event_ids: set[str]) -> list[dict[str, Any]]:
-    """The extras of the asset events recorded for ``event_ids`` on the connection's asset."""
+def extras(uri: str = URI) -> list[dict[str, Any]]:
+    """The extras of every asset event recorded on the asset ``uri``."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.scalars(
-            select(AssetEvent.extra)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.uri == URI)
-        ).all()
-    return [extra for extra in rows if extra.get("webhook_event_id") in event_ids]
+        return list(
+            session.scalars(
+                select(AssetEvent.extra)
+                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                .where(AssetModel.uri == uri)
+            ).all()
+        )
+
+
+def recorded(event_ids: set[str], uri: str = URI) -> list[dict[str, Any]]:
+    """The extras of the asset events recorded for ``event_ids`` on the asset ``uri``."""
+    return [extra for extra in extras(uri) if extra.get("webhook_event_id") in event_ids]
 
 
 def post(client: Any, body: Any, headers: dict[str, str] | None = None, conn: str = CONN) -> Any:
@@ -183,11 +192,110 @@ def test_another_worker_sees_the_same_event_as_a_duplicate(client: Any, receiver
     other.recorder.stop()
 
 
-def test_unknown_event_types_are_acknowledged_not_recorded(client: Any, receiver: Any) -> None:
-    body = {"webhook_event_id": str(uuid.uuid4()), "payload": {"webhook_event_type": "x.new"}}
+@pytest.mark.parametrize(
+    ("payload", "uri", "expected"),
+    [
+        (  # a connect_session type Leap adds later: what it offers is read
+            {
+                "webhook_event_type": "connect_session.created",
+                "partner_reference": "cust-rx-new",
+                "status": "OPENED",
+                "utility_name": "PGE",
+            },
+            URI,
+            {"ref_id": "cust-rx-new", "status": "OPENED", "utility_name": "PGE"},
+        ),
+        (  # nothing but its type: still the customer acting, recorded as such
+            {"webhook_event_type": "connect_session.reopened"},
+            URI,
+            {},
+        ),
+        (  # fields of another type, or a Reference ID outside Leap's rule: left out
+            {
+                "webhook_event_type": "connect_session.created",
+                "partner_reference": "pii/ref#7",
+                "status": 3,
+                "utility_name": ["PGE"],
+            },
+            URI,
+            {},
+        ),
+        (
+            {
+                "webhook_event_type": "meter.deleted",
+                "meter_id": "m-rx-1",
+                "partner_reference": "cust-rx-meter",
+            },
+            f"leap://{CONN}/meter",
+            {"meter_id": "m-rx-1", "ref_id": "cust-rx-meter"},
+        ),
+    ],
+)
+def test_a_new_event_type_of_a_known_family_is_recorded_as_data(
+    client: Any, payload: dict[str, Any], uri: str, expected: dict[str, Any]
+) -> None:
+    body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
+    answer = post(client, body)
+    assert (answer.status_code, answer.json()["status"]) == (200, "accepted")
+    assert client.app.state.receiver.recorder.flush(30)
+    [extra] = recorded({body["webhook_event_id"]}, uri)
+    event_time = extra.pop("event_time")
+    assert datetime.fromisoformat(event_time) <= datetime.now(timezone.utc)
+    assert extra == {
+        "event_type": payload["webhook_event_type"],
+        "webhook_event_id": body["webhook_event_id"],
+        **expected,
+    }
+
+
+def test_a_new_event_type_reaches_the_receiver_from_leaps_sender_over_http(
+    receiver: Any, make_client: Any
+) -> None:
+    """Leap's test delivery (the emulator's sender) to the receiver served by uvicorn on
+    loopback: a ``connect_session`` type this version does not know is answered 200 and
+    recorded for the DAGs scheduled on the asset."""
+    import threading
+
+    import uvicorn
+
+    from airflow_provider_leap.plugins.receiver import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(receiver), host="127.0.0.1", port=0, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:  # waits for the bind, a few milliseconds
+            assert thread.is_alive(), "uvicorn did not start"
+            threading.Event().wait(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        leap = make_client()
+        url = f"http://127.0.0.1:{port}/webhooks/{CONN}"
+        webhook_id = wh.ensure_webhook(leap, url, headers=HEADERS).webhook_id
+        payload = {"webhook_event_type": "connect_session.created", "partner_reference": "c-http"}
+        result = wh.send_test_event(leap, webhook_id, payload)
+        assert (result.is_successful, result.status_code) == (True, 200)
+        assert receiver.recorder.flush(30)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    [extra] = [e for e in extras() if e.get("ref_id") == "c-http"]
+    assert extra["event_type"] == "connect_session.created"
+
+
+def test_a_type_of_no_known_family_is_acknowledged_and_logged_by_name_only(
+    client: Any, receiver: Any, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="airflow_provider_leap.webhooks.receiver")
+    payload = {"webhook_event_type": "invoice.paid", "partner_reference": "cust-secret-77"}
+    body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
     answer = post(client, body)
     assert (answer.status_code, answer.json()["status"]) == (202, "ignored: unknown event type")
     assert not (Path(receiver.root) / ".webhooks").exists()
+    [line] = [r.getMessage() for r in caplog.records if "invoice.paid" in r.getMessage()]
+    assert body["webhook_event_id"] in line and "connect_session.*, meter.*" in line
+    assert "cust-secret-77" not in caplog.text
 
 
 def test_bad_input_is_400_and_logged_without_the_payload(client: Any, caplog) -> None:  # type: ignore[no-untyped-def]

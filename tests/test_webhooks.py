@@ -126,9 +126,50 @@ def test_new_values_and_fields_are_data() -> None:
     assert (event.status, event.utility, event.ref_id) == ("SOMETHING_NEW", "NEW_UTILITY", "cust-9")
 
 
-def test_an_unknown_event_type_is_data_not_an_error() -> None:
+def test_an_event_type_of_no_known_family_is_data_not_an_error() -> None:
     event = wh.read_event(envelope({"webhook_event_type": "invoice.paid", "amount": 3}))
     assert (event.kind, event.event_type, event.ref_id) == (None, "invoice.paid", None)
+
+
+@pytest.mark.parametrize(
+    ("payload", "read"),
+    [
+        (
+            {
+                "webhook_event_type": "connect_session.created",
+                "partner_reference": "cust-9",
+                "status": "OPENED",
+                "utility_name": "PGE",
+                "session_id": "s-1",
+            },
+            (wh.CONNECT_SESSION, "cust-9", "OPENED", "PGE", None),
+        ),
+        ({"webhook_event_type": "connect_session."}, (wh.CONNECT_SESSION, None, None, None, None)),
+        (  # fields missing, mistyped, empty or outside Leap's rule: left out, never refused
+            {
+                "webhook_event_type": "connect_session.created",
+                "partner_reference": "pii/ref#7",
+                "status": ["CREATED"],
+                "utility_name": "",
+                "meter_id": 12,
+            },
+            (wh.CONNECT_SESSION, None, None, None, None),
+        ),
+        (
+            {"webhook_event_type": "meter.deleted", "meter_id": "m-1", "partner_reference": 5},
+            (wh.METER, None, None, None, "m-1"),
+        ),
+        ({"webhook_event_type": "meters.created"}, (None, None, None, None, None)),
+        ({"webhook_event_type": "connect_session"}, (None, None, None, None, None)),
+    ],
+)
+def test_a_new_event_type_takes_its_kind_from_its_family(
+    payload: dict[str, Any], read: tuple[Any, ...]
+) -> None:
+    event = wh.read_event(envelope(payload))
+    assert event.event_type == payload["webhook_event_type"]
+    assert (event.kind, event.ref_id, event.status, event.utility, event.meter_id) == read
+    assert wh.kind_of(event.event_type) == event.kind
 
 
 def test_the_event_id_is_canonical() -> None:
@@ -146,6 +187,9 @@ def test_the_event_id_is_canonical() -> None:
         b'{"webhook_event_id": "' + EVENT_ID.encode() + b'"}',
         envelope({"status": "CREATED"}),
         envelope({"webhook_event_type": 7}),
+        # a new type of a known family is read best-effort, but its envelope still counts
+        b'{"webhook_event_id": "pii-1", "payload": {"webhook_event_type": "meter.deleted"}}',
+        b'{"webhook_event_id": "' + EVENT_ID.encode() + b'", "payload": "connect_session.x"}',
         envelope({"webhook_event_type": wh.CONNECT_SESSION_UPDATED, "status": "CREATED"}),
         envelope(
             {

@@ -9,7 +9,9 @@ Each delivery is checked in this order, answered as soon as one check decides:
 2. the body is at most 1 MiB: otherwise **413**;
 3. the body is Leap's envelope of a valid event (``webhooks.read_event``): otherwise **400**,
    logged by field name only (payloads hold Reference IDs);
-4. an event type this version does not know: **202**, logged, not recorded;
+4. an event type of neither family this provider records (``connect_session.*``,
+   ``meter.*``): **202**, logged by type name, not recorded (a new type of either family is
+   recorded as an event of its kind, like a published one);
 5. the event is accepted: its marker is created exclusively in the inbox beside the delivery
    ledger (``inbox.WebhookInbox``; shared by every API server worker and machine, kept across
    restarts): **200** ``accepted``; it existed already: **200** ``duplicate``; the storage
@@ -55,6 +57,7 @@ from airflow_provider_leap.inbox import (
 )
 from airflow_provider_leap.timeutil import parse_timestamp
 from airflow_provider_leap.webhooks import (
+    KIND_PREFIXES,
     MAX_BODY_BYTES,
     EnvelopeError,
     read_event,
@@ -64,6 +67,7 @@ from airflow_provider_leap.webhooks import (
 log = logging.getLogger("airflow_provider_leap.webhooks.receiver")
 
 ROUTE = "/webhooks/{conn_id}"
+MAX_TYPE_SHOWN = 100  # characters of an unknown event type's name in the log
 SETTINGS_TTL = 10.0  # seconds a connection's secret is cached: a rotated secret counts after it
 BATCH = 200  # accepted events recorded in one database transaction
 RECOVER_EVERY = 120.0  # seconds between looks for markers a dead worker left unrecorded
@@ -580,13 +584,15 @@ def create_app(receiver: Receiver | None = None) -> FastAPI:
         except EnvelopeError as exc:
             log.warning("Leap webhook for %r refused (400): %s", conn_id, exc)
             return answer(400, error=str(exc))
-        if event.kind is None:
+        if event.kind is None:  # the type's name only: the payload holds Reference IDs
             log.warning(
-                "Leap webhook %s for %r: event type %r is not known to this provider version; "
-                "acknowledged, not recorded",
+                "Leap webhook %s for %r: event type %r is of no family this provider records "
+                "(%s); acknowledged (202), not recorded. If a DAG needs it, upgrade the provider "
+                "or ask its maintainers to add it",
                 event.event_id,
                 conn_id,
-                event.event_type,
+                event.event_type[:MAX_TYPE_SHOWN],
+                ", ".join(f"{prefix}*" for prefix in KIND_PREFIXES),
             )
             return answer(202, status="ignored: unknown event type")
         uri = asset_uri(conn_id, event.kind)

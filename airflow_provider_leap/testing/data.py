@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_provider_leap.models import NOT_REQUIRED, ConnectionStatus, UtilityStatus
+from airflow_provider_leap.models import (
+    NOT_REQUIRED,
+    ConnectionStatus,
+    TransmissionRegion,
+    UtilityStatus,
+)
 from airflow_provider_leap.refids import MAX_LENGTH as REF_ID_MAX_LEN
 from airflow_provider_leap.refids import is_valid_ref_id
 from airflow_provider_leap.timeutil import parse_timestamp
@@ -35,7 +40,7 @@ CONNECTED = UtilityStatus.CONNECTED.value
 NOT_CONNECTED = UtilityStatus.NOT_CONNECTED.value
 UTILITY_ERROR = UtilityStatus.ERROR.value
 
-REGIONS: tuple[str, ...] = ("CAISO", "ERCOT", "NYISO", "ISONE", "PJM", "SERC", "WECC_SW", "WECC_PC")
+REGIONS: tuple[str, ...] = tuple(region.value for region in TransmissionRegion)
 
 # USER_CANCELED is Leap's documented example; the others are illustrative stand-ins.
 ERROR_CODES: tuple[str, ...] = (

@@ -2,7 +2,9 @@
 
 What reached the inbox was sent, whatever a file or the ledger says, so "nothing sent twice" is
 checked here. It can refuse chosen addresses (550, a bad address) and answer 451 (try later) to
-the next ``fail_next`` messages, to fail a send task mid-batch. Plain SMTP only: point an
+the next ``fail_next`` messages, to fail a send task mid-batch, and end each session after
+``session_limit`` messages (421, then closed), as relays limiting messages per connection do.
+Plain SMTP only: point an
 ``smtp`` connection at it with ``SmtpSink.connection()``.
 """
 
@@ -39,7 +41,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self._reply("220 leap-testing smtp sink")
-        sender, recipients = "", list[str]()
+        sender, recipients, accepted = "", list[str](), 0
         while line := self.rfile.readline(65536):
             verb = line[:4].decode("ascii", "replace").upper()
             argument = line.decode("utf-8", "replace").partition(":")[2].strip().strip("<>")
@@ -56,7 +58,12 @@ class _Handler(socketserver.StreamRequestHandler):
                     self._reply("250 OK")
             elif verb == "DATA":
                 self._reply("354 end with <CRLF>.<CRLF>")
-                self._reply(self.server.sink.deliver(sender, recipients, self._data()))
+                reply = self.server.sink.deliver(sender, recipients, self._data())
+                self._reply(reply)
+                accepted += reply.startswith("250")
+                if accepted == self.server.sink.session_limit:
+                    self._reply("421 4.7.0 too many messages in this session, closing")
+                    return
             elif verb == "QUIT":
                 self._reply("221 bye")
                 return
@@ -88,6 +95,7 @@ class SmtpSink:
     def __init__(self, log: Path | None = None) -> None:
         self.refuse: set[str] = set()
         self.fail_next = 0
+        self.session_limit: int | None = None
         self.tag: Any = None
         self.log = log
         self._inbox: list[Received] = []

@@ -453,7 +453,7 @@ from datetime import datetime, timezone
 from airflow.sdk import DAG, task
 from airflow_provider_leap.assets import leap_asset
 
-with DAG({dag_id!r}, schedule=[leap_asset({conn_id!r})],
+with DAG({dag_id!r}, schedule=[leap_asset({conn_id!r}, {kind!r})],
          start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
     @task
     def nothing() -> None:
@@ -463,8 +463,10 @@ with DAG({dag_id!r}, schedule=[leap_asset({conn_id!r})],
 """
 
 
-def add_consumer_dag(folder: Path, conn_id: str, dag_id: str) -> None:
-    """Write a DAG scheduled on ``leap://<conn_id>/connect_session`` into ``folder``, parse it
+def add_consumer_dag(
+    folder: Path, conn_id: str, dag_id: str, kind: str = leap.CONNECT_SESSION
+) -> None:
+    """Write a DAG scheduled on ``leap://<conn_id>/<kind>`` into ``folder``, parse it
     into Airflow's metadata database and unpause it, so that the receiver can record events
     for that connection (Airflow knows only assets a DAG references). For tests and benchmarks
     of a receiver without a DAG processor; Airflow's database must be set up."""
@@ -474,7 +476,7 @@ def add_consumer_dag(folder: Path, conn_id: str, dag_id: str) -> None:
     from airflow.utils.session import create_session
 
     folder.mkdir(parents=True, exist_ok=True)
-    source = _CONSUMER_DAG.format(dag_id=dag_id, conn_id=conn_id)
+    source = _CONSUMER_DAG.format(dag_id=dag_id, conn_id=conn_id, kind=kind)
     (folder / f"{dag_id}.py").write_text(source, encoding="utf-8")
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=str(folder))
