@@ -17,7 +17,7 @@ import bisect
 import functools
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -55,6 +55,7 @@ class Outcome(str, Enum):
     GIVEN_UP = "given_up"  # sends kept failing: left to a person
     IN_FLIGHT = "in_flight"  # another sender holds a fresh claim on this stall
     NO_ACTION = "no_action"  # only records no message is for (needs_review, excluded buckets)
+    HELD = "held"  # due, but Leap announced news the data read may not show: the next run decides
 
 
 def _positive_increasing(name: str, steps: Sequence[timedelta]) -> None:
@@ -202,6 +203,7 @@ class ContactPlan:
     """The due contacts of one run, and how many customers ended in each outcome."""
 
     due: list[Contact] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # Reference IDs that were due but held back
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
 
 
@@ -271,6 +273,7 @@ def plan_contacts(
     policy: ContactPolicy,
     ledger: Mapping[str, StallRecord],
     forgotten_before: datetime | None = None,
+    hold: Container[str] = frozenset(),
 ) -> ContactPlan:
     """Decide, for every customer in the triage buckets, whether a message is due now.
 
@@ -280,7 +283,10 @@ def plan_contacts(
     the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall. Stalls
     before ``forgotten_before`` (the ledger's ``LedgerView.forgotten_before``) are expired
     whatever ``now`` is: the ledger no longer knows what they were sent, so a cleared old run
-    must not answer them again.
+    must not answer them again. A customer in ``hold`` who would be due is counted ``held``
+    instead: their record is older than what Leap announced since (see
+    :func:`~airflow_provider_leap.webhooks.stale_from`), and nothing is recorded, so a later run
+    decides afresh.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -331,6 +337,10 @@ def plan_contacts(
             continue
         if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1
+            continue
+        if ref_id in hold:
+            plan.held.append(ref_id)
+            counts["held"] += 1
             continue
         bucket, item, also = _pick(items, rank)
         stall = format_timestamp(stall_time, stall)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
@@ -24,6 +24,7 @@ import msgspec
 from airflow_provider_leap.config import unsafe_in_header
 from airflow_provider_leap.errors import LeapAPIError, LeapConfigError
 from airflow_provider_leap.refids import is_valid_ref_id
+from airflow_provider_leap.timeutil import parse_timestamp
 
 if TYPE_CHECKING:  # the HTTP client loads only when a subscription call is made
     from airflow_provider_leap.client import LeapClient
@@ -64,6 +65,12 @@ MAX_BODY_BYTES = 1024 * 1024  # larger deliveries are refused (413): Leap's even
 # long after the hour (the hourly example DAG runs at that minute). An assumption, not published.
 REFRESH_LANDED_BY = timedelta(minutes=17)
 REFRESH = timedelta(hours=1)
+# An event received this long before a refresh's hour may still be missing from that refresh:
+# webhook receipt times are the receiver's clock, refreshes Leap's (the receiver allows its own
+# machines this much skew), and Leap publishes no cut-off time of a refresh. Holding back such a
+# customer's message costs nothing when the refresh did show the event: it is then a new stall,
+# younger at the hourly run (REFRESH_LANDED_BY + STALE_MARGIN = 27 min) than the quiet period.
+STALE_MARGIN = timedelta(minutes=10)
 
 # The published pattern of ``partner_reference`` (the Connect Reference ID).
 PARTNER_REFERENCE_PATTERN = r"^[^\/\\?\]\[{}!#$%^&*()<>|]{3,256}$"
@@ -495,17 +502,60 @@ def _unknown(event_id: str, event_type: str, raw: msgspec.Raw) -> WebhookEvent:
     )
 
 
+def announced_since(
+    events: Iterable[tuple[Mapping[str, Any] | None, datetime]], since: datetime
+) -> set[str]:
+    """The Reference IDs of asset events received at or after ``since``.
+
+    ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded
+    (:meth:`WebhookEvent.extra`). An event's receipt time is its ``event_time``, else the time
+    Airflow recorded it (never earlier); events with no ``ref_id`` name nobody and are skipped.
+    """
+    found: set[str] = set()
+    for extra, recorded in events:
+        extra = extra or {}
+        ref_id = extra.get("ref_id")
+        received = parse_timestamp(extra.get("event_time")) or recorded
+        if isinstance(ref_id, str) and ref_id and received >= since:
+            found.add(ref_id)
+    return found
+
+
+def stale_from(
+    now: datetime,
+    *,
+    refresh_landed_by: timedelta = REFRESH_LANDED_BY,
+    margin: timedelta = STALE_MARGIN,
+) -> datetime:
+    """The earliest receipt time of a webhook event the Connect data read at ``now`` may miss.
+
+    That data is Leap's latest hourly refresh landed by ``now``: it shows interactions before
+    that hour. An event received at or after the hour, less ``margin``, announces something the
+    data may not show yet: acting on the record then answers an old state (see
+    :data:`STALE_MARGIN`).
+    """
+    return _hour(now - refresh_landed_by) - margin
+
+
 def answer_time(
     received_at: datetime,
     *,
     quiet_period: timedelta,
     refresh_landed_by: timedelta = REFRESH_LANDED_BY,
+    margin: timedelta = STALE_MARGIN,
 ) -> datetime:
     """When the Connect API can be asked about an interaction Leap notified at ``received_at``.
 
-    Both a quiet period after it (the contact policy's first step) and Leap's first hourly refresh
-    after it must have passed: before that refresh, the API still shows the customer's previous
-    state, and acting on it would answer an old stall instead of this one.
+    Both a quiet period after it (the contact policy's first step) and the first hourly refresh
+    that surely shows it must have passed: before that refresh, the API still shows the
+    customer's previous state, and acting on it would answer an old stall instead of this one.
+    This is the first time :func:`stale_from` has passed ``received_at``, so a run at this time
+    does not hold the customer back for the very event it answers.
     """
-    refreshed = received_at.replace(minute=0, second=0, microsecond=0) + REFRESH + refresh_landed_by
+    refreshed = _hour(received_at + margin) + REFRESH + refresh_landed_by
     return max(received_at + quiet_period, refreshed)
+
+
+def _hour(when: datetime) -> datetime:
+    """The start of ``when``'s hour in UTC (Leap refreshes on the UTC hour; +05:30 is not)."""
+    return when.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)

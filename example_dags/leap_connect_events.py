@@ -103,11 +103,17 @@ with DAG(
         now=hint["answer_at"],
         interacted_after=hint["interacted_after"],
     )
+    # Customers Leap announced news for since the data read was refreshed wait for a later run.
+    hold = leap_asset("leap_default")
     message = LeapContactOperator(
-        task_id="message_customers", channel="email", send=EmailSender(), policy=POLICY
+        task_id="message_customers",
+        channel="email",
+        send=EmailSender(),
+        policy=POLICY,
+        hold_on_events=hold,
     )
     crm = LeapContactOperator(
-        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
+        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY, hold_on_events=hold
     )
 
     # As in the hourly DAG, but a run with nothing announced (all skipped) has nothing to review.

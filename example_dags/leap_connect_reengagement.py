@@ -30,6 +30,7 @@ from leap_reengagement_common import (
     flag_for_review,
 )
 
+from airflow_provider_leap.assets import leap_asset
 from airflow_provider_leap.operators.contact import LeapContactOperator
 from airflow_provider_leap.operators.triage import TriageOperator
 
@@ -61,11 +62,17 @@ with DAG(
             "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
         ),
     )
+    # Customers Leap announced news for since the data read was refreshed wait for a later run.
+    hold = leap_asset("leap_default")
     message = LeapContactOperator(
-        task_id="message_customers", channel="email", send=EmailSender(), policy=POLICY
+        task_id="message_customers",
+        channel="email",
+        send=EmailSender(),
+        policy=POLICY,
+        hold_on_events=hold,
     )
     crm = LeapContactOperator(
-        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY
+        task_id="record_in_crm", channel="crm", send=CrmSender(), policy=POLICY, hold_on_events=hold
     )
 
     triage >> [message, crm] >> flag_for_review()

@@ -3,9 +3,10 @@
 Run by ``test_reengagement_simulation.py`` in a process of its own (a fresh Airflow home whose
 DAGs folder holds only the example DAG): the emulator plays a population of customers whose
 journeys move with its clock, a real SMTP server on loopback is their inbox, and every hour at
-minute 17 the DAG runs with ``dag.test()`` for that simulated hour. Along the way: hours with no
-runs (the scheduler down), a send task that fails mid-batch and is retried, a run cleared and
-run again, a refused address. Writes what happened as JSON for the test to check.
+minute 17 the DAG runs with ``dag.test()`` for that simulated hour, Leap's webhooks for every
+step taken before then recorded as the receiver records them (``WebhookLog``). Along the way:
+hours with no runs (the scheduler down), a send task that fails mid-batch and is retried, a run
+cleared and run again, a refused address. Writes what happened as JSON for the test to check.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -69,6 +71,81 @@ def load_dag(path: Path):  # type: ignore[no-untyped-def]
     return module.dag
 
 
+class WebhookLog:
+    """Leap's webhooks for the steps customers take, recorded as the receiver records them.
+
+    Each step becomes Leap's event(s) (the emulator's mapping, ``journey_events``), read from
+    Leap's envelope (``read_event``) and recorded by Airflow's asset manager on
+    ``leap://<conn_id>/connect_session`` (the receiver's ``_register_asset_events``), received
+    when the step was taken: webhooks do not wait for the hourly refresh. The simulation's clock
+    is the receiver's, so the event's time in the database is set to it too. Customers in
+    ``silent`` send none (their subscription was down).
+    """
+
+    def __init__(self, population, conn_id: str = "leap_default", silent=()) -> None:  # type: ignore[no-untyped-def]
+        self.uri = f"leap://{conn_id}/connect_session"
+        self.steps = sorted(
+            (
+                (step.at, index, journey)
+                for customer in population.customers
+                if customer.ref_id not in silent
+                for journey in customer.journeys
+                for index, step in enumerate(journey.events)
+            ),
+            key=lambda taken: taken[0],
+        )
+        self.recorded = 0  # steps recorded so far, in time order
+
+    def record(self, until: datetime) -> None:
+        """Every step taken before ``until`` not yet recorded."""
+        from airflow.models.asset import AssetEvent
+        from airflow.utils.session import create_session
+        from sqlalchemy import func, select, update
+
+        from airflow_provider_leap.plugins.receiver import RECORDED, _register_asset_events
+        from airflow_provider_leap.testing.webhooks import journey_events
+        from airflow_provider_leap.webhooks import read_event
+
+        extras = []
+        while self.recorded < len(self.steps) and self.steps[self.recorded][0] < until:
+            at, index, journey = self.steps[self.recorded]
+            self.recorded += 1
+            for payload in journey_events(journey, index):
+                body = {"webhook_event_id": str(uuid.uuid4()), "payload": payload}
+                extras.append(read_event(json.dumps(body).encode()).extra(at))
+        if not extras:
+            return
+        with create_session() as session:
+            last = session.scalar(select(func.max(AssetEvent.id))) or 0
+        outcomes = _register_asset_events([(self.uri, extra, False) for extra in extras])
+        assert set(outcomes) == {RECORDED}, outcomes
+        with create_session() as session:
+            rows = session.execute(
+                select(AssetEvent.id, AssetEvent.extra).where(AssetEvent.id > last)
+            )
+            for row_id, extra in rows.all():
+                when = datetime.fromisoformat(extra["event_time"])
+                session.execute(
+                    update(AssetEvent).where(AssetEvent.id == row_id).values(timestamp=when)
+                )
+
+
+def held(dagrun) -> int:  # type: ignore[no-untyped-def]
+    """The customers the run's ``message_customers`` held back (its returned counts)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=dagrun.run_id,
+            dag_ids=dagrun.dag_id,
+            task_ids="message_customers",
+            key="return_value",
+        )
+        row = session.scalars(query).first()
+        return int(XComModel.deserialize_value(row)["held"]) if row is not None else 0
+
+
 def task_states(dagrun) -> dict[str, list[object]]:  # type: ignore[no-untyped-def]
     from airflow.utils.session import create_session
 
@@ -89,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_provider_leap.testing import EMULATOR_API_KEY, LeapEmulator
     from airflow_provider_leap.testing.journeys import Population
     from airflow_provider_leap.testing.smtp import SmtpSink
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
 
     initdb()
+    add_consumer_dag(home / "consumer", "leap_default", "leap_events_consumer")
     population = Population(seed=args.seed, customers=args.customers, start=START, days=args.days)
+    webhooks = WebhookLog(population)
     runs: list[dict[str, object]] = []
     started = time.monotonic()
     with LeapEmulator(records=[], now=START) as emulator, SmtpSink() as sink:
@@ -113,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # the scheduler is down: no run this hour
             at = START + timedelta(hours=hour, minutes=17)
             emulator.now = at
+            webhooks.record(until=at)
             sink.tag = at.isoformat()
             if hour == args.fail_hour:
                 sink.fail_next = 5  # mid-batch: five sends answered 451
@@ -126,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         "rerun": attempt > 0,
                         "state": str(dagrun.state),
                         "tasks": task_states(dagrun),
+                        "held": held(dagrun),
                     }
                 )
     output = home / "output"

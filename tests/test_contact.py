@@ -287,6 +287,26 @@ def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:
     assert result.due == [] and result.outcomes["in_flight"] == 1
 
 
+def test_held_customers_are_only_those_who_would_be_due() -> None:
+    """``hold``: customers Leap announced news for since the data was refreshed. Only a due
+    message is held (counted ``held``, not due); every other outcome stands."""
+    buckets = {
+        "not_started": [item("due1", T0 - 2 * H), item("due2", T0 - 2 * H)],
+        "utility_error": [item("young", T0 - timedelta(minutes=20))],
+        "completed": [item("done", T0 - 2 * H, connection_status="COMPLETED")],
+    }
+    hold = {"due2", "young", "done", "not-triaged"}
+    result = plan_contacts(buckets, now=T0, policy=ContactPolicy(), ledger={}, hold=hold)
+    assert [c.ref_id for c in result.due] == ["due1"] and result.held == ["due2"]
+    assert {k: v for k, v in result.outcomes.items() if v} == {
+        "due": 1,
+        "held": 1,
+        "waiting": 1,
+        "completed": 1,
+    }
+    assert [c.ref_id for c in plan(buckets, T0).due] == ["due1", "due2"]  # no hold: as before
+
+
 def test_an_older_stall_than_the_one_answered_waits() -> None:
     newer = T0 - 2 * D
     ledger = {"a1b": StallState(iso(newer), sent_step=1, sent_at=int(T0.timestamp()))}

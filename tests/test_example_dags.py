@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from reengagement_sim import WebhookLog
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
 
@@ -162,40 +165,54 @@ def _at(hhmm: str) -> datetime:
     return DAY.replace(hour=hour, minute=minute)
 
 
+def _customer(ref_id: str, *events: Any) -> Any:
+    """A scripted customer with one record, in CAISO, who takes ``events``."""
+    from airflow_provider_leap.testing.journeys import Customer, Journey
+
+    record = f"CAISO_{uuid.uuid4()}_{ref_id}"
+    journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
+    return Customer(ref_id, "scripted", [journey])
+
+
+def _play(emu: Any, now: datetime, *customers: Any) -> Any:
+    """The emulator plays ``customers`` from ``now`` on; returns their population."""
+    from airflow_provider_leap.testing.journeys import Population
+
+    population = Population(customers=0, start=now)
+    population.customers = list(customers)
+    emu.now = now
+    emu.play(population)
+    return population
+
+
 def _customers(emu):  # type: ignore[no-untyped-def]
     """Four customers, played by the emulator (records follow its clock and hourly refresh):
     ``late`` errs at 10:40 and ``early`` clicks at 10:05, both announced by webhooks; ``done``
     completes at 10:50; ``silent`` errs at 10:12 with no webhook (the subscription was down)."""
-    from airflow_provider_leap.testing.journeys import Customer, Event, Journey, Population, Step
+    from airflow_provider_leap.testing.journeys import Event, Step
 
-    def customer(ref_id: str, *events: Event) -> Customer:
-        record = f"CAISO_{uuid.uuid4()}_{ref_id}"
-        journey = Journey(ref_id, "CAISO", record, "PG&E: Pacific Gas & Electric", list(events))
-        return Customer(ref_id, "scripted", [journey])
-
-    population = Population(customers=0, start=DAY)
-    population.customers = [
-        customer(
+    return _play(
+        emu,
+        DAY,
+        _customer(
             "late",
             Event(_at("09:30"), Step.CLICK),
             Event(_at("10:40"), Step.ERROR, "USER_CANCELED"),
         ),
-        customer("early", Event(_at("10:05"), Step.CLICK)),
-        customer("done", Event(_at("10:20"), Step.CLICK), Event(_at("10:50"), Step.COMPLETE)),
-        customer(
+        _customer("early", Event(_at("10:05"), Step.CLICK)),
+        _customer("done", Event(_at("10:20"), Step.CLICK), Event(_at("10:50"), Step.COMPLETE)),
+        _customer(
             "silent",
             Event(_at("10:10"), Step.CLICK),
             Event(_at("10:12"), Step.ERROR, "INVALID_CREDENTIALS"),
         ),
-    ]
-    emu.now = DAY
-    emu.play(population)
+    )
 
 
 def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_again(
-    run_dag, reengagement_env, leap_emulator
+    run_dag, reengagement_env, leap_emulator, consumer
 ) -> None:  # type: ignore[no-untyped-def]
-    _customers(leap_emulator)
+    population = _customers(leap_emulator)
     hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
     events = (EXAMPLES / "leap_connect_events.py").read_text()
     sent: list[tuple[str, str, int]] = []
@@ -207,6 +224,7 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
         counts = result.xcoms[("message_customers", "return_value")]
         crm = result.xcoms[("record_in_crm", "return_value")]
         assert crm["sent"] == counts["sent"]
+        assert counts["held"] == 0  # every event was refreshed before the run read the data
         sent.append((name, at.strftime("%H:%M"), counts["sent"]))
         if name == "leap_connect_events":
             hint = result.xcoms[("what_to_answer", "answer_at")]
@@ -216,21 +234,90 @@ def test_events_answer_a_stall_a_quiet_period_after_it_and_the_hourly_dag_not_ag
         conf = {"ref_ids": ref_ids, "received_at": _at(received).isoformat()}
         run("leap_connect_events", events, _at(answer), logical_date=None, run_conf=conf)
 
+    # The receiver has recorded Leap's events up to 11:17 (every DAG here holds back customers
+    # with events the data read may not show; the events a run answers never hold it back).
+    WebhookLog(population, silent=("silent",)).record(until=_at("11:17"))
     run("leap_connect_reengagement", hourly, _at("11:17"), logical_date=_at("11:17"))
     announced(["early"], "10:05", "11:17")  # the 11:00 refresh has landed by 11:17
     announced(["late"], "10:40", "11:40")  # one quiet period after the stall
-    announced(["done"], "10:50", "11:50")
+    announced(["done"], "10:50", "12:17")  # within the margin of 11:00: the 12:00 refresh
     run("leap_connect_reengagement", hourly, _at("12:17"), logical_date=_at("12:17"))
     assert sent == [
         ("leap_connect_reengagement", "11:17", 2),  # early and silent (no webhook for it)
         ("leap_connect_events", "11:17", 0),  # early: already sent by the hourly run
         ("leap_connect_events", "11:40", 1),  # late: 37 minutes before the next hourly run
-        ("leap_connect_events", "11:50", 0),  # done: the API says COMPLETED
+        ("leap_connect_events", "12:17", 0),  # done: the API says COMPLETED
         ("leap_connect_reengagement", "12:17", 0),  # late: not again
     ]
     messages = _outbox(reengagement_env)
     assert sorted(m["ref_id"] for m in messages) == ["early", "late", "silent"]
     assert len({m["contact_key"] for m in messages}) == 3
+
+
+@pytest.fixture(scope="module")
+def consumer(airflow_db, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A DAG scheduled on ``leap://leap_default/connect_session``: Airflow knows the asset."""
+    from airflow_provider_leap.testing.webhooks import add_consumer_dag
+
+    add_consumer_dag(tmp_path_factory.mktemp("consumer"), "leap_default", "leap_events_consumer")
+
+
+def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
+    run_dag, reengagement_env, leap_emulator, consumer, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The bug: a customer who completes at 10:05 is still stalled in the data the 10:17 run
+    reads (Leap's 10:00 refresh). Their webhook was received after that refresh (less the
+    margin, 9:50), so the hourly run holds their message back, records nothing, and the 11:17
+    run finds them COMPLETED. A customer whose last event came before 9:50 is messaged."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_leap.ledger import DeliveryLedger
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    def at(hhmm: str) -> datetime:
+        return _at(hhmm) + timedelta(days=1)
+
+    population = _play(
+        leap_emulator,
+        at("00:00"),
+        _customer("finisher", Event(at("07:00"), Step.CLICK), Event(at("10:05"), Step.COMPLETE)),
+        _customer("clicker", Event(at("07:00"), Step.CLICK)),
+        _customer("latecomer", Event(at("07:00"), Step.CLICK), Event(at("09:52"), Step.ERROR, "X")),
+    )
+    WebhookLog(population).record(until=at("10:17"))
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+
+    def run(source: str, hhmm: str) -> dict[str, int]:
+        leap_emulator.now = at(hhmm)
+        result = run_dag(
+            "leap_connect_reengagement", source, logical_date=at(hhmm), run_after=at(hhmm)
+        )
+        assert result.state == "success", result.task_states
+        counts = result.xcoms[("message_customers", "return_value")]
+        assert result.xcoms[("record_in_crm", "return_value")] == counts
+        return counts
+
+    def ledger() -> set[str]:
+        url = os.environ["AIRFLOW__LEAP__LEDGER_URL"]
+        return set(DeliveryLedger(ObjectStoragePath(url), channel="email").load(at("12:00")).states)
+
+    counts = run(hourly, "10:17")
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker"]
+    assert (counts["sent"], counts["held"]) == (1, 1)
+    assert ledger() == {"clicker"}  # the held customer is neither sent nor failed
+    # latecomer: their 9:52 error is in the 10:00 refresh, a new stall inside the quiet period.
+    counts = run(hourly, "11:17")  # the 11:00 refresh shows the completion
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker", "latecomer"]
+    assert (counts["completed"], counts["held"]) == (1, 0)
+
+    # Without hold_on_events the events are not read: the 10:17 run messages the finisher.
+    plain = hourly.replace(", hold_on_events=hold", "").replace("hold_on_events=hold,", "")
+    assert "hold_on_events" not in plain
+    monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path / "plain"))
+    monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "plain-ledger").as_uri())
+    counts = run(plain, "10:17")
+    assert sorted(m["ref_id"] for m in _outbox(tmp_path / "plain")) == ["clicker", "finisher"]
+    assert (counts["sent"], counts["held"]) == (2, 0)
 
 
 def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]

@@ -237,7 +237,8 @@ def test_the_asset_extra_is_small_and_json_ready() -> None:
     ("received", "quiet", "landed", "answer"),
     [
         ("10:02", 60, 17, "11:17"),  # the refresh decides: the 11:00 refresh lands by 11:17
-        ("10:50", 60, 17, "11:50"),  # the quiet period decides
+        ("10:49", 60, 17, "11:49"),  # the quiet period decides
+        ("10:50", 60, 17, "12:17"),  # within the margin before 11:00: the 12:00 refresh
         ("10:00", 60, 17, "11:17"),
         ("10:40", 120, 17, "12:40"),
         ("10:40", 30, 0, "11:10"),  # the emulator's refresh, on the hour
@@ -257,6 +258,47 @@ def test_answer_time_waits_for_the_quiet_period_and_the_refresh(
         refresh_landed_by=timedelta(minutes=landed),
     )
     assert got == at(answer)
+
+
+def test_stale_from_is_the_hour_of_the_refresh_landed_less_the_margin() -> None:
+    def at(hhmm: str, day: int = 2) -> datetime:
+        hour, minute = map(int, hhmm.split(":"))
+        return datetime(2026, 3, day, hour, minute, tzinfo=timezone.utc)
+
+    assert wh.stale_from(at("10:17")) == at("09:50")  # the 10:00 refresh has landed
+    assert wh.stale_from(at("10:16")) == at("08:50")  # it may not have: the data is 9:00's
+    assert wh.stale_from(at("00:05")) == at("22:50", day=1)
+    assert wh.stale_from(at("10:17"), margin=timedelta(0)) == at("10:00")
+    india = timezone(timedelta(hours=5, minutes=30))  # the refresh is on the UTC hour
+    assert wh.stale_from(at("10:17").astimezone(india)) == at("09:50")
+
+
+def test_a_run_at_the_answer_time_is_never_held_back_by_the_event_it_answers() -> None:
+    """The events DAG answers at ``answer_time``: by then the data read shows the event, and a
+    minute earlier it may not (unless the quiet period decided)."""
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+    quiet = timedelta(hours=1)
+    for minute in range(0, 24 * 60, 7):
+        received = start + timedelta(minutes=minute, seconds=minute % 60)
+        answer = wh.answer_time(received, quiet_period=quiet)
+        assert wh.stale_from(answer) > received
+        earlier = answer - timedelta(minutes=1)
+        assert answer == received + quiet or wh.stale_from(earlier) <= received
+
+
+def test_announced_since_reads_the_receivers_extras() -> None:
+    since = datetime(2026, 3, 2, 9, 50, tzinfo=timezone.utc)
+    recorded = since + timedelta(hours=3)  # Airflow records an event when received or later
+    event = wh.read_event(envelope(wh.sample_payload("cust-9")))
+    events = [
+        (event.extra(since), recorded),  # received at the cut-off: held
+        (event.extra(since - timedelta(seconds=1)) | {"ref_id": "before"}, recorded),
+        ({"ref_id": "no-event-time"}, since),  # recorded time stands in
+        ({"ref_id": "no-event-time-before"}, since - timedelta(seconds=1)),
+        ({"event_time": since.isoformat()}, recorded),  # names nobody
+        (None, recorded),  # an event posted by hand without extras
+    ]
+    assert wh.announced_since(events, since) == {event.ref_id, "no-event-time"}
 
 
 def test_receiver_secret_defaults_and_checks() -> None:

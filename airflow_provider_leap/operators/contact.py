@@ -16,10 +16,11 @@ from airflow_provider_leap.delivery import deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
+from airflow_provider_leap.webhooks import announced_since, stale_from
 from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Asset, Context
 
     from airflow_provider_leap.contact import Contact
 
@@ -63,6 +64,14 @@ class LeapContactOperator(BaseOperator):
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
     :param fail_on_errors: after trying every contact, fail the task if a send failed that
         may be tried again, so Airflow's retries try it (those sent stay sent). Default True.
+    :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
+        (the webhook receiver must be set up). A customer who is due but for whom an event was
+        received after the hourly refresh the triaged data reflects (less a margin:
+        :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time) is held back
+        for this run: the record may predate a completion or a new step. Held customers are
+        counted (``held``) and logged, not recorded in the ledger; the next run decides. The
+        asset is added to the task's inlets, so it is not templated: Airflow reads a task's
+        inlets when the DAG is parsed. Default None: no events are read.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, unreachable, unconfirmed).
@@ -80,9 +89,21 @@ class LeapContactOperator(BaseOperator):
         policy: ContactPolicy | None = None,
         ledger_url: str | None = None,
         fail_on_errors: bool = True,
+        hold_on_events: Asset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if hold_on_events is not None:
+            from airflow.sdk import Asset
+
+            if not isinstance(hold_on_events, Asset):
+                raise TypeError(
+                    "hold_on_events must be the Asset Leap's webhooks update, e.g. "
+                    f"leap_asset('leap_default'), got {hold_on_events!r}"
+                )
+            if hold_on_events not in self.inlets:
+                self.inlets = [*self.inlets, hold_on_events]
+        self.hold_on_events = hold_on_events
         if not callable(send):
             raise TypeError(f"send must be callable (it gets one Contact), got {send!r}")
         self.send = send
@@ -107,8 +128,27 @@ class LeapContactOperator(BaseOperator):
         }
         return when, buckets
 
+    def _announced(self, context: Context, now: datetime) -> set[str]:
+        """Reference IDs Leap announced news for since the data read at ``now`` was refreshed."""
+        if self.hold_on_events is None:
+            return set()
+        since = stale_from(now)
+        # Airflow records an event when it is received or later: its time never filters one out.
+        events = context["inlet_events"][self.hold_on_events].after(since.isoformat())
+        announced = announced_since(((e.extra, e.timestamp) for e in events), since)
+        self.log.info(
+            "%d event(s) for %d customer(s) on %s since %s (the data read at %s may not show them)",
+            len(events),
+            len(announced),
+            self.hold_on_events.uri,
+            since.isoformat(),
+            now.astimezone(timezone.utc).isoformat(),
+        )
+        return announced
+
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
+        hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
         try:
@@ -128,7 +168,16 @@ class LeapContactOperator(BaseOperator):
             policy=self.policy,
             ledger=view.states,
             forgotten_before=view.forgotten_before,
+            hold=hold,
         )
+        if plan.held:
+            self.log.warning(
+                "Held back %d due customer(s) whose Connect record may predate an event Leap "
+                "announced since; not recorded, the next run decides: %s%s",
+                len(plan.held),
+                ", ".join(plan.held[:5]),
+                ", ..." if len(plan.held) > 5 else "",
+            )
         self.log.info(
             "Channel %s at %s: %d customer(s) due; ledger %s holds %d stall(s)",
             self.channel,

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG
 
+from airflow_provider_leap.assets import leap_asset
 from airflow_provider_leap.contact import Contact, ContactPolicy
 from airflow_provider_leap.delivery import ContactUnreachable
 from airflow_provider_leap.operators.contact import LeapContactOperator
@@ -47,6 +48,7 @@ with DAG(
             max_attempts=3,
         ),
         ledger_url="s3://aws_default@my-bucket/leap-ledger",  # shared by every worker
+        hold_on_events=leap_asset("leap_default"),  # with Leap's webhooks set up (see below)
     )
     triage >> sms
 # --8<-- [end:dag]
