@@ -52,7 +52,7 @@ class Outcome(str, Enum):
     ALREADY_SENT = "already_sent"  # the step due now went out before: nothing new to say
     FINISHED = "finished"  # every step of the stall was sent
     EXPIRED = "expired"  # the stall is older than the horizon
-    GIVEN_UP = "given_up"  # sends kept failing: left to a person
+    GIVEN_UP = "given_up_before"  # the step due was given up by an earlier send: a person's
     IN_FLIGHT = "in_flight"  # another sender holds a fresh claim on this stall
     NO_ACTION = "no_action"  # only records no message is for (needs_review, excluded buckets)
     HELD = "held"  # due, but Leap announced news the data read may not show: the next run decides
@@ -333,7 +333,7 @@ def plan_contacts(
         ):
             # That step's attempts are spent (reported once, by the send that gave up); the
             # stall's next step starts anew at attempt 1. An earlier step's turn is over.
-            counts["given_up"] += 1
+            counts["given_up_before"] += 1
             continue
         if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1

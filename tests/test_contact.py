@@ -193,14 +193,14 @@ def test_failed_sends_stay_due_with_the_next_attempt_then_give_up() -> None:
         T0,
         {key: StallState(iso(stall), failed_step=0, failures=3)},
     )
-    assert gone.due == [] and gone.outcomes["given_up"] == 1
+    assert gone.due == [] and gone.outcomes["given_up_before"] == 1
 
 
 def test_a_cleared_older_run_never_starts_a_step_before_one_already_tried() -> None:
     stall = T0 - 2 * H  # step 0 is due at T0; the ledger holds a failed try of step 1
     ledger = {"a1b": StallState(iso(stall), failed_step=1, failures=1)}
     result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
-    assert result.due == [] and result.outcomes["given_up"] == 1
+    assert result.due == [] and result.outcomes["given_up_before"] == 1
 
 
 class Channel:

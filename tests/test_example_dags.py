@@ -375,6 +375,13 @@ def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
     assert len(sends) == given_up
     assert {(row["task"], row["why"]) for row in sends} == {("record_in_crm", "given_up")}
     assert "ConnectionError" in sends[0]["detail"]
+    # The next run (same data) still counts them, apart from what it gave up itself: none.
+    now = datetime.fromisoformat(
+        result.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
+    )
+    again = run_dag("leap_connect_reengagement", source, logical_date=None, run_after=now)
+    crm_again = again.xcoms[("record_in_crm", "return_value")]
+    assert (crm_again["given_up_before"], crm_again["given_up"]) == (given_up, 0)
 
 
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]

@@ -93,7 +93,7 @@ def test_one_refused_address_blocks_nobody_and_is_retried_then_given_up(tmp_path
     assert report.given_up == 1 and report.attention[0]["why"] == "given_up"
     assert "550" in report.attention[0]["detail"]
     plan, _ = run(DeliveryLedger(tmp_path), buckets(5), outbox)
-    assert plan.due == [] and plan.outcomes["given_up"] == 1
+    assert plan.due == [] and plan.outcomes["given_up_before"] == 1
     assert len(outbox.sent) == 4
 
 
