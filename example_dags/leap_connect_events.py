@@ -14,8 +14,8 @@ Whichever DAG reaches a stall first sends; the other finds it sent. The hourly D
 reconciliation path for anything a webhook did not announce.
 
 Run it by hand with ``{"ref_ids": [...]}`` to answer those customers now, or add
-``"received_at": "<ISO time>"`` to answer as if Leap had announced them then. A manual run with
-neither has nothing to do and is skipped.
+``"received_at": "<ISO time>"`` to answer as if Leap had announced them then (a run that starts
+later answers as of its start). A manual run with neither has nothing to do and is skipped.
 """
 
 from __future__ import annotations
@@ -86,8 +86,17 @@ with DAG(
                 if received
                 else dag_run.run_after
             )
+        elif triggering_asset_events:
+            raise AirflowSkipException("The triggering Leap events name no Reference ID")
         else:
             raise AirflowSkipException("No triggering Leap events and no ref_ids: nothing to do")
+        # A run that starts after that moment (a manual run about old events; asset events queued
+        # while the scheduler was down) answers as of its start: an earlier `now` would answer a
+        # step the customer is past and record the send as older than it is, so the hourly DAG's
+        # next reminder would follow at once.
+        asset_run = dag_run.run_type == "asset_triggered"
+        started = dag_run.start_date if asset_run else dag_run.run_after
+        answer_at = max(answer_at, started or answer_at)
         print(f"{len(announced)} customer(s) announced; the Connect API can answer at {answer_at}")
         return {
             "ref_ids": sorted(announced),

@@ -320,6 +320,34 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     assert (counts["sent"], counts["held"]) == (2, 0)
 
 
+def test_an_events_run_that_starts_late_answers_as_of_its_start(
+    run_dag, reengagement_env, leap_emulator, consumer
+) -> None:  # type: ignore[no-untyped-def]
+    """Leap announced an error on Monday at 10:40; the events run starts on Tuesday at 11:30 (a
+    manual run about old events, or a scheduler that was down). It answers as of Tuesday: one
+    message, the day-1 reminder of the stall found late, sent then, so the 12:17 hourly run
+    sends nothing. Answering as of Monday 11:40 sent the first contact, recorded as sent a day
+    earlier, and the hourly run followed with the reminder 47 minutes later."""
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    tuesday = _at("00:00") + timedelta(days=1)
+    _play(
+        leap_emulator,
+        _at("00:00"),
+        _customer("cust-d", Event(_at("09:30"), Step.CLICK), Event(_at("10:40"), Step.ERROR, "X")),
+    )
+    conf = {"ref_ids": ["cust-d"], "received_at": _at("10:40").isoformat()}
+    for name, when, kwargs in (
+        ("leap_connect_events", tuesday.replace(hour=11, minute=30), {"run_conf": conf}),
+        ("leap_connect_reengagement", tuesday.replace(hour=12, minute=17), {}),
+    ):
+        leap_emulator.now = when
+        source = (EXAMPLES / f"{name}.py").read_text().replace('"retries": 2', '"retries": 0')
+        result = run_dag(name, source, logical_date=None, run_after=when, **kwargs)
+        assert result.state == "success", result.task_states
+    assert [(m["ref_id"], m["step"]) for m in _outbox(reengagement_env)] == [("cust-d", 1)]
+
+
 def test_an_events_run_with_nothing_announced_is_skipped(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
     source = (EXAMPLES / "leap_connect_events.py").read_text()
     result = run_dag("leap_connect_events", source, logical_date=None)
