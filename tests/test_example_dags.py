@@ -320,6 +320,46 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     assert (counts["sent"], counts["held"]) == (2, 0)
 
 
+@pytest.mark.parametrize(
+    ("then", "expected"),
+    [("complete", []), ("new_error", [("cust-c", 0, "INVALID_CREDENTIALS")])],
+)
+def test_the_events_dag_never_answers_a_state_the_customer_has_left(
+    run_dag, reengagement_env, leap_emulator, consumer, then, expected
+) -> None:  # type: ignore[no-untyped-def]
+    """Leap announces an error at 10:40; the events run answers it at 11:40, from data of the
+    11:00 refresh. The customer acted again at 11:05 (completed, or a new error), announced by
+    Leap but not in that data: the 11:40 run holds them back, and the later runs answer what
+    they did last, once (it sent "Did you mean to stop?" after the completion, and two first
+    messages for the new error)."""
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    last = Event(_at("11:05"), Step.COMPLETE)
+    if then == "new_error":
+        last = Event(_at("11:05"), Step.ERROR, "INVALID_CREDENTIALS")
+    first = Event(_at("10:40"), Step.ERROR, "USER_CANCELED")
+    population = _play(
+        leap_emulator, DAY, _customer("cust-c", Event(_at("09:30"), Step.CLICK), first, last)
+    )
+    webhooks = WebhookLog(population)
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    events = (EXAMPLES / "leap_connect_events.py").read_text()
+    for name, source, received, when in (
+        ("leap_connect_reengagement", hourly, None, "11:17"),
+        ("leap_connect_events", events, "10:40", "11:40"),
+        ("leap_connect_reengagement", hourly, None, "12:17"),
+        ("leap_connect_events", events, "11:05", "12:17"),
+        ("leap_connect_reengagement", hourly, None, "13:17"),
+    ):
+        leap_emulator.now = _at(when)
+        webhooks.record(until=_at(when))
+        conf = {"ref_ids": ["cust-c"], "received_at": _at(received).isoformat()} if received else {}
+        result = run_dag(name, source, logical_date=None, run_after=_at(when), run_conf=conf)
+        assert result.state == "success", result.task_states
+    sent = [(m["ref_id"], m["step"], m["reason"]) for m in _outbox(reengagement_env)]
+    assert sent == [(ref, step, f"error:{code}") for ref, step, code in expected]
+
+
 def test_an_events_run_that_starts_late_answers_as_of_its_start(
     run_dag, reengagement_env, leap_emulator, consumer
 ) -> None:  # type: ignore[no-untyped-def]
