@@ -25,6 +25,15 @@ class ContactUnreachable(Exception):
     """
 
 
+class ChannelDown(Exception):
+    """Raised by a send function whose channel can take no message now (the SMTP server ended
+    the session and refuses a new one).
+
+    Not an attempt, and the run stops there: the contacts left are not each charged a failed
+    attempt against a channel that is down; they stay due for a retry or the next run.
+    """
+
+
 @dataclass
 class DeliveryReport:
     """Counts of one delivery, and the cases a person should look at."""
@@ -34,6 +43,8 @@ class DeliveryReport:
     given_up: int = 0
     unreachable: int = 0
     claimed_elsewhere: int = 0
+    not_tried: int = 0  # left when the channel went down (``ChannelDown``)
+    channel_down: str | None = None  # why, when it did
     attention: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -43,6 +54,7 @@ class DeliveryReport:
             "given_up": self.given_up,
             "unreachable": self.unreachable,
             "claimed_elsewhere": self.claimed_elsewhere,
+            "not_tried": self.not_tried,
         }
 
 
@@ -63,12 +75,14 @@ def deliver(
 
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
-    is planned afresh); :class:`ContactUnreachable` is not an attempt. Anything
+    is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Anything
     that is not an ``Exception`` (the task being killed or timing out) leaves the claim
     ``sending``: that message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
-    for contact in contacts:
+    contacts = list(contacts)
+    for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
             continue
@@ -78,6 +92,12 @@ def deliver(
             ledger.release(contact)
             report.unreachable += 1
             report.attention.append(_attention(contact, "unreachable", _describe(exc)))
+        except ChannelDown as exc:
+            ledger.release(contact)
+            report.channel_down = _describe(exc)
+            report.not_tried = len(contacts) - index
+            log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
+            break
         except Exception as exc:
             reason = _describe(exc)
             ledger.settle(contact, now, sent=False, error=reason)

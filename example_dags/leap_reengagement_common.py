@@ -21,6 +21,7 @@ Where the output goes, so the DAGs run anywhere:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from airflow.sdk import task
 
 from airflow_provider_leap.contact import Contact, ContactPolicy
-from airflow_provider_leap.delivery import ContactUnreachable
+from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable
 from airflow_provider_leap.models import record_region
 from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
 
@@ -140,15 +141,14 @@ class EmailSender:
         self.hook = LeapHook()
         self.smtp: Any = None
         if _connection_exists("smtp_default"):
-            from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-            self.smtp = SmtpHook().__enter__()
+            self.smtp = _smtp_session()  # a relay down at the start fails the task at once
         self.outbox = output_dir("outbox") / "messages.jsonl"
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.smtp is not None:
-            self.smtp.__exit__(None, None, None)
+            with contextlib.suppress(Exception):  # a session the server has closed already
+                self.smtp.__exit__(None, None, None)
 
     def link(self, contact: Contact) -> str | None:
         """The customer's Connect link; None when links are not configured (no account)."""
@@ -179,9 +179,13 @@ class EmailSender:
                 raise
             # Relays end a session after so many messages: this one was not taken, so it goes
             # on a new session, once (a second failure is the attempt's), and the customers
-            # after it are not each charged an attempt on a dead session.
-            self.smtp.__exit__(None, None, None)
-            self.smtp = type(self.smtp)().__enter__()
+            # after it are not each charged an attempt on a dead session. No new session: the
+            # channel is down, and the rest wait for a retry.
+            self.__exit__()
+            try:
+                self.smtp = _smtp_session()
+            except Exception as down:
+                raise ChannelDown(f"SMTP session ended; reconnecting: {down!r}") from down
             self._send(address, message, contact)
 
     def _send(self, address: str, message: dict[str, str], contact: Contact) -> None:
@@ -191,6 +195,13 @@ class EmailSender:
             html_content=message["body"],
             custom_headers={"X-Leap-Contact-Key": contact.contact_key},
         )
+
+
+def _smtp_session() -> Any:
+    """An open session of the ``smtp_default`` connection."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    return SmtpHook(smtp_conn_id="smtp_default").__enter__()
 
 
 def _session_ended(exc: Exception) -> bool:

@@ -548,3 +548,75 @@ def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attem
     assert counts["failed"] == counts["given_up"] == 0
     assert counts["sent"] == counts["due"] == len(inbox) > 3 * 2
     assert len({m.contact_key for m in inbox}) == len(inbox)
+
+
+def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # One session of 3 messages, then the relay refuses new sessions: the try stops (red, so
+    # Airflow retries), nobody is charged an attempt, and the next run sends the rest once.
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_leap.ledger import DeliveryLedger
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = source.replace('"retries": 2', '"retries": 0')
+    assert '"retries": 0' in source
+    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
+    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
+    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    with SmtpSink() as sink:
+        sink.session_limit, sink.sessions_left = 3, 1
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        down = run_dag("leap_connect_reengagement", source)
+        assert down.task_states["message_customers"] == "failed"
+        assert len(sink.inbox) == 3
+        url = os.environ["AIRFLOW__LEAP__LEDGER_URL"]
+        ledger = DeliveryLedger(ObjectStoragePath(url), channel="email")
+        states = ledger.load(datetime.now(timezone.utc)).states.values()
+        assert sum(state.failures for state in states) == 0
+        sink.session_limit = sink.sessions_left = None
+        now = down.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
+        later = run_dag(
+            "leap_connect_reengagement",
+            source,
+            logical_date=None,
+            run_after=datetime.fromisoformat(now),
+        )
+        inbox = sink.inbox
+    assert later.state == "success", later.task_states
+    counts = later.xcoms[("message_customers", "return_value")]
+    assert (counts["failed"], counts["given_up"], counts["given_up_before"]) == (0, 0, 0)
+    assert counts["sent"] + 3 == len(inbox) > 3
+    assert len({m.contact_key for m in inbox}) == len(inbox)
+
+
+CLOSING_FAILS = '''
+class ClosingFails:
+    """Sends fine; closing its session fails (a server that reset the connection)."""
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, contact):
+        pass
+
+    def __exit__(self, *exc):
+        raise OSError("connection reset while closing")
+
+
+'''
+
+
+def test_a_sender_failing_to_close_loses_no_report(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = source.replace("send=EmailSender()", "send=ClosingFails()")
+    source = source.replace('"retries": 2', '"retries": 0')  # a failure shows at once
+    source = source.replace("with DAG(", CLOSING_FAILS + "with DAG(", 1)
+    assert "send=ClosingFails()" in source
+    result = run_dag("leap_connect_reengagement", source)
+    assert result.state == "success", result.task_states
+    counts = result.xcoms[("message_customers", "return_value")]
+    assert counts["sent"] == counts["due"] > 0
+    assert result.xcoms[("message_customers", "attention")] == []

@@ -50,11 +50,14 @@ class LeapContactOperator(BaseOperator):
     ``send`` raises to fail one attempt (tried again on a later run, up to
     ``policy.max_attempts``, then left to a person) and raises
     :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
-    customer (counted, not an attempt). One failing customer never stops the others.
+    customer (counted, not an attempt). One failing customer never stops the others; a
+    channel that can take nothing now does (:class:`~airflow_provider_leap.delivery.ChannelDown`:
+    not an attempt; the task fails so a retry sends the rest).
 
     :param send: called with each due ``Contact``; use ``contact.contact_key`` as the
         idempotency or upsert key downstream. A ``send`` that is also a context manager is
-        entered once around the run's sends (say, to open one SMTP session).
+        entered once around the run's sends (say, to open one SMTP session); an error closing
+        it is logged, not raised: every send was recorded already, so none may wait for it.
     :param channel: names this channel's ledger (``email``, ``sms``, ``crm`` ...). Templated.
     :param triage_task_id: the TriageOperator whose buckets to read. Templated.
     :param policy: quiet period, cadence, horizon and attempt limit (default: 1 h, then 1, 3
@@ -191,8 +194,14 @@ class LeapContactOperator(BaseOperator):
             if isinstance(self.send, contextlib.AbstractContextManager)
             else contextlib.nullcontext(self.send)
         )
-        with opened as send:
+        with contextlib.ExitStack() as stack:
+            send = stack.enter_context(opened)
             report = deliver(plan.due, send, ledger, now=now, max_attempts=self.policy.max_attempts)
+            closing = stack.pop_all()
+        try:  # every send is recorded: a sender failing to close must not lose the report
+            closing.close()
+        except Exception as exc:
+            self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
         attention = report.attention + [
             {"why": "unconfirmed", "detail": "a send was interrupted; not repeated", **item}
@@ -207,10 +216,12 @@ class LeapContactOperator(BaseOperator):
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         retryable = report.failed - report.given_up
-        if retryable and self.fail_on_errors:
+        if (retryable or report.channel_down) and self.fail_on_errors:
+            down = f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
             raise AirflowException(
                 f"{retryable} of {len(plan.due)} send(s) on channel {self.channel} failed "
-                f"({report.sent} sent and recorded); a retry sends only what has not gone out"
+                f"({report.sent} sent and recorded{down if report.channel_down else ''}); a "
+                "retry sends only what has not gone out"
             )
         return counts
 

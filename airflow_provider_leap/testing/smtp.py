@@ -3,9 +3,9 @@
 What reached the inbox was sent, whatever a file or the ledger says, so "nothing sent twice" is
 checked here. It can refuse chosen addresses (550, a bad address) and answer 451 (try later) to
 the next ``fail_next`` messages, to fail a send task mid-batch, and end each session after
-``session_limit`` messages (421, then closed), as relays limiting messages per connection do.
-Plain SMTP only: point an
-``smtp`` connection at it with ``SmtpSink.connection()``.
+``session_limit`` messages (421, then closed), as relays limiting messages per connection do;
+after ``sessions_left`` sessions, new ones are refused (421), as by a relay going down. Plain
+SMTP only: point an ``smtp`` connection at it with ``SmtpSink.connection()``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(line.encode() + b"\r\n")
 
     def handle(self) -> None:
+        if not self.server.sink.open_session():
+            self._reply("421 4.3.2 service not available, closing")
+            return
         self._reply("220 leap-testing smtp sink")
         sender, recipients, accepted = "", list[str](), 0
         while line := self.rfile.readline(65536):
@@ -96,6 +99,7 @@ class SmtpSink:
         self.refuse: set[str] = set()
         self.fail_next = 0
         self.session_limit: int | None = None
+        self.sessions_left: int | None = None  # then new sessions are refused (421)
         self.tag: Any = None
         self.log = log
         self._inbox: list[Received] = []
@@ -116,6 +120,14 @@ class SmtpSink:
     def inbox(self) -> list[Received]:
         with self._lock:
             return list(self._inbox)
+
+    def open_session(self) -> bool:
+        """Whether a new session is served (called by the server at each connection)."""
+        with self._lock:
+            if self.sessions_left is None:
+                return True
+            self.sessions_left -= 1
+            return self.sessions_left >= 0
 
     def deliver(self, sender: str, recipients: list[str], data: bytes) -> str:
         """Keep one message (called by the server): the SMTP reply to its DATA."""
