@@ -502,21 +502,25 @@ def _unknown(event_id: str, event_type: str, raw: msgspec.Raw) -> WebhookEvent:
     )
 
 
+def received_at(extra: Mapping[str, Any], recorded: datetime) -> datetime:
+    """When the receiver got a recorded asset event: its ``event_time``
+    (:meth:`WebhookEvent.extra`), else when Airflow recorded it (never earlier)."""
+    return parse_timestamp(extra.get("event_time")) or recorded
+
+
 def announced_since(
     events: Iterable[tuple[Mapping[str, Any] | None, datetime]], since: datetime
 ) -> set[str]:
-    """The Reference IDs of asset events received at or after ``since``.
+    """The Reference IDs of asset events received (:func:`received_at`) at or after ``since``.
 
-    ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded
-    (:meth:`WebhookEvent.extra`). An event's receipt time is its ``event_time``, else the time
-    Airflow recorded it (never earlier); events with no ``ref_id`` name nobody and are skipped.
+    ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded;
+    events with no ``ref_id`` name nobody and are skipped.
     """
     found: set[str] = set()
     for extra, recorded in events:
         extra = extra or {}
         ref_id = extra.get("ref_id")
-        received = parse_timestamp(extra.get("event_time")) or recorded
-        if isinstance(ref_id, str) and ref_id and received >= since:
+        if isinstance(ref_id, str) and ref_id and received_at(extra, recorded) >= since:
             found.add(ref_id)
     return found
 

@@ -62,13 +62,13 @@ with DAG(
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from airflow_provider_leap.models import parse_timestamp
-        from airflow_provider_leap.webhooks import answer_time
+        from airflow_provider_leap.webhooks import answer_time, received_at
 
         announced: dict[str, datetime] = {}
         for events in (triggering_asset_events or {}).values():
             for event in events:
                 ref_id = event.extra.get("ref_id")
-                when = parse_timestamp(event.extra.get("event_time")) or event.timestamp
+                when = received_at(event.extra, event.timestamp)
                 if ref_id and (ref_id not in announced or when > announced[ref_id]):
                     announced[ref_id] = when
         if announced:

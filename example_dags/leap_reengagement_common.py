@@ -146,6 +146,9 @@ class EmailSender:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self.smtp is not None:
             with contextlib.suppress(Exception):  # a session the server has closed already
                 self.smtp.__exit__(None, None, None)
@@ -181,7 +184,7 @@ class EmailSender:
             # on a new session, once (a second failure is the attempt's), and the customers
             # after it are not each charged an attempt on a dead session. No new session: the
             # channel is down, and the rest wait for a retry.
-            self.__exit__()
+            self._close()
             try:
                 self.smtp = _smtp_session()
             except Exception as down:
