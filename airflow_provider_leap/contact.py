@@ -151,6 +151,7 @@ class StallRecord(Protocol):
     failed_step: int  # the step whose sends failed, and how often
     failures: int
     in_flight: bool  # a claim another sender holds right now
+    failed_at: int | None  # the run's "now" of the last failed attempt, as ``sent_at``
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class StallState:
     failed_step: int = -1
     failures: int = 0
     in_flight: bool = False
+    failed_at: int | None = None
 
 
 _NOTHING_SENT = StallState("")
@@ -204,6 +206,9 @@ class ContactPlan:
 
     due: list[Contact] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # Reference IDs that were due but held back
+    # Steps given up at this very ``now`` by an earlier try of the run: Airflow cleared that
+    # try's report when it retried, so the retry reports them again (``attempt``: the last).
+    given_up: list[Contact] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
 
 
@@ -286,7 +291,7 @@ def plan_contacts(
     must not answer them again. A customer in ``hold`` who would be due is counted ``held``
     instead: their record is older than what Leap announced since (see
     :func:`~airflow_provider_leap.webhooks.stale_from`), and nothing is recorded, so a later run
-    decides afresh.
+    decides afresh. A step given up at this same ``now`` is listed in ``given_up``.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -328,36 +333,39 @@ def plan_contacts(
         if step <= state.sent_step:
             counts["finished" if state.sent_step == last_step else "already_sent"] += 1
             continue
-        if step < state.failed_step or (
-            step == state.failed_step and state.failures >= policy.max_attempts
-        ):
-            # That step's attempts are spent (reported once, by the send that gave up); the
-            # stall's next step starts anew at attempt 1. An earlier step's turn is over.
+        spent = step == state.failed_step and state.failures >= policy.max_attempts
+        if step < state.failed_step or spent:
+            # That step's attempts are spent (reported by the send that gave up); the stall's
+            # next step starts anew at attempt 1. An earlier step's turn is over.
             counts["given_up_before"] += 1
-            continue
-        if state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
+            if not (spent and state.failed_at == int(now.timestamp())):
+                continue
+        elif state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1
             continue
-        if ref_id in hold:
+        elif ref_id in hold:
             plan.held.append(ref_id)
             counts["held"] += 1
             continue
         bucket, item, also = _pick(items, rank)
         stall = format_timestamp(stall_time, stall)
-        plan.due.append(
-            Contact(
-                contact_key=contact_key(ref_id, stall, step),
-                ref_id=ref_id,
-                stall=stall,
-                step=step,
-                first=state.sent_step < 0,
-                final=step == last_step,
-                bucket=bucket,
-                reason=str(item.get("reason") or ""),
-                attempt=state.failures + 1 if state.failed_step == step else 1,
-                item=item,
-                also=tuple(also),
-            )
+        attempt = state.failures + 1 if state.failed_step == step else 1
+        contact = Contact(
+            contact_key=contact_key(ref_id, stall, step),
+            ref_id=ref_id,
+            stall=stall,
+            step=step,
+            first=state.sent_step < 0,
+            final=step == last_step,
+            bucket=bucket,
+            reason=str(item.get("reason") or ""),
+            attempt=state.failures if spent else attempt,
+            item=item,
+            also=tuple(also),
         )
-        counts["due"] += 1
+        if spent:
+            plan.given_up.append(contact)
+        else:
+            plan.due.append(contact)
+            counts["due"] += 1
     return plan

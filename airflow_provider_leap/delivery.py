@@ -91,7 +91,7 @@ def deliver(
         except ContactUnreachable as exc:
             ledger.release(contact)
             report.unreachable += 1
-            report.attention.append(_attention(contact, "unreachable", _describe(exc)))
+            report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
         except ChannelDown as exc:
             ledger.release(contact)
             report.channel_down = _describe(exc)
@@ -113,14 +113,15 @@ def deliver(
             )
             if contact.attempt >= max_attempts:
                 report.given_up += 1
-                report.attention.append(_attention(contact, "given_up", reason))
+                report.attention.append(attention_item(contact, "given_up", reason))
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
     return report
 
 
-def _attention(contact: Contact, why: str, detail: str) -> dict[str, Any]:
+def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:
+    """What a person needs to act on one contact (``why``: ``given_up``, ``unreachable``)."""
     return {
         "why": why,
         "detail": detail,

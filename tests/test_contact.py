@@ -280,6 +280,27 @@ def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: P
     assert [step for _, _, step, _ in channel.inbox] == [2, 3]
 
 
+def test_a_retry_of_the_run_that_gave_a_step_up_lists_it_again(tmp_path: Path) -> None:
+    """Airflow clears a failed try's XComs, the give-up report with them: a retry of that run
+    (the same ``now``) lists the step again, at its last attempt; a later run does not."""
+    channel = Channel(tmp_path)
+    buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
+    channel.down = True
+    runs = [T0, T0 + H, T0 + 2 * H]
+    reports = [channel.run(buckets, now)[1] for now in runs]
+    assert [r.given_up for r in reports] == [0, 0, 1]
+
+    def retry(now: datetime) -> list[tuple[str, int, int]]:
+        states = DeliveryLedger(tmp_path).load(now).states
+        result = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states)
+        assert result.due == [] and result.outcomes["given_up_before"] == 1
+        return [(c.contact_key, c.step, c.attempt) for c in result.given_up]
+
+    key = reports[2].attention[0]["contact_key"]
+    assert retry(runs[2]) == [(key, 0, 3)]
+    assert retry(runs[2] + timedelta(seconds=1)) == retry(runs[1]) == []
+
+
 def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:
     stall = T0 - 2 * H
     ledger = {"a1b": StallState(iso(stall), in_flight=True)}

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
-from airflow_provider_leap.delivery import deliver
+from airflow_provider_leap.delivery import attention_item, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
@@ -77,7 +77,8 @@ class LeapContactOperator(BaseOperator):
         inlets when the DAG is parsed. Default None: no events are read.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
-    ``attention`` lists what a person should look at (given up, unreachable, unconfirmed).
+    ``attention`` lists what a person should look at (given up, in this try or an earlier try
+    of the run, unreachable, unconfirmed).
     """
 
     template_fields: Sequence[str] = ("channel", "triage_task_id", "ledger_url")
@@ -203,9 +204,14 @@ class LeapContactOperator(BaseOperator):
         except Exception as exc:
             self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
-        attention = report.attention + [
-            {"why": "unconfirmed", "detail": "a send was interrupted; not repeated", **item}
-            for item in view.unconfirmed
+        earlier_try = "given up by an earlier try of this run (its log has the error)"
+        attention = [
+            *report.attention,
+            *(attention_item(contact, "given_up", earlier_try) for contact in plan.given_up),
+            *(
+                {"why": "unconfirmed", "detail": "a send was interrupted; not repeated", **item}
+                for item in view.unconfirmed
+            ),
         ]
         self.log.info(
             "Channel %s: %s", self.channel, ", ".join(f"{k} {v}" for k, v in counts.items() if v)

@@ -1,0 +1,62 @@
+"""LeapContactOperator in real Airflow (``dag.test()``, the emulator): what survives a retry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airflow_provider_leap.contact import ContactPolicy, plan_contacts
+from airflow_provider_leap.triage import triage
+
+DAG_SOURCE = """
+from datetime import datetime, timedelta, timezone
+from airflow.sdk import DAG
+from airflow_provider_leap.contact import ContactPolicy
+from airflow_provider_leap.operators.contact import LeapContactOperator
+from airflow_provider_leap.operators.triage import TriageOperator
+
+def send(contact):
+    raise ConnectionError("the CRM refused the connection")
+
+start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+with DAG("leap_contact_retry", schedule=None, start_date=start) as dag:
+    TriageOperator(task_id="triage", ref_ids={ref_ids!r}) >> LeapContactOperator(
+        task_id="contact",
+        send=send,
+        ledger_url={ledger!r},
+        policy=ContactPolicy(max_attempts=2),
+        retries={retries},
+        retry_delay=timedelta(seconds=1),
+    )
+"""
+
+
+def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A try that gives up one customer's last attempt and fails for another is retried, and
+    Airflow clears its XComs: the report of the given-up step must come back with the retry."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    first, second = (contact.ref_id for contact in due[:2])
+    ledger = (tmp_path / "ledger").as_uri()
+
+    def run(ref_ids: list[str], retries: int):  # type: ignore[no-untyped-def]
+        source = DAG_SOURCE.format(ref_ids=ref_ids, ledger=ledger, retries=retries)
+        return run_dag("leap_contact_retry", source, logical_date=None)
+
+    # First run: the first customer's attempt 1 fails (no retry, so the run ends red).
+    assert run([first], retries=0).task_states["contact"] == "failed"
+    # Second run: its first try gives the first customer up (attempt 2 of 2) and fails the
+    # second's attempt 1, so Airflow retries; the retry gives the second customer up.
+    result = run([first, second], retries=1)
+    assert result.task_states["contact"] == "success"
+    counts = result.xcoms[("contact", "return_value")]
+    assert (counts["given_up"], counts["given_up_before"]) == (1, 1)
+    attention = result.xcoms[("contact", "attention")]
+    assert sorted((a["ref_id"], a["why"], a["attempt"]) for a in attention) == sorted(
+        [(first, "given_up", 2), (second, "given_up", 2)]
+    )
+    earlier = next(a for a in attention if a["ref_id"] == first)
+    assert "earlier try of this run" in earlier["detail"]
