@@ -196,8 +196,19 @@ class EmailSender:
             to=address,
             subject=message["subject"],
             html_content=message["body"],
-            custom_headers={"X-Leap-Contact-Key": contact.contact_key},
+            custom_headers={
+                "X-Leap-Contact-Key": contact.contact_key,
+                "Message-ID": message_id(contact.contact_key, self.smtp.from_email),
+            },
         )
+
+
+def message_id(contact_key: str, sender: str | None) -> str:
+    """One Message-ID per contact key, in the sender's domain: a message sent again (the
+    connection lost after the relay took it) is the same message to mail systems that drop
+    duplicates of a Message-ID, as some mailbox providers do."""
+    domain = (sender or "").rpartition("@")[2].strip("> ") or "localhost"
+    return f"<{contact_key}@{domain}>"
 
 
 def _smtp_session() -> Any:
@@ -210,7 +221,8 @@ def _smtp_session() -> Any:
 def _session_ended(exc: Exception) -> bool:
     """Whether the SMTP server closed the session instead of taking the message: a 421 reply at
     any step, or the connection gone. (A connection lost after the whole message was sent is
-    unknowable here; it is resent, as a retried attempt would resend it.)"""
+    unknowable here; it is resent, as a retried attempt would resend it, under the same
+    Message-ID.)"""
     import smtplib
 
     return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421

@@ -546,6 +546,8 @@ def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attem
     assert counts["failed"] == counts["given_up"] == 0
     assert counts["sent"] == counts["due"] == len(inbox) > 3 * 2
     assert len({m.contact_key for m in inbox}) == len(inbox)
+    # A message sent again is the same message to mail systems: one Message-ID per contact key.
+    assert {m.message_id for m in inbox} == {f"<{m.contact_key}@partner.example>" for m in inbox}
 
 
 def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(

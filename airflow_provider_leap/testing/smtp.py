@@ -29,6 +29,7 @@ class Received:
     subject: str
     body: str
     contact_key: str | None  # the X-Leap-Contact-Key header the re-engagement example sets
+    message_id: str | None  # the Message-ID header, when the sender set one
     at: float  # wall clock, seconds since the epoch
     tag: Any  # whatever the test set ``sink.tag`` to then (a simulated time, say)
 
@@ -145,6 +146,7 @@ class SmtpSink:
                     subject=str(message.get("Subject", "")),
                     body=body.decode("utf-8", "replace") if isinstance(body, bytes) else "",
                     contact_key=message.get("X-Leap-Contact-Key"),
+                    message_id=message.get("Message-ID"),
                     at=time.time(),
                     tag=self.tag,
                 )
