@@ -12,8 +12,10 @@ DEFAULT_CONN_ID = "leap_default"
 
 # The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
 # importing the hook. Each field is stored as the extra of the same name.
+# Airflow's form stores every field's default in the extra on save: the environment has none,
+# or a staging host typed into Base URL would be saved with "production" and contradict it.
 _FIELDS = (  # extra, label, JSON type, default
-    ("environment", "Environment", "string", "production"),
+    ("environment", "Environment", "string", None),
     ("timeout", "Timeout (seconds)", "number", 30),
     ("max_retries", "Retry limit", "integer", 5),
     ("max_retry_wait", "Longest total retry wait (seconds)", "number", 300),
@@ -22,7 +24,7 @@ _FIELDS = (  # extra, label, JSON type, default
     ("allow_insecure_http", "Allow plain http:// to a non-loopback host", "boolean", False),
 )
 _HELP = {
-    "environment": "Picks Leap's host when Base URL is empty. A key works in one only.",
+    "environment": "Empty: the Base URL's, else production. A key works in one only.",
     "timeout": "Longest wait on the socket, per request.",
     "max_retries": "Retries of 429, 5xx, timeouts and connection errors per request.",
     "retry_backoff": "Doubles on each retry, with jitter; Retry-After wins when sent.",

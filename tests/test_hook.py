@@ -176,6 +176,19 @@ def test_the_form_is_the_hooks_and_its_fields_are_extras() -> None:
     assert conn_type["conn-fields"]["environment"]["schema"]["enum"] == list(wire.ENVIRONMENT_URLS)
 
 
+def test_a_staging_host_saved_through_the_form_is_staging(monkeypatch) -> None:
+    # Airflow's form saves every field's default in the extra: a user who only types the
+    # staging host and the key must get staging, not a contradiction with a default environment.
+    (conn_type,) = get_provider_info()["connection-types"]
+    saved = {name: f["schema"]["default"] for name, f in conn_type["conn-fields"].items()}
+    host = wire.ENVIRONMENT_URLS["staging"]
+    set_conn(monkeypatch, "leap_form", host=host, password="lk_test_0123456789", extra=saved)
+    assert (LeapHook("leap_form").config.environment, LeapHook("leap_form").config.base_url) == (
+        "staging",
+        host,
+    )
+
+
 def test_providers_manager_sees_the_connection_form() -> None:
     from airflow.providers_manager import ProvidersManager
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
@@ -239,5 +252,5 @@ def test_ui_connection_form_as_airflow_3_serves_it() -> None:
     assert fields.port.hidden and fields.login.hidden and fields.url_schema.hidden
     extra = meta.extra_fields or {}
     assert extra["environment"]["schema"]["enum"] == ["production", "staging"]
-    assert extra["environment"]["value"] == "production"
+    assert extra["environment"]["value"] is None  # empty: the Base URL decides, else production
     assert extra["timeout"]["schema"]["title"] == "Timeout (seconds)"

@@ -169,7 +169,8 @@ def check_connection_form(d: Deployment) -> str:
     for name, (label, default) in extras.items():
         shown_extra = got.get(name) or {}
         title = (shown_extra.get("schema") or {}).get("title")
-        value = json.dumps(shown_extra.get("value")).strip('"')
+        shown_value = shown_extra.get("value")
+        value = "empty" if shown_value is None else json.dumps(shown_value).strip('"')
         if title != label or value != default:
             problems.append(f"{name}: UI ({title!r}, {value!r}), docs ({label!r}, {default!r})")
     if problems:
