@@ -95,6 +95,7 @@ class ProbeReport:
             "environment": self.environment,
             "requests": self.requests,
             "stopped": self.stopped,
+            "complete": self.complete,  # False: differences and extras cover only what was found
             "findings": {k: asdict(f) for k, f in self.findings.items()},
             "differences": {
                 k: {"assumed": a, "found": f} for k, (a, f) in self.differences(assumed).items()
@@ -366,7 +367,11 @@ def format_report(report: ProbeReport, assumed: Mapping[str, str], source: str) 
         how = "" if finding is None else finding.how
         lines.append(f"{name:<{width}}  {value:<24}  {how}")
     differences = report.differences(assumed)
-    lines += ["", f"Against {source}: " + ("no difference." if not differences else "")]
+    unknown = [name for name in WIRE_FIELDS if name not in report.findings]
+    none = "no difference in what was checked." if unknown else "no difference."
+    if len(unknown) == len(WIRE_FIELDS):
+        none = "nothing was checked."
+    lines += ["", f"Against {source}: " + ("" if differences else none)]
     for name, (expected, found) in differences.items():
         lines.append(f"  {name}: assumed {expected!r}, server: {found or 'none of the candidates'}")
     extras = report.extras()
@@ -374,6 +379,12 @@ def format_report(report: ProbeReport, assumed: Mapping[str, str], source: str) 
     if extras:
         lines.append("Set these extras on the Airflow connection (merged into its Extra JSON):")
         lines.append("  " + json.dumps(extras))
-    else:
+    if not report.complete:
+        lines.append(
+            "Not every wire name was found, so this is no verdict on the others"
+            + (f" (not tried: {', '.join(unknown)})" if unknown else "")
+            + ": fix what stopped the probe, or set those extras by hand."
+        )
+    elif not extras:
         lines.append("The provider's default wire names fit: no extra to set.")
     return "\n".join(lines)

@@ -102,8 +102,12 @@ def test_a_wrong_key_stops_at_once_without_showing_it(renamed_emulator) -> None:
     assert code == 1
     report = json.loads(out)
     assert "HTTP 403" in report["stopped"]
+    assert report["complete"] is False  # its empty differences and extras are no verdict
     assert report["requests"] <= len(CANDIDATES["connections_path"])
     assert "wrong:key-123" not in out + err
+    code, out, _ = airflow_leap_probe(renamed_emulator.url, key="wrong:key-123")
+    assert code == 1 and "no extra to set" not in out and "no difference." not in out
+    assert "Not every wire name was found, so this is no verdict" in out
 
 
 def test_a_server_that_ignores_unknown_filters_is_told_apart() -> None:
