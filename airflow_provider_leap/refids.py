@@ -45,6 +45,10 @@ def rendered_list(value: str | Iterable[str], name: str) -> list[str]:
     refused: it is what a template renders for a missing value, never a value someone meant.
     """
     if not isinstance(value, str):
+        if not isinstance(value, Iterable):
+            raise LeapConfigError(
+                f"{name} is {value!r}: give a list of strings, or one comma-separated string"
+            )
         items = list(value)
         for item in items:
             if not isinstance(item, str):

@@ -190,6 +190,10 @@ def test_fail_on_statuses_one_or_many(fake_hook, fails: Any) -> None:
         poke(sensor(ref_ids="err-001", fail_on_statuses=fails), fail="ERROR")
 
 
+def test_no_fail_statuses_may_be_given_as_none(fake_hook) -> None:
+    assert poke(sensor(ref_ids="err-001,done-001", fail_on_statuses=None)).is_done is False
+
+
 def test_statuses_are_compared_whole_not_letter_by_letter(fake_hook) -> None:
     task = sensor(ref_ids="done-001", target_statuses="COMPLETED", fail_on_statuses="COMPLETED_X")
     assert poke(task).is_done
@@ -212,6 +216,8 @@ def test_templated_statuses_are_checked_after_rendering(fake_hook) -> None:
         ({"ref_ids": "[]"}, "ref_ids is empty"),
         ({"ref_ids": ["a/b"]}, "Reference ID 'a/b' is not valid for Leap"),
         ({"ref_ids": "abc", "target_statuses": []}, "target_statuses is empty"),
+        ({"ref_ids": None}, "ref_ids is None: give a list of strings"),
+        ({"ref_ids": "abc", "target_statuses": None}, "target_statuses is None: give a list"),
     ],
 )
 def test_bad_sensor_arguments_are_leap_exceptions(fake_hook, kwargs: Any, message: str) -> None:

@@ -42,7 +42,8 @@ class ConnectStatusSensor(BaseSensorOperator):
     :param ref_ids: Reference IDs: a list or comma-separated; never empty. Templated.
     :param target_statuses: statuses that count as reached: one, a list, or comma-separated, any
         case (default ``COMPLETED``). Templated.
-    :param fail_on_statuses: statuses that fail the wait at once (default none). Templated.
+    :param fail_on_statuses: statuses that fail the wait at once (default none; None is none).
+        Templated.
     :param leap_conn_id: Airflow connection of type ``leap``. Templated.
     :param deferrable: wait in the triggerer, not a worker slot; default: Airflow's
         ``[operators] default_deferrable``.
@@ -61,7 +62,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         *,
         ref_ids: str | Collection[str],
         target_statuses: str | Collection[str] = ("COMPLETED",),
-        fail_on_statuses: str | Collection[str] = (),
+        fail_on_statuses: str | Collection[str] | None = (),
         leap_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool | None = None,
         poke_interval: timedelta | float = HOURLY,
@@ -72,7 +73,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         self.return_records = return_records
         self.ref_ids = ref_ids
         self.target_statuses = target_statuses
-        self.fail_on_statuses = fail_on_statuses
+        self.fail_on_statuses = () if fail_on_statuses is None else fail_on_statuses
         self.leap_conn_id = leap_conn_id
         if deferrable is None:
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
