@@ -171,11 +171,11 @@ def _checked_key(key: str) -> str:
     if found is None:
         return key
     position, what = found
+    where = f"{what} at position {position} of {len(key)}: copy it again from Leap's Partner Portal"
     if key[:7].lower() == "bearer ":
-        what = "a 'Bearer ' prefix: give the key alone"
+        where = "a 'Bearer ' prefix: give the key alone (the provider adds 'Bearer ')"
     raise LeapConfigError(
-        f"the API key (the connection's password) holds {what} at position {position} of "
-        f"{len(key)}: copy it again from Leap's Partner Portal (the key is never shown here)"
+        f"the API key (the connection's password) holds {where} (the key is never shown here)"
     )
 
 

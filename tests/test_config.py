@@ -216,6 +216,8 @@ def test_a_damaged_key_is_refused_without_showing_it(key: str, message: str) -> 
     with pytest.raises(LeapConfigError) as err:
         parse(password=key)
     assert message in str(err.value)
+    if key.strip():  # where the damage is, unless it is the prefix
+        assert ("position" in str(err.value)) is ("Bearer" not in key)
     assert "SECRET" not in str(err.value) and "SECRET" not in repr(err.value)
 
 

@@ -375,11 +375,12 @@ def _give_back(taken: list[Pending]) -> None:
 def _log_recorded(accepted: Accepted, outcome: str) -> None:
     extra = accepted.extra
     if outcome == RECORDED:
+        status = extra.get("status")
         log.info(
-            "Leap webhook %s: %s %s recorded on %s",
+            "Leap webhook %s: %s%s recorded on %s",
             extra.get("webhook_event_id"),
             extra.get("event_type"),
-            extra.get("status"),
+            "" if status is None else f" {status}",
             accepted.uri,
         )
     elif outcome == ALREADY:
