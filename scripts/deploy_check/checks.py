@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import requests
@@ -24,6 +25,13 @@ EVENTS = "leap_connect_events"  # the example DAG scheduled on Leap's webhooks
 WATCH = "leap_connection_watch"
 FAST_WATCH = "leap_deploy_check_watch"  # scripts/deploy_check/dags/: polls every 5 s
 SENSOR = "wait_for_completed"
+# The connection the browser adds through the form: Leap's staging host and a made-up key typed,
+# every other field left as the form shows it.
+UI_CONNECTION = {
+    "id": "leap_ui_staging",
+    "host": "https://api.staging.leap.energy",
+    "key": "lk_test_DEPLOYCHECKFORM",
+}
 ACTIONABLE = ("not_started", "utility_error", "utility_not_connected", "agreements_pending")
 POLL_LINE = "reached the target status"  # what the provider's trigger logs on every poll
 
@@ -82,6 +90,8 @@ def run_checks(d: Deployment, report: Report) -> None:
         c.detail = check_secret_nowhere(d)
     with report.check("screenshots in chromium, no page error", 120) as c:
         c.detail = check_screenshots(d, c)
+    with report.check("Leap connection saved from the UI form resolves as typed", 30) as c:
+        c.detail = check_form_saved(d)
 
 
 # --- customers ----------------------------------------------------------------------------
@@ -474,7 +484,7 @@ def check_screenshots(d: Deployment, c: Step) -> str:
     labels = [*CONNECTION_FORM["ui-field-behaviour"]["relabeling"].values()]
     labels += [f["label"] for f in CONNECTION_FORM["conn-fields"].values()]
     argv = ["node", str(script), d.api_url, str(d.out / "screenshots"), REENGAGEMENT]
-    argv.append(json.dumps(labels))
+    argv += [json.dumps(labels), json.dumps(UI_CONNECTION)]
     done = subprocess.run(
         argv,
         env={**d.env, "NODE_PATH": str(tools)},
@@ -488,3 +498,39 @@ def check_screenshots(d: Deployment, c: Step) -> str:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise CheckFailed(f"screenshots: {lines[-1]} (logs/screenshots.log)")
     return done.stdout.strip().splitlines()[-1]
+
+
+def check_form_saved(d: Deployment) -> str:
+    """What Airflow stored when the browser saved ``UI_CONNECTION``, parsed as the hook parses it.
+
+    Airflow's form saves every extra field's default along with what the user typed
+    (apache/airflow#57984): a default environment would contradict the staging host."""
+    from airflow_provider_leap.config import LeapConfig, LeapConfigError
+
+    name, path = UI_CONNECTION["id"], f"/api/v2/connections/{UI_CONNECTION['id']}"
+    try:
+        saved = d.api.call("GET", path)
+    except CheckFailed as exc:
+        raise CheckFailed(f"{name} was not saved by the browser (screenshots row): {exc}") from None
+    try:
+        extra = json.loads(saved["extra"] or "{}")
+        stored = f"stored host {saved['host']!r}, extra {json.dumps(extra, sort_keys=True)}"
+        # The REST answer masks the password ("***"): it stands in for the key, present or not.
+        conn = SimpleNamespace(
+            conn_id=name,
+            host=saved["host"],
+            schema=saved["schema"],
+            port=saved["port"],
+            password=saved["password"],
+            extra=saved["extra"],
+        )
+        try:
+            config = LeapConfig.from_connection(conn)
+        except LeapConfigError as exc:
+            raise CheckFailed(f"{stored}; the hook refuses it: {exc}") from None
+        if (config.environment, config.base_url) != ("staging", UI_CONNECTION["host"]):
+            raise CheckFailed(f"{stored}; resolves as {config.environment} at {config.base_url}")
+    finally:
+        d.api.call("DELETE", path)
+    keys = ", ".join(f"{k}={json.dumps(v)}" if k == "environment" else k for k, v in extra.items())
+    return f"{name}: staging at {config.base_url}; extra keys stored: {keys}"

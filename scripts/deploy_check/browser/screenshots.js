@@ -1,7 +1,10 @@
-// Screenshots of the Airflow UI in Debian's chromium, driven by playwright-core (no download).
+// Screenshots of the Airflow UI in Debian's chromium, driven by playwright-core (no download),
+// and a Leap connection added through the form as a user would.
 // node screenshots.js <airflow url> <output folder> <dag id> <JSON list of form labels>
+//   <JSON {"id", "host", "key"} of the connection to add>
 // Exits 1, naming the problem, if a page shows an error (an error text or alert, a script
-// error, an error answer from Airflow behind it) or a label of the form is missing.
+// error, an error answer from Airflow behind it), a label of the form is missing or the
+// connection is not created.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -26,8 +29,9 @@ async function shownErrors(page) {
 }
 
 async function main() {
-  const [url, out, dagId, labelsJson] = process.argv.slice(2);
+  const [url, out, dagId, labelsJson, addJson] = process.argv.slice(2);
   const labels = JSON.parse(labelsJson);
+  const add = JSON.parse(addJson);
   fs.mkdirSync(out, { recursive: true });
   const problems = [];
   const browser = await chromium.launch({
@@ -73,6 +77,24 @@ async function main() {
     await shot('leap-connection-form-extras.png', 'connection form extras');
     if (missing.length) problems.push(`connection form lacks: ${missing.join(', ')}`);
 
+    // A user adds a connection: id, type Leap, Base URL and API key typed, nothing else
+    // touched, Save. What Airflow stores is read back by the Python check.
+    await page.goto(`${url}/connections`, { waitUntil: 'networkidle' });
+    await page.getByRole('button', { name: 'Add Connection' }).click();
+    await dialog.getByLabel('Connection ID').fill(add.id);
+    await dialog.getByRole('combobox').fill('Leap');
+    await page.keyboard.press('Enter');
+    await dialog.getByLabel('Base URL').fill(add.host);
+    await dialog.getByLabel('API key').fill(add.key);
+    const created = page.waitForResponse(
+      (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/v2/connections',
+    );
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    const answer = await created;
+    if (answer.status() !== 201) problems.push(`saving ${add.id}: HTTP ${answer.status()}`);
+    await dialog.waitFor({ state: 'hidden' });
+    await shot('leap-connection-saved.png', 'connections after save');
+
     // The DAG's grid after its runs.
     await page.setViewportSize({ width: 1600, height: 1000 });
     await page.goto(`${url}/dags/${dagId}`, { waitUntil: 'networkidle' });
@@ -86,7 +108,7 @@ async function main() {
     console.error(problems.join('\n'));
     process.exit(1);
   }
-  console.log(`3 screenshots in ${out}, no error shown`);
+  console.log(`4 screenshots in ${out}, no error shown; ${add.id} saved from the form`);
 }
 
 main().catch((e) => {
