@@ -84,9 +84,8 @@ run_env() { # name python airflow_minor
   "$env/bin/python" -c 'import sys, airflow, airflow_provider_leap as p
 print("python", sys.version.split()[0], "airflow", airflow.__version__, "provider", p.__file__)'
   AIRFLOW_HOME="$env/airflow-home" "$env/bin/airflow" providers list | grep "airflow-provider-leap"
-  # The 14-day simulation (about 330 dag.test() runs of the example DAG, minutes of CPU on 3.3
-  # and several times that on 3.2) runs in the main suite only; the example DAG itself runs here
-  # in tests/test_example_dags.py.
+  # The 14-day simulation (about 330 dag.test() runs of the example DAG, minutes of CPU) runs in
+  # the main suite only; the example DAG itself runs here in tests/test_example_dags.py.
   LEAP_EXPECT_WHEEL=1 "$env/bin/pytest" -q -p no:cacheprovider \
     -c "$ROOT/pyproject.toml" --rootdir "$ROOT" "$ROOT/tests" \
     --ignore "$ROOT/tests/test_reengagement_simulation.py"

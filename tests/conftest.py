@@ -20,6 +20,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+import shared_execution_api  # noqa: E402
 
 from airflow_provider_leap.client import LeapClient  # noqa: E402
 from airflow_provider_leap.hooks.leap import connection_json  # noqa: E402
@@ -112,6 +113,13 @@ def airflow_db() -> str:
     return _HOME
 
 
+@pytest.fixture(scope="session")
+def one_execution_api() -> None:
+    """The session's ``dag.test()`` runs share one in-process Execution API, on Airflow 3.2 as on
+    3.3 (see shared_execution_api)."""
+    shared_execution_api.share()
+
+
 @dataclass
 class DagRunResult:
     state: str
@@ -120,7 +128,7 @@ class DagRunResult:
 
 
 @pytest.fixture
-def run_dag(airflow_db: str) -> Callable[..., DagRunResult]:
+def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunResult]:
     """Write a DAG file into the DAGs folder and run it with ``dag.test()`` in real Airflow."""
     import importlib.util
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from jsonschema import Draft202012Validator
+from shared_execution_api import child_env
 
 import airflow_provider_leap
 from airflow_provider_leap import datasets
@@ -46,6 +47,8 @@ with DAG("leap_lineage", schedule=None, start_date=start) as dag:
 """
 
 RUN = """
+import shared_execution_api
+shared_execution_api.share()  # before Airflow runs a task
 import importlib.util, json, sys
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
@@ -105,7 +108,7 @@ def lineage_run(
     }
     done = subprocess.run(
         [sys.executable, "-c", RUN, str(dag_file), str(folder / "run.json")],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=child_env(env), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((folder / "run.json").read_text())

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from shared_execution_api import child_env
 
 from airflow_provider_leap.hooks.leap import connection_json
 from airflow_provider_leap.testing import EMULATOR_API_KEY, FaultKind
@@ -100,6 +101,8 @@ def test_retry_after_failure_starts_clean_and_completes(
 # The same DAG, plus a task mapped over one bucket, run in a fresh process: Airflow picks its
 # XCom backend once, at import.
 RUN_WITH_BACKEND = """
+import shared_execution_api
+shared_execution_api.share()  # before Airflow runs a task
 import importlib.util, json, sys
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
@@ -146,7 +149,7 @@ def test_large_buckets_stay_out_of_the_metadata_db(
     }
     done = subprocess.run(
         [sys.executable, "-c", RUN_WITH_BACKEND, str(dag_file)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=child_env(env), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
