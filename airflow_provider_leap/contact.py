@@ -349,7 +349,9 @@ def plan_contacts(
             continue
         bucket, item, also = _pick(items, rank)
         stall = format_timestamp(stall_time, stall)
-        attempt = state.failures + 1 if state.failed_step == step else 1
+        attempt = 1  # the step's next attempt; for a spent step, its last
+        if state.failed_step == step:
+            attempt = state.failures if spent else state.failures + 1
         contact = Contact(
             contact_key=contact_key(ref_id, stall, step),
             ref_id=ref_id,
@@ -359,7 +361,7 @@ def plan_contacts(
             final=step == last_step,
             bucket=bucket,
             reason=str(item.get("reason") or ""),
-            attempt=state.failures if spent else attempt,
+            attempt=attempt,
             item=item,
             also=tuple(also),
         )

@@ -368,10 +368,10 @@ def format_report(report: ProbeReport, assumed: Mapping[str, str], source: str) 
         lines.append(f"{name:<{width}}  {value:<24}  {how}")
     differences = report.differences(assumed)
     unknown = [name for name in WIRE_FIELDS if name not in report.findings]
-    none = "no difference in what was checked." if unknown else "no difference."
+    same = "no difference in what was checked." if unknown else "no difference."
     if len(unknown) == len(WIRE_FIELDS):
-        none = "nothing was checked."
-    lines += ["", f"Against {source}: " + ("" if differences else none)]
+        same = "nothing was checked."
+    lines += ["", f"Against {source}: " + ("" if differences else same)]
     for name, (expected, found) in differences.items():
         lines.append(f"  {name}: assumed {expected!r}, server: {found or 'none of the candidates'}")
     extras = report.extras()
