@@ -151,7 +151,7 @@ class StallRecord(Protocol):
     failed_step: int  # the step whose sends failed, and how often
     failures: int
     in_flight: bool  # a claim another sender holds right now
-    failed_at: int | None  # the run's "now" of the last failed attempt, as ``sent_at``
+    failed_by: str | None  # the ledger owner of the latest failed attempt
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class StallState:
     failed_step: int = -1
     failures: int = 0
     in_flight: bool = False
-    failed_at: int | None = None
+    failed_by: str | None = None
 
 
 _NOTHING_SENT = StallState("")
@@ -206,8 +206,8 @@ class ContactPlan:
 
     due: list[Contact] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # Reference IDs that were due but held back
-    # Steps given up at this very ``now`` by an earlier try of the run: Airflow cleared that
-    # try's report when it retried, so the retry reports them again (``attempt``: the last).
+    # Steps an earlier try of this run gave up (``run`` of ``plan_contacts``): Airflow cleared
+    # that try's report when it retried, so the retry reports them again (``attempt``: the last).
     given_up: list[Contact] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
 
@@ -279,6 +279,7 @@ def plan_contacts(
     ledger: Mapping[str, StallRecord],
     forgotten_before: datetime | None = None,
     hold: Container[str] = frozenset(),
+    run: str = "",
 ) -> ContactPlan:
     """Decide, for every customer in the triage buckets, whether a message is due now.
 
@@ -291,7 +292,8 @@ def plan_contacts(
     must not answer them again. A customer in ``hold`` who would be due is counted ``held``
     instead: their record is older than what Leap announced since (see
     :func:`~airflow_provider_leap.webhooks.stale_from`), and nothing is recorded, so a later run
-    decides afresh. A step given up at this same ``now`` is listed in ``given_up``.
+    decides afresh. ``run`` starts the ledger owner of each try of this run (the operator's
+    ``dag/run/task/``): a step whose last attempt such a try gave up is listed in ``given_up``.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -338,7 +340,7 @@ def plan_contacts(
             # That step's attempts are spent (reported by the send that gave up); the stall's
             # next step starts anew at attempt 1. An earlier step's turn is over.
             counts["given_up_before"] += 1
-            if not (spent and state.failed_at == int(now.timestamp())):
+            if not (spent and run and (state.failed_by or "").startswith(run)):
                 continue
         elif state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1

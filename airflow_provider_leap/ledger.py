@@ -104,26 +104,21 @@ class Entry(msgspec.Struct, array_like=True):
     failed_step: int = -1
     failures: int = 0
     in_flight: bool = False  # set in memory only, after the snapshot was written
-    # The run's "now" of the last failed attempt of ``failed_step``: a retry of the run that gave
-    # the step up reports it again (Airflow clears the failed try's report).
-    failed_at: int | None = None
+    # Who made the latest failed attempt (its claim's ``owner``): a retry of the run that gave a
+    # step up reports it again (Airflow clears the failed try's report).
+    failed_by: str | None = None
 
     def fold(self, claim: Claim) -> None:
-        when = parse_timestamp(claim.now)
-        at = None if when is None else int(when.timestamp())
         if claim.state == FAILED:
-            if claim.step > self.failed_step:
-                self.failed_step, self.failures, self.failed_at = claim.step, claim.attempt, at
-            elif claim.step == self.failed_step:
-                self.failures = max(self.failures, claim.attempt)
-                self.failed_at = _later(self.failed_at, at)
+            if (claim.step, claim.attempt) > (self.failed_step, self.failures):
+                self.failed_step, self.failures = claim.step, claim.attempt
+                self.failed_by = claim.owner
         elif claim.step >= self.sent_step:  # sent, or sending and stale (counted as sent)
             self.sent_step = claim.step
-            self.sent_at = _later(self.sent_at, at)
-
-
-def _later(known: int | None, new: int | None) -> int | None:
-    return new if known is None or (new is not None and new > known) else known
+            when = parse_timestamp(claim.now)
+            sent_at = None if when is None else int(when.timestamp())
+            if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
+                self.sent_at = sent_at
 
 
 class Snapshot(msgspec.Struct):
@@ -304,7 +299,8 @@ class DeliveryLedger:
 
     :param root: the ledger folder (``pathlib.Path`` or ``ObjectStoragePath``).
     :param channel: a name per delivery channel: each keeps its own record of what it sent.
-    :param owner: who claims (e.g. ``dag/run/task/try``), written into claims for people.
+    :param owner: who claims (e.g. ``dag/run/task/try``), written into claims for people and
+        kept for a failed attempt (``Entry.failed_by``).
     :param horizon: stalls older than this are forgotten (the policy never contacts them).
     :param stale_after: a ``sending`` claim older than this was left by a killed process.
     :param clock: wall clock, injectable for tests.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def message_id(contact_key: str, sender: str | None) -> str:
     """One Message-ID per contact key, in the sender's domain: a message sent again (the
     connection lost after the relay took it) is the same message to mail systems that drop
     duplicates of a Message-ID, as some mailbox providers do."""
-    domain = (sender or "").rpartition("@")[2].strip("> ") or "localhost"
+    domain = parseaddr(sender or "")[1].rpartition("@")[2] or "localhost"
     return f"<{contact_key}@{domain}>"
 
 

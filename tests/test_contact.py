@@ -281,24 +281,35 @@ def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: P
 
 
 def test_a_retry_of_the_run_that_gave_a_step_up_lists_it_again(tmp_path: Path) -> None:
-    """Airflow clears a failed try's XComs, the give-up report with them: a retry of that run
-    (the same ``now``) lists the step again, at its last attempt; a later run does not."""
-    channel = Channel(tmp_path)
+    """Airflow clears a failed try's XComs, the give-up report with them: a retry of the run
+    that gave the step up lists it again, at its last attempt. No other run does: not one at
+    the same ``now`` (webhook runs answer at one moment), nor one that failed an earlier attempt,
+    even when a cleared older run made the last attempt after it."""
     buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
-    channel.down = True
-    runs = [T0, T0 + H, T0 + 2 * H]
-    reports = [channel.run(buckets, now)[1] for now in runs]
+    policy = ContactPolicy()
+
+    def refuse(contact: Contact) -> None:
+        raise ConnectionRefusedError("SMTP server down")
+
+    def run(name: str, now: datetime) -> tuple[list[Contact], DeliveryReport]:
+        ledger = DeliveryLedger(tmp_path, owner=f"{name}try 1")
+        states = ledger.load(now).states
+        plan = plan_contacts(buckets, now=now, policy=policy, ledger=states, run=name)
+        report = deliver(plan.due, refuse, ledger, now=now, max_attempts=policy.max_attempts)
+        return plan.given_up, report
+
+    runs = [("d/r1/t/", T0), ("d/r3/t/", T0 + 2 * H), ("d/r2/t/", T0 + H)]  # r2 cleared, late
+    reports = [run(name, now)[1] for name, now in runs]
     assert [r.given_up for r in reports] == [0, 0, 1]
-
-    def retry(now: datetime) -> list[tuple[str, int, int]]:
-        states = DeliveryLedger(tmp_path).load(now).states
-        result = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states)
-        assert result.due == [] and result.outcomes["given_up_before"] == 1
-        return [(c.contact_key, c.step, c.attempt) for c in result.given_up]
-
     key = reports[2].attention[0]["contact_key"]
-    assert retry(runs[2]) == [(key, 0, 3)]
-    assert retry(runs[2] + timedelta(seconds=1)) == retry(runs[1]) == []
+
+    def listed(name: str, now: datetime) -> list[tuple[str, int, int]]:
+        given_up, report = run(name, now)
+        assert report.failed == 0  # nothing is sent again, listed or not
+        return [(c.contact_key, c.step, c.attempt) for c in given_up]
+
+    assert listed("d/r2/t/", T0 + H) == [(key, 0, 3)]
+    assert listed("d/r3/t/", T0 + 2 * H) == listed("d/other/t/", T0 + H) == []
 
 
 def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:

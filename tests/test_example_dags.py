@@ -109,15 +109,39 @@ def test_connection_watch_runs_end_to_end(run_dag, leap_emulator) -> None:
     assert result.xcoms[("report", "return_value")]["total"] == 3
 
 
-def test_render_message_prefers_the_most_specific_wording() -> None:
+def _common() -> Any:
+    """The module both re-engagement examples import (not a DAG file)."""
     import importlib.util
-
-    from airflow_provider_leap.contact import Contact
 
     spec = importlib.util.spec_from_file_location("reeng", EXAMPLES / "leap_reengagement_common.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "noreply@partner.example",
+        "Partner <noreply@partner.example>",
+        "noreply@partner.example (Partner Energy)",
+        '"Partner, Inc." <noreply@partner.example>',
+    ],
+)
+def test_the_message_id_is_the_contact_key_in_the_senders_domain(sender: str) -> None:
+    from email import message_from_string, policy
+
+    message_id = _common().message_id("lc1-x", sender)
+    assert message_id == "<lc1-x@partner.example>"
+    parsed = message_from_string(f"Message-ID: {message_id}\n\n", policy=policy.default)
+    assert not parsed["Message-ID"].defects
+
+
+def test_render_message_prefers_the_most_specific_wording() -> None:
+    from airflow_provider_leap.contact import Contact
+
+    module = _common()
 
     def contact(bucket: str, item: dict[str, object], **kw: object) -> Contact:
         fields = {"first": True, "final": False, "step": 0, "also": ()} | kw

@@ -155,11 +155,12 @@ class LeapContactOperator(BaseOperator):
         hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
+        run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/"  # every try's ledger owner starts so
         try:
             ledger = DeliveryLedger(
                 ObjectStoragePath(url),
                 channel=self.channel,
-                owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try {ti.try_number}",
+                owner=f"{run}try {ti.try_number}",
                 horizon=self.policy.horizon,
             )
             ledger.check_writable()
@@ -173,6 +174,7 @@ class LeapContactOperator(BaseOperator):
             ledger=view.states,
             forgotten_before=view.forgotten_before,
             hold=hold,
+            run=run,
         )
         if plan.held:
             self.log.warning(
