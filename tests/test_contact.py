@@ -11,6 +11,7 @@ import pytest
 
 from airflow_provider_leap.contact import (
     Contact,
+    ContactPlan,
     ContactPolicy,
     StallState,
     contact_key,
@@ -216,12 +217,14 @@ class Channel:
         self.inbox.append((contact.ref_id, contact.stall, contact.step, contact.contact_key))
 
     def run(
-        self, buckets: dict[str, list[dict[str, object]]], now: datetime
-    ) -> tuple[list[Contact], DeliveryReport]:
-        ledger = DeliveryLedger(self.root)
+        self, buckets: dict[str, list[dict[str, object]]], now: datetime, run: str = ""
+    ) -> tuple[ContactPlan, DeliveryReport]:
+        """One try of the operator; ``run`` as its ``dag/run/task/`` (the ledger owner's start)."""
+        ledger = DeliveryLedger(self.root, owner=f"{run}try 1")
         states = ledger.load(now).states
-        due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states).due
-        return due, deliver(due, self, ledger, now=now, max_attempts=ContactPolicy().max_attempts)
+        plan = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states, run=run)
+        max_attempts = ContactPolicy().max_attempts
+        return plan, deliver(plan.due, self, ledger, now=now, max_attempts=max_attempts)
 
 
 def hourly(start: datetime, hours: int) -> Iterable[datetime]:
@@ -269,8 +272,8 @@ def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: P
     planned = []
     for now in hourly(T0 + H, 8 * 24):
         channel.down = T0 + 22 * H <= now < T0 + 25 * H  # the day-1 reminder fails three times
-        due, report = channel.run(buckets, now)
-        planned += [(c.step, c.attempt) for c in due]
+        plan, report = channel.run(buckets, now)
+        planned += [(c.step, c.attempt) for c in plan.due]
         attention += report.attention
     assert [(a["why"], a["step"], a["attempt"]) for a in attention] == [
         ("given_up", 0, 3),
@@ -285,28 +288,18 @@ def test_a_retry_of_the_run_that_gave_a_step_up_lists_it_again(tmp_path: Path) -
     that gave the step up lists it again, at its last attempt. No other run does: not one at
     the same ``now`` (webhook runs answer at one moment), nor one that failed an earlier attempt,
     even when a cleared older run made the last attempt after it."""
+    channel = Channel(tmp_path)
+    channel.down = True
     buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
-    policy = ContactPolicy()
-
-    def refuse(contact: Contact) -> None:
-        raise ConnectionRefusedError("SMTP server down")
-
-    def run(name: str, now: datetime) -> tuple[list[Contact], DeliveryReport]:
-        ledger = DeliveryLedger(tmp_path, owner=f"{name}try 1")
-        states = ledger.load(now).states
-        plan = plan_contacts(buckets, now=now, policy=policy, ledger=states, run=name)
-        report = deliver(plan.due, refuse, ledger, now=now, max_attempts=policy.max_attempts)
-        return plan.given_up, report
-
     runs = [("d/r1/t/", T0), ("d/r3/t/", T0 + 2 * H), ("d/r2/t/", T0 + H)]  # r2 cleared, late
-    reports = [run(name, now)[1] for name, now in runs]
+    reports = [channel.run(buckets, now, name)[1] for name, now in runs]
     assert [r.given_up for r in reports] == [0, 0, 1]
     key = reports[2].attention[0]["contact_key"]
 
     def listed(name: str, now: datetime) -> list[tuple[str, int, int]]:
-        given_up, report = run(name, now)
+        plan, report = channel.run(buckets, now, name)
         assert report.failed == 0  # nothing is sent again, listed or not
-        return [(c.contact_key, c.step, c.attempt) for c in given_up]
+        return [(c.contact_key, c.step, c.attempt) for c in plan.given_up]
 
     assert listed("d/r2/t/", T0 + H) == [(key, 0, 3)]
     assert listed("d/r3/t/", T0 + 2 * H) == listed("d/other/t/", T0 + H) == []
