@@ -12,35 +12,34 @@ DEFAULT_CONN_ID = "leap_default"
 
 # The ``leap`` connection form, declared once: Airflow 3 reads it from the provider info without
 # importing the hook. Each field is stored as the extra of the same name.
-# Airflow's form stores every field's default in the extra on save: the environment has none,
-# or a staging host typed into Base URL would be saved with "production" and contradict it.
-_FIELDS = (  # extra, label, JSON type, default
-    ("environment", "Environment", "string", None),
-    ("timeout", "Timeout (seconds)", "number", 30),
-    ("max_retries", "Retry limit", "integer", 5),
-    ("max_retry_wait", "Longest total retry wait (seconds)", "number", 300),
-    ("retry_backoff", "First retry backoff (seconds)", "number", 1),
-    ("page_size", "Page size", "integer", 500),
-    ("allow_insecure_http", "Allow plain http:// to a non-loopback host", "boolean", False),
+# No field has a default: Airflow's form saves every default into the extra on Save, which would
+# freeze today's values into each saved connection (and a default environment would contradict
+# a staging host typed into Base URL). An empty field is the provider's default, named in its help.
+_FIELDS = (  # extra, label, JSON type, help text
+    ("environment", "Environment", "string", "Empty: the Base URL's, else production."),
+    ("timeout", "Timeout (seconds)", "number", "Longest wait on the socket. Empty: 30."),
+    ("max_retries", "Retry limit", "integer", "Retries of 429, 5xx, timeouts. Empty: 5."),
+    ("max_retry_wait", "Longest total retry wait (seconds)", "number", "Empty: 300."),
+    ("retry_backoff", "First retry backoff (seconds)", "number", "Doubles per retry. Empty: 1."),
+    ("page_size", "Page size", "integer", "Records per page. Empty: 500."),
+    (
+        "allow_insecure_http",
+        "Allow plain http:// to a non-loopback host",
+        "boolean",
+        "Empty: false.",
+    ),
 )
-_HELP = {
-    "environment": "Empty: the Base URL's, else production. A key works in one only.",
-    "timeout": "Longest wait on the socket, per request.",
-    "max_retries": "Retries of 429, 5xx, timeouts and connection errors per request.",
-    "retry_backoff": "Doubles on each retry, with jitter; Retry-After wins when sent.",
-}
 CONNECTION_FORM: dict[str, Any] = {
     "conn-fields": {
         name: {
             "label": label,
-            **({"description": _HELP[name]} if name in _HELP else {}),
+            "description": text,
             "schema": {
                 "type": [kind, "null"],
                 **({"enum": ["production", "staging"]} if name == "environment" else {}),
-                "default": default,
             },
         }
-        for name, label, kind, default in _FIELDS
+        for name, label, kind, text in _FIELDS
     },
     "ui-field-behaviour": {
         "hidden-fields": ["schema", "port", "login"],

@@ -107,6 +107,9 @@ class Entry(msgspec.Struct, array_like=True):
     # Who made the latest failed attempt (its claim's ``owner``): a retry of the run that gave a
     # step up reports it again (Airflow clears the failed try's report).
     failed_by: str | None = None
+    # Who found the send of ``sent_step`` unconfirmed (killed mid-way): reported again by a
+    # retry of that run, for the same reason.
+    unconfirmed_by: str | None = None
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
@@ -114,6 +117,8 @@ class Entry(msgspec.Struct, array_like=True):
                 self.failed_step, self.failures = claim.step, claim.attempt
                 self.failed_by = claim.owner
         elif claim.step >= self.sent_step:  # sent, or sending and stale (counted as sent)
+            if claim.step > self.sent_step:
+                self.unconfirmed_by = None
             self.sent_step = claim.step
             when = parse_timestamp(claim.now)
             sent_at = None if when is None else int(when.timestamp())
@@ -166,6 +171,10 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
     return entry.failed_step == contact.step and entry.failures >= contact.attempt
 
 
+def _unconfirmed(ref_id: str, stall: str, step: int) -> dict[str, Any]:
+    return {"ref_id": ref_id, "stall": stall, "step": step}
+
+
 def _by_ref_id(snapshot: Snapshot) -> dict[str, Entry]:
     return {entry.ref_id: entry for entry in snapshot.entries}
 
@@ -183,7 +192,8 @@ class LedgerView:
     """The ledger as one run sees it: ``states`` is what ``plan_contacts`` takes."""
 
     states: dict[str, Entry] = field(default_factory=dict)  # by Reference ID
-    unconfirmed: list[dict[str, Any]] = field(default_factory=list)  # newly found this run
+    # Sends killed mid-way, found by this load (or, with ``load(run=...)``, by a try of the run).
+    unconfirmed: list[dict[str, Any]] = field(default_factory=list)
     compacted: bool = False
     stalls: int = 0
     # Stalls before this were forgotten: expired for the plan whatever the run's "now"
@@ -359,21 +369,23 @@ class DeliveryLedger:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def load(self, now: datetime) -> LedgerView:
+    def load(self, now: datetime, *, run: str | None = None) -> LedgerView:
         """Everything known about each stall, with claims not yet compacted folded in.
 
         Compacts (persists the fold, forgets stalls past the horizon) when no other task is
-        compacting; otherwise reads only.
+        compacting; otherwise reads only. A send found unconfirmed is listed by the load that
+        compacts it, and again by any load whose ``run`` prefixes the ``owner`` of that one (a
+        retry of the run: Airflow cleared the earlier try's report).
         """
         with _storage_failure(lambda exc: f"Cannot lock the delivery ledger {self.folder}: {exc}"):
             locked = self._lock()
         try:
-            return self._load(now, compact=locked)
+            return self._load(now, compact=locked, run=run)
         finally:
             if locked:
                 self._unlock()
 
-    def _load(self, now: datetime, *, compact: bool) -> LedgerView:
+    def _load(self, now: datetime, *, compact: bool, run: str | None) -> LedgerView:
         # The lock is taken before anything is read, so the snapshot a compaction writes is
         # built on the latest one (no other compaction can slip in between and be overwritten).
         # Claims are read before the snapshot: a claim deleted before it was listed was folded
@@ -392,12 +404,12 @@ class DeliveryLedger:
                 live.append(claim)
                 continue
             if claim.state == SENDING:
-                view.unconfirmed.append(
-                    {"ref_id": claim.ref_id, "stall": claim.stall, "step": claim.step}
-                )
+                view.unconfirmed.append(_unconfirmed(claim.ref_id, claim.stall, claim.step))
             entry = _entry_for(entries, claim)
             if entry is not None:
                 entry.fold(claim)
+                if claim.state == SENDING and entry.sent_step == claim.step:
+                    entry.unconfirmed_by = self.owner
             folded += paths
         # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
         # characters compares the times, to the second, without parsing 100,000 of them.
@@ -418,6 +430,14 @@ class DeliveryLedger:
         self._forgotten_before = cutoff
         if view.unconfirmed and not view.compacted:
             view.unconfirmed = []  # reported by the task that folds them, once
+        if run:  # and by a retry of its run, whose earlier try's report Airflow has cleared
+            view.unconfirmed += [
+                _unconfirmed(e.ref_id, e.stall, e.sent_step)
+                for e in entries.values()
+                if e.unconfirmed_by
+                and e.unconfirmed_by != self.owner
+                and e.unconfirmed_by.startswith(run)
+            ]
         view.stalls = len(entries)
         for claim in live:
             entry = _entry_for(entries, claim)

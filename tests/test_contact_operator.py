@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
+from airflow_provider_leap.delivery import deliver
+from airflow_provider_leap.ledger import DeliveryLedger
 from airflow_provider_leap.triage import triage
 
 DAG_SOURCE = """
@@ -60,3 +64,41 @@ def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
     )
     earlier = next(a for a in attention if a["ref_id"] == first)
     assert "earlier try of this run" in earlier["detail"]
+
+
+def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reported(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The try that finds a send killed mid-way (its claim stale) folds it and reports it; when
+    that try fails for another customer, the retry must report it again (XComs cleared)."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    first, second = due[:2]
+
+    class Killed(BaseException):  # what a SIGKILL leaves: a claim still "sending"
+        pass
+
+    def killed(contact):  # type: ignore[no-untyped-def]
+        raise Killed
+
+    an_hour_ago = now - timedelta(hours=1)  # the claim is stale by now
+    ledger = DeliveryLedger(tmp_path / "ledger", clock=lambda: an_hour_ago)
+    with pytest.raises(Killed):
+        deliver([first], killed, ledger, now=an_hour_ago, max_attempts=2)
+
+    # The run's first try finds the first customer's send unconfirmed and fails the second's
+    # attempt 1, so Airflow retries; the retry gives the second customer up.
+    source = DAG_SOURCE.format(
+        ref_ids=[first.ref_id, second.ref_id], ledger=(tmp_path / "ledger").as_uri(), retries=1
+    )
+    result = run_dag("leap_contact_retry", source, logical_date=None)
+    assert result.task_states["contact"] == "success"
+    attention = result.xcoms[("contact", "attention")]
+    assert sorted((a["ref_id"], a["why"]) for a in attention) == sorted(
+        [(first.ref_id, "unconfirmed"), (second.ref_id, "given_up")]
+    )
+    assert result.xcoms[("contact", "return_value")]["unconfirmed"] == 1
+    # Another run does not report it again.
+    again = run_dag("leap_contact_retry", source, logical_date=None)
+    assert [a["why"] for a in again.xcoms[("contact", "attention")]] == []

@@ -177,10 +177,10 @@ def test_the_form_is_the_hooks_and_its_fields_are_extras() -> None:
 
 
 def test_a_staging_host_saved_through_the_form_is_staging(monkeypatch) -> None:
-    # Airflow's form saves every field's default in the extra: a user who only types the
-    # staging host and the key must get staging, not a contradiction with a default environment.
+    # Airflow's form saves every field into the extra, empty ones as null: a user who only
+    # types the staging host and the key gets staging and the provider's defaults.
     (conn_type,) = get_provider_info()["connection-types"]
-    saved = {name: f["schema"]["default"] for name, f in conn_type["conn-fields"].items()}
+    saved = {name: f["schema"].get("default") for name, f in conn_type["conn-fields"].items()}
     host = wire.ENVIRONMENT_URLS["staging"]
     set_conn(monkeypatch, "leap_form", host=host, password="lk_test_0123456789", extra=saved)
     assert (LeapHook("leap_form").config.environment, LeapHook("leap_form").config.base_url) == (

@@ -105,15 +105,16 @@ def test_unreachable_is_reported_and_not_an_attempt(tmp_path: Path) -> None:
     assert [(c.ref_id, c.attempt) for c in plan.due] == [("cust-0001", 1)]
 
 
+class Killed(BaseException):  # what a SIGTERM or a timeout raises in a task
+    pass
+
+
+def killed(contact) -> None:  # type: ignore[no-untyped-def]
+    raise Killed
+
+
 def test_a_send_killed_midway_is_never_repeated_and_reported_once(tmp_path: Path) -> None:
     clock = Clock()
-
-    class Killed(BaseException):  # what a SIGTERM or a timeout raises in a task
-        pass
-
-    def killed(contact) -> None:  # type: ignore[no-untyped-def]
-        raise Killed
-
     with pytest.raises(Killed):
         run(DeliveryLedger(tmp_path, clock=clock), buckets(1), killed)
     # A retry minutes later: the claim is fresh, held by the killed try: not sent.
@@ -128,6 +129,22 @@ def test_a_send_killed_midway_is_never_repeated_and_reported_once(tmp_path: Path
     assert ledger.load(T0).unconfirmed == []
     plan, _ = run(ledger, buckets(1), Outbox())
     assert plan.due == [] and plan.outcomes["already_sent"] == 1
+
+
+def test_an_unconfirmed_send_is_listed_again_by_a_retry_of_its_run_only(tmp_path: Path) -> None:
+    clock = Clock()
+    with pytest.raises(Killed):
+        run(DeliveryLedger(tmp_path, clock=clock), buckets(1), killed)
+    clock.now += timedelta(hours=1)
+
+    def load(owner: str, run: str) -> list[str]:
+        view = DeliveryLedger(tmp_path, clock=clock, owner=owner).load(T0, run=run)
+        return [u["ref_id"] for u in view.unconfirmed]
+
+    assert load("d/r1/t/try 1", "d/r1/t/") == ["cust-0000"]  # found and folded
+    assert load("d/r1/t/try 2", "d/r1/t/") == ["cust-0000"]  # its retry: Airflow cleared try 1
+    assert load("d/r2/t/try 1", "d/r2/t/") == []  # another run
+    assert load("d/r1/t/try 3", "") == []  # no run given: only what this load folds
 
 
 def test_a_claim_is_taken_by_one_sender_only(tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ class LeapContactOperator(BaseOperator):
                 horizon=self.policy.horizon,
             )
             ledger.check_writable()
-            view = ledger.load(now)
+            view = ledger.load(now, run=run)
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
         plan = plan_contacts(

@@ -177,13 +177,17 @@ def check_connection_form(d: Deployment) -> str:
     got = leap["extra_fields"]
     if set(got) != set(extras):
         problems.append(f"extra fields: UI {sorted(got)}, docs {sorted(extras)}")
+    # No field has a default (the form would save it into every connection): each starts
+    # empty and its help names the provider's default, the one the docs give.
     for name, (label, default) in extras.items():
         shown_extra = got.get(name) or {}
-        title = (shown_extra.get("schema") or {}).get("title")
-        shown_value = shown_extra.get("value")
-        value = "empty" if shown_value is None else json.dumps(shown_value).strip('"')
-        if title != label or value != default:
-            problems.append(f"{name}: UI ({title!r}, {value!r}), docs ({label!r}, {default!r})")
+        schema = shown_extra.get("schema") or {}
+        title, value = schema.get("title"), shown_extra.get("value")
+        help_text = shown_extra.get("description") or schema.get("description") or ""
+        if title != label or value is not None:
+            problems.append(f"{name}: UI ({title!r}, {value!r}), docs ({label!r}, empty)")
+        if default != "empty" and f"Empty: {default}." not in help_text:
+            problems.append(f"{name}: help {help_text!r} does not name the default {default}")
     if problems:
         raise CheckFailed("; ".join(problems))
     return f"{len(relabels)} relabelled fields, {len(extras)} extra fields, as documented"
@@ -505,7 +509,9 @@ def check_form_saved(d: Deployment) -> str:
     """What Airflow stored when the browser saved ``UI_CONNECTION``, parsed as the hook parses it.
 
     Airflow's form saves every extra field's default along with what the user typed
-    (apache/airflow#57984): a default environment would contradict the staging host."""
+    (apache/airflow#57984): a default environment would contradict the staging host, and a
+    default timeout would freeze today's value into the connection. The form has no defaults."""
+    from airflow_provider_leap import CONNECTION_FORM
     from airflow_provider_leap.config import LeapConfig, LeapConfigError
 
     name, path = UI_CONNECTION["id"], f"/api/v2/connections/{UI_CONNECTION['id']}"
@@ -531,6 +537,9 @@ def check_form_saved(d: Deployment) -> str:
             raise CheckFailed(f"{stored}; the hook refuses it: {exc}") from None
         if (config.environment, config.base_url) != ("staging", UI_CONNECTION["host"]):
             raise CheckFailed(f"{stored}; resolves as {config.environment} at {config.base_url}")
+        frozen = [k for k in CONNECTION_FORM["conn-fields"] if extra.get(k) not in (None, "")]
+        if frozen:
+            raise CheckFailed(f"{stored}; untyped form fields saved a value: {', '.join(frozen)}")
     finally:
         with contextlib.suppress(CheckFailed):  # nothing to delete: the error above says why
             d.api.call("DELETE", path)
