@@ -88,6 +88,7 @@ class Claim(msgspec.Struct, kw_only=True):
     claimed_at: str  # wall clock: tells a live claim from one a killed process left behind
     owner: str = ""
     error: str | None = None
+    horizon: float = 0.0  # the sender's, in seconds: see ``Snapshot.horizon``
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -134,6 +135,9 @@ class Snapshot(msgspec.Struct):
     # The highest expiry cutoff ever applied ("YYYY-MM-DDTHH:MM:SS"): stalls before it were
     # forgotten, so they stay expired for a run whatever its own "now" (a cleared old run).
     forgotten_before: str = ""
+    # The longest horizon (seconds) any task sharing the channel forgets with: a task with a
+    # shorter policy must not forget the stalls another task still reminds.
+    horizon: float = 0.0
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
@@ -311,7 +315,8 @@ class DeliveryLedger:
     :param channel: a name per delivery channel: each keeps its own record of what it sent.
     :param owner: who claims (e.g. ``dag/run/task/try``), written into claims for people and
         kept for a failed attempt (``Entry.failed_by``).
-    :param horizon: stalls older than this are forgotten (the policy never contacts them).
+    :param horizon: stalls older than this are forgotten (the policy never contacts them); a
+        longer horizon of another task sharing the channel wins.
     :param stale_after: a ``sending`` claim older than this was left by a killed process.
     :param clock: wall clock, injectable for tests.
     """
@@ -413,14 +418,16 @@ class DeliveryLedger:
             folded += paths
         # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
         # characters compares the times, to the second, without parsing 100,000 of them.
-        cutoff = max(_iso(now - self.horizon)[:19], snapshot.forgotten_before)
+        longest = max([snapshot.horizon, *(claim.horizon for _, claim in claims)])
+        horizon = max(self.horizon, timedelta(seconds=longest))
+        cutoff = max(_iso(now - horizon)[:19], snapshot.forgotten_before)
         expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
         for ref_id in expired:
             del entries[ref_id]
         generation = snapshot.generation
         if compact and (folded or expired):
             generation = uuid.uuid4().hex
-            self._write_snapshot(entries, generation, cutoff)
+            self._write_snapshot(entries, generation, cutoff, horizon)
             # Written after the snapshot and before any claim is deleted: see ``_covered``.
             self._replace(GENERATION, generation.encode())
             for path in folded:
@@ -504,11 +511,11 @@ class DeliveryLedger:
     # -- compaction ------------------------------------------------------------------------------
 
     def _write_snapshot(
-        self, entries: dict[str, Entry], generation: str, forgotten_before: str
+        self, entries: dict[str, Entry], generation: str, forgotten_before: str, horizon: timedelta
     ) -> None:
-        snapshot = Snapshot(
-            1, _iso(self._clock()), list(entries.values()), generation, forgotten_before
-        )
+        written_at, kept = _iso(self._clock()), list(entries.values())
+        seconds = horizon.total_seconds()
+        snapshot = Snapshot(1, written_at, kept, generation, forgotten_before, seconds)
         self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
 
     def _replace(self, name: str, body: bytes) -> None:
@@ -588,6 +595,7 @@ class DeliveryLedger:
             claimed_at=_iso(self._clock()),
             owner=self.owner,
             error=error,
+            horizon=self.horizon.total_seconds(),
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:

@@ -196,6 +196,22 @@ def test_compaction_folds_claims_and_forgets_stalls_past_the_horizon(tmp_path: P
     assert ledger.load(T0 + timedelta(days=31)).stalls == 0
 
 
+def test_a_task_with_a_shorter_horizon_does_not_forget_another_tasks_stalls(
+    tmp_path: Path,
+) -> None:
+    # Two DAGs share the channel: one reminds for 30 days, the other's policy stops at 8.
+    run(DeliveryLedger(tmp_path, horizon=timedelta(days=30)), buckets(1), Outbox())
+    ten_days_on = T0 + timedelta(days=10)
+    short = DeliveryLedger(tmp_path, horizon=timedelta(days=8)).load(ten_days_on)
+    assert short.compacted and short.stalls == 1
+    assert short.forgotten_before == ten_days_on - timedelta(days=30)
+    later = DeliveryLedger(tmp_path, horizon=timedelta(days=8)).load(T0 + timedelta(days=20))
+    assert later.stalls == 1  # the snapshot keeps the longest horizon once the claims are gone
+    plan, _ = run(DeliveryLedger(tmp_path), buckets(1), Outbox(), now=ten_days_on)
+    assert plan.due == [] or plan.due[0].step > 0  # not answered again as a new stall
+    assert plan.outcomes["expired"] == 0
+
+
 def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "email").mkdir()
     (tmp_path / "email" / "ledger.json").write_text("{not json")
