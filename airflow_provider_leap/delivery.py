@@ -121,7 +121,8 @@ def deliver(
 
 
 def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:
-    """What a person needs to act on one contact (``why``: ``given_up``, ``unreachable``)."""
+    """What a person needs to act on one contact (``why``: ``given_up``, ``unreachable``);
+    ``first``: no message of this stall has reached the customer yet."""
     return {
         "why": why,
         "detail": detail,
@@ -129,6 +130,7 @@ def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:
         "ref_id": contact.ref_id,
         "stall": contact.stall,
         "step": contact.step,
+        "first": contact.first,
         "bucket": contact.bucket,
         "attempt": contact.attempt,
     }

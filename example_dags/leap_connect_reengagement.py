@@ -46,9 +46,12 @@ with DAG(
         "lookback_days": Param(
             POLICY.horizon.days,
             type="integer",
-            minimum=1,
+            # A shorter window than the horizon would never see the stalls the last reminders
+            # are for: they would go unsent, without a sign.
+            minimum=POLICY.horizon.days,
             maximum=365,
-            description="Triage connections with a last interaction this recent",
+            description="Triage connections with a last interaction this recent (at least the "
+            "policy's horizon, or the last reminders are never sent)",
         ),
     },
     tags=["leap", "example"],

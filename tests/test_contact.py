@@ -275,9 +275,9 @@ def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: P
         plan, report = channel.run(buckets, now)
         planned += [(c.step, c.attempt) for c in plan.due]
         attention += report.attention
-    assert [(a["why"], a["step"], a["attempt"]) for a in attention] == [
-        ("given_up", 0, 3),
-        ("given_up", 1, 3),
+    assert [(a["why"], a["step"], a["attempt"], a["first"]) for a in attention] == [
+        ("given_up", 0, 3, True),  # both given up: nothing of the stall has reached them
+        ("given_up", 1, 3, True),
     ]
     assert planned == [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]  # a spent step is never retried
     assert [step for _, _, step, _ in channel.inbox] == [2, 3]

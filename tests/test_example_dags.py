@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -38,6 +39,19 @@ def test_example_dags_import_cleanly(monkeypatch) -> None:
     hourly = bag.get_dag("leap_connect_reengagement")
     assert hourly.max_active_runs == 1 and hourly.catchup is False
     assert hourly.timetable.expression == "17 * * * *"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_lookback_cannot_be_shorter_than_the_horizon() -> None:
+    """A window shorter than the horizon never sees the stalls the last reminders are for."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    hourly = DagBag(dag_folder=str(EXAMPLES)).get_dag("leap_connect_reengagement")
+    horizon = _common().POLICY.horizon.days
+    params = copy.deepcopy(hourly.params)
+    params["lookback_days"] = horizon + 30
+    with pytest.raises(Exception, match=f"minimum of {horizon}|less than the minimum"):
+        params["lookback_days"] = horizon - 1
 
 
 def _outbox(folder: Path) -> list[dict[str, object]]:
