@@ -115,7 +115,21 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "s3://aws_default@my-bucket/leap-ledger",
                         "default": "",
-                    }
+                    },
+                    "max_run_lag": {
+                        "description": (
+                            "How many seconds behind the clock a run's moment (the triage's "
+                            "now) may be for LeapContactOperator to send. Leap's API has no "
+                            "history: a backfill, a catch-up or a run cleared hours later reads "
+                            "today's records, and planning them at a past moment would replay "
+                            "the cadence in minutes. Such a run sends nothing; the run for the "
+                            "present sends what is due. 0 turns the check off.\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "7200",
+                        "default": "7200",
+                    },
                 },
             }
         },

@@ -52,6 +52,7 @@ CLAIMS = "claims"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
 GENERATION = "generation"
+IDENTITY = "ledger-id"
 DEFAULT_STALE_AFTER = timedelta(minutes=30)
 
 SENDING, SENT, FAILED = "sending", "sent", "failed"
@@ -371,6 +372,17 @@ class DeliveryLedger:
             probe = self.folder / f".probe-{uuid.uuid4().hex}"
             _write(probe, b"ok")
             probe.unlink()
+
+    def identity(self) -> str:
+        """The channel folder's lasting name, made by its first user and kept when the folder is
+        copied: a task that finds another name than its earlier runs recorded is not looking at
+        the record it sent with (moved without its contents, wiped, renamed, a worker's disk)."""
+        path = self.folder / IDENTITY
+        with _storage_failure(lambda exc: f"Cannot read the delivery ledger {self.folder}: {exc}"):
+            self._prepare()
+            self._create_exclusive(path, uuid.uuid4().hex.encode())
+            with path.open("rb") as handle:
+                return bytes(handle.read()).decode("ascii", "replace").strip()
 
     # -- reading ---------------------------------------------------------------------------------
 

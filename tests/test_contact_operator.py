@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from airflow_provider_leap.ledger import DeliveryLedger
 from airflow_provider_leap.triage import triage
 
 DAG_SOURCE = """
+import shutil
 from datetime import datetime, timedelta, timezone
 from airflow.sdk import DAG
 from airflow_provider_leap.contact import ContactPolicy
@@ -102,3 +105,77 @@ def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reporte
     # Another run does not report it again.
     again = run_dag("leap_contact_retry", source, logical_date=None)
     assert [a["why"] for a in again.xcoms[("contact", "attention")]] == []
+
+
+MOVING_SOURCE = """
+from datetime import datetime, timezone
+from airflow.sdk import DAG
+from airflow_provider_leap.operators.contact import LeapContactOperator
+from airflow_provider_leap.operators.triage import TriageOperator
+
+def send(contact):
+    with open({outbox!r}, "a") as out:
+        out.write(contact.ref_id + "\\n")
+
+start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+with DAG("leap_contact_ledger", schedule=None, start_date=start) as dag:
+    TriageOperator(task_id="triage", now="{{{{ dag_run.run_after }}}}") >> LeapContactOperator(
+        task_id="contact", send=send, ledger_url={ledger!r}, accept_new_ledger={accept!r}
+    )
+"""
+
+
+def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A ledger that is not the one the task's earlier runs sent with (moved without its
+    contents, wiped, a worker's own disk) would message everyone again: the run fails first."""
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+
+    outbox = tmp_path / "outbox.txt"
+
+    def run(folder: str, accept: bool = False):  # type: ignore[no-untyped-def]
+        source = MOVING_SOURCE.format(
+            outbox=str(outbox), ledger=(tmp_path / folder).as_uri(), accept=accept
+        )
+        result = run_dag("leap_contact_ledger", source, logical_date=None)
+        return result, outbox.read_text().splitlines() if outbox.exists() else []
+
+    result, sent = run("first")
+    assert result.task_states["contact"] == "success" and sent
+    shutil.copytree(tmp_path / "first", tmp_path / "copied")  # moved the right way: nothing new
+    result, after = run("copied")
+    assert result.task_states["contact"] == "success" and after == sent
+    result, after = run("empty")  # moved without its contents
+    assert result.task_states["contact"] == "failed" and after == sent
+    with create_session() as session:
+        key = "leap_ledger:leap_contact_ledger.contact"
+        (recorded,) = session.query(Variable).filter_by(key=key)
+        assert json.loads(recorded.val)["folder"] == (tmp_path / "copied" / "email").as_uri()
+    result, after = run("empty", accept=True)  # a fresh start, on purpose
+    assert result.task_states["contact"] == "success" and sorted(after) == sorted(sent * 2)
+    assert run("empty")[0].task_states["contact"] == "success"  # from now on, this one
+
+
+def test_a_run_for_another_moment_than_the_present_sends_nothing(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Leap's API has no history: a backfill, a catch-up or a run cleared hours later reads
+    today's records; planned at its own past moment, run after run would send the next step."""
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=False
+    )
+    clock = datetime.now(timezone.utc)
+    for moment in (
+        clock - timedelta(days=1),
+        clock - timedelta(hours=3),
+        clock + timedelta(hours=1),
+    ):
+        result = run_dag("leap_contact_ledger", source, logical_date=None, run_after=moment)
+        assert result.xcoms[("contact", "return_value")] == {"not_now": 1}, moment
+        assert not outbox.exists()
+    result = run_dag("leap_contact_ledger", source, logical_date=None, run_after=clock)
+    assert result.xcoms[("contact", "return_value")]["sent"] > 0 and outbox.exists()

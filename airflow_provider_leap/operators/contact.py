@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
     from airflow_provider_leap.contact import Contact
+
+# The Variable recording, per task, the ledger its runs send with (see ``accept_new_ledger``).
+LEDGER_VARIABLE_PREFIX = "leap_ledger:"
+# How far a run's moment may be ahead of this worker's clock (skew between machines).
+CLOCK_SKEW = timedelta(minutes=10)
+
+
+def max_run_lag() -> timedelta | None:
+    """``[leap] max_run_lag`` (seconds; 0 turns the check off): how far behind the clock a run's
+    moment may be and it still sends."""
+    from airflow.sdk.configuration import conf
+
+    seconds = conf.getint("leap", "max_run_lag", fallback=7200)
+    return timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def default_ledger_url() -> str:
@@ -75,6 +89,16 @@ class LeapContactOperator(BaseOperator):
         counted (``held``) and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
+    :param accept_new_ledger: run with a ledger other than the one this task's earlier runs
+        recorded their sends in. Without it such a run fails before sending, since every due
+        customer would be messaged again (a ledger moved without its contents, wiped, renamed,
+        or on a worker's own disk). Set it for the one run that starts a record afresh on
+        purpose (or delete the task's Variable ``leap_ledger:<dag_id>.<task_id>``). Default
+        False.
+
+    A run whose moment (the triage's ``now``) is more than ``[leap] max_run_lag`` behind this
+    worker's clock, or ahead of it, sends nothing and returns ``{"not_now": 1}``: a backfill,
+    a catch-up or a run cleared hours later reads today's records (Leap keeps no history).
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, in this try or an earlier try
@@ -94,6 +118,7 @@ class LeapContactOperator(BaseOperator):
         ledger_url: str | None = None,
         fail_on_errors: bool = True,
         hold_on_events: Asset | None = None,
+        accept_new_ledger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -116,6 +141,7 @@ class LeapContactOperator(BaseOperator):
         self.policy = policy or ContactPolicy()
         self.ledger_url = ledger_url
         self.fail_on_errors = fail_on_errors
+        self.accept_new_ledger = accept_new_ledger
         self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
 
     def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
@@ -150,8 +176,34 @@ class LeapContactOperator(BaseOperator):
         )
         return announced
 
+    def _not_now(self, now: datetime) -> str | None:
+        """Why a run whose moment is not the present sends nothing, or None. Leap's API has no
+        history: a backfill, a catch-up or a run cleared hours later reads today's records,
+        and planning them at a past moment (with sends recorded at that moment) replays the
+        cadence in minutes. The run for the present sends what is due."""
+        lag, clock = max_run_lag(), datetime.now(timezone.utc)
+        if lag is None:
+            return None
+        if now - clock > CLOCK_SKEW:
+            return f"is ahead of this worker's clock ({clock.isoformat()}): was a wait marked done?"
+        if clock - now > lag:
+            return (
+                f"is {(clock - now) / timedelta(hours=1):.1f} h behind the clock ([leap] "
+                f"max_run_lag {lag / timedelta(hours=1):g} h): a backfill, a catch-up or a "
+                "run cleared later; the run for the present sends what is due"
+            )
+        return None
+
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
+        why = self._not_now(now)
+        if why:
+            self.log.warning(
+                "Channel %s: nothing sent; this run's moment %s %s",
+                *(self.channel, now.astimezone(timezone.utc).isoformat(), why),
+            )
+            context["ti"].xcom_push(key="attention", value=[])
+            return {"not_now": 1}
         hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
@@ -164,6 +216,7 @@ class LeapContactOperator(BaseOperator):
                 horizon=self.policy.horizon,
             )
             ledger.check_writable()
+            self._check_same_ledger(ti, ledger)
             view = ledger.load(now, run=run)
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
@@ -232,6 +285,31 @@ class LeapContactOperator(BaseOperator):
                 "retry sends only what has not gone out"
             )
         return counts
+
+    def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> None:
+        """Fail before any send when this ledger is not the one earlier runs of the task sent
+        with: to it, every customer they messaged would be due again. The one they sent with is
+        recorded in an Airflow Variable per task (``leap_ledger:<dag_id>.<task_id>``): unlike
+        XComs, it outlives cleared and cleaned-up runs and needs no ordering of past runs."""
+        key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}.{ti.task_id}"
+        here = {"id": ledger.identity(), "folder": str(ledger.folder)}
+        before = Variable.get(key, default=None, deserialize_json=True)
+        if before == here:
+            return
+        if isinstance(before, dict) and before.get("id") != here["id"]:
+            if not self.accept_new_ledger:
+                raise AirflowException(
+                    f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
+                    f"not the one this task's earlier runs recorded their sends in "
+                    f"({before.get('folder')}, ledger-id {before.get('id')}, Variable {key}): "
+                    "moved without its contents, wiped, renamed, or not shared by this worker "
+                    "([leap] ledger_url must be storage every worker reaches). Nothing was sent: "
+                    "every due customer would be messaged again. Copy the old channel folder "
+                    "here, or point ledger_url or channel back; to start afresh on purpose, run "
+                    "once with accept_new_ledger=True."
+                )
+            self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
+        Variable.set(key, here, serialize_json=True)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the triage buckets read, and the channel's ledger written
