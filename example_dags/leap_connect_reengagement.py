@@ -41,6 +41,9 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
+    # A run that cannot finish (one triggered with a future logical date waits for that date)
+    # fails after 2 hours instead of holding every run after it.
+    dagrun_timeout=timedelta(hours=2),
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     params={
         "lookback_days": Param(

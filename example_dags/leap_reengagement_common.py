@@ -128,6 +128,11 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     return {"subject": subject, "body": body}
 
 
+# The first this many messages of a run all deferred (an SMTP 4xx reply): the relay is throttling
+# or failing, not each recipient, so the run stops instead of charging everyone an attempt.
+RELAY_DEFERRALS = 3
+
+
 class EmailSender:
     """``send`` for the email channel: one SMTP session per task run, entered by the operator."""
 
@@ -144,6 +149,7 @@ class EmailSender:
         if _connection_exists("smtp_default"):
             self.smtp = _smtp_session()  # a relay down at the start fails the task at once
         self.outbox = output_dir("outbox") / "messages.jsonl"
+        self.taken = self.deferred = 0  # messages the relay took, and deferred before any
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -176,6 +182,20 @@ class EmailSender:
         address = self.addresses.get(contact.ref_id)
         if not address:
             raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        try:
+            self._send_in_session(address, message, contact)
+        except Exception as exc:
+            if self.taken == 0 and _deferred(exc):
+                self.deferred += 1
+                if self.deferred >= RELAY_DEFERRALS:
+                    raise ChannelDown(
+                        f"the relay deferred each of the first {self.deferred} messages "
+                        f"({exc!r}): throttled or failing, not the recipients"
+                    ) from exc
+            raise
+        self.taken += 1
+
+    def _send_in_session(self, address: str, message: dict[str, str], contact: Contact) -> None:
         try:
             self._send(address, message, contact)
         except Exception as exc:
@@ -227,6 +247,15 @@ def _session_ended(exc: Exception) -> bool:
     import smtplib
 
     return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421
+
+
+def _deferred(exc: Exception) -> bool:
+    """Whether the SMTP server deferred the message (a 4xx reply: try again later)."""
+    import smtplib
+
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(400 <= code < 500 for code, _ in exc.recipients.values())
+    return 400 <= getattr(exc, "smtp_code", 0) < 500
 
 
 def _row(contact: Contact) -> dict[str, Any]:

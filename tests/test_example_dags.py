@@ -38,6 +38,7 @@ def test_example_dags_import_cleanly(monkeypatch) -> None:
     }
     hourly = bag.get_dag("leap_connect_reengagement")
     assert hourly.max_active_runs == 1 and hourly.catchup is False
+    assert hourly.dagrun_timeout == timedelta(hours=2)  # not held behind a future-dated run
     assert hourly.timetable.expression == "17 * * * *"
 
 
@@ -628,6 +629,32 @@ def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
     assert (counts["failed"], counts["given_up"], counts["given_up_before"]) == (0, 0, 0)
     assert counts["sent"] + 3 == len(inbox) > 3
     assert len({m.contact_key for m in inbox}) == len(inbox)
+
+
+def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A throttling relay answers 451 to every message: that says nothing about the recipients,
+    # so after the first few the try stops as for a relay that is down, instead of charging
+    # every due customer an attempt (three tries minutes apart would give them all up).
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_leap.ledger import DeliveryLedger
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = source.replace('"retries": 2', '"retries": 0')
+    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
+    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
+    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    with SmtpSink() as sink:
+        sink.fail_next = 10_000
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        throttled = run_dag("leap_connect_reengagement", source)
+        assert throttled.task_states["message_customers"] == "failed" and sink.inbox == []
+    ledger = DeliveryLedger(ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"]))
+    states = ledger.load(datetime.now(timezone.utc)).states.values()
+    assert sum(state.failures for state in states) == _common().RELAY_DEFERRALS - 1
 
 
 CLOSING_FAILS = '''
