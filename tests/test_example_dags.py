@@ -55,6 +55,21 @@ def test_the_lookback_cannot_be_shorter_than_the_horizon() -> None:
         params["lookback_days"] = horizon - 1
 
 
+def _without_retries(name: str) -> str:
+    """An example DAG's source without task retries: a failure shows at once (``dag.test``
+    would wait the retries out) and every send happens in one try."""
+    source = (EXAMPLES / f"{name}.py").read_text()
+    assert '"retries": 2' in source
+    return source.replace('"retries": 2', '"retries": 0')
+
+
+def _give_everyone_an_address(leap_emulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The example's email sender finds every emulated customer in ``leap_contacts``."""
+    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
+    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
+    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+
+
 def _outbox(folder: Path) -> list[dict[str, object]]:
     path = folder / "outbox" / "messages.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -352,6 +367,9 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     # Without hold_on_events the events are not read: the 10:17 run messages the finisher.
     plain = hourly.replace(", hold_on_events=hold", "").replace("hold_on_events=hold,", "")
     assert "hold_on_events" not in plain
+    # A DAG of its own, with its own ledger (the operator refuses to switch a task's ledger).
+    plain = plain.replace('"leap_connect_reengagement"', '"leap_plain_reengagement"')
+    assert "leap_plain_reengagement" in plain
     monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path / "plain"))
     monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "plain-ledger").as_uri())
     counts = run(plain, "10:17")
@@ -419,7 +437,7 @@ def test_an_events_run_that_starts_late_answers_as_of_its_start(
         ("leap_connect_reengagement", tuesday.replace(hour=12, minute=17), {}),
     ):
         leap_emulator.now = when
-        source = (EXAMPLES / f"{name}.py").read_text().replace('"retries": 2', '"retries": 0')
+        source = _without_retries(name)
         result = run_dag(name, source, logical_date=None, run_after=when, **kwargs)
         assert result.state == "success", result.task_states
     assert [(m["ref_id"], m["step"]) for m in _outbox(reengagement_env)] == [("cust-d", 1)]
@@ -440,10 +458,7 @@ def test_a_sender_that_did_not_finish_makes_the_run_red_after_the_review(
     in_the_way = tmp_path / "a-file"
     in_the_way.write_text("not a folder")
     monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (in_the_way / "ledger").as_uri())
-    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    # No retries here: an unwritable ledger stays unwritable, and dag.test would wait them out.
-    source = source.replace('"retries": 2', '"retries": 0')
-    assert '"retries": 0' in source
+    source = _without_retries("leap_connect_reengagement")
     result = run_dag("leap_connect_reengagement", source)
     assert result.task_states["triage"] == "success"
     assert result.task_states["message_customers"] == "failed"
@@ -569,12 +584,8 @@ def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attem
     # attempt is spent on a message the relay never took.
     from airflow_provider_leap.testing.smtp import SmtpSink
 
-    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    source = source.replace('"retries": 2', '"retries": 0')  # every send in one try
-    assert '"retries": 0' in source
-    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
-    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
-    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
         sink.session_limit = 3
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
@@ -599,12 +610,8 @@ def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
     from airflow_provider_leap.ledger import DeliveryLedger
     from airflow_provider_leap.testing.smtp import SmtpSink
 
-    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    source = source.replace('"retries": 2', '"retries": 0')
-    assert '"retries": 0' in source
-    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
-    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
-    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
         sink.session_limit, sink.sessions_left = 3, 1
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
@@ -642,11 +649,8 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     from airflow_provider_leap.ledger import DeliveryLedger
     from airflow_provider_leap.testing.smtp import SmtpSink
 
-    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    source = source.replace('"retries": 2', '"retries": 0')
-    ref_ids = sorted({r["ref_id"] for r in leap_emulator.records})
-    contacts = {ref_id: f"customer-{n}@example.com" for n, ref_id in enumerate(ref_ids)}
-    monkeypatch.setenv("AIRFLOW_VAR_LEAP_CONTACTS", json.dumps(contacts))
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
         sink.fail_next = 10_000
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
@@ -675,9 +679,8 @@ class ClosingFails:
 
 
 def test_a_sender_failing_to_close_loses_no_report(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
-    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    source = _without_retries("leap_connect_reengagement")
     source = source.replace("send=EmailSender()", "send=ClosingFails()")
-    source = source.replace('"retries": 2', '"retries": 0')  # a failure shows at once
     source = source.replace("with DAG(", CLOSING_FAILS + "with DAG(", 1)
     assert "send=ClosingFails()" in source
     result = run_dag("leap_connect_reengagement", source)
