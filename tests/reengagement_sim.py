@@ -58,6 +58,8 @@ def prepare(home: Path) -> None:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             "AIRFLOW__LEAP__LEDGER_URL": (home / "ledger").as_uri(),
+            # Simulated days, months from the clock: the check that a run is for the present off.
+            "AIRFLOW__LEAP__MAX_RUN_LAG": "0",
             "LEAP_OUTPUT_DIR": str(home / "output"),
         }
     )
