@@ -301,7 +301,11 @@ class CrmSender:
         response.raise_for_status()
 
 
-SENDERS = ("message_customers", "record_in_crm")  # the task ids both DAGs give their senders
+def _senders(dag: Any) -> list[str]:
+    """The DAG's LeapContactOperator tasks, whatever their ids (one per channel)."""
+    from airflow_provider_leap.operators.contact import LeapContactOperator
+
+    return sorted(t.task_id for t in dag.tasks if isinstance(t, LeapContactOperator))
 
 
 @task(trigger_rule="all_done", retries=0)
@@ -321,12 +325,13 @@ def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = output_dir("review") / f"{safe}.jsonl"
     rows = [{"kind": "needs_review", **item} for item in needs_review]
-    for sender in SENDERS:  # every channel's sends that need a person
+    senders = _senders(dag)
+    for sender in senders:  # every channel's sends that need a person
         attention = ti.xcom_pull(task_ids=sender, key="attention") or []
         rows += [{"kind": "send", "task": sender, **item} for item in attention]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(f"{len(rows)} item(s) for a person -> {path}")
-    unfinished = [task for task in SENDERS if ti.xcom_pull(task_ids=task) is None]
+    unfinished = [task for task in senders if ti.xcom_pull(task_ids=task) is None]
     if unfinished:  # a sender returns its counts only when it finished
         raise AirflowFailException(f"{' and '.join(unfinished)} did not finish: see the log")
     return {"items": len(rows), "path": str(path)}

@@ -473,7 +473,8 @@ def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
     run_dag, reengagement_env, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     # A CRM that refuses every connection, and one attempt per contact on that channel: each CRM
-    # send is given up at once and left to a person, while every email goes out.
+    # send is given up at once and left to a person, while every email goes out. The CRM task
+    # has an id of the user's own: the review finds every LeapContactOperator.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
@@ -483,24 +484,25 @@ def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
     one_try = "send=CrmSender(), policy=dataclasses.replace(POLICY, max_attempts=1)"
     source = source.replace("send=CrmSender(), policy=POLICY", one_try)
     source = source.replace("import annotations\n", "import annotations\nimport dataclasses\n", 1)
-    assert one_try in source and "import dataclasses" in source
+    source = source.replace('task_id="record_in_crm"', 'task_id="crm_of_record"')
+    assert one_try in source and "import dataclasses" in source and "crm_of_record" in source
     result = run_dag("leap_connect_reengagement", source)
     assert result.state == "success", result.task_states
     email = result.xcoms[("message_customers", "return_value")]
-    given_up = result.xcoms[("record_in_crm", "return_value")]["given_up"]
+    given_up = result.xcoms[("crm_of_record", "return_value")]["given_up"]
     assert email["sent"] == given_up > 0
     (review,) = (reengagement_env / "review").glob("*.jsonl")
     rows = [json.loads(line) for line in review.read_text().splitlines()]
     sends = [row for row in rows if row["kind"] == "send"]
     assert len(sends) == given_up
-    assert {(row["task"], row["why"]) for row in sends} == {("record_in_crm", "given_up")}
+    assert {(row["task"], row["why"]) for row in sends} == {("crm_of_record", "given_up")}
     assert "ConnectionError" in sends[0]["detail"]
     # The next run (same data) still counts them, apart from what it gave up itself: none.
     now = datetime.fromisoformat(
         result.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
     )
     again = run_dag("leap_connect_reengagement", source, logical_date=None, run_after=now)
-    crm_again = again.xcoms[("record_in_crm", "return_value")]
+    crm_again = again.xcoms[("crm_of_record", "return_value")]
     assert (crm_again["given_up_before"], crm_again["given_up"]) == (given_up, 0)
 
 
