@@ -32,9 +32,10 @@ def test_airflow_registers_the_cli_the_scheme_and_the_config() -> None:
 
 
 def test_config_is_only_what_is_better_global() -> None:
-    """Per-connection settings live in the connection; the ledger is shared by every DAG and
-    connection that sends on a channel, so it is the one provider-wide option."""
+    """Per-connection settings live in the connection. The ledger is shared by every DAG and
+    connection that sends on a channel, and how far behind the clock a run may still send is
+    one rule for every sender of a deployment: the two provider-wide options."""
     info = get_provider_info()
     assert list(info["config"]) == ["leap"]
-    assert list(info["config"]["leap"]["options"]) == ["ledger_url"]
+    assert list(info["config"]["leap"]["options"]) == ["ledger_url", "max_run_lag"]
     assert "notifications" not in info  # no notifier is shipped
