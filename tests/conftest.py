@@ -159,7 +159,7 @@ def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunRes
         spec.loader.exec_module(module)
         if module.dag.dag_id not in started:
             started.add(module.dag.dag_id)
-            prefix = f"{LEDGER_VARIABLE_PREFIX}{module.dag.dag_id}."
+            prefix = f"{LEDGER_VARIABLE_PREFIX}{module.dag.dag_id}/"
             with create_session() as session:
                 session.execute(delete(Variable).where(Variable.key.startswith(prefix)))
         dagrun = module.dag.test(**test_kwargs)

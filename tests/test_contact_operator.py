@@ -150,7 +150,7 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
     result, after = run("empty")  # moved without its contents
     assert result.task_states["contact"] == "failed" and after == sent
     with create_session() as session:
-        key = "leap_ledger:leap_contact_ledger.contact"
+        key = "leap_ledger:leap_contact_ledger/contact"
         (recorded,) = session.query(Variable).filter_by(key=key)
         assert json.loads(recorded.val)["folder"] == (tmp_path / "copied" / "email").as_uri()
     result, after = run("empty", accept=True)  # a fresh start, on purpose
@@ -175,7 +175,37 @@ def test_a_run_for_another_moment_than_the_present_sends_nothing(
         clock + timedelta(hours=1),
     ):
         result = run_dag("leap_contact_ledger", source, logical_date=None, run_after=moment)
-        assert result.xcoms[("contact", "return_value")] == {"not_now": 1}, moment
-        assert not outbox.exists()
-    result = run_dag("leap_contact_ledger", source, logical_date=None, run_after=clock)
+        counts = result.xcoms[("contact", "return_value")]
+        assert counts["not_now"] == counts["due"] > 0 and counts["sent"] == 0, moment
+        assert result.task_states["contact"] == "success" and not outbox.exists()
+    # A DAG that triages at its logical date (a day before the run, as a daily schedule's
+    # interval start) is for the present all the same: its run_after is now.
+    at_logical_date = source.replace("dag_run.run_after", "logical_date")
+    yesterday = clock - timedelta(days=1)
+    result = run_dag(
+        "leap_contact_ledger", at_logical_date, logical_date=yesterday, run_after=clock
+    )
     assert result.xcoms[("contact", "return_value")]["sent"] > 0 and outbox.exists()
+
+
+def test_a_contact_task_mapped_over_channels_sends_on_each_once(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Each map index is a sender of its own: its own ledger record, its own owner prefix."""
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=False
+    )
+    mapped = source.replace(
+        'LeapContactOperator(\n        task_id="contact", send=send,',
+        'LeapContactOperator.partial(\n        task_id="contact", send=send,',
+    ).replace(
+        "accept_new_ledger=False\n    )",
+        'accept_new_ledger=False\n    ).expand(channel=["email", "sms"])',
+    )
+    assert ".expand(channel=" in mapped
+    for _ in range(2):
+        result = run_dag("leap_contact_ledger", mapped, logical_date=None)
+        assert result.state == "success", result.task_states
+    sent = outbox.read_text().splitlines()
+    assert sent and all(sent.count(ref_id) == 2 for ref_id in sent)  # once per channel

@@ -32,7 +32,7 @@ CLOCK_SKEW = timedelta(minutes=10)
 
 def max_run_lag() -> timedelta | None:
     """``[leap] max_run_lag`` (seconds; 0 turns the check off): how far behind the clock a run's
-    moment may be and it still sends."""
+    ``run_after`` may be and it still sends."""
     from airflow.sdk.configuration import conf
 
     seconds = conf.getint("leap", "max_run_lag", fallback=7200)
@@ -93,12 +93,13 @@ class LeapContactOperator(BaseOperator):
         recorded their sends in. Without it such a run fails before sending, since every due
         customer would be messaged again (a ledger moved without its contents, wiped, renamed,
         or on a worker's own disk). Set it for the one run that starts a record afresh on
-        purpose (or delete the task's Variable ``leap_ledger:<dag_id>.<task_id>``). Default
+        purpose (or delete the task's Variable ``leap_ledger:<dag_id>/<task_id>``). Default
         False.
 
-    A run whose moment (the triage's ``now``) is more than ``[leap] max_run_lag`` behind this
-    worker's clock, or ahead of it, sends nothing and returns ``{"not_now": 1}``: a backfill,
-    a catch-up or a run cleared hours later reads today's records (Leap keeps no history).
+    A run whose ``run_after`` is more than ``[leap] max_run_lag`` behind this worker's clock,
+    or whose moment (the triage's ``now``) is ahead of it, sends nothing: a backfill, a
+    catch-up or a run cleared hours later reads today's records (Leap keeps no history). Its
+    due customers are counted ``not_now``; what earlier tries of the run gave up is reported.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, in this try or an earlier try
@@ -176,38 +177,36 @@ class LeapContactOperator(BaseOperator):
         )
         return announced
 
-    def _not_now(self, now: datetime) -> str | None:
-        """Why a run whose moment is not the present sends nothing, or None. Leap's API has no
-        history: a backfill, a catch-up or a run cleared hours later reads today's records,
-        and planning them at a past moment (with sends recorded at that moment) replays the
-        cadence in minutes. The run for the present sends what is due."""
+    def _not_now(self, now: datetime, run_after: datetime) -> str | None:
+        """Why a run that is not for the present sends nothing, or None. Leap's API has no
+        history: a backfill, a catch-up, a late retry or a run cleared hours later reads
+        today's records, and sending them at the run's past moment (recorded as sent then)
+        replays the cadence in minutes. Its ``run_after`` tells, whatever time it triages at."""
         lag, clock = max_run_lag(), datetime.now(timezone.utc)
         if lag is None:
             return None
         if now - clock > CLOCK_SKEW:
-            return f"is ahead of this worker's clock ({clock.isoformat()}): was a wait marked done?"
-        if clock - now > lag:
             return (
-                f"is {(clock - now) / timedelta(hours=1):.1f} h behind the clock ([leap] "
-                f"max_run_lag {lag / timedelta(hours=1):g} h): a backfill, a catch-up or a "
-                "run cleared later; the run for the present sends what is due"
+                f"its moment {now.isoformat()} is ahead of this worker's clock "
+                f"({clock.isoformat()}): was a wait marked done by hand?"
+            )
+        if clock - run_after > lag:
+            return (
+                f"it is {(clock - run_after) / timedelta(hours=1):.1f} h behind the clock "
+                f"(run_after {run_after.isoformat()}; [leap] max_run_lag "
+                f"{lag / timedelta(hours=1):g} h): a backfill, a catch-up, a late retry or a run "
+                "cleared later; the run for the present sends what is due"
             )
         return None
 
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
-        why = self._not_now(now)
-        if why:
-            self.log.warning(
-                "Channel %s: nothing sent; this run's moment %s %s",
-                *(self.channel, now.astimezone(timezone.utc).isoformat(), why),
-            )
-            context["ti"].xcom_push(key="attention", value=[])
-            return {"not_now": 1}
         hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
-        run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/"  # every try's ledger owner starts so
+        # Every try's ledger owner starts so (a mapped task's indexes are senders of their own).
+        mapped = f"{ti.map_index}/" if ti.map_index >= 0 else ""
+        run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{mapped}"
         try:
             ledger = DeliveryLedger(
                 ObjectStoragePath(url),
@@ -229,6 +228,13 @@ class LeapContactOperator(BaseOperator):
             hold=hold,
             run=run,
         )
+        not_now = 0
+        why = self._not_now(now, context["dag_run"].run_after)
+        if why:  # the report of this run's earlier tries stands; nothing is sent
+            self.log.warning(
+                "Channel %s: %d due customer(s) not sent, as %s", self.channel, len(plan.due), why
+            )
+            not_now, plan.due = len(plan.due), []
         if plan.held:
             self.log.warning(
                 "Held back %d due customer(s) whose Connect record may predate an event Leap "
@@ -247,8 +253,8 @@ class LeapContactOperator(BaseOperator):
         )
         opened: contextlib.AbstractContextManager[Callable[[Contact], Any]] = (
             self.send
-            if isinstance(self.send, contextlib.AbstractContextManager)
-            else contextlib.nullcontext(self.send)
+            if plan.due and isinstance(self.send, contextlib.AbstractContextManager)
+            else contextlib.nullcontext(self.send)  # nothing due: no session to open
         )
         with contextlib.ExitStack() as stack:
             send = stack.enter_context(opened)
@@ -259,6 +265,7 @@ class LeapContactOperator(BaseOperator):
         except Exception as exc:
             self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
+        counts["not_now"] = not_now
         earlier_try = "given up by an earlier try of this run (its log has the error)"
         attention = [
             *report.attention,
@@ -289,9 +296,11 @@ class LeapContactOperator(BaseOperator):
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> None:
         """Fail before any send when this ledger is not the one earlier runs of the task sent
         with: to it, every customer they messaged would be due again. The one they sent with is
-        recorded in an Airflow Variable per task (``leap_ledger:<dag_id>.<task_id>``): unlike
+        recorded in an Airflow Variable per task (``leap_ledger:<dag_id>/<task_id>``, and
+        ``/<map_index>`` for a mapped one; ids never hold a ``/``): unlike
         XComs, it outlives cleared and cleaned-up runs and needs no ordering of past runs."""
-        key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}.{ti.task_id}"
+        key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}"
+        key += f"/{ti.map_index}" if ti.map_index >= 0 else ""
         here = {"id": ledger.identity(), "folder": str(ledger.folder)}
         before = Variable.get(key, default=None, deserialize_json=True)
         if before == here:
