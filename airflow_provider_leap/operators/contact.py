@@ -39,6 +39,11 @@ def max_run_lag() -> timedelta | None:
     return timedelta(seconds=seconds) if seconds > 0 else None
 
 
+def _map_index(ti: Any) -> str:
+    """``/<map_index>`` for a mapped task instance, else "": each index is a sender of its own."""
+    return f"/{ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
+
+
 def default_ledger_url() -> str:
     """``[leap] ledger_url``, else a folder in ``$AIRFLOW_HOME`` (fine for one machine only)."""
     from airflow.sdk.configuration import conf
@@ -204,9 +209,7 @@ class LeapContactOperator(BaseOperator):
         hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
-        # Every try's ledger owner starts so (a mapped task's indexes are senders of their own).
-        mapped = f"{ti.map_index}/" if ti.map_index >= 0 else ""
-        run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{mapped}"
+        run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{_map_index(ti)}/"  # every try's owner prefix
         try:
             ledger = DeliveryLedger(
                 ObjectStoragePath(url),
@@ -299,8 +302,7 @@ class LeapContactOperator(BaseOperator):
         recorded in an Airflow Variable per task (``leap_ledger:<dag_id>/<task_id>``, and
         ``/<map_index>`` for a mapped one; ids never hold a ``/``): unlike
         XComs, it outlives cleared and cleaned-up runs and needs no ordering of past runs."""
-        key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}"
-        key += f"/{ti.map_index}" if ti.map_index >= 0 else ""
+        key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}{_map_index(ti)}"
         here = {"id": ledger.identity(), "folder": str(ledger.folder)}
         before = Variable.get(key, default=None, deserialize_json=True)
         if before == here:
