@@ -31,6 +31,7 @@ import errno
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -139,6 +140,9 @@ class Snapshot(msgspec.Struct):
     # The longest horizon (seconds) any task sharing the channel forgets with: a task with a
     # shorter policy must not forget the stalls another task still reminds.
     horizon: float = 0.0
+    # The folder's ``ledger-id``, so a lost file (an object store's expiry rule: it is the oldest
+    # object of the folder) is restored rather than replaced by a new name.
+    ledger_id: str = ""
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
@@ -174,6 +178,16 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
     if entry.sent_step >= contact.step or entry.failed_step > contact.step:
         return True
     return entry.failed_step == contact.step and entry.failures >= contact.attempt
+
+
+def _read_identity(path: StoragePath) -> str:
+    """The ``ledger-id`` in ``path``; "" when there is none yet (or not all of it)."""
+    try:
+        with path.open("rb") as handle:
+            text = bytes(handle.read()).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return ""
+    return text if len(text) == 32 and text.isalnum() else ""
 
 
 def _unconfirmed(ref_id: str, stall: str, step: int) -> dict[str, Any]:
@@ -380,9 +394,16 @@ class DeliveryLedger:
         path = self.folder / IDENTITY
         with _storage_failure(lambda exc: f"Cannot read the delivery ledger {self.folder}: {exc}"):
             self._prepare()
-            self._create_exclusive(path, uuid.uuid4().hex.encode())
-            with path.open("rb") as handle:
-                return bytes(handle.read()).decode("ascii", "replace").strip()
+            found = _read_identity(path)
+            if not found:
+                kept = self._read_snapshot().ledger_id
+                self._create_exclusive(path, (kept or uuid.uuid4().hex).encode())
+            for _ in range(20):  # created by another task, maybe not written yet (no hard links)
+                found = found or _read_identity(path)
+                if found:
+                    return found
+                time.sleep(0.05)
+        raise LedgerError(f"{path} is still empty: another task is creating it; try again")
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -526,8 +547,8 @@ class DeliveryLedger:
         self, entries: dict[str, Entry], generation: str, forgotten_before: str, horizon: timedelta
     ) -> None:
         written_at, kept = _iso(self._clock()), list(entries.values())
-        seconds = horizon.total_seconds()
-        snapshot = Snapshot(1, written_at, kept, generation, forgotten_before, seconds)
+        seconds, name = horizon.total_seconds(), self.identity()
+        snapshot = Snapshot(1, written_at, kept, generation, forgotten_before, seconds, name)
         self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
 
     def _replace(self, name: str, body: bytes) -> None:

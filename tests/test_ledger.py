@@ -588,3 +588,22 @@ def test_an_entry_in_an_older_text_of_the_same_instant_keeps_what_was_sent(
     entry = DeliveryLedger(tmp_path).load(T0).states["cust-0000"]
     assert (entry.sent_step, entry.failed_step, entry.failures) == (0, 1, 1)
     assert entry.sent_at is not None
+
+
+def test_the_ledger_id_lasts_a_lost_file_and_is_never_read_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = DeliveryLedger(tmp_path)
+    name = ledger.identity()
+    assert DeliveryLedger(tmp_path).identity() == name  # one name, whoever asks
+    run(ledger, buckets(1), Outbox())
+    ledger.load(T0)  # compacted: ledger.json keeps the name too
+    (tmp_path / "email" / "ledger-id").unlink()  # an object store's expiry rule took the file
+    assert DeliveryLedger(tmp_path).identity() == name
+    # Created by another task that has not written it yet: never read as a name ("").
+    other = tmp_path / "other"
+    (other / "email").mkdir(parents=True)
+    (other / "email" / "ledger-id").write_bytes(b"")
+    monkeypatch.setattr("airflow_provider_leap.ledger.time.sleep", lambda seconds: None)
+    with pytest.raises(LedgerError, match="another task is creating it"):
+        DeliveryLedger(other).identity()
