@@ -128,8 +128,8 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     return {"subject": subject, "body": body}
 
 
-# The first this many messages of a run all deferred (an SMTP 4xx reply): the relay is throttling
-# or failing, not each recipient, so the run stops instead of charging everyone an attempt.
+# This many messages deferred (an SMTP 4xx reply) since the last one the relay took: it is
+# throttling or failing, not each recipient, so the run stops instead of charging everyone.
 RELAY_DEFERRALS = 3
 
 
@@ -149,7 +149,7 @@ class EmailSender:
         if _connection_exists("smtp_default"):
             self.smtp = _smtp_session()  # a relay down at the start fails the task at once
         self.outbox = output_dir("outbox") / "messages.jsonl"
-        self.taken = self.deferred = 0  # messages the relay took, and deferred before any
+        self.deferred = 0  # messages deferred since the relay last took one
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,15 +185,15 @@ class EmailSender:
         try:
             self._send_in_session(address, message, contact)
         except Exception as exc:
-            if self.taken == 0 and _deferred(exc):
+            if _deferred(exc):
                 self.deferred += 1
                 if self.deferred >= RELAY_DEFERRALS:
                     raise ChannelDown(
-                        f"the relay deferred each of the first {self.deferred} messages "
+                        f"the relay deferred {self.deferred} messages since it last took one "
                         f"({exc!r}): throttled or failing, not the recipients"
                     ) from exc
             raise
-        self.taken += 1
+        self.deferred = 0
 
     def _send_in_session(self, address: str, message: dict[str, str], contact: Contact) -> None:
         try:

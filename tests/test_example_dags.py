@@ -640,12 +640,14 @@ def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
     assert len({m.contact_key for m in inbox}) == len(inbox)
 
 
+@pytest.mark.parametrize("taken_first", [0, 2])
 def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
-    run_dag, reengagement_env, leap_emulator, monkeypatch
+    run_dag, reengagement_env, leap_emulator, monkeypatch, taken_first: int
 ) -> None:  # type: ignore[no-untyped-def]
-    # A throttling relay answers 451 to every message: that says nothing about the recipients,
-    # so after the first few the try stops as for a relay that is down, instead of charging
-    # every due customer an attempt (three tries minutes apart would give them all up).
+    # A throttling relay answers 451 to every message, from the start or once a quota is reached
+    # mid-run: that says nothing about the recipients, so a few deferrals in a row stop the try
+    # as for a relay that is down, instead of charging every due customer an attempt (three
+    # tries minutes apart would give them all up).
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_leap.ledger import DeliveryLedger
@@ -654,10 +656,11 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     source = _without_retries("leap_connect_reengagement")
     _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
-        sink.fail_next = 10_000
+        sink.defer_after = taken_first
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         throttled = run_dag("leap_connect_reengagement", source)
-        assert throttled.task_states["message_customers"] == "failed" and sink.inbox == []
+        assert throttled.task_states["message_customers"] == "failed"
+        assert len(sink.inbox) == taken_first
     ledger = DeliveryLedger(ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"]))
     states = ledger.load(datetime.now(timezone.utc)).states.values()
     assert sum(state.failures for state in states) == _common().RELAY_DEFERRALS - 1

@@ -99,6 +99,7 @@ class SmtpSink:
     def __init__(self, log: Path | None = None) -> None:
         self.refuse: set[str] = set()
         self.fail_next = 0
+        self.defer_after: int | None = None  # then every message is deferred (451): a quota
         self.session_limit: int | None = None
         self.sessions_left: int | None = None  # then new sessions are refused (421)
         self.tag: Any = None
@@ -133,8 +134,9 @@ class SmtpSink:
     def deliver(self, sender: str, recipients: list[str], data: bytes) -> str:
         """Keep one message (called by the server): the SMTP reply to its DATA."""
         with self._lock:
-            if self.fail_next > 0:
-                self.fail_next -= 1
+            over_quota = self.defer_after is not None and len(self._inbox) >= self.defer_after
+            if self.fail_next > 0 or over_quota:
+                self.fail_next = max(0, self.fail_next - 1)
                 return "451 4.3.0 try again later"
             message = message_from_bytes(data)
             texts = [p for p in message.walk() if p.get_content_maintype() == "text"]
