@@ -300,8 +300,8 @@ class LeapContactOperator(BaseOperator):
         """Fail before any send when this ledger is not the one earlier runs of the task sent
         with: to it, every customer they messaged would be due again. The one they sent with is
         recorded in an Airflow Variable per task (``leap_ledger:<dag_id>/<task_id>``, and
-        ``/<map_index>`` for a mapped one; ids never hold a ``/``): unlike
-        XComs, it outlives cleared and cleaned-up runs and needs no ordering of past runs."""
+        ``/<map_index>`` for a mapped one; ids never hold a ``/``). Unlike an XCom, it outlives
+        cleared and cleaned-up runs, and needs no ordering of past runs."""
         key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}{_map_index(ti)}"
         here = {"id": ledger.identity(), "folder": str(ledger.folder)}
         before = Variable.get(key, default=None, deserialize_json=True)
