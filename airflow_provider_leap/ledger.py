@@ -391,12 +391,16 @@ class DeliveryLedger:
         """The channel folder's lasting name, made by its first user and kept when the folder is
         copied: a task that finds another name than its earlier runs recorded is not looking at
         the record it sent with (moved without its contents, wiped, renamed, a worker's disk)."""
+        return self._identity(None)
+
+    def _identity(self, snapshot: Snapshot | None) -> str:
+        """``identity``; ``snapshot``: the one in hand, not read again (100,000 entries)."""
         path = self.folder / IDENTITY
         with _storage_failure(lambda exc: f"Cannot read the delivery ledger {self.folder}: {exc}"):
             self._prepare()
             found = _read_identity(path)
             if not found:
-                kept = self._read_snapshot().ledger_id
+                kept = (snapshot or self._read_snapshot()).ledger_id
                 self._create_exclusive(path, (kept or uuid.uuid4().hex).encode())
             for _ in range(20):  # created by another task, maybe not written yet (no hard links)
                 found = found or _read_identity(path)
@@ -460,7 +464,8 @@ class DeliveryLedger:
         generation = snapshot.generation
         if compact and (folded or expired):
             generation = uuid.uuid4().hex
-            self._write_snapshot(entries, generation, cutoff, horizon)
+            name = self._identity(snapshot)
+            self._write_snapshot(entries, generation, cutoff, horizon, name)
             # Written after the snapshot and before any claim is deleted: see ``_covered``.
             self._replace(GENERATION, generation.encode())
             for path in folded:
@@ -544,11 +549,22 @@ class DeliveryLedger:
     # -- compaction ------------------------------------------------------------------------------
 
     def _write_snapshot(
-        self, entries: dict[str, Entry], generation: str, forgotten_before: str, horizon: timedelta
+        self,
+        entries: dict[str, Entry],
+        generation: str,
+        forgotten_before: str,
+        horizon: timedelta,
+        ledger_id: str,
     ) -> None:
-        written_at, kept = _iso(self._clock()), list(entries.values())
-        seconds, name = horizon.total_seconds(), self.identity()
-        snapshot = Snapshot(1, written_at, kept, generation, forgotten_before, seconds, name)
+        snapshot = Snapshot(
+            version=1,
+            written_at=_iso(self._clock()),
+            entries=list(entries.values()),
+            generation=generation,
+            forgotten_before=forgotten_before,
+            horizon=horizon.total_seconds(),
+            ledger_id=ledger_id,
+        )
         self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
 
     def _replace(self, name: str, body: bytes) -> None:
