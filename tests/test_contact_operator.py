@@ -15,7 +15,6 @@ from airflow_provider_leap.ledger import DeliveryLedger
 from airflow_provider_leap.triage import triage
 
 DAG_SOURCE = """
-import shutil
 from datetime import datetime, timedelta, timezone
 from airflow.sdk import DAG
 from airflow_provider_leap.contact import ContactPolicy
@@ -120,7 +119,7 @@ def send(contact):
 start = datetime(2026, 1, 1, tzinfo=timezone.utc)
 with DAG("leap_contact_ledger", schedule=None, start_date=start) as dag:
     TriageOperator(task_id="triage", now="{{{{ dag_run.run_after }}}}") >> LeapContactOperator(
-        task_id="contact", send=send, ledger_url={ledger!r}, accept_new_ledger={accept!r}
+        task_id="contact", send=send, ledger_url={ledger!r}, accept_ledger_id={accept!r}
     )
 """
 
@@ -135,7 +134,7 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
 
     outbox = tmp_path / "outbox.txt"
 
-    def run(folder: str, accept: bool = False):  # type: ignore[no-untyped-def]
+    def run(folder: str, accept: str | None = None):  # type: ignore[no-untyped-def]
         source = MOVING_SOURCE.format(
             outbox=str(outbox), ledger=(tmp_path / folder).as_uri(), accept=accept
         )
@@ -153,9 +152,13 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
         key = "leap_ledger:leap_contact_ledger/contact"
         (recorded,) = session.query(Variable).filter_by(key=key)
         assert json.loads(recorded.val)["folder"] == (tmp_path / "copied" / "email").as_uri()
-    result, after = run("empty", accept=True)  # a fresh start, on purpose
+    fresh = DeliveryLedger(tmp_path / "empty").identity()  # the id the error named
+    result, after = run("empty", accept=fresh)  # a fresh start, on purpose
     assert result.task_states["contact"] == "success" and sorted(after) == sorted(sent * 2)
     assert run("empty")[0].task_states["contact"] == "success"  # from now on, this one
+    # Left set, it accepts that ledger only: another empty one still stops the run.
+    result, after = run("another", accept=fresh)
+    assert result.task_states["contact"] == "failed" and sorted(after) == sorted(sent * 2)
 
 
 def test_a_run_for_another_moment_than_the_present_sends_nothing(
@@ -166,7 +169,7 @@ def test_a_run_for_another_moment_than_the_present_sends_nothing(
     monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
-        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=False
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None
     )
     clock = datetime.now(timezone.utc)
     for moment in (
@@ -194,14 +197,14 @@ def test_a_contact_task_mapped_over_channels_sends_on_each_once(
     """Each map index is a sender of its own: its own ledger record, its own owner prefix."""
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
-        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=False
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None
     )
     mapped = source.replace(
         'LeapContactOperator(\n        task_id="contact", send=send,',
         'LeapContactOperator.partial(\n        task_id="contact", send=send,',
     ).replace(
-        "accept_new_ledger=False\n    )",
-        'accept_new_ledger=False\n    ).expand(channel=["email", "sms"])',
+        "accept_ledger_id=None\n    )",
+        'accept_ledger_id=None\n    ).expand(channel=["email", "sms"])',
     )
     assert ".expand(channel=" in mapped
     for _ in range(2):

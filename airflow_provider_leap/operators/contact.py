@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_leap.contact import Contact
 
-# The Variable recording, per task, the ledger its runs send with (see ``accept_new_ledger``).
+# The Variable recording, per task, the ledger its runs send with (see ``accept_ledger_id``).
 LEDGER_VARIABLE_PREFIX = "leap_ledger:"
 # How far a run's moment may be ahead of this worker's clock (skew between machines).
 CLOCK_SKEW = timedelta(minutes=10)
@@ -94,12 +94,12 @@ class LeapContactOperator(BaseOperator):
         counted (``held``) and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
-    :param accept_new_ledger: run with a ledger other than the one this task's earlier runs
-        recorded their sends in. Without it such a run fails before sending, since every due
-        customer would be messaged again (a ledger moved without its contents, wiped, renamed,
-        or on a worker's own disk). Set it for the one run that starts a record afresh on
-        purpose (or delete the task's Variable ``leap_ledger:<dag_id>/<task_id>``). Default
-        False.
+    :param accept_ledger_id: the ``ledger-id`` of a ledger to send with although this task's
+        earlier runs recorded their sends in another one. Without it such a run fails before
+        sending, since every due customer would be messaged again (a ledger moved without its
+        contents, wiped, renamed, or on a worker's own disk); the error names the id. It
+        accepts that one ledger only, so it is harmless to leave set. (Deleting the task's
+        Variable ``leap_ledger:<dag_id>/<task_id>`` does the same.) Templated. Default None.
 
     A run whose ``run_after`` is more than ``[leap] max_run_lag`` behind this worker's clock,
     or whose moment (the triage's ``now``) is ahead of it, sends nothing: a backfill, a
@@ -111,7 +111,7 @@ class LeapContactOperator(BaseOperator):
     of the run, unreachable, unconfirmed).
     """
 
-    template_fields: Sequence[str] = ("channel", "triage_task_id", "ledger_url")
+    template_fields: Sequence[str] = ("channel", "triage_task_id", "ledger_url", "accept_ledger_id")
     ui_color = "#f4ece2"
 
     def __init__(
@@ -124,7 +124,7 @@ class LeapContactOperator(BaseOperator):
         ledger_url: str | None = None,
         fail_on_errors: bool = True,
         hold_on_events: Asset | None = None,
-        accept_new_ledger: bool = False,
+        accept_ledger_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -147,7 +147,7 @@ class LeapContactOperator(BaseOperator):
         self.policy = policy or ContactPolicy()
         self.ledger_url = ledger_url
         self.fail_on_errors = fail_on_errors
-        self.accept_new_ledger = accept_new_ledger
+        self.accept_ledger_id = accept_ledger_id
         self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
 
     def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
@@ -308,7 +308,7 @@ class LeapContactOperator(BaseOperator):
         if before == here:
             return
         if isinstance(before, dict) and before.get("id") != here["id"]:
-            if not self.accept_new_ledger:
+            if here["id"] != self.accept_ledger_id:
                 raise AirflowException(
                     f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
                     f"not the one this task's earlier runs recorded their sends in "
@@ -316,8 +316,8 @@ class LeapContactOperator(BaseOperator):
                     "moved without its contents, wiped, renamed, or not shared by this worker "
                     "([leap] ledger_url must be storage every worker reaches). Nothing was sent: "
                     "every due customer would be messaged again. Copy the old channel folder "
-                    "here, or point ledger_url or channel back; to start afresh on purpose, run "
-                    "once with accept_new_ledger=True."
+                    "here, or point ledger_url or channel back; to start afresh on purpose, set "
+                    f"accept_ledger_id={here['id']!r} on the task."
                 )
             self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
         Variable.set(key, here, serialize_json=True)
