@@ -363,6 +363,7 @@ class DeliveryLedger:
         self._newer: dict[str, Entry] | None = None
         self._forgotten_before = ""
         self._token = ""  # of the compaction lock this ledger last took
+        self._name = ""  # the folder's ledger-id, once read (it never changes)
 
     def __repr__(self) -> str:
         return f"DeliveryLedger({str(self.folder)!r})"
@@ -395,6 +396,8 @@ class DeliveryLedger:
 
     def _identity(self, snapshot: Snapshot | None) -> str:
         """``identity``; ``snapshot``: the one in hand, not read again (100,000 entries)."""
+        if self._name:
+            return self._name
         path = self.folder / IDENTITY
         with _storage_failure(lambda exc: f"Cannot read the delivery ledger {self.folder}: {exc}"):
             self._prepare()
@@ -405,6 +408,7 @@ class DeliveryLedger:
             for _ in range(20):  # created by another task, maybe not written yet (no hard links)
                 found = found or _read_identity(path)
                 if found:
+                    self._name = found
                     return found
                 time.sleep(0.05)
         raise LedgerError(f"{path} is still empty: another task is creating it; try again")
