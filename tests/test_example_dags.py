@@ -174,7 +174,7 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
     module = _common()
 
     def contact(bucket: str, item: dict[str, object], **kw: object) -> Contact:
-        fields = {"first": True, "final": False, "step": 0, "also": ()} | kw
+        fields = {"first": True, "final": False, "step": 0, "offset": 3600, "also": ()} | kw
         return Contact(
             contact_key="lc1-x",
             ref_id="r1",
