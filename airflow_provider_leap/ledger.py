@@ -724,3 +724,37 @@ class DeliveryLedger:
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""
         self._attempt_path(contact, CLAIM).unlink(missing_ok=True)
+
+    def unsettle(self, contacts: list[Contact]) -> list[Contact]:
+        """Take back failed attempts that sent nothing and were not the customers' (``deliver``,
+        when a run of refusals turns out to be the channel's): their files go, so each attempt
+        is claimed again, as if never made. Returns the contacts taken back.
+
+        Only this ledger's own failures, written less than ``stale_after`` ago, under the
+        compaction lock, so none is half taken back: a compaction that read one started after
+        it was written, so it either finished (and deleted it: nothing here to take back) or
+        holds a lock younger than ``stale_after``, which this call does not get (then nothing
+        is taken back: the failures stay, as they were). The claim goes before the outcome: a
+        reader in between sees the attempt failed, never ``sending``.
+        """
+        with _storage_failure(lambda exc: f"Cannot take attempts back in {self.claims}: {exc}"):
+            if not self._lock():
+                return []
+            try:
+                recent = _iso(self._clock() - self.stale_after)
+                taken = []
+                for contact in contacts:
+                    outcome = self._read_claim(self._attempt_path(contact, OUTCOME))
+                    if (
+                        outcome is None
+                        or outcome.state != FAILED
+                        or outcome.owner != self.owner
+                        or outcome.claimed_at < recent
+                    ):
+                        continue
+                    self._attempt_path(contact, CLAIM).unlink(missing_ok=True)
+                    self._attempt_path(contact, OUTCOME).unlink(missing_ok=True)
+                    taken.append(contact)
+                return taken
+            finally:
+                self._unlock()

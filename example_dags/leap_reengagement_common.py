@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -134,9 +135,45 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
 # This many messages deferred (an SMTP 4xx reply) since the last one the relay took: it is
 # throttling or failing, not each recipient, so the run stops instead of charging everyone.
 RELAY_DEFERRALS = 3
-# This many messages in a row refused (5xx) with the very same reply: a refusal of us (a sender
-# not verified, our wording filtered), not of each recipient, whose refusals name them or vary.
+# This many messages in a row refused (5xx) with the same reply, once addresses, ids and numbers
+# are left out (``_refusal``): a refusal of us (a sender not verified, our wording filtered),
+# not of each recipient. Replies about the recipient (``RECIPIENT_STATUS``) count in no streak.
 RELAY_REFUSALS = 3
+# RFC 3463 enhanced status codes (subject.detail) about the recipient's mailbox: bad mailbox,
+# domain or address syntax, moved, not found (Exchange's 5.1.10), disabled, full.
+RECIPIENT_STATUS = frozenset({"1.1", "1.2", "1.3", "1.6", "1.10", "2.1", "2.2"})
+
+
+class Streak:
+    """Messages that failed in a row for one reason about the channel, not the customers.
+
+    When it is long enough the sender raises :meth:`down`: the run stops, and the attempts of
+    the streak's messages but the first are given back (``ChannelDown.given_back``). The
+    first stays charged, so that every stop records an attempt: a streak that is about those
+    messages after all (a filter on one bucket's wording, whose customers come in a block, as
+    the plan groups buckets) gives its customers up one by one, and the runs move past them.
+    Were every attempt given back, each run would stop at the same customers, for ever. So a
+    relay refusing us costs one attempt per try, not one per message of the streak.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reason = ""
+        self.contacts: list[Contact] = []
+
+    def add(self, contact: Contact, reason: str = "") -> bool:
+        """One more (a new streak if ``reason`` differs); whether the streak is long enough."""
+        if reason != self.reason:
+            self.clear()
+            self.reason = reason
+        self.contacts.append(contact)
+        return len(self.contacts) >= self.limit
+
+    def clear(self) -> None:
+        self.reason, self.contacts = "", []
+
+    def down(self, why: str) -> ChannelDown:
+        return ChannelDown(why, given_back=self.contacts[1:])
 
 
 class EmailSender:
@@ -155,8 +192,8 @@ class EmailSender:
         if _connection_exists("smtp_default"):
             self.smtp = _smtp_session()  # a relay down at the start fails the task at once
         self.outbox = output_dir("outbox") / "messages.jsonl"
-        self.deferred = 0  # messages deferred since the relay last took one
-        self.refused: tuple[str, int] = ("", 0)  # the last 5xx reply, and how often in a row
+        self.deferred = Streak(RELAY_DEFERRALS)  # since the relay last took a message
+        self.refused = Streak(RELAY_REFUSALS)  # in a row, with the same reply
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -192,31 +229,38 @@ class EmailSender:
         try:
             self._send_in_session(address, message, contact)
         except Exception as exc:
-            if _sender_refused(exc):
-                reply = " ".join(exc.smtp_error.decode("utf-8", "replace").split())
-                raise ChannelDown(
-                    f"the relay refuses our sender address {exc.sender}: check the smtp_default "
-                    "connection's from_email and the relay's sender verification; it answered "
-                    f"{exc.smtp_code} {reply}"
-                ) from exc
-            if _deferred(exc):
-                self.deferred += 1
-                if self.deferred >= RELAY_DEFERRALS:
-                    raise ChannelDown(
-                        f"the relay deferred {self.deferred} messages since it last took one "
-                        f"({exc!r}): throttled or failing, not the recipients"
-                    ) from exc
-            reply = _refusal(exc)
-            last, times = self.refused
-            self.refused = (reply, times + 1 if reply == last else 1)
-            if reply and self.refused[1] >= RELAY_REFUSALS:
-                raise ChannelDown(
-                    f"the relay refused {RELAY_REFUSALS} messages in a row with the same reply, "
-                    "so it refuses us, not the recipients: check the sender address, its "
-                    f"verification at the relay and the wording; it answered {reply}"
-                ) from exc
+            self._check_relay(exc, contact)
             raise
-        self.deferred, self.refused = 0, ("", 0)
+        self.deferred.clear()
+        self.refused.clear()
+
+    def _check_relay(self, exc: Exception, contact: Contact) -> None:
+        """Raise ``ChannelDown`` when the relay's answer is about us, not the recipient."""
+        if _sender_refused(exc):
+            raise ChannelDown(
+                f"the relay refuses our sender address {exc.sender}, answering {_reply(exc)}: "
+                "check the smtp_default connection's from_email and the relay's sender "
+                "verification"
+            ) from exc
+        if _about_recipient(exc):  # that customer's failed attempt, and no news of the relay
+            return
+        if _deferred(exc):
+            self.refused.clear()
+            if self.deferred.add(contact):
+                raise self.deferred.down(
+                    f"the relay answered {_reply(exc)}, deferring {self.deferred.limit} messages "
+                    "since it last took one: throttled or failing, not the recipients"
+                ) from exc
+            return
+        refusal = _refusal(exc)
+        if not refusal:
+            self.refused.clear()
+        elif self.refused.add(contact, refusal):
+            raise self.refused.down(
+                f"the relay answered {_reply(exc)}, refusing {self.refused.limit} messages in a "
+                "row alike (addresses and ids aside), so it refuses us, not the recipients: "
+                "check the sender address, its verification at the relay and the wording"
+            ) from exc
 
     def _send_in_session(self, address: str, message: dict[str, str], contact: Contact) -> None:
         try:
@@ -286,17 +330,55 @@ def _sender_refused(exc: Exception) -> TypeGuard[smtplib.SMTPSenderRefused]:
     )
 
 
-def _refusal(exc: Exception) -> str:
-    """The SMTP server's 5xx reply refusing a message, as text ("" for anything else)."""
+def _replies(exc: Exception) -> list[tuple[int, str]]:
+    """The SMTP server's replies (code, text) behind a failed send; [] for any other failure."""
     import smtplib
 
-    replies = [(getattr(exc, "smtp_code", 0), getattr(exc, "smtp_error", b""))]
+    pairs: list[tuple[int, bytes | str]]
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        replies = list(exc.recipients.values())
+        pairs = list(exc.recipients.values())
+    elif isinstance(exc, smtplib.SMTPResponseException):
+        pairs = [(exc.smtp_code, exc.smtp_error)]
+    else:
+        return []
+    return [
+        (code, error.decode("utf-8", "replace") if isinstance(error, bytes) else error)
+        for code, error in pairs
+    ]
+
+
+def _reply(exc: Exception) -> str:
+    """The reply as the server wrote it, on one line: what a person reads."""
+    return " / ".join(f"{code} {' '.join(text.split())}" for code, text in _replies(exc))
+
+
+def _about_recipient(exc: Exception) -> bool:
+    """Whether every reply is about the recipient's mailbox (``RECIPIENT_STATUS``)."""
+    replies = _replies(exc)
+    return bool(replies) and all(
+        (match := _ENHANCED.match(text)) is not None and match[2] in RECIPIENT_STATUS
+        for _, text in replies
+    )
+
+
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3}\.\d{1,3})\b")  # RFC 3463: class.subject.detail
+_ENCLOSED = re.compile(r"<[^>]*>|\[[^\]]*\]")
+
+
+def _refusal(exc: Exception) -> str:
+    """The 5xx refusal of a message as alike for every message it is the same for ("" for
+    anything else): without addresses, what ``<...>`` or ``[...]`` enclose, and words with a
+    digit (message ids, IP addresses, regions), in lower case. So Amazon SES's "Email address
+    is not verified ... : <recipient>" and Gmail's "... <id> - gsmtp" read alike message after
+    message; the status codes are kept."""
+    replies = _replies(exc)
     if not replies or not all(500 <= code < 600 for code, _ in replies):
         return ""
-    text = b" / ".join(error for _, error in replies).decode("utf-8", "replace")
-    return f"{replies[0][0]} {' '.join(text.split())}"
+    code, text = replies[0][0], " / ".join(text for _, text in replies)
+    enhanced = _ENHANCED.match(text)
+    words = _ENCLOSED.sub(" ", text).lower().split()
+    kept = [w for w in words if "@" not in w and not any(c.isdigit() for c in w)]
+    return " ".join([str(code), enhanced[0].strip() if enhanced else "", *kept])
 
 
 def _deferred(exc: Exception) -> bool:
@@ -319,8 +401,20 @@ def _row(contact: Contact) -> dict[str, Any]:
     }
 
 
+# This many CRM requests in a row failing alike (the same status, or timing out) the CRM's way
+# (403, 429, 5xx): it is down, throttling us or refusing our token, not each record.
+CRM_FAILURES = 3
+
+
 class CrmSender:
-    """``send`` for the CRM channel: the contact key is the upsert key."""
+    """``send`` for the CRM channel: the contact key is the upsert key.
+
+    A CRM that cannot be reached (connection refused) or refuses our credentials (401) stops
+    the run at once (``ChannelDown``); 403, 429, a 5xx or a timeout, at the ``CRM_FAILURES``th
+    in a row alike, giving back all but the first attempt (a ``Streak``: a record that breaks
+    the CRM costs its customer an attempt, and the runs move past it). Any other 4xx (400, 404,
+    409, 422) is about the record: that customer's failed attempt.
+    """
 
     def __enter__(self) -> CrmSender:
         self.url: str | None = None
@@ -329,6 +423,7 @@ class CrmSender:
 
             self.url = str(BaseHook.get_connection("leap_crm").host)
         self.records = output_dir("crm") / "records.jsonl"
+        self.failing = Streak(CRM_FAILURES)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -345,10 +440,31 @@ class CrmSender:
             return
         import requests
 
-        response = requests.post(
-            self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
-        )
+        try:
+            response = requests.post(
+                self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
+            )
+        except requests.Timeout as exc:
+            self._failing(contact, "timeout", f"timed out ({exc})", exc)
+            raise
+        except requests.ConnectionError as exc:
+            raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
+        status = response.status_code
+        error = f"answered {status} {response.reason}: {response.text[:200]}"
+        if status == 401:
+            raise ChannelDown(f"the CRM at {self.url} refuses our credentials: it {error}")
+        if status in (403, 429) or status >= 500:
+            self._failing(contact, str(status), error, None)
+        else:
+            self.failing.clear()
         response.raise_for_status()
+
+    def _failing(self, contact: Contact, reason: str, error: str, cause: Exception | None) -> None:
+        if self.failing.add(contact, reason):
+            raise self.failing.down(
+                f"the CRM at {self.url} {error}, for {self.failing.limit} records in a row: "
+                "down, throttling us or refusing our token, not the records"
+            ) from cause
 
 
 def _senders(dag: Any) -> list[str]:

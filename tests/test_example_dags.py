@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_server import Reply, fake_leap
 from reengagement_sim import WebhookLog
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_dags"
@@ -75,13 +78,14 @@ def _outbox(folder: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _email_ledger() -> dict[str, Any]:
-    """What the example's email ledger records now, per Reference ID."""
+def _email_ledger(channel: str = "email") -> dict[str, Any]:
+    """What the example's email (or ``channel``) ledger records now, per Reference ID."""
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_leap.ledger import DeliveryLedger
 
-    ledger = DeliveryLedger(ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"]))
+    root = ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"])
+    ledger = DeliveryLedger(root, channel=channel)
     return ledger.load(datetime.now(timezone.utc)).states
 
 
@@ -486,17 +490,24 @@ def test_a_sender_that_did_not_finish_makes_the_run_red_after_the_review(
     assert _outbox(reengagement_env) == []
 
 
+@pytest.fixture
+def crm(monkeypatch):  # type: ignore[no-untyped-def]
+    """A CRM on loopback, as the ``leap_crm`` connection: set its ``respond`` to script it."""
+    with fake_leap(lambda seen: Reply(201)) as server:
+        url = f"{server.url}/crm"
+        monkeypatch.setenv("AIRFLOW_CONN_LEAP_CRM", json.dumps({"conn_type": "http", "host": url}))
+        yield server
+
+
 def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
-    run_dag, reengagement_env, monkeypatch
+    run_dag, reengagement_env, crm
 ) -> None:  # type: ignore[no-untyped-def]
-    # A CRM that refuses every connection, and one attempt per contact on that channel: each CRM
-    # send is given up at once and left to a person, while every email goes out. The CRM task
-    # has an id of the user's own: the review finds every LeapContactOperator.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    crm = {"conn_type": "http", "host": f"http://127.0.0.1:{closed}/crm"}
-    monkeypatch.setenv("AIRFLOW_CONN_LEAP_CRM", json.dumps(crm))
+    # A CRM that refuses every record (400, 404, 409, 422: about the record, not the CRM), and
+    # one attempt per contact on that channel: each CRM send is given up at once and left to a
+    # person, while every email goes out. The CRM task has an id of the user's own: the review
+    # finds every LeapContactOperator.
+    statuses = itertools.cycle([400, 404, 409, 422])
+    crm.respond = lambda seen: Reply(next(statuses), {"error": "no such lead"})
     source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
     one_try = "send=CrmSender(), policy=dataclasses.replace(POLICY, max_attempts=1)"
     source = source.replace("send=CrmSender(), policy=POLICY", one_try)
@@ -513,7 +524,7 @@ def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
     sends = [row for row in rows if row["kind"] == "send"]
     assert len(sends) == given_up
     assert {(row["task"], row["why"]) for row in sends} == {("crm_of_record", "given_up")}
-    assert "ConnectionError" in sends[0]["detail"]
+    assert "HTTPError" in sends[0]["detail"]
     # The next run (same data) still counts them, apart from what it gave up itself: none.
     now = datetime.fromisoformat(
         result.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
@@ -521,6 +532,43 @@ def test_the_review_lists_the_sends_of_both_channels_that_need_a_person(
     again = run_dag("leap_connect_reengagement", source, logical_date=None, run_after=now)
     crm_again = again.xcoms[("crm_of_record", "return_value")]
     assert (crm_again["given_up_before"], crm_again["given_up"]) == (given_up, 0)
+
+
+@pytest.mark.parametrize("answer", ["unreachable", 401, 403, 429, 503])
+def test_a_crm_that_is_down_stops_its_try_and_charges_one_customer_at_most(
+    run_dag, reengagement_env, crm, monkeypatch, answer: str | int
+) -> None:  # type: ignore[no-untyped-def]
+    # A CRM that is down, throttles us or refuses our token answers every record alike: each
+    # was charged to its customer, and three tries gave every CRM record up, the run green.
+    # Unreachable or 401: the try stops at once, nobody charged; 403, 429, 5xx (which a record
+    # that breaks the CRM may cause): at the 3rd in a row, only the first charged (``Streak``).
+    # The email channel goes on; once the CRM is back, the next run records everyone.
+    source = _without_retries("leap_connect_reengagement")
+    if answer == "unreachable":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        host = f"http://127.0.0.1:{closed}/crm"
+        monkeypatch.setenv("AIRFLOW_CONN_LEAP_CRM", json.dumps({"conn_type": "http", "host": host}))
+    else:
+        crm.respond = lambda seen: Reply(int(answer), {"error": "not now"})
+    down = run_dag("leap_connect_reengagement", source)
+    assert down.task_states["record_in_crm"] == "failed"
+    assert down.task_states["message_customers"] == "success"
+    failures = [state.failures for state in _email_ledger("crm").values() if state.failures]
+    assert failures == ([] if answer in ("unreachable", 401) else [1])
+    tried = len(crm.requests)
+    assert tried == {"unreachable": 0, 401: 1}.get(answer, 3)
+    crm.respond = lambda seen: Reply(201)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_CRM", json.dumps({"conn_type": "http", "host": f"{crm.url}/crm"})
+    )
+    back = _again(run_dag, down, source)
+    assert back.state == "success", back.task_states
+    counts = back.xcoms[("record_in_crm", "return_value")]
+    assert (counts["failed"], counts["given_up"], counts["given_up_before"]) == (0, 0, 0)
+    email = down.xcoms[("message_customers", "return_value")]
+    assert counts["sent"] == email["sent"] == len(crm.requests) - tried > 0
 
 
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
@@ -652,7 +700,8 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     # A throttling relay answers 451 to every message, from the start or once a quota is reached
     # mid-run: that says nothing about the recipients, so a few deferrals in a row stop the try
     # as for a relay that is down, instead of charging every due customer an attempt (three
-    # tries minutes apart would give them all up).
+    # tries minutes apart would give them all up). Of the streak, only the first message stays
+    # charged (``Streak``): the others' attempts are given back.
     from airflow_provider_leap.testing.smtp import SmtpSink
 
     source = _without_retries("leap_connect_reengagement")
@@ -663,8 +712,8 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
         throttled = run_dag("leap_connect_reengagement", source)
         assert throttled.task_states["message_customers"] == "failed"
         assert len(sink.inbox) == taken_first
-    failures = sum(state.failures for state in _email_ledger().values())
-    assert failures == _common().RELAY_DEFERRALS - 1
+    failures = [state.failures for state in _email_ledger().values() if state.failures]
+    assert failures == [1]
 
 
 def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
@@ -696,24 +745,53 @@ def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
     assert len({m.contact_key for m in inbox}) == len(inbox)
 
 
+# Amazon SES in its sandbox names the recipient; Gmail ends each reply with a message id.
+SES = (
+    "554 Message rejected: Email address is not verified. The following identities failed the "
+    "check in region US-EAST-1: {to}"
+)
+GMAIL = (
+    "550-5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail "
+    "requires all senders to authenticate with either SPF or DKIM.\r\n550-5.7.26 Authentication "
+    "results: dkim=none spf=none\r\n550 5.7.26 https://support.google.com/mail/answer/81126 "
+    "{n:04d}a1b2c3d4e5f.{n} - gsmtp"
+)
+
+
+def _refusing(reply: str) -> Callable[[list[str], Any], str]:
+    """An ``SmtpSink.refuse_message`` giving every message ``reply``, with its recipient and a
+    message number in it."""
+    numbers = iter(range(1, 10**6))
+    return lambda to, message: reply.format(to=", ".join(to), n=next(numbers))
+
+
+@pytest.mark.parametrize(
+    ("reply", "tail"),
+    [(SES, "in region US-EAST-1: customer-"), (GMAIL, "0003a1b2c3d4e5f.3 - gsmtp")],
+    ids=["ses", "gmail"],
+)
 def test_a_relay_refusing_every_message_alike_stops_the_try_at_the_third(
-    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd
+    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd, reply: str, tail: str
 ) -> None:  # type: ignore[no-untyped-def]
-    # Amazon SES refuses an unverified sender after DATA, 554 to every message alike: each was
-    # charged to its customer, and three tries gave everyone due up, the run green. The 3rd
-    # refusal with the very same reply stops the try instead: 2 customers charged, not all.
+    # A relay refusing us after DATA (SES's unverified sender, Gmail's unauthenticated one), to
+    # every message alike but for the recipient or a message id: each was charged to its
+    # customer, and three tries gave everyone due up, the run green. The 3rd refusal alike
+    # stops the try instead, and of those three only the first customer stays charged. The
+    # task's error quotes the reply whole, however long.
     from airflow_provider_leap.testing.smtp import SmtpSink
 
     source = _without_retries("leap_connect_reengagement")
     _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
-        sink.refuse_message = "554 Message rejected: Email address is not verified."
+        sink.refuse_message = _refusing(reply)
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         refused = run_dag("leap_connect_reengagement", source)
         assert refused.state == "failed" and sink.inbox == []
-        assert "refused 3 messages in a row with the same reply" in capfd.readouterr().out
+        errors = [line for line in capfd.readouterr().out.splitlines() if "went down" in line]
+        assert errors and all("messages in a row alike" in line for line in errors)
+        assert all(tail in line for line in errors), errors[0]  # the 3rd reply, to its end
         failures = [state.failures for state in _email_ledger().values() if state.failures]
-        assert failures == [1] * (_common().RELAY_REFUSALS - 1)
+        assert failures == [1]
         sink.refuse_message = None
         fixed = _again(run_dag, refused, source)
         inbox = sink.inbox
@@ -724,11 +802,53 @@ def test_a_relay_refusing_every_message_alike_stops_the_try_at_the_third(
     assert len({m.contact_key for m in inbox}) == len(inbox)
 
 
-def test_a_bounced_address_is_charged_to_its_customer_alone(
+def test_a_refused_wording_stops_each_try_one_customer_further(
     run_dag, reengagement_env, leap_emulator, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    # A 5xx to RCPT TO (user unknown) is about that recipient: their attempt is charged, and the
-    # relay goes on taking everyone else's message.
+    # A filter refusing one bucket's wording looks like a relay refusing us (the plan sends a
+    # bucket's customers one after another). The first customer of each streak stays charged,
+    # so that the stop moves on: with one attempt per step, each try gives one customer up and
+    # the next try's streak starts at the customer after. Were every attempt given back, every
+    # run would stop at the same three customers, for ever.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = _without_retries("leap_connect_reengagement")
+    one_try = "policy=dataclasses.replace(POLICY, max_attempts=1)"
+    source = source.replace("policy=POLICY", one_try)
+    source = source.replace("import annotations\n", "import annotations\nimport dataclasses\n", 1)
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    filtered = _common().MESSAGES["not_started"][0]
+
+    def content_filter(to: list[str], message: Any) -> str | None:
+        refused = filtered in str(message["Subject"])
+        return "554 5.7.1 Message rejected: content policy" if refused else None
+
+    with SmtpSink() as sink:
+        sink.refuse_message = content_filter
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        first = run_dag("leap_connect_reengagement", source)
+        after_first = {r for r, state in _email_ledger().items() if state.failures}
+        second = _again(run_dag, first, source)
+        after_second = {r for r, state in _email_ledger().items() if state.failures}
+    assert first.task_states["message_customers"] == second.task_states["message_customers"]
+    assert first.task_states["message_customers"] == "failed"
+    assert len(after_first) == 1 and len(after_second) == 2 and after_first < after_second
+
+
+@pytest.mark.parametrize(
+    "bounce",
+    [
+        "550 5.1.1 mailbox unavailable",
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+    ],
+)
+def test_a_bounced_address_is_charged_to_its_customer_alone(
+    run_dag, reengagement_env, leap_emulator, monkeypatch, bounce: str
+) -> None:  # type: ignore[no-untyped-def]
+    # A 5xx to RCPT TO about the mailbox (RFC 3463 X.1.1 user unknown, Exchange's X.1.10) is
+    # about that recipient, even when many in a row read the same: their attempt is charged,
+    # and the relay goes on taking everyone else's message. Half the addresses bounce, so
+    # some come three and more in a row: the run does not stop at them.
     from airflow_provider_leap.testing.smtp import SmtpSink
 
     source = _without_retries("leap_connect_reengagement")
@@ -736,18 +856,23 @@ def test_a_bounced_address_is_charged_to_its_customer_alone(
     addresses = json.loads(os.environ["AIRFLOW_VAR_LEAP_CONTACTS"])
     bounced = set(sorted(addresses)[1::2])
     with SmtpSink() as sink:
-        sink.refuse = {addresses[ref_id] for ref_id in bounced}
+        sink.refuse, sink.bounce = {addresses[ref_id] for ref_id in bounced}, bounce
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         result = run_dag("leap_connect_reengagement", source)
         inbox = sink.inbox
-    assert result.task_states["message_customers"] == "failed"  # a retry tries the bounced
-    states = _email_ledger()
-    charged = {ref_id for ref_id, state in states.items() if state.failures}
-    sent = {ref_id for ref_id, state in states.items() if state.sent_offset >= 0}
-    assert charged and charged <= bounced and not sent & bounced
-    assert all(states[ref_id].failures == 1 for ref_id in charged)
-    assert sorted(m.to for m in inbox) == sorted(addresses[ref_id] for ref_id in sent)
-    assert charged | sent == set(states)
+        assert result.task_states["message_customers"] == "failed"  # a retry tries the bounced
+        states = _email_ledger()
+        charged = {ref_id for ref_id, state in states.items() if state.failures}
+        sent = {ref_id for ref_id, state in states.items() if state.sent_offset >= 0}
+        assert charged and charged <= bounced and not sent & bounced
+        assert all(states[ref_id].failures == 1 for ref_id in charged)
+        assert sorted(m.to for m in inbox) == sorted(addresses[ref_id] for ref_id in sent)
+        assert charged | sent == set(states)
+        # Nobody was left untried: the next run has only the bounced to try again.
+        sink.refuse = set()
+        again = _again(run_dag, result, source)
+    counts = again.xcoms[("message_customers", "return_value")]
+    assert counts["due"] == counts["sent"] == len(charged)
 
 
 CLOSING_FAILS = '''

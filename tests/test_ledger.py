@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_leap.contact import ContactPolicy, plan_contacts
-from airflow_provider_leap.delivery import ContactUnreachable, deliver
+from airflow_provider_leap.contact import Contact, ContactPolicy, plan_contacts
+from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
@@ -619,3 +619,53 @@ def test_the_ledger_id_lasts_a_lost_file_and_is_never_read_half_written(
     monkeypatch.setattr("airflow_provider_leap.ledger.time.sleep", lambda seconds: None)
     with pytest.raises(LedgerError, match="another task is creating it"):
         DeliveryLedger(other).identity()
+
+
+class RefusingRelay:
+    """Sends the first contact, refuses the next three, then finds the channel down: of the
+    refused, it gives back the last two (and, wrongly, the one sent and one never tried)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Contact] = []
+
+    def __call__(self, contact: Contact) -> None:
+        self.seen.append(contact)
+        if len(self.seen) in (2, 3, 4):
+            raise OSError("554 5.7.1 refused")
+        if len(self.seen) == 5:
+            named = [*self.seen[2:4], self.seen[0], contact]
+            raise ChannelDown("the relay answered 554 5.7.1 " + "refused " * 40, given_back=named)
+
+
+def test_a_channel_down_gives_back_the_failed_attempts_it_names_and_no_other(
+    tmp_path: Path,
+) -> None:
+    items = buckets(7)
+    ledger = DeliveryLedger(tmp_path, owner="run1/try1")
+    due = _plan(ledger, items).due
+    relay = RefusingRelay()
+    report = deliver(due, relay, ledger, now=T0, max_attempts=1)  # each failure: given up
+    assert (report.sent, report.failed, report.given_up, report.not_tried) == (1, 1, 1, 5)
+    assert [item["contact_key"] for item in report.attention] == [due[1].contact_key]
+    assert report.channel_down is not None and report.channel_down.endswith("refused")
+    retry = _plan(DeliveryLedger(tmp_path), items)  # the policy allows 3 attempts
+    assert [(c.ref_id, c.attempt) for c in retry.due] == [
+        (c.ref_id, 2 if c is due[1] else 1) for c in due[1:]
+    ]
+
+
+def test_attempts_are_not_taken_back_while_a_compaction_runs_nor_by_another_owner(
+    tmp_path: Path,
+) -> None:
+    items = buckets(1)
+    ledger = DeliveryLedger(tmp_path, owner="run1/try1")
+    [contact] = _plan(ledger, items).due
+    assert ledger.claim(contact, T0)
+    ledger.settle(contact, T0, sent=False, error="554")
+    lock = _hold_lock(tmp_path)
+    assert ledger.unsettle([contact]) == []  # it may be folding the failure in now
+    lock.unlink()
+    assert DeliveryLedger(tmp_path, owner="run2/try1").unsettle([contact]) == []
+    assert ledger.unsettle([contact]) == [contact]
+    assert list((tmp_path / "email" / "claims").iterdir()) == []
+    assert ledger.unsettle([contact]) == []  # once

@@ -48,3 +48,25 @@ def test_the_inbox_keeps_what_arrived_refuses_and_fails_on_demand(tmp_path: Path
     assert "connect.leap.energy" in sink.inbox[0].body
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [row["contact_key"] for row in logged] == ["lc1-a", "lc1-c"]
+
+
+def test_refusals_can_be_worded_per_recipient_and_per_message() -> None:
+    with SmtpSink() as sink:
+        sink.refuse, sink.bounce = {"gone@example.com"}, "550 5.1.10 RecipientNotFound"
+        sink.refuse_message = lambda to, mail: (
+            f"554 not verified: {to[0]}" if mail["Subject"] == "Hello" else None
+        )
+        with smtplib.SMTP("127.0.0.1", sink.port, timeout=5) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as bounced:
+                client.send_message(message("gone@example.com", "lc1-a"))
+            assert bounced.value.recipients["gone@example.com"] == (
+                550,
+                b"5.1.10 RecipientNotFound",
+            )
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.send_message(message("pat@example.com", "lc1-b"))
+            assert refused.value.smtp_error == b"not verified: pat@example.com"
+            other = message("pat@example.com", "lc1-c")
+            other.replace_header("Subject", "Bye")
+            client.send_message(other)
+    assert [m.contact_key for m in sink.inbox] == ["lc1-c"]

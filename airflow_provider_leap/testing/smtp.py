@@ -1,13 +1,16 @@
 """A real SMTP server on loopback that keeps what it receives: the customers' inbox in tests.
 
 What reached the inbox was sent, whatever a file or the ledger says, so "nothing sent twice" is
-checked here. It can refuse chosen addresses (550, a bad address) and answer 451 (try later) to
-the next ``fail_next`` messages, to fail a send task mid-batch, and end each session after
+checked here. It can refuse chosen addresses (with ``bounce``, by default 550 5.1.1: a bad
+address) and answer 451 (try later) to the next ``fail_next`` messages, to fail a send task
+mid-batch, and end each session after
 ``session_limit`` messages (421, then closed), as relays limiting messages per connection do;
 after ``sessions_left`` sessions, new ones are refused (421), as by a relay going down; and it
 can answer ``refuse_sender`` (a reply, say ``550 5.7.1 sender not verified``) to every MAIL FROM,
-as a relay refusing the From address. Plain SMTP only: point an ``smtp`` connection at it with
-``SmtpSink.connection()``.
+as a relay refusing the From address, and ``refuse_message`` to a message's DATA: one reply to
+every message, or a function of the message that words each reply (naming the recipient, as
+Amazon SES does, or carrying a message id, as Gmail does) or takes the message (None). Plain SMTP
+only: point an ``smtp`` connection at it with ``SmtpSink.connection()``.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ import json
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
 from typing import Any
+
+# What ``refuse_message`` may hold: one reply for every message, or a function of the recipients
+# and the message giving the reply, or None to take it.
+MessageRefusal = str | Callable[[list[str], Message], str | None] | None
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._reply(refusal or "250 OK")
             elif verb == "RCPT":
                 if argument in self.server.sink.refuse:
-                    self._reply("550 5.1.1 mailbox unavailable")
+                    self._reply(self.server.sink.bounce)
                 else:
                     recipients.append(argument)
                     self._reply("250 OK")
@@ -101,8 +110,9 @@ class SmtpSink:
 
     def __init__(self, log: Path | None = None) -> None:
         self.refuse: set[str] = set()
+        self.bounce = "550 5.1.1 mailbox unavailable"  # the reply to a refused recipient
         self.refuse_sender: str | None = None  # the reply to every MAIL FROM, as "550 5.7.1 ..."
-        self.refuse_message: str | None = None  # the reply to every DATA, as "554 5.7.1 ..."
+        self.refuse_message: MessageRefusal = None  # the reply to DATA, as "554 5.7.1 ..."
         self.fail_next = 0
         self.defer_after: int | None = None  # then every message is deferred (451): a quota
         self.session_limit: int | None = None
@@ -143,9 +153,12 @@ class SmtpSink:
             if self.fail_next > 0 or over_quota:
                 self.fail_next = max(0, self.fail_next - 1)
                 return "451 4.3.0 try again later"
-            if self.refuse_message:
-                return self.refuse_message
             message = message_from_bytes(data)
+            refusal = self.refuse_message
+            if callable(refusal):
+                refusal = refusal(list(recipients), message)
+            if refusal:
+                return refusal
             texts = [p for p in message.walk() if p.get_content_maintype() == "text"]
             body = texts[0].get_payload(decode=True) if texts else b""
             for recipient in recipients:
