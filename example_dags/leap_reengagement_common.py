@@ -330,6 +330,10 @@ def _sender_refused(exc: Exception) -> TypeGuard[smtplib.SMTPSenderRefused]:
     )
 
 
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3}\.\d{1,3})\b")  # RFC 3463: class.subject.detail
+_ENCLOSED = re.compile(r"<[^>]*>|\[[^\]]*\]")
+
+
 def _replies(exc: Exception) -> list[tuple[int, str]]:
     """The SMTP server's replies (code, text) behind a failed send; [] for any other failure."""
     import smtplib
@@ -361,24 +365,21 @@ def _about_recipient(exc: Exception) -> bool:
     )
 
 
-_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3}\.\d{1,3})\b")  # RFC 3463: class.subject.detail
-_ENCLOSED = re.compile(r"<[^>]*>|\[[^\]]*\]")
-
-
 def _refusal(exc: Exception) -> str:
-    """The 5xx refusal of a message as alike for every message it is the same for ("" for
-    anything else): without addresses, what ``<...>`` or ``[...]`` enclose, and words with a
-    digit (message ids, IP addresses, regions), in lower case. So Amazon SES's "Email address
-    is not verified ... : <recipient>" and Gmail's "... <id> - gsmtp" read alike message after
-    message; the status codes are kept."""
+    """A 5xx reply refusing a message, reduced to what it would say of any message ("" for
+    anything else): its status codes, then its words in lower case without addresses, what
+    ``<...>`` or ``[...]`` enclose, or words with a digit (message ids, IP addresses, regions).
+    So Amazon SES's "Email address is not verified ...: <recipient>" and Gmail's "... <id> -
+    gsmtp" read the same message after message."""
     replies = _replies(exc)
     if not replies or not all(500 <= code < 600 for code, _ in replies):
         return ""
-    code, text = replies[0][0], " / ".join(text for _, text in replies)
-    enhanced = _ENHANCED.match(text)
-    words = _ENCLOSED.sub(" ", text).lower().split()
+    joined = " / ".join(text for _, text in replies)
+    enhanced = _ENHANCED.match(joined)
+    words = _ENCLOSED.sub(" ", joined).lower().split()
     kept = [w for w in words if "@" not in w and not any(c.isdigit() for c in w)]
-    return " ".join([str(code), enhanced[0].strip() if enhanced else "", *kept])
+    codes = [str(replies[0][0]), *([enhanced[0].strip()] if enhanced else [])]
+    return " ".join([*codes, *kept])
 
 
 def _deferred(exc: Exception) -> bool:
