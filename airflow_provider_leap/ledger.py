@@ -87,6 +87,7 @@ class Claim(msgspec.Struct, kw_only=True):
     ref_id: str
     stall: str
     offset: int  # the step's (``Contact.offset``)
+    final: bool = False  # the cadence's last step (``Contact.final``)
     attempt: int
     state: str
     now: str  # the run's notion of now: when the message counts as sent (cadence spacing)
@@ -116,6 +117,8 @@ class Entry(msgspec.Struct, array_like=True):
     # Who found the send of ``sent_offset`` unconfirmed (killed mid-way): reported again by a
     # retry of that run, for the same reason.
     unconfirmed_by: str | None = None
+    sent_count: int = 0  # steps sent (claims are folded in offset order: see ``fold``)
+    finished: bool = False  # the final step went out
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
@@ -123,9 +126,11 @@ class Entry(msgspec.Struct, array_like=True):
                 self.failed_offset, self.failures = claim.offset, claim.attempt
                 self.failed_by = claim.owner
         elif claim.offset >= self.sent_offset:  # sent, or sending and stale (counted as sent)
-            if claim.offset > self.sent_offset:
+            if claim.offset > self.sent_offset:  # a claim folded again counts once
                 self.unconfirmed_by = None
+                self.sent_count += 1
             self.sent_offset = claim.offset
+            self.finished = self.finished or claim.final
             when = parse_timestamp(claim.now)
             sent_at = None if when is None else int(when.timestamp())
             if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
@@ -440,7 +445,7 @@ class DeliveryLedger:
         # Claims are read before the snapshot: a claim deleted before it was listed was folded
         # into a snapshot written before its deletion, so the snapshot read next holds it; a
         # claim seen in both is folded twice, which changes nothing (``Entry.fold`` keeps the
-        # highest step, attempt and time).
+        # highest offset, attempt and time, and counts a step once).
         claims = self._read_claims()
         snapshot = self._read_snapshot()
         entries = _by_ref_id(snapshot)
@@ -544,7 +549,8 @@ class DeliveryLedger:
                 known[0].append(path)
                 if kind == OUTCOME:
                     attempts[attempt] = (known[0], claim)
-        return list(attempts.values())
+        # A stall's steps in order: ``Entry.fold`` counts a step only past the one recorded.
+        return sorted(attempts.values(), key=lambda found: found[1].offset)
 
     @staticmethod
     def _read_claim(path: StoragePath) -> Claim | None:
@@ -553,6 +559,11 @@ class DeliveryLedger:
                 return _CLAIM_DECODER.decode(handle.read())
         except FileNotFoundError:  # folded by a concurrent compaction
             return None
+        except msgspec.ValidationError as exc:  # whole, in another shape: not to be ignored
+            raise LedgerError(
+                f"{path} is not a claim of format {FORMAT} ({exc}): use the provider version "
+                "that wrote it"
+            ) from None
         except msgspec.DecodeError:
             # A claim whose write was cut short: its sender died while claiming, so nothing
             # was sent yet. Left alone; it blocks only that one attempt number.
@@ -651,6 +662,7 @@ class DeliveryLedger:
             ref_id=contact.ref_id,
             stall=contact.stall,
             offset=contact.offset,
+            final=contact.final,
             attempt=contact.attempt,
             state=state,
             now=_iso(now),

@@ -619,3 +619,38 @@ def test_the_ledger_id_lasts_a_lost_file_and_is_never_read_half_written(
     monkeypatch.setattr("airflow_provider_leap.ledger.time.sleep", lambda seconds: None)
     with pytest.raises(LedgerError, match="another task is creating it"):
         DeliveryLedger(other).identity()
+
+
+def test_a_claim_of_another_format_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A format 1 claim (a step number, no offset) left unread would let its message go again."""
+    claims = tmp_path / "email" / "claims"
+    claims.mkdir(parents=True)
+    old = {"contact_key": "lc1-" + "0" * 40, "ref_id": "cust-0000", "stall": "2026-03-02T10:00:00Z"}
+    old |= {"step": 0, "attempt": 1, "state": "sent", "now": "2026-03-02T11:17:00.000000Z"}
+    old |= {"claimed_at": "2026-03-02T11:17:01.000000Z"}
+    (claims / f"{old['contact_key']}.1.outcome").write_text(json.dumps(old))
+    with pytest.raises(LedgerError, match="is not a claim of format 2"):
+        DeliveryLedger(tmp_path).load(T0)
+
+
+def test_a_stalls_steps_are_counted_once_in_whatever_order_their_claims_are_read(
+    tmp_path: Path,
+) -> None:
+    """Two sends of a stall folded at once (no compaction between them), then both claims read
+    again beside the snapshot that holds them (a compaction under way): two messages, not four
+    (the count decides whether a step after a cadence change would be one message too many)."""
+    items = _customers("cust-0000", stall=T0 - 2 * timedelta(days=1))
+    ledger = DeliveryLedger(tmp_path)
+    lock = _hold_lock(tmp_path)
+    then = T0 - timedelta(hours=47)  # one hour after the stall
+    [first] = _plan(ledger, items, then).due
+    _deliver(ledger, [first], Outbox(), then)
+    [reminder] = _plan(ledger, items).due
+    _deliver(ledger, [reminder], Outbox())
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "email" / "claims").iterdir()}
+    lock.unlink()
+    assert DeliveryLedger(tmp_path).load(T0).states["cust-0000"].sent_count == 2  # compacted
+    for name, body in kept.items():  # as listed by a load that read the snapshot after them
+        (tmp_path / "email" / "claims" / name).write_bytes(body)
+    entry = DeliveryLedger(tmp_path).load(T0).states["cust-0000"]
+    assert (entry.sent_count, entry.sent_offset, entry.finished) == (2, 86400, False)
