@@ -5,7 +5,8 @@ is answered once, then reminded on a cadence, then left alone: step 0 (the first
 one quiet period after the stall, step ``i`` at ``cadence[i - 1]`` after it. A new interaction
 is a new stall. A stall found late (first run ever, scheduler down) gets one message for the
 latest step already due, never a burst of the missed ones, and two messages of one stall are
-never closer than the tightest gap of the schedule.
+never closer than the tightest gap of the schedule. A step is known by its offset from the
+stall, not its number: a cadence changed mid-sequence neither repeats a step nor skips one.
 
 Planning is pure: it reads triage buckets, a time ``now`` and what the delivery ledger says was
 sent, so every Airflow run, retry or clear computes the same contacts with the same keys.
@@ -107,6 +108,8 @@ class ContactPolicy:
                 f"horizon ({self.horizon}) must be a timedelta beyond the last step "
                 f"({self.steps[-1]})"
             )
+        if any(step.microseconds for step in self.steps):
+            raise ValueError(f"quiet_period and cadence must be whole seconds, got {self.steps}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
         unknown = set(self.buckets) - set(BUCKETS)
@@ -117,6 +120,11 @@ class ContactPolicy:
     def steps(self) -> tuple[timedelta, ...]:
         """Offset of every step from the stall: the first contact, then the reminders."""
         return (self.quiet_period, *self.cadence)
+
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:
+        """Every step's offset in seconds: what the ledger and the contact key know it by."""
+        return tuple(int(step.total_seconds()) for step in self.steps)
 
     @functools.cached_property
     def min_gap(self) -> timedelta:
@@ -132,13 +140,14 @@ class ContactPolicy:
         return bisect.bisect_right(self.steps, age) - 1
 
 
-def contact_key(ref_id: str, stall: str, step: int) -> str:
-    """Stable idempotency key of one message: the same customer, stall and step, the same key.
+def contact_key(ref_id: str, stall: str, offset: int) -> str:
+    """Stable idempotency key of one message: the same customer, stall and step (its offset in
+    seconds, so a changed cadence never gives one key to two messages), the same key.
 
     Fixed length and free of the Reference ID's characters, so any email, SMS or CRM system
     can take it as an idempotency or upsert key.
     """
-    digest = hashlib.sha256(f"{ref_id}\x1f{stall}\x1f{step}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{ref_id}\x1f{stall}\x1f{offset}".encode()).hexdigest()
     return f"lc1-{digest[:40]}"
 
 
@@ -146,9 +155,10 @@ class StallRecord(Protocol):
     """What the delivery ledger knows about a customer's latest stall (``ledger.Entry``)."""
 
     stall: str  # the stall's last interaction, as ``Contact.stall`` (one text per instant)
-    sent_step: int  # the last step delivered (or whose delivery is unconfirmed); -1: none
+    # Steps by their offset (``ContactPolicy.offsets``); -1: none.
+    sent_offset: int  # the last step delivered (or whose delivery is unconfirmed)
     sent_at: int | None  # the run's "now" when it was sent, in seconds since the epoch
-    failed_step: int  # the step whose sends failed, and how often
+    failed_offset: int  # the step whose sends failed, and how often
     failures: int
     in_flight: bool  # a claim another sender holds right now
     failed_by: str | None  # the ledger owner of the latest failed attempt
@@ -159,9 +169,9 @@ class StallState:
     """A :class:`StallRecord` built by hand (tests, a user's own ledger)."""
 
     stall: str
-    sent_step: int = -1
+    sent_offset: int = -1
     sent_at: int | None = None
-    failed_step: int = -1
+    failed_offset: int = -1
     failures: int = 0
     in_flight: bool = False
     failed_by: str | None = None
@@ -190,7 +200,8 @@ class Contact:
     contact_key: str
     ref_id: str
     stall: str
-    step: int
+    step: int  # its number in the cadence (0: the first contact), for the wording
+    offset: int  # its offset from the stall in seconds: what the ledger knows it by
     first: bool  # no earlier message in this stall
     final: bool  # the last step of the cadence
     bucket: str
@@ -302,7 +313,8 @@ def plan_contacts(
         customers = _customers(buckets)
     counts = plan.outcomes
     rank = {name: index for index, name in enumerate(policy.buckets)}
-    last_step = len(policy.steps) - 1
+    offsets = policy.offsets
+    last_step = len(offsets) - 1
     min_gap_seconds = policy.min_gap.total_seconds()
     for ref_id, group in customers.items():
         items = [group] if isinstance(group, tuple) else group
@@ -332,11 +344,12 @@ def plan_contacts(
         if state.in_flight:
             counts["in_flight"] += 1
             continue
-        if step <= state.sent_step:
-            counts["finished" if state.sent_step == last_step else "already_sent"] += 1
+        offset = offsets[step]
+        if offset <= state.sent_offset:
+            counts["finished" if state.sent_offset >= offsets[-1] else "already_sent"] += 1
             continue
-        spent = step == state.failed_step and state.failures >= policy.max_attempts
-        if step < state.failed_step or spent:
+        spent = offset == state.failed_offset and state.failures >= policy.max_attempts
+        if offset < state.failed_offset or spent:
             # That step's attempts are spent (reported by the send that gave up); the stall's
             # next step starts anew at attempt 1. An earlier step's turn is over.
             counts["given_up_before"] += 1
@@ -352,14 +365,15 @@ def plan_contacts(
         bucket, item, also = _pick(items, rank)
         stall = format_timestamp(stall_time, stall)
         attempt = 1  # the step's next attempt; for a spent step, its last
-        if state.failed_step == step:
+        if state.failed_offset == offset:
             attempt = state.failures if spent else state.failures + 1
         contact = Contact(
-            contact_key=contact_key(ref_id, stall, step),
+            contact_key=contact_key(ref_id, stall, offset),
             ref_id=ref_id,
             stall=stall,
             step=step,
-            first=state.sent_step < 0,
+            offset=offset,
+            first=state.sent_offset < 0,
             final=step == last_step,
             bucket=bucket,
             reason=str(item.get("reason") or ""),

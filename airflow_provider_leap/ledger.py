@@ -49,6 +49,9 @@ from airflow_provider_leap.models import parse_timestamp
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "ledger.json"
+# ``ledger.json``'s format: 2 knows steps by their offset from the stall (1, in development
+# builds only, by their number).
+FORMAT = 2
 CLAIMS = "claims"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
@@ -83,7 +86,7 @@ class Claim(msgspec.Struct, kw_only=True):
     contact_key: str
     ref_id: str
     stall: str
-    step: int
+    offset: int  # the step's (``Contact.offset``)
     attempt: int
     state: str
     now: str  # the run's notion of now: when the message counts as sent (cadence spacing)
@@ -102,27 +105,27 @@ class Entry(msgspec.Struct, array_like=True):
 
     ref_id: str
     stall: str
-    sent_step: int = -1
+    sent_offset: int = -1  # steps by their offset from the stall, as ``contact.StallRecord``
     sent_at: int | None = None  # the run's "now" of the last send, seconds since the epoch
-    failed_step: int = -1
+    failed_offset: int = -1
     failures: int = 0
     in_flight: bool = False  # set in memory only, after the snapshot was written
     # Who made the latest failed attempt (its claim's ``owner``): a retry of the run that gave a
     # step up reports it again (Airflow clears the failed try's report).
     failed_by: str | None = None
-    # Who found the send of ``sent_step`` unconfirmed (killed mid-way): reported again by a
+    # Who found the send of ``sent_offset`` unconfirmed (killed mid-way): reported again by a
     # retry of that run, for the same reason.
     unconfirmed_by: str | None = None
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
-            if (claim.step, claim.attempt) > (self.failed_step, self.failures):
-                self.failed_step, self.failures = claim.step, claim.attempt
+            if (claim.offset, claim.attempt) > (self.failed_offset, self.failures):
+                self.failed_offset, self.failures = claim.offset, claim.attempt
                 self.failed_by = claim.owner
-        elif claim.step >= self.sent_step:  # sent, or sending and stale (counted as sent)
-            if claim.step > self.sent_step:
+        elif claim.offset >= self.sent_offset:  # sent, or sending and stale (counted as sent)
+            if claim.offset > self.sent_offset:
                 self.unconfirmed_by = None
-            self.sent_step = claim.step
+            self.sent_offset = claim.offset
             when = parse_timestamp(claim.now)
             sent_at = None if when is None else int(when.timestamp())
             if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
@@ -195,9 +198,9 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
         recorded, contacted = stall_order(entry.stall), stall_order(contact.stall)
         if recorded != contacted:
             return recorded > contacted
-    if entry.sent_step >= contact.step or entry.failed_step > contact.step:
+    if entry.sent_offset >= contact.offset or entry.failed_offset > contact.offset:
         return True
-    return entry.failed_step == contact.step and entry.failures >= contact.attempt
+    return entry.failed_offset == contact.offset and entry.failures >= contact.attempt
 
 
 def _read_identity(path: StoragePath) -> str:
@@ -210,8 +213,8 @@ def _read_identity(path: StoragePath) -> str:
     return text if len(text) == 32 and text.isalnum() else ""
 
 
-def _unconfirmed(ref_id: str, stall: str, step: int) -> dict[str, Any]:
-    return {"ref_id": ref_id, "stall": stall, "step": step}
+def _unconfirmed(ref_id: str, stall: str, offset: int) -> dict[str, Any]:
+    return {"ref_id": ref_id, "stall": stall, "offset": offset}
 
 
 def _by_ref_id(snapshot: Snapshot) -> dict[str, Entry]:
@@ -507,11 +510,11 @@ class DeliveryLedger:
                 live.append(claim)
                 continue
             if claim.state == SENDING:
-                view.unconfirmed.append(_unconfirmed(claim.ref_id, claim.stall, claim.step))
+                view.unconfirmed.append(_unconfirmed(claim.ref_id, claim.stall, claim.offset))
             entry = _entry_for(entries, claim)
             if entry is not None:
                 entry.fold(claim)
-                if claim.state == SENDING and entry.sent_step == claim.step:
+                if claim.state == SENDING and entry.sent_offset == claim.offset:
                     entry.unconfirmed_by = self.owner
             folded += paths
         # Stalls are canonical "YYYY-MM-DDTHH:MM:SS[.f]Z" texts: comparing their first 19
@@ -538,7 +541,7 @@ class DeliveryLedger:
             view.unconfirmed = []  # reported by the task that folds them, once
         if run:  # and by a retry of its run, whose earlier try's report Airflow has cleared
             view.unconfirmed += [
-                _unconfirmed(e.ref_id, e.stall, e.sent_step)
+                _unconfirmed(e.ref_id, e.stall, e.sent_offset)
                 for e in entries.values()
                 if e.unconfirmed_by
                 and e.unconfirmed_by != self.owner
@@ -560,17 +563,23 @@ class DeliveryLedger:
             with path.open("rb") as handle:
                 data = handle.read()
         except FileNotFoundError:
-            return Snapshot(1, "", [])
+            return Snapshot(FORMAT, "", [])
         except Exception as exc:
             raise LedgerError(f"The delivery ledger {path} cannot be read: {exc}") from exc
         try:
             with gc_paused():  # 100,000 entries at once (bench.ledger)
-                return _SNAPSHOT_DECODER.decode(data)
+                snapshot = _SNAPSHOT_DECODER.decode(data)
         except msgspec.DecodeError as exc:
             raise LedgerError(
                 f"The delivery ledger {path} is damaged ({exc}); restore it from a backup or "
                 "move it aside (every stall in it would then be contacted again)"
             ) from None
+        if snapshot.version != FORMAT:
+            raise LedgerError(
+                f"The delivery ledger {path} has format {snapshot.version}, and this provider "
+                f"reads format {FORMAT}: use the provider version that wrote it"
+            )
+        return snapshot
 
     def _read_claims(self) -> list[tuple[list[StoragePath], Claim]]:
         """Each attempt's files and what they say: the outcome when written, else the claim."""
@@ -620,7 +629,7 @@ class DeliveryLedger:
         sequence: int,
     ) -> None:
         snapshot = Snapshot(
-            version=1,
+            version=FORMAT,
             written_at=_iso(self._clock()),
             entries=list(entries.values()),
             generation=generation,
@@ -701,7 +710,7 @@ class DeliveryLedger:
             contact_key=contact.contact_key,
             ref_id=contact.ref_id,
             stall=contact.stall,
-            step=contact.step,
+            offset=contact.offset,
             attempt=contact.attempt,
             state=state,
             now=_iso(now),

@@ -26,7 +26,7 @@ import json
 import os
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from airflow.sdk import task
 
@@ -34,6 +34,9 @@ from airflow_provider_leap.contact import Contact, ContactPolicy
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable
 from airflow_provider_leap.models import record_region
 from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
+
+if TYPE_CHECKING:
+    import smtplib
 
 # Hourly, once Leap's refresh of the hour has landed.
 HOURLY_SCHEDULE = f"{REFRESH_LANDED_BY.seconds // 60} * * * *"
@@ -185,6 +188,13 @@ class EmailSender:
         try:
             self._send_in_session(address, message, contact)
         except Exception as exc:
+            if _sender_refused(exc):
+                reply = " ".join(exc.smtp_error.decode("utf-8", "replace").split())
+                raise ChannelDown(
+                    f"the relay refuses our sender address {exc.sender}: check the smtp_default "
+                    "connection's from_email and the relay's sender verification; it answered "
+                    f"{exc.smtp_code} {reply}"
+                ) from exc
             if _deferred(exc):
                 self.deferred += 1
                 if self.deferred >= RELAY_DEFERRALS:
@@ -247,6 +257,20 @@ def _session_ended(exc: Exception) -> bool:
     import smtplib
 
     return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421
+
+
+def _sender_refused(exc: Exception) -> TypeGuard[smtplib.SMTPSenderRefused]:
+    """Whether the relay refused our sender address (a 5xx to MAIL FROM): the same for every
+    message, so the channel's, not the customer's. A 552 there is this message's size (RFC 1870),
+    and a 5xx to RCPT TO or after DATA may be this recipient or this message's content: those
+    stay the attempt's."""
+    import smtplib
+
+    return (
+        isinstance(exc, smtplib.SMTPSenderRefused)
+        and 500 <= exc.smtp_code < 600
+        and exc.smtp_code != 552
+    )
 
 
 def _deferred(exc: Exception) -> bool:

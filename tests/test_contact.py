@@ -23,6 +23,7 @@ from airflow_provider_leap.ledger import DeliveryLedger
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 D = timedelta(days=1)
+OFF = ContactPolicy().offsets  # each step's offset in seconds, as the ledger knows it
 
 
 def iso(when: datetime) -> str:
@@ -86,7 +87,7 @@ def test_empty_cadence_means_first_contact_only() -> None:
     stall = T0 - 2 * H
     first = plan({"not_started": [item("a1b", stall)]}, T0, policy=policy)
     assert [c.step for c in first.due] == [0] and first.due[0].final
-    sent = {"a1b": StallState(iso(stall), sent_step=0, sent_at=int(T0.timestamp()))}
+    sent = {"a1b": StallState(iso(stall), sent_offset=OFF[0], sent_at=int(T0.timestamp()))}
     later = plan({"not_started": [item("a1b", stall)]}, T0 + 20 * D, sent, policy)
     assert later.due == [] and later.outcomes["finished"] == 1
 
@@ -109,7 +110,7 @@ def test_reminders_keep_their_spacing_after_a_late_first_contact() -> None:
     stall = T0 - (3 * D - H)  # first seen just before the 3-day step
     first = plan({"not_started": [item("a1b", stall)]}, T0).due[0]
     assert first.step == 1
-    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int(T0.timestamp()))}
+    ledger = {"a1b": StallState(iso(stall), sent_offset=OFF[1], sent_at=int(T0.timestamp()))}
     soon = plan({"not_started": [item("a1b", stall)]}, T0 + 2 * H, ledger)
     assert soon.due == [] and soon.outcomes["waiting"] == 1  # step 2 due, but 2 h after step 1
     later = plan({"not_started": [item("a1b", stall)]}, T0 + D, ledger).due
@@ -118,11 +119,11 @@ def test_reminders_keep_their_spacing_after_a_late_first_contact() -> None:
 
 def test_a_new_interaction_is_a_new_stall_with_a_new_key() -> None:
     old, new = T0 - 5 * D, T0 - 2 * H
-    ledger = {"a1b": StallState(iso(old), sent_step=2, sent_at=int((T0 - D).timestamp()))}
+    ledger = {"a1b": StallState(iso(old), sent_offset=OFF[2], sent_at=int((T0 - D).timestamp()))}
     due = plan({"not_started": [item("a1b", new)]}, T0, ledger).due
     assert [(c.stall, c.step, c.first) for c in due] == [(iso(new), 0, True)]
-    assert due[0].contact_key == contact_key("a1b", iso(new), 0)
-    assert due[0].contact_key != contact_key("a1b", iso(old), 0)
+    assert due[0].contact_key == contact_key("a1b", iso(new), OFF[0])
+    assert due[0].contact_key != contact_key("a1b", iso(old), OFF[0])
 
 
 def test_completed_customers_are_never_due_even_with_another_region_stalled() -> None:
@@ -175,7 +176,7 @@ def test_stalls_past_the_horizon_are_left_alone() -> None:
 
 def test_already_sent_steps_are_not_due_again() -> None:
     stall = T0 - 2 * D
-    ledger = {"a1b": StallState(iso(stall), sent_step=1, sent_at=int((T0 - H).timestamp()))}
+    ledger = {"a1b": StallState(iso(stall), sent_offset=OFF[1], sent_at=int((T0 - H).timestamp()))}
     result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
     assert result.due == [] and result.outcomes["already_sent"] == 1
 
@@ -186,20 +187,20 @@ def test_failed_sends_stay_due_with_the_next_attempt_then_give_up() -> None:
     retry = plan(
         {"not_started": [item("a1b", stall)]},
         T0,
-        {key: StallState(iso(stall), failed_step=0, failures=1)},
+        {key: StallState(iso(stall), failed_offset=OFF[0], failures=1)},
     )
     assert [(c.step, c.attempt) for c in retry.due] == [(0, 2)]
     gone = plan(
         {"not_started": [item("a1b", stall)]},
         T0,
-        {key: StallState(iso(stall), failed_step=0, failures=3)},
+        {key: StallState(iso(stall), failed_offset=OFF[0], failures=3)},
     )
     assert gone.due == [] and gone.outcomes["given_up_before"] == 1
 
 
 def test_a_cleared_older_run_never_starts_a_step_before_one_already_tried() -> None:
     stall = T0 - 2 * H  # step 0 is due at T0; the ledger holds a failed try of step 1
-    ledger = {"a1b": StallState(iso(stall), failed_step=1, failures=1)}
+    ledger = {"a1b": StallState(iso(stall), failed_offset=OFF[1], failures=1)}
     result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
     assert result.due == [] and result.outcomes["given_up_before"] == 1
 
@@ -210,11 +211,14 @@ class Channel:
 
     def __init__(self, root: Path) -> None:
         self.root, self.down, self.inbox = root, False, []  # inbox: (ref_id, stall, step, key)
+        self.policy = ContactPolicy()
+        self.offsets: list[timedelta] = []  # of each message sent, from its stall
 
     def __call__(self, contact: Contact) -> None:
         if self.down:
             raise ConnectionRefusedError("SMTP server down")
         self.inbox.append((contact.ref_id, contact.stall, contact.step, contact.contact_key))
+        self.offsets.append(timedelta(seconds=contact.offset))
 
     def run(
         self, buckets: dict[str, list[dict[str, object]]], now: datetime, run: str = ""
@@ -222,8 +226,8 @@ class Channel:
         """One try of the operator; ``run`` as its ``dag/run/task/`` (the ledger owner's start)."""
         ledger = DeliveryLedger(self.root, owner=f"{run}try 1")
         states = ledger.load(now).states
-        plan = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger=states, run=run)
-        max_attempts = ContactPolicy().max_attempts
+        plan = plan_contacts(buckets, now=now, policy=self.policy, ledger=states, run=run)
+        max_attempts = self.policy.max_attempts
         return plan, deliver(plan.due, self, ledger, now=now, max_attempts=max_attempts)
 
 
@@ -251,9 +255,40 @@ def test_one_instant_is_one_stall_however_leap_writes_it(tmp_path: Path, texts) 
     assert DeliveryLedger(tmp_path).load(later).stalls == 0
 
 
+@pytest.mark.parametrize(
+    ("cadence", "after"),
+    [
+        ((D, 2 * D, 3 * D, 5 * D, 7 * D), [5 * D, 7 * D]),  # steps added before and after
+        ((D, 7 * D), [7 * D]),  # the step last sent removed: the next one still goes
+        ((2 * D, 4 * D, 7 * D), [4 * D, 7 * D]),  # every step moved
+    ],
+)
+def test_a_cadence_changed_mid_sequence_neither_repeats_nor_skips_a_step(
+    tmp_path: Path, cadence: tuple[timedelta, ...], after: list[timedelta]
+) -> None:
+    """The ledger knows a step by its offset from the stall, not its number: under the new
+    cadence, a step no later than the last one sent counts as sent, and every later one goes,
+    each under its own key."""
+    channel = Channel(tmp_path)
+    buckets = {"not_started": [item("a1b", T0)]}
+    for now in hourly(T0 + H, 4 * 24):  # the first contact, the day-1 and day-3 reminders
+        channel.run(buckets, now)
+    assert channel.offsets == [H, D, 3 * D]
+    channel.policy = ContactPolicy(cadence=cadence)
+    for now in hourly(T0 + 4 * D + H, 4 * 24):
+        channel.run(buckets, now)
+    assert channel.offsets == [H, D, 3 * D, *after]
+    assert len({key for *_, key in channel.inbox}) == len(channel.inbox)
+
+
+def test_steps_are_whole_seconds() -> None:
+    with pytest.raises(ValueError, match="whole seconds"):
+        ContactPolicy(cadence=(D + timedelta(milliseconds=5),))
+
+
 def test_a_ledger_written_with_another_text_of_the_instant_is_the_same_stall() -> None:
     stall = "2026-03-02T09:30:05Z"
-    ledger = {"a1b": StallState("2026-03-02T09:30:05.000Z", sent_step=0, sent_at=0)}
+    ledger = {"a1b": StallState("2026-03-02T09:30:05.000Z", sent_offset=OFF[0], sent_at=0)}
     result = plan({"not_started": [item("a1b", T0, last_interaction=stall)]}, T0, ledger)
     assert result.due == [] and result.outcomes["already_sent"] == 1
 
@@ -334,7 +369,7 @@ def test_held_customers_are_only_those_who_would_be_due() -> None:
 
 def test_an_older_stall_than_the_one_answered_waits() -> None:
     newer = T0 - 2 * D
-    ledger = {"a1b": StallState(iso(newer), sent_step=1, sent_at=int(T0.timestamp()))}
+    ledger = {"a1b": StallState(iso(newer), sent_offset=OFF[1], sent_at=int(T0.timestamp()))}
     result = plan({"not_started": [item("a1b", T0 - 5 * D)]}, T0, ledger)
     assert result.due == [] and result.outcomes["waiting"] == 1
 

@@ -75,6 +75,23 @@ def _outbox(folder: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _email_ledger() -> dict[str, Any]:
+    """What the example's email ledger records now, per Reference ID."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_leap.ledger import DeliveryLedger
+
+    ledger = DeliveryLedger(ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"]))
+    return ledger.load(datetime.now(timezone.utc)).states
+
+
+def _again(run_dag, earlier, source: str):  # type: ignore[no-untyped-def]
+    """The hourly example again, with no logical date, at the moment ``earlier`` triaged at."""
+    now = earlier.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
+    run_after = datetime.fromisoformat(now)  # Python 3.10 reads no "Z"
+    return run_dag("leap_connect_reengagement", source, logical_date=None, run_after=run_after)
+
+
 @pytest.fixture
 def reengagement_env(leap_emulator, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """The example's outputs and its ledger in a temp folder; Connect links configured."""
@@ -174,7 +191,7 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
     module = _common()
 
     def contact(bucket: str, item: dict[str, object], **kw: object) -> Contact:
-        fields = {"first": True, "final": False, "step": 0, "also": ()} | kw
+        fields = {"first": True, "final": False, "step": 0, "offset": 3600, "also": ()} | kw
         return Contact(
             contact_key="lc1-x",
             ref_id="r1",
@@ -607,9 +624,6 @@ def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
 ) -> None:  # type: ignore[no-untyped-def]
     # One session of 3 messages, then the relay refuses new sessions: the try stops (red, so
     # Airflow retries), nobody is charged an attempt, and the next run sends the rest once.
-    from airflow.sdk import ObjectStoragePath
-
-    from airflow_provider_leap.ledger import DeliveryLedger
     from airflow_provider_leap.testing.smtp import SmtpSink
 
     source = _without_retries("leap_connect_reengagement")
@@ -620,18 +634,9 @@ def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
         down = run_dag("leap_connect_reengagement", source)
         assert down.task_states["message_customers"] == "failed"
         assert len(sink.inbox) == 3
-        url = os.environ["AIRFLOW__LEAP__LEDGER_URL"]
-        ledger = DeliveryLedger(ObjectStoragePath(url), channel="email")
-        states = ledger.load(datetime.now(timezone.utc)).states.values()
-        assert sum(state.failures for state in states) == 0
+        assert sum(state.failures for state in _email_ledger().values()) == 0
         sink.session_limit = sink.sessions_left = None
-        now = down.xcoms[("triage", "return_value")]["now"].replace("Z", "+00:00")
-        later = run_dag(
-            "leap_connect_reengagement",
-            source,
-            logical_date=None,
-            run_after=datetime.fromisoformat(now),
-        )
+        later = _again(run_dag, down, source)
         inbox = sink.inbox
     assert later.state == "success", later.task_states
     counts = later.xcoms[("message_customers", "return_value")]
@@ -648,9 +653,6 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     # mid-run: that says nothing about the recipients, so a few deferrals in a row stop the try
     # as for a relay that is down, instead of charging every due customer an attempt (three
     # tries minutes apart would give them all up).
-    from airflow.sdk import ObjectStoragePath
-
-    from airflow_provider_leap.ledger import DeliveryLedger
     from airflow_provider_leap.testing.smtp import SmtpSink
 
     source = _without_retries("leap_connect_reengagement")
@@ -661,9 +663,63 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
         throttled = run_dag("leap_connect_reengagement", source)
         assert throttled.task_states["message_customers"] == "failed"
         assert len(sink.inbox) == taken_first
-    ledger = DeliveryLedger(ObjectStoragePath(os.environ["AIRFLOW__LEAP__LEDGER_URL"]))
-    states = ledger.load(datetime.now(timezone.utc)).states.values()
-    assert sum(state.failures for state in states) == _common().RELAY_DEFERRALS - 1
+    failures = sum(state.failures for state in _email_ledger().values())
+    assert failures == _common().RELAY_DEFERRALS - 1
+
+
+def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
+    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    # A relay that refuses the From address (not verified, blocked) answers 5xx to MAIL FROM, to
+    # every message alike: nothing about the recipients. The try stops at the first (red, naming
+    # the address to fix) and charges nobody, where each customer was charged an attempt, and
+    # three tries gave everyone due up; once the sender is fixed, the next run sends everyone.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    with SmtpSink() as sink:
+        sink.refuse_sender = "550 5.7.1 sender address not verified"
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        refused = run_dag("leap_connect_reengagement", source)
+        assert refused.task_states["message_customers"] == "failed"
+        assert refused.state == "failed" and sink.inbox == []
+        assert "refuses our sender address noreply@partner.example" in capfd.readouterr().out
+        assert sum(state.failures for state in _email_ledger().values()) == 0
+        sink.refuse_sender = None
+        fixed = _again(run_dag, refused, source)
+        inbox = sink.inbox
+    assert fixed.state == "success", fixed.task_states
+    counts = fixed.xcoms[("message_customers", "return_value")]
+    assert (counts["failed"], counts["given_up"], counts["given_up_before"]) == (0, 0, 0)
+    assert counts["sent"] == counts["due"] == len(inbox) > 0
+    assert len({m.contact_key for m in inbox}) == len(inbox)
+
+
+def test_a_bounced_address_is_charged_to_its_customer_alone(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A 5xx to RCPT TO (user unknown) is about that recipient: their attempt is charged, and the
+    # relay goes on taking everyone else's message.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    addresses = json.loads(os.environ["AIRFLOW_VAR_LEAP_CONTACTS"])
+    bounced = set(sorted(addresses)[1::2])
+    with SmtpSink() as sink:
+        sink.refuse = {addresses[ref_id] for ref_id in bounced}
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        result = run_dag("leap_connect_reengagement", source)
+        inbox = sink.inbox
+    assert result.task_states["message_customers"] == "failed"  # a retry tries the bounced
+    states = _email_ledger()
+    charged = {ref_id for ref_id, state in states.items() if state.failures}
+    sent = {ref_id for ref_id, state in states.items() if state.sent_step >= 0}
+    assert charged and charged <= bounced and not sent & bounced
+    assert all(states[ref_id].failures == 1 for ref_id in charged)
+    assert sorted(m.to for m in inbox) == sorted(addresses[ref_id] for ref_id in sent)
+    assert charged | sent == set(states)
 
 
 CLOSING_FAILS = '''

@@ -459,12 +459,24 @@ def test_a_stall_the_ledger_forgot_stays_expired_for_a_cleared_old_run(tmp_path:
 def test_a_snapshot_written_before_generations_is_read(tmp_path: Path) -> None:
     (tmp_path / "email").mkdir()
     stall = (T0 - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    old = {"version": 1, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0000", stall, 0]]}
+    entries = [["cust-0000", stall, 3600]]
+    old = {"version": 2, "written_at": "2026-03-02T11:00:00Z", "entries": entries}
     (tmp_path / "email" / "ledger.json").write_text(json.dumps(old))
     ledger = DeliveryLedger(tmp_path)
     view = ledger.load(T0)
     assert view.stalls == 1 and view.forgotten_before == T0 - POLICY.horizon
     assert plan_contacts(buckets(1), now=T0, policy=POLICY, ledger=view.states).due == []
+
+
+def test_a_snapshot_that_numbers_its_steps_is_refused_not_misread(tmp_path: Path) -> None:
+    """Format 1 (development builds) recorded step numbers: read as offsets in seconds, step 2
+    would look like "nothing sent yet" and every customer would get their message again."""
+    (tmp_path / "email").mkdir()
+    stall = (T0 - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = {"version": 1, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0000", stall, 0]]}
+    (tmp_path / "email" / "ledger.json").write_text(json.dumps(old))
+    with pytest.raises(LedgerError, match="has format 1, and this provider reads format 2"):
+        DeliveryLedger(tmp_path).load(T0)
 
 
 # -- second review: a stale lock, stores that decide at commit, a failed check, old texts --------
@@ -587,7 +599,7 @@ def test_an_entry_in_an_older_text_of_the_same_instant_keeps_what_was_sent(
     assert (reminder.step, reminder.first) == (1, False)
     _deliver(ledger, [reminder], Outbox(fail={"cust-0000"}))  # the reminder fails once
     entry = DeliveryLedger(tmp_path).load(T0).states["cust-0000"]
-    assert (entry.sent_step, entry.failed_step, entry.failures) == (0, 1, 1)
+    assert (entry.sent_offset, entry.failed_offset, entry.failures) == (3600, 86400, 1)
     assert entry.sent_at is not None
 
 

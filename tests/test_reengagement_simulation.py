@@ -106,7 +106,7 @@ def expected_contacts(run_times: list[datetime]) -> tuple[Expected, list[tuple[s
             due = _due(customer, at, sent, held)
             if due is not None:
                 stall, step = due
-                expected[contact_key(customer.ref_id, stall, step)] = (
+                expected[contact_key(customer.ref_id, stall, POLICY.offsets[step])] = (
                     customer.ref_id,
                     stall,
                     step,

@@ -28,6 +28,14 @@ def test_the_inbox_keeps_what_arrived_refuses_and_fails_on_demand(tmp_path: Path
             client.send_message(message("pat@example.com", "lc1-a"))
             with pytest.raises(smtplib.SMTPRecipientsRefused):
                 client.send_message(message("bounce@example.com", "lc1-b"))
+            sink.refuse_sender = "553 5.7.1 sender not allowed"
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.send_message(message("sam@example.com", "lc1-c"))
+            assert (refused.value.smtp_code, refused.value.sender) == (
+                553,
+                "noreply@partner.example",
+            )
+            sink.refuse_sender = None
             sink.fail_next = 1
             with pytest.raises(smtplib.SMTPDataError) as failed:
                 client.send_message(message("sam@example.com", "lc1-c"))

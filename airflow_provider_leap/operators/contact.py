@@ -304,12 +304,14 @@ class LeapContactOperator(BaseOperator):
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
         counts["not_now"] = not_now
         earlier_try = "given up by an earlier try of this run (its log has the error)"
+        interrupted = "a send was interrupted; not repeated"
+        step_of = {offset: step for step, offset in enumerate(self.policy.offsets)}
         attention = [
             *report.attention,
             *(attention_item(contact, "given_up", earlier_try) for contact in plan.given_up),
             *(
-                {"why": "unconfirmed", "detail": "a send was interrupted; not repeated", **item}
-                for item in view.unconfirmed
+                {"why": "unconfirmed", "detail": interrupted, **u, "step": step_of.get(u["offset"])}
+                for u in view.unconfirmed
             ),
         ]
         self.log.info(

@@ -4,8 +4,10 @@ What reached the inbox was sent, whatever a file or the ledger says, so "nothing
 checked here. It can refuse chosen addresses (550, a bad address) and answer 451 (try later) to
 the next ``fail_next`` messages, to fail a send task mid-batch, and end each session after
 ``session_limit`` messages (421, then closed), as relays limiting messages per connection do;
-after ``sessions_left`` sessions, new ones are refused (421), as by a relay going down. Plain
-SMTP only: point an ``smtp`` connection at it with ``SmtpSink.connection()``.
+after ``sessions_left`` sessions, new ones are refused (421), as by a relay going down; and it
+can answer ``refuse_sender`` (a reply, say ``550 5.7.1 sender not verified``) to every MAIL FROM,
+as a relay refusing the From address. Plain SMTP only: point an ``smtp`` connection at it with
+``SmtpSink.connection()``.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if verb in ("HELO", "EHLO"):
                 self._reply("250 sink")
             elif verb == "MAIL":
-                sender, recipients = argument, []
-                self._reply("250 OK")
+                refusal = self.server.sink.refuse_sender
+                sender, recipients = "" if refusal else argument, []
+                self._reply(refusal or "250 OK")
             elif verb == "RCPT":
                 if argument in self.server.sink.refuse:
                     self._reply("550 5.1.1 mailbox unavailable")
@@ -98,6 +101,7 @@ class SmtpSink:
 
     def __init__(self, log: Path | None = None) -> None:
         self.refuse: set[str] = set()
+        self.refuse_sender: str | None = None  # the reply to every MAIL FROM, as "550 5.7.1 ..."
         self.fail_next = 0
         self.defer_after: int | None = None  # then every message is deferred (451): a quota
         self.session_limit: int | None = None
