@@ -752,7 +752,7 @@ def test_a_mark_raises_no_false_alarm_in_the_ways_the_ledger_is_used(tmp_path: P
 def test_a_ledger_or_mark_from_before_the_check_gives_no_verdict(tmp_path: Path) -> None:
     (tmp_path / "email").mkdir()
     stall = (T0 - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    old = {"version": 1, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0001", stall, 0]]}
+    old = {"version": 2, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0001", stall, 0]]}
     (tmp_path / "email" / "ledger.json").write_text(json.dumps(old))
     view = DeliveryLedger(tmp_path).load(T0)
     assert view.sequence == 0 and view.older_than(Mark()) is None
