@@ -134,6 +134,9 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
 # This many messages deferred (an SMTP 4xx reply) since the last one the relay took: it is
 # throttling or failing, not each recipient, so the run stops instead of charging everyone.
 RELAY_DEFERRALS = 3
+# This many messages in a row refused (5xx) with the very same reply: a refusal of us (a sender
+# not verified, our wording filtered), not of each recipient, whose refusals name them or vary.
+RELAY_REFUSALS = 3
 
 
 class EmailSender:
@@ -153,6 +156,7 @@ class EmailSender:
             self.smtp = _smtp_session()  # a relay down at the start fails the task at once
         self.outbox = output_dir("outbox") / "messages.jsonl"
         self.deferred = 0  # messages deferred since the relay last took one
+        self.refused: tuple[str, int] = ("", 0)  # the last 5xx reply, and how often in a row
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,8 +206,17 @@ class EmailSender:
                         f"the relay deferred {self.deferred} messages since it last took one "
                         f"({exc!r}): throttled or failing, not the recipients"
                     ) from exc
+            reply = _refusal(exc)
+            last, times = self.refused
+            self.refused = (reply, times + 1 if reply == last else 1)
+            if reply and self.refused[1] >= RELAY_REFUSALS:
+                raise ChannelDown(
+                    f"the relay refused {RELAY_REFUSALS} messages in a row with the same reply, "
+                    "so it refuses us, not the recipients: check the sender address, its "
+                    f"verification at the relay and the wording; it answered {reply}"
+                ) from exc
             raise
-        self.deferred = 0
+        self.deferred, self.refused = 0, ("", 0)
 
     def _send_in_session(self, address: str, message: dict[str, str], contact: Contact) -> None:
         try:
@@ -271,6 +284,19 @@ def _sender_refused(exc: Exception) -> TypeGuard[smtplib.SMTPSenderRefused]:
         and 500 <= exc.smtp_code < 600
         and exc.smtp_code != 552
     )
+
+
+def _refusal(exc: Exception) -> str:
+    """The SMTP server's 5xx reply refusing a message, as text ("" for anything else)."""
+    import smtplib
+
+    replies = [(getattr(exc, "smtp_code", 0), getattr(exc, "smtp_error", b""))]
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = list(exc.recipients.values())
+    if not replies or not all(500 <= code < 600 for code, _ in replies):
+        return ""
+    text = b" / ".join(error for _, error in replies).decode("utf-8", "replace")
+    return f"{replies[0][0]} {' '.join(text.split())}"
 
 
 def _deferred(exc: Exception) -> bool:

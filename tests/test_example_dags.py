@@ -696,6 +696,34 @@ def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
     assert len({m.contact_key for m in inbox}) == len(inbox)
 
 
+def test_a_relay_refusing_every_message_alike_stops_the_try_at_the_third(
+    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    # Amazon SES refuses an unverified sender after DATA, 554 to every message alike: each was
+    # charged to its customer, and three tries gave everyone due up, the run green. The 3rd
+    # refusal with the very same reply stops the try instead: 2 customers charged, not all.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    with SmtpSink() as sink:
+        sink.refuse_message = "554 Message rejected: Email address is not verified."
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        refused = run_dag("leap_connect_reengagement", source)
+        assert refused.state == "failed" and sink.inbox == []
+        assert "refused 3 messages in a row with the same reply" in capfd.readouterr().out
+        failures = [state.failures for state in _email_ledger().values() if state.failures]
+        assert failures == [1] * (_common().RELAY_REFUSALS - 1)
+        sink.refuse_message = None
+        fixed = _again(run_dag, refused, source)
+        inbox = sink.inbox
+    assert fixed.state == "success", fixed.task_states
+    counts = fixed.xcoms[("message_customers", "return_value")]
+    assert (counts["failed"], counts["given_up"], counts["given_up_before"]) == (0, 0, 0)
+    assert counts["sent"] == counts["due"] == len(inbox) > _common().RELAY_REFUSALS
+    assert len({m.contact_key for m in inbox}) == len(inbox)
+
+
 def test_a_bounced_address_is_charged_to_its_customer_alone(
     run_dag, reengagement_env, leap_emulator, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -715,7 +743,7 @@ def test_a_bounced_address_is_charged_to_its_customer_alone(
     assert result.task_states["message_customers"] == "failed"  # a retry tries the bounced
     states = _email_ledger()
     charged = {ref_id for ref_id, state in states.items() if state.failures}
-    sent = {ref_id for ref_id, state in states.items() if state.sent_step >= 0}
+    sent = {ref_id for ref_id, state in states.items() if state.sent_offset >= 0}
     assert charged and charged <= bounced and not sent & bounced
     assert all(states[ref_id].failures == 1 for ref_id in charged)
     assert sorted(m.to for m in inbox) == sorted(addresses[ref_id] for ref_id in sent)

@@ -102,6 +102,7 @@ class SmtpSink:
     def __init__(self, log: Path | None = None) -> None:
         self.refuse: set[str] = set()
         self.refuse_sender: str | None = None  # the reply to every MAIL FROM, as "550 5.7.1 ..."
+        self.refuse_message: str | None = None  # the reply to every DATA, as "554 5.7.1 ..."
         self.fail_next = 0
         self.defer_after: int | None = None  # then every message is deferred (451): a quota
         self.session_limit: int | None = None
@@ -142,6 +143,8 @@ class SmtpSink:
             if self.fail_next > 0 or over_quota:
                 self.fail_next = max(0, self.fail_next - 1)
                 return "451 4.3.0 try again later"
+            if self.refuse_message:
+                return self.refuse_message
             message = message_from_bytes(data)
             texts = [p for p in message.walk() if p.get_content_maintype() == "text"]
             body = texts[0].get_payload(decode=True) if texts else b""
