@@ -151,6 +151,26 @@ class Snapshot(msgspec.Struct):
     # The folder's ``ledger-id``, so a lost file (an object store's expiry rule: it is the oldest
     # object of the folder) is restored rather than replaced by a new name.
     ledger_id: str = ""
+    # How many compactions wrote it (+1 each; 0: none yet, or a version before this field): a
+    # copy of the ledger with a lower number than a sender saw is older (see ``Mark``).
+    sequence: int = 0
+
+
+class Mark(msgspec.Struct, kw_only=True):
+    """What a sender leaves itself (the operator: in an Airflow Variable) to tell its next run
+    whether the ledger it finds is older than the one it sent with (``LedgerView.older_than``)."""
+
+    sequence: int = 0  # the compactions behind the ledger after its load
+    claim: Claim | None = None  # the last attempt it recorded (sent or failed)
+
+    @classmethod
+    def parse(cls, data: Any) -> Mark | None:
+        """A mark as ``msgspec.to_builtins`` stored it; None when there is none or it does not
+        read (written by another version): no verdict then, rather than a false alarm."""
+        try:
+            return None if data is None else msgspec.convert(data, cls)
+        except msgspec.ValidationError:
+            return None
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
@@ -226,6 +246,42 @@ class LedgerView:
     # Stalls before this were forgotten: expired for the plan whatever the run's "now"
     # (``plan_contacts(forgotten_before=...)``).
     forgotten_before: datetime | None = None
+    sequence: int = 0  # ``Snapshot.sequence`` of the snapshot read, before this load compacted
+
+    def older_than(self, mark: Mark) -> str | None:
+        """Why this ledger is an older copy of the one a sender left ``mark`` on (a backup
+        restored, a rollback, a folder copied back), or None when it holds all the mark says.
+
+        The ledger only grows: its compactions are counted, and what an attempt recorded stays
+        recorded (folded into ``ledger.json``, or forgotten with its stall past the horizon). So
+        a ledger that lacks either was copied before the sender wrote them, and lacks every
+        message sent after the copy too. Costs one lookup, whatever the ledger's size.
+        """
+        if self.sequence < mark.sequence:
+            return (
+                f"its ledger.json was written by compaction {self.sequence}, the task's last "
+                f"run saw compaction {mark.sequence}"
+            )
+        claim = mark.claim
+        if claim is None or self._records(claim):
+            return None
+        return (
+            f"it does not record the last message the task's last run recorded ({claim.state}: "
+            f"{claim.contact_key} attempt {claim.attempt}, to {claim.ref_id} at {claim.now})"
+        )
+
+    def _records(self, claim: Claim) -> bool:
+        """Whether the ledger holds ``claim``: folding it in again would change nothing."""
+        if self.forgotten_before is not None and stall_order(claim.stall) < self.forgotten_before:
+            return True  # forgotten with its stall, as every copy would
+        known = self.states.get(claim.ref_id)
+        entries = {} if known is None else {claim.ref_id: msgspec.structs.replace(known)}
+        entry = _entry_for(entries, claim)
+        if entry is None:  # a later stall of the customer is on record
+            return True
+        before = msgspec.structs.replace(entry)
+        entry.fold(claim)
+        return entry == before
 
 
 # What ``os.link`` raises where a file system has no hard links.
@@ -372,6 +428,7 @@ class DeliveryLedger:
         self._forgotten_before = ""
         self._token = ""  # of the compaction lock this ledger last took
         self._name = ""  # the folder's ledger-id, once read (it never changes)
+        self._recorded: Claim | None = None  # the last attempt ``settle`` recorded
 
     def __repr__(self) -> str:
         return f"DeliveryLedger({str(self.folder)!r})"
@@ -477,7 +534,7 @@ class DeliveryLedger:
         if compact and (folded or expired):
             generation = uuid.uuid4().hex
             name = self._identity(snapshot)
-            self._write_snapshot(entries, generation, cutoff, horizon, name)
+            self._write_snapshot(entries, generation, cutoff, horizon, name, snapshot.sequence + 1)
             # Written after the snapshot and before any claim is deleted: see ``_covered``.
             self._replace(GENERATION, generation.encode())
             for path in folded:
@@ -502,6 +559,7 @@ class DeliveryLedger:
                 entry.in_flight = True
         view.states = entries
         view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
+        view.sequence = snapshot.sequence
         return view
 
     def _read_snapshot(self) -> Snapshot:
@@ -579,6 +637,7 @@ class DeliveryLedger:
         forgotten_before: str,
         horizon: timedelta,
         ledger_id: str,
+        sequence: int,
     ) -> None:
         snapshot = Snapshot(
             version=FORMAT,
@@ -588,6 +647,7 @@ class DeliveryLedger:
             forgotten_before=forgotten_before,
             horizon=horizon.total_seconds(),
             ledger_id=ledger_id,
+            sequence=sequence,
         )
         self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
 
@@ -732,6 +792,15 @@ class DeliveryLedger:
         ):
             # Created whole, like the claim: a reader never sees a half-written outcome.
             self._create_exclusive(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
+        self._recorded = msgspec.structs.replace(claim, error=None)  # for ``mark``: no error text
+
+    def mark(self, view: LedgerView, earlier: Mark | None = None) -> Mark:
+        """What this ledger holds at least, after ``view``'s load and the attempts recorded since:
+        the sender's next run checks the ledger it finds against it (``LedgerView.older_than``).
+        ``earlier``: the mark this run's check passed, whose attempt stands when none was
+        recorded now (a run that sent nothing)."""
+        claim = self._recorded or (earlier.claim if earlier else None)
+        return Mark(sequence=view.sequence + view.compacted, claim=claim)
 
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""
