@@ -6,7 +6,8 @@ one quiet period after the stall, step ``i`` at ``cadence[i - 1]`` after it. A n
 is a new stall. A stall found late (first run ever, scheduler down) gets one message for the
 latest step already due, never a burst of the missed ones, and two messages of one stall are
 never closer than the tightest gap of the schedule. A step is known by its offset from the
-stall, not its number: a cadence changed mid-sequence neither repeats a step nor skips one.
+stall, not its number, so a cadence changed mid-sequence repeats no step; and step ``i`` is never
+a customer's message number ``i + 2`` or later, nor follows a final one.
 
 Planning is pure: it reads triage buckets, a time ``now`` and what the delivery ledger says was
 sent, so every Airflow run, retry or clear computes the same contacts with the same keys.
@@ -162,6 +163,8 @@ class StallRecord(Protocol):
     failures: int
     in_flight: bool  # a claim another sender holds right now
     failed_by: str | None  # the ledger owner of the latest failed attempt
+    sent_count: int  # messages of the stall delivered (or unconfirmed)
+    finished: bool  # one of them was the final step of the cadence it was sent under
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class StallState:
     failures: int = 0
     in_flight: bool = False
     failed_by: str | None = None
+    sent_count: int = 0
+    finished: bool = False
 
 
 _NOTHING_SENT = StallState("")
@@ -345,8 +350,12 @@ def plan_contacts(
             counts["in_flight"] += 1
             continue
         offset = offsets[step]
-        if offset <= state.sent_offset:
-            counts["finished" if state.sent_offset >= offsets[-1] else "already_sent"] += 1
+        # After a cadence change: no step the customer is past, no second first contact or
+        # last reminder, no more messages before a step than the cadence puts before it.
+        finished = state.finished or state.sent_offset >= offsets[-1]
+        past = state.sent_count > step if step < last_step else state.finished
+        if offset <= state.sent_offset or past:
+            counts["finished" if finished else "already_sent"] += 1
             continue
         spent = offset == state.failed_offset and state.failures >= policy.max_attempts
         if offset < state.failed_offset or spent:

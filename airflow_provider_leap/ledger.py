@@ -87,6 +87,7 @@ class Claim(msgspec.Struct, kw_only=True):
     ref_id: str
     stall: str
     offset: int  # the step's (``Contact.offset``)
+    final: bool = False  # the cadence's last step (``Contact.final``)
     attempt: int
     state: str
     now: str  # the run's notion of now: when the message counts as sent (cadence spacing)
@@ -116,6 +117,8 @@ class Entry(msgspec.Struct, array_like=True):
     # Who found the send of ``sent_offset`` unconfirmed (killed mid-way): reported again by a
     # retry of that run, for the same reason.
     unconfirmed_by: str | None = None
+    sent_count: int = 0  # steps sent (claims are folded in offset order: see ``fold``)
+    finished: bool = False  # the final step went out
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
@@ -123,9 +126,11 @@ class Entry(msgspec.Struct, array_like=True):
                 self.failed_offset, self.failures = claim.offset, claim.attempt
                 self.failed_by = claim.owner
         elif claim.offset >= self.sent_offset:  # sent, or sending and stale (counted as sent)
-            if claim.offset > self.sent_offset:
+            if claim.offset > self.sent_offset:  # a claim folded again counts once
                 self.unconfirmed_by = None
+                self.sent_count += 1
             self.sent_offset = claim.offset
+            self.finished = self.finished or claim.final
             when = parse_timestamp(claim.now)
             sent_at = None if when is None else int(when.timestamp())
             if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
@@ -146,6 +151,26 @@ class Snapshot(msgspec.Struct):
     # The folder's ``ledger-id``, so a lost file (an object store's expiry rule: it is the oldest
     # object of the folder) is restored rather than replaced by a new name.
     ledger_id: str = ""
+    # How many compactions wrote it (+1 each; 0: none yet, or a version before this field): a
+    # copy of the ledger with a lower number than a sender saw is older (see ``Mark``).
+    sequence: int = 0
+
+
+class Mark(msgspec.Struct, kw_only=True):
+    """What a sender leaves itself (the operator: in an Airflow Variable) to tell its next run
+    whether the ledger it finds is older than the one it sent with (``LedgerView.older_than``)."""
+
+    sequence: int = 0  # the compactions behind the ledger after its load
+    claim: Claim | None = None  # the last attempt it recorded (sent or failed)
+
+    @classmethod
+    def parse(cls, data: Any) -> Mark | None:
+        """A mark as ``msgspec.to_builtins`` stored it; None when there is none or it does not
+        read (written by another version): no verdict then, rather than a false alarm."""
+        try:
+            return None if data is None else msgspec.convert(data, cls)
+        except msgspec.ValidationError:
+            return None
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
@@ -221,6 +246,42 @@ class LedgerView:
     # Stalls before this were forgotten: expired for the plan whatever the run's "now"
     # (``plan_contacts(forgotten_before=...)``).
     forgotten_before: datetime | None = None
+    sequence: int = 0  # ``Snapshot.sequence`` of the snapshot read, before this load compacted
+
+    def older_than(self, mark: Mark) -> str | None:
+        """Why this ledger is an older copy of the one a sender left ``mark`` on (a backup
+        restored, a rollback, a folder copied back), or None when it holds all the mark says.
+
+        The ledger only grows: its compactions are counted, and what an attempt recorded stays
+        recorded (folded into ``ledger.json``, or forgotten with its stall past the horizon). So
+        a ledger that lacks either was copied before the sender wrote them, and lacks every
+        message sent after the copy too. Costs one lookup, whatever the ledger's size.
+        """
+        if self.sequence < mark.sequence:
+            return (
+                f"its ledger.json was written by compaction {self.sequence}, the task's last "
+                f"run saw compaction {mark.sequence}"
+            )
+        claim = mark.claim
+        if claim is None or self._records(claim):
+            return None
+        return (
+            f"it does not record the last message the task's last run recorded ({claim.state}: "
+            f"{claim.contact_key} attempt {claim.attempt}, to {claim.ref_id} at {claim.now})"
+        )
+
+    def _records(self, claim: Claim) -> bool:
+        """Whether the ledger holds ``claim``: folding it in again would change nothing."""
+        if self.forgotten_before is not None and stall_order(claim.stall) < self.forgotten_before:
+            return True  # forgotten with its stall, as every copy would
+        known = self.states.get(claim.ref_id)
+        entries = {} if known is None else {claim.ref_id: msgspec.structs.replace(known)}
+        entry = _entry_for(entries, claim)
+        if entry is None:  # a later stall of the customer is on record
+            return True
+        before = msgspec.structs.replace(entry)
+        entry.fold(claim)
+        return entry == before
 
 
 # What ``os.link`` raises where a file system has no hard links.
@@ -367,6 +428,7 @@ class DeliveryLedger:
         self._forgotten_before = ""
         self._token = ""  # of the compaction lock this ledger last took
         self._name = ""  # the folder's ledger-id, once read (it never changes)
+        self._recorded: Claim | None = None  # the last attempt ``settle`` recorded
 
     def __repr__(self) -> str:
         return f"DeliveryLedger({str(self.folder)!r})"
@@ -440,7 +502,7 @@ class DeliveryLedger:
         # Claims are read before the snapshot: a claim deleted before it was listed was folded
         # into a snapshot written before its deletion, so the snapshot read next holds it; a
         # claim seen in both is folded twice, which changes nothing (``Entry.fold`` keeps the
-        # highest step, attempt and time).
+        # highest offset, attempt and time, and counts a step once).
         claims = self._read_claims()
         snapshot = self._read_snapshot()
         entries = _by_ref_id(snapshot)
@@ -472,7 +534,7 @@ class DeliveryLedger:
         if compact and (folded or expired):
             generation = uuid.uuid4().hex
             name = self._identity(snapshot)
-            self._write_snapshot(entries, generation, cutoff, horizon, name)
+            self._write_snapshot(entries, generation, cutoff, horizon, name, snapshot.sequence + 1)
             # Written after the snapshot and before any claim is deleted: see ``_covered``.
             self._replace(GENERATION, generation.encode())
             for path in folded:
@@ -497,6 +559,7 @@ class DeliveryLedger:
                 entry.in_flight = True
         view.states = entries
         view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
+        view.sequence = snapshot.sequence
         return view
 
     def _read_snapshot(self) -> Snapshot:
@@ -544,7 +607,8 @@ class DeliveryLedger:
                 known[0].append(path)
                 if kind == OUTCOME:
                     attempts[attempt] = (known[0], claim)
-        return list(attempts.values())
+        # A stall's steps in order: ``Entry.fold`` counts a step only past the one recorded.
+        return sorted(attempts.values(), key=lambda found: found[1].offset)
 
     @staticmethod
     def _read_claim(path: StoragePath) -> Claim | None:
@@ -553,6 +617,11 @@ class DeliveryLedger:
                 return _CLAIM_DECODER.decode(handle.read())
         except FileNotFoundError:  # folded by a concurrent compaction
             return None
+        except msgspec.ValidationError as exc:  # whole, in another shape: not to be ignored
+            raise LedgerError(
+                f"{path} is not a claim of format {FORMAT} ({exc}): use the provider version "
+                "that wrote it"
+            ) from None
         except msgspec.DecodeError:
             # A claim whose write was cut short: its sender died while claiming, so nothing
             # was sent yet. Left alone; it blocks only that one attempt number.
@@ -568,6 +637,7 @@ class DeliveryLedger:
         forgotten_before: str,
         horizon: timedelta,
         ledger_id: str,
+        sequence: int,
     ) -> None:
         snapshot = Snapshot(
             version=FORMAT,
@@ -577,6 +647,7 @@ class DeliveryLedger:
             forgotten_before=forgotten_before,
             horizon=horizon.total_seconds(),
             ledger_id=ledger_id,
+            sequence=sequence,
         )
         self._replace(SNAPSHOT, msgspec.json.encode(snapshot))
 
@@ -651,6 +722,7 @@ class DeliveryLedger:
             ref_id=contact.ref_id,
             stall=contact.stall,
             offset=contact.offset,
+            final=contact.final,
             attempt=contact.attempt,
             state=state,
             now=_iso(now),
@@ -720,6 +792,15 @@ class DeliveryLedger:
         ):
             # Created whole, like the claim: a reader never sees a half-written outcome.
             self._create_exclusive(self._attempt_path(contact, OUTCOME), msgspec.json.encode(claim))
+        self._recorded = msgspec.structs.replace(claim, error=None)  # for ``mark``: no error text
+
+    def mark(self, view: LedgerView, earlier: Mark | None = None) -> Mark:
+        """What this ledger holds at least, after ``view``'s load and the attempts recorded since:
+        the sender's next run checks the ledger it finds against it (``LedgerView.older_than``).
+        ``earlier``: the mark this run's check passed, whose attempt stands when none was
+        recorded now (a run that sent nothing)."""
+        claim = self._recorded or (earlier.claim if earlier else None)
+        return Mark(sequence=view.sequence + view.compacted, claim=claim)
 
     def release(self, contact: Contact) -> None:
         """Give a claim back without an attempt (nothing was sent, e.g. no address known)."""

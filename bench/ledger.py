@@ -58,13 +58,16 @@ def _seed_ledger(root: Path, customers: int) -> None:
     """A compacted ledger with every customer's day-1 reminder sent yesterday."""
     import msgspec
 
-    from airflow_provider_leap.ledger import Entry, Snapshot
+    from airflow_provider_leap.ledger import FORMAT, Entry, Snapshot
 
-    sent_at = NOW - timedelta(days=1)
+    sent_at = int((NOW - timedelta(days=1)).timestamp())
     stall = _iso(NOW - timedelta(days=2))
-    entries = [Entry(f"cust-{i:07d}", stall, 1, int(sent_at.timestamp())) for i in range(customers)]
+    day_1 = 86400  # the day-1 reminder's offset, the customer's second message
+    entries = [
+        Entry(f"cust-{i:07d}", stall, day_1, sent_at, sent_count=2) for i in range(customers)
+    ]
     (root / "email").mkdir(parents=True)
-    snapshot = Snapshot(1, _iso(sent_at), entries)
+    snapshot = Snapshot(FORMAT, _iso(NOW - timedelta(days=1)), entries)
     (root / "email" / "ledger.json").write_bytes(msgspec.json.encode(snapshot))
 
 

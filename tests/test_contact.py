@@ -259,16 +259,16 @@ def test_one_instant_is_one_stall_however_leap_writes_it(tmp_path: Path, texts) 
     ("cadence", "after"),
     [
         ((D, 2 * D, 3 * D, 5 * D, 7 * D), [5 * D, 7 * D]),  # steps added before and after
-        ((D, 7 * D), [7 * D]),  # the step last sent removed: the next one still goes
-        ((2 * D, 4 * D, 7 * D), [4 * D, 7 * D]),  # every step moved
+        ((D, 7 * D), [7 * D]),  # the step last sent removed: the last reminder still goes
+        ((2 * D, 4 * D, 7 * D), [7 * D]),  # every step moved: 4 d would be a 4th message of 3
     ],
 )
 def test_a_cadence_changed_mid_sequence_neither_repeats_nor_skips_a_step(
     tmp_path: Path, cadence: tuple[timedelta, ...], after: list[timedelta]
 ) -> None:
     """The ledger knows a step by its offset from the stall, not its number: under the new
-    cadence, a step no later than the last one sent counts as sent, and every later one goes,
-    each under its own key."""
+    cadence, a step no later than the last one sent counts as sent, a step the customer has had
+    as many messages as is skipped, and the last reminder goes; each under its own key."""
     channel = Channel(tmp_path)
     buckets = {"not_started": [item("a1b", T0)]}
     for now in hourly(T0 + H, 4 * 24):  # the first contact, the day-1 and day-3 reminders
@@ -279,6 +279,29 @@ def test_a_cadence_changed_mid_sequence_neither_repeats_nor_skips_a_step(
         channel.run(buckets, now)
     assert channel.offsets == [H, D, 3 * D, *after]
     assert len({key for *_, key in channel.inbox}) == len(channel.inbox)
+
+
+@pytest.mark.parametrize(
+    ("hours", "policy", "sent"),
+    [
+        (2, ContactPolicy(quiet_period=2 * H), [H, D, 3 * D, 7 * D]),  # one first contact
+        (8 * 24, ContactPolicy(cadence=(D, 3 * D, 8 * D)), [H, D, 3 * D, 7 * D]),  # last moved
+        (8 * 24, ContactPolicy(cadence=(D, 3 * D, 7 * D, 9 * D)), [H, D, 3 * D, 7 * D]),
+    ],
+)
+def test_a_cadence_change_never_repeats_the_first_contact_or_the_last_reminder(
+    tmp_path: Path, hours: int, policy: ContactPolicy, sent: list[timedelta]
+) -> None:
+    """Moving the first contact or the last reminder later is not a new message for customers
+    who had it; nor is a step added after the last for those told it was the last."""
+    channel = Channel(tmp_path)
+    buckets = {"not_started": [item("a1b", T0)]}
+    for now in hourly(T0 + H, hours):
+        channel.run(buckets, now)
+    channel.policy = policy
+    for now in hourly(T0 + H + hours * H, 10 * 24):
+        channel.run(buckets, now)
+    assert channel.offsets == sent
 
 
 def test_steps_are_whole_seconds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -118,7 +119,9 @@ def send(contact):
 
 start = datetime(2026, 1, 1, tzinfo=timezone.utc)
 with DAG("leap_contact_ledger", schedule=None, start_date=start) as dag:
-    TriageOperator(task_id="triage", now="{{{{ dag_run.run_after }}}}") >> LeapContactOperator(
+    TriageOperator(
+        task_id="triage", now="{{{{ dag_run.run_after }}}}", ref_ids={ref_ids!r}
+    ) >> LeapContactOperator(
         task_id="contact", send=send, ledger_url={ledger!r}, accept_ledger_id={accept!r}
     )
 """
@@ -136,7 +139,7 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
 
     def run(folder: str, accept: str | None = None):  # type: ignore[no-untyped-def]
         source = MOVING_SOURCE.format(
-            outbox=str(outbox), ledger=(tmp_path / folder).as_uri(), accept=accept
+            outbox=str(outbox), ledger=(tmp_path / folder).as_uri(), accept=accept, ref_ids=None
         )
         result = run_dag("leap_contact_ledger", source, logical_date=None)
         return result, outbox.read_text().splitlines() if outbox.exists() else []
@@ -161,6 +164,64 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
     assert result.task_states["contact"] == "failed" and sorted(after) == sorted(sent * 2)
 
 
+def test_an_older_copy_of_the_ledger_sends_nothing_until_the_newer_is_back_or_accepted(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """A backup restored (or a rollback, a folder copied back) has the ledger's id but not what
+    was sent since the copy: the run fails before sending, as it would send that again."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    first, second = (
+        c.ref_id for c in plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due[:2]
+    )
+    outbox, folder = tmp_path / "outbox.txt", tmp_path / "ledger" / "email"
+    backup, newer = tmp_path / "backup", tmp_path / "newer"
+
+    def run(accept: str | None = None, only_first: bool = False) -> tuple[str, list[str], str]:
+        source = MOVING_SOURCE.format(
+            outbox=str(outbox),
+            ledger=(tmp_path / "ledger").as_uri(),
+            accept=accept,
+            ref_ids=[first] if only_first else [first, second],
+        )
+        capfd.readouterr()
+        result = run_dag("leap_contact_ledger", source, logical_date=None)
+        log = "".join(capfd.readouterr())
+        return result.task_states["contact"], outbox.read_text().splitlines(), log
+
+    def restore(copy: Path, keep: Path | None = None) -> None:
+        if keep is None:
+            shutil.rmtree(folder)
+        else:
+            folder.rename(keep)
+        shutil.copytree(copy, folder)
+
+    assert run(only_first=True)[:2] == ("success", [first])
+    shutil.copytree(folder, backup)  # the nightly backup
+    assert run()[:2] == ("success", [first, second])
+    restore(backup, keep=newer)  # the backup put back: the message to `second` is not in it
+    state, sent, log = run()
+    assert (state, sent) == ("failed", [first, second])
+    assert "is an older copy than the one this task's last run left" in log
+    assert "Put the newer ledger back" in log
+    # The newer folder back (its ledger-id file lost on the way): nothing is sent twice.
+    restore(newer)
+    (folder / "ledger-id").unlink()
+    assert run()[:2] == ("success", [first, second])
+    # The older copy on purpose: the error names the value that accepts it, and only it.
+    shutil.rmtree(newer)
+    restore(backup, keep=newer)
+    state, sent, log = run()
+    assert state == "failed"
+    (accept,) = set(re.findall(r"accept_ledger_id='([0-9a-f]{32}@[0-9a-f]+)'", log))
+    state, sent, _ = run(accept)
+    assert (state, sorted(sent)) == ("success", sorted([first, second, second]))
+    assert run(accept)[:2] == ("success", [first, second, second])  # left set: harmless
+    restore(backup)  # the same backup once more, after the accepted run's sends
+    state, sent, log = run(accept)
+    assert (state, sent[2:]) == ("failed", [second]) and "is an older copy" in log
+
+
 def test_a_run_for_another_moment_than_the_present_sends_nothing(
     run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +230,7 @@ def test_a_run_for_another_moment_than_the_present_sends_nothing(
     monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
-        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
     )
     clock = datetime.now(timezone.utc)
     for moment in (
@@ -197,7 +258,7 @@ def test_a_contact_task_mapped_over_channels_sends_on_each_once(
     """Each map index is a sender of its own: its own ledger record, its own owner prefix."""
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
-        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
     )
     mapped = source.replace(
         'LeapContactOperator(\n        task_id="contact", send=send,',

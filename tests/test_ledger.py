@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -14,7 +15,7 @@ import pytest
 
 from airflow_provider_leap.contact import Contact, ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
-from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 POLICY = ContactPolicy()
@@ -619,6 +620,186 @@ def test_the_ledger_id_lasts_a_lost_file_and_is_never_read_half_written(
     monkeypatch.setattr("airflow_provider_leap.ledger.time.sleep", lambda seconds: None)
     with pytest.raises(LedgerError, match="another task is creating it"):
         DeliveryLedger(other).identity()
+
+
+def test_a_claim_of_another_format_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A format 1 claim (a step number, no offset) left unread would let its message go again."""
+    claims = tmp_path / "email" / "claims"
+    claims.mkdir(parents=True)
+    old = {"contact_key": "lc1-" + "0" * 40, "ref_id": "cust-0000", "stall": "2026-03-02T10:00:00Z"}
+    old |= {"step": 0, "attempt": 1, "state": "sent", "now": "2026-03-02T11:17:00.000000Z"}
+    old |= {"claimed_at": "2026-03-02T11:17:01.000000Z"}
+    (claims / f"{old['contact_key']}.1.outcome").write_text(json.dumps(old))
+    with pytest.raises(LedgerError, match="is not a claim of format 2"):
+        DeliveryLedger(tmp_path).load(T0)
+
+
+def test_a_stalls_steps_are_counted_once_in_whatever_order_their_claims_are_read(
+    tmp_path: Path,
+) -> None:
+    """Two sends of a stall folded at once (no compaction between them), then both claims read
+    again beside the snapshot that holds them (a compaction under way): two messages, not four
+    (the count decides whether a step after a cadence change would be one message too many)."""
+    items = _customers("cust-0000", stall=T0 - 2 * timedelta(days=1))
+    ledger = DeliveryLedger(tmp_path)
+    lock = _hold_lock(tmp_path)
+    then = T0 - timedelta(hours=47)  # one hour after the stall
+    [first] = _plan(ledger, items, then).due
+    _deliver(ledger, [first], Outbox(), then)
+    [reminder] = _plan(ledger, items).due
+    _deliver(ledger, [reminder], Outbox())
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "email" / "claims").iterdir()}
+    lock.unlink()
+    assert DeliveryLedger(tmp_path).load(T0).states["cust-0000"].sent_count == 2  # compacted
+    for name, body in kept.items():  # as listed by a load that read the snapshot after them
+        (tmp_path / "email" / "claims" / name).write_bytes(body)
+    entry = DeliveryLedger(tmp_path).load(T0).states["cust-0000"]
+    assert (entry.sent_count, entry.sent_offset, entry.finished) == (2, 86400, False)
+
+
+# -- an older copy of the ledger (a backup restored, a rollback): told apart by a sender's mark --
+
+
+def _sender_run(ledger: DeliveryLedger, items, send, mark: Mark | None, now=T0):  # type: ignore[no-untyped-def]
+    """One run as the operator makes it: load, check the mark, send, leave the next mark."""
+    view = ledger.load(now)
+    why = None if mark is None else view.older_than(mark)
+    if why is not None:
+        return why, None
+    plan = plan_contacts(items, now=now, policy=POLICY, ledger=view.states)
+    deliver(plan.due, send, ledger, now=now, max_attempts=POLICY.max_attempts)
+    return None, ledger.mark(view, mark)
+
+
+def _restore(copy: Path, folder: Path) -> None:
+    shutil.rmtree(folder)
+    shutil.copytree(copy, folder)
+
+
+def test_an_older_copy_of_the_ledger_is_told_from_the_ledger_itself(tmp_path: Path) -> None:
+    folder, copy = tmp_path / "email", tmp_path / "backup"
+    outbox = Outbox()
+    why, mark = _sender_run(DeliveryLedger(tmp_path), _customers("cust-0001"), outbox, None)
+    shutil.copytree(folder, copy)  # yesterday's backup
+    why, mark = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002"), outbox, mark
+    )
+    assert why is None and mark is not None and mark.claim is not None
+    assert mark.claim.ref_id == "cust-0002" and mark.sequence == 1 and len(outbox.sent) == 2
+    newer = tmp_path / "newer"
+    shutil.copytree(folder, newer)
+    _restore(copy, folder)  # the backup put back: c2's message is not in it
+    why, _ = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002"), outbox, mark
+    )
+    assert why is not None and "compaction 0" in why and "compaction 1" in why
+    # Another task sharing the channel compacts the copy (its own mark is older than the copy):
+    # the count catches up, but the copy still lacks the message the mark names.
+    _sender_run(DeliveryLedger(tmp_path, owner="webhooks"), _customers("cust-0003"), outbox, None)
+    assert DeliveryLedger(tmp_path).load(T0).sequence >= mark.sequence
+    why, _ = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002"), outbox, mark
+    )
+    assert why is not None and "does not record" in why and mark.claim.contact_key in why
+    assert len(outbox.sent) == 3  # c1, c2, c3: none twice
+    # The newer folder put back: it holds everything the mark says.
+    _restore(newer, folder)
+    why, _ = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002"), outbox, mark
+    )
+    assert why is None and len(outbox.sent) == 3
+
+
+def test_only_ledger_json_rolled_back_is_an_older_copy_too(tmp_path: Path) -> None:
+    """An object store's rollback of ledger.json alone: the claims it had folded are gone."""
+    outbox = Outbox()
+    _, mark = _sender_run(DeliveryLedger(tmp_path), _customers("cust-0001"), outbox, None)
+    _, mark = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002"), outbox, mark
+    )
+    snapshot = tmp_path / "email" / "ledger.json"
+    old = snapshot.read_bytes()
+    _, mark = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002", "cust-0003"), outbox, mark
+    )
+    assert mark is not None and mark.sequence == 2
+    snapshot.write_bytes(old)
+    why, _ = _sender_run(
+        DeliveryLedger(tmp_path), _customers("cust-0001", "cust-0002", "cust-0003"), outbox, mark
+    )
+    assert why is not None and "compaction 1" in why
+
+
+def test_a_mark_raises_no_false_alarm_in_the_ways_the_ledger_is_used(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(fail={"cust-0004"})
+    items = _customers("cust-0001", "cust-0002")
+
+    def check(mark: Mark | None, now=T0) -> None:  # type: ignore[no-untyped-def]
+        assert mark is not None
+        assert DeliveryLedger(tmp_path, clock=clock).load(now).older_than(mark) is None
+
+    why, mark = _sender_run(DeliveryLedger(tmp_path, clock=clock), items, outbox, None)
+    first = mark
+    # Another task sharing the channel compacts and sends in between.
+    _sender_run(
+        DeliveryLedger(tmp_path, owner="webhooks", clock=clock),
+        _customers("cust-0003"),
+        outbox,
+        None,
+    )
+    check(mark)
+    # A run that sends nothing keeps the attempt of the mark it passed.
+    why, mark = _sender_run(DeliveryLedger(tmp_path, clock=clock), items, outbox, mark)
+    assert why is None and mark is not None and mark.claim == first.claim
+    check(mark)
+    # A failed attempt as the last one recorded, compacted or not.
+    why, mark = _sender_run(
+        DeliveryLedger(tmp_path, clock=clock), _customers("cust-0004"), outbox, mark
+    )
+    assert mark is not None and mark.claim is not None and mark.claim.state == "failed"
+    check(mark)
+    check(mark)
+    # Killed after sending, before leaving its mark: the mark before stands, and holds.
+    killed_run = DeliveryLedger(tmp_path, clock=clock)
+    _deliver(killed_run, _plan(killed_run, _customers("cust-0005")).due, outbox)
+    check(mark)
+    # Two tries of one run at once: whichever mark is written last, it holds.
+    tries = [DeliveryLedger(tmp_path, owner=f"d/r/t/try {n}", clock=clock) for n in (1, 2)]
+    views = [ledger.load(T0) for ledger in tries]
+    for ledger, view in zip(tries, views, strict=True):
+        due = plan_contacts(
+            _customers("cust-0006", "cust-0007"), now=T0, policy=POLICY, ledger=view.states
+        ).due
+        deliver(due, outbox, ledger, now=T0, max_attempts=3)
+    for ledger, view in zip(tries, views, strict=True):
+        check(ledger.mark(view, mark))
+    assert outbox.sent.count(outbox.sent[-1]) == 1
+    # The ledger-id file lost: restored from the snapshot, nothing else changes.
+    (tmp_path / "email" / "ledger-id").unlink()
+    check(mark)
+    # A month later the attempt's stall is forgotten, by this ledger as by any copy.
+    month = T0 + timedelta(days=31)
+    assert DeliveryLedger(tmp_path, clock=clock).load(month).stalls == 0
+    check(mark, month)
+
+
+def test_a_ledger_or_mark_from_before_the_check_gives_no_verdict(tmp_path: Path) -> None:
+    (tmp_path / "email").mkdir()
+    stall = (T0 - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = {"version": 2, "written_at": "2026-03-02T11:00:00Z", "entries": [["cust-0001", stall, 0]]}
+    (tmp_path / "email" / "ledger.json").write_text(json.dumps(old))
+    view = DeliveryLedger(tmp_path).load(T0)
+    assert view.sequence == 0 and view.older_than(Mark()) is None
+    _deliver(
+        DeliveryLedger(tmp_path),
+        _plan(DeliveryLedger(tmp_path), _customers("cust-0002")).due,
+        Outbox(),
+    )
+    assert DeliveryLedger(tmp_path).load(T0).compacted
+    assert json.loads((tmp_path / "email" / "ledger.json").read_text())["sequence"] == 1
+    assert Mark.parse(None) is None and Mark.parse({"claim": {"ref_id": 1}}) is None
+    assert Mark.parse({"sequence": 3}) == Mark(sequence=3)
 
 
 class RefusingRelay:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import attention_item, deliver
-from airflow_provider_leap.ledger import DeliveryLedger, LedgerError
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, LedgerView, Mark
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
 from airflow_provider_leap.webhooks import announced_since, stale_from
@@ -42,6 +46,31 @@ def max_run_lag() -> timedelta | None:
 def _map_index(ti: Any) -> str:
     """``/<map_index>`` for a mapped task instance, else "": each index is a sender of its own."""
     return f"/{ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
+
+
+@dataclass
+class _LedgerRecord:
+    """The task's Variable: the ledger its runs send with (``here``: id, folder) and the
+    ``Mark`` its last run left there; ``before``, what the Variable held at the start."""
+
+    key: str
+    here: dict[str, Any]
+    before: dict[str, Any] | None
+
+    def mark(self) -> Mark | None:
+        return Mark.parse(self.before.get("mark")) if self.before else None
+
+    def digest(self) -> str:
+        """Names the mark that an older copy lacks, for ``accept_ledger_id``: once a run
+        accepts the copy, the mark changes, so the value accepts that one copy only."""
+        mark = self.before.get("mark") if self.before else None
+        return hashlib.sha256(json.dumps(mark, sort_keys=True).encode()).hexdigest()[:12]
+
+    def keep(self, mark: Mark) -> None:
+        """Record the ledger and ``mark``, after the sends (one Variable write, when changed)."""
+        now = {**self.here, "mark": msgspec.to_builtins(mark)}
+        if now != self.before:
+            Variable.set(self.key, now, serialize_json=True)
 
 
 def default_ledger_url() -> str:
@@ -99,7 +128,10 @@ class LeapContactOperator(BaseOperator):
         sending, since every due customer would be messaged again (a ledger moved without its
         contents, wiped, renamed, or on a worker's own disk); the error names the id. It
         accepts that one ledger only, so it is harmless to leave set. (Deleting the task's
-        Variable ``leap_ledger:<dag_id>/<task_id>`` does the same.) Templated. Default None.
+        Variable ``leap_ledger:<dag_id>/<task_id>`` does the same.) An older copy of the same
+        ledger (a backup restored, a rollback) stops the run too, as what was sent since the copy
+        would go out again; the error names the ``<ledger-id>@<mark>`` value that accepts that
+        copy. Templated. Default None.
 
     A run whose ``run_after`` is more than ``[leap] max_run_lag`` behind this worker's clock,
     or whose moment (the triage's ``now``) is ahead of it, sends nothing: a backfill, a
@@ -218,10 +250,11 @@ class LeapContactOperator(BaseOperator):
                 horizon=self.policy.horizon,
             )
             ledger.check_writable()
-            self._check_same_ledger(ti, ledger)
+            record = self._check_same_ledger(ti, ledger)
             view = ledger.load(now, run=run)
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
+        earlier = self._check_not_older(record, view)
         plan = plan_contacts(
             buckets,
             now=now,
@@ -267,6 +300,7 @@ class LeapContactOperator(BaseOperator):
             closing.close()
         except Exception as exc:
             self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
+        record.keep(ledger.mark(view, earlier))
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
         counts["not_now"] = not_now
         earlier_try = "given up by an earlier try of this run (its log has the error)"
@@ -298,7 +332,7 @@ class LeapContactOperator(BaseOperator):
             )
         return counts
 
-    def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> None:
+    def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:
         """Fail before any send when this ledger is not the one earlier runs of the task sent
         with: to it, every customer they messaged would be due again. The one they sent with is
         recorded in an Airflow Variable per task (``leap_ledger:<dag_id>/<task_id>``, and
@@ -307,22 +341,45 @@ class LeapContactOperator(BaseOperator):
         key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}{_map_index(ti)}"
         here = {"id": ledger.identity(), "folder": str(ledger.folder)}
         before = Variable.get(key, default=None, deserialize_json=True)
-        if before == here:
-            return
-        if isinstance(before, dict) and before.get("id") != here["id"]:
-            if here["id"] != self.accept_ledger_id:
-                raise AirflowException(
-                    f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
-                    f"not the one this task's earlier runs recorded their sends in "
-                    f"({before.get('folder')}, ledger-id {before.get('id')}, Variable {key}): "
-                    "moved without its contents, wiped, renamed, or not shared by this worker "
-                    "([leap] ledger_url must be storage every worker reaches). Nothing was sent: "
-                    "every due customer would be messaged again. Copy the old channel folder "
-                    "here, or point ledger_url or channel back; to start afresh on purpose, set "
-                    f"accept_ledger_id={here['id']!r} on the task."
-                )
-            self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
-        Variable.set(key, here, serialize_json=True)
+        if not isinstance(before, dict):
+            return _LedgerRecord(key, here, None)
+        if before.get("id") == here["id"]:
+            return _LedgerRecord(key, here, before)
+        if here["id"] != self.accept_ledger_id:
+            raise AirflowException(
+                f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
+                f"not the one this task's earlier runs recorded their sends in "
+                f"({before.get('folder')}, ledger-id {before.get('id')}, Variable {key}): "
+                "moved without its contents, wiped, renamed, or not shared by this worker "
+                "([leap] ledger_url must be storage every worker reaches). Nothing was sent: "
+                "every due customer would be messaged again. Copy the old channel folder "
+                "here, or point ledger_url or channel back; to start afresh on purpose, set "
+                f"accept_ledger_id={here['id']!r} on the task."
+            )
+        self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
+        return _LedgerRecord(key, here, None)
+
+    def _check_not_older(self, record: _LedgerRecord, view: LedgerView) -> Mark | None:
+        """Fail before any send when the ledger is an older copy of the one this task's last run
+        left (a backup restored, a rollback of the object store, a folder copied back): it lacks
+        what was sent since the copy, which would go out again. Returns the mark it passed."""
+        mark = record.mark()
+        why = None if mark is None else view.older_than(mark)
+        if mark is None or why is None:
+            return mark
+        accept = f"{record.here['id']}@{record.digest()}"
+        if self.accept_ledger_id != accept:
+            raise AirflowException(
+                f"The {self.channel} ledger at {record.here['folder']} is an older copy than the "
+                f"one this task's last run left (Variable {record.key}): {why}. A backup "
+                "restored, an object store rolled back, a folder copied back? Nothing was sent: "
+                "every message sent since the copy was taken would go out again. Put the newer "
+                "ledger back (its channel folder as the last run left it); to send with this one "
+                "on purpose, messages since the copy included, set "
+                f"accept_ledger_id={accept!r} on the task."
+            )
+        self.log.warning("Sending with an older copy of the %s ledger on purpose", self.channel)
+        return None
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the triage buckets read, and the channel's ledger written
