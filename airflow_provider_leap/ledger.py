@@ -836,6 +836,12 @@ class DeliveryLedger:
                     self._attempt_path(contact, CLAIM).unlink(missing_ok=True)
                     self._attempt_path(contact, OUTCOME).unlink(missing_ok=True)
                     taken.append(contact)
+                recorded = self._recorded
+                if recorded and any(
+                    (c.contact_key, c.attempt) == (recorded.contact_key, recorded.attempt)
+                    for c in taken
+                ):  # ``mark`` names what the ledger holds: the earlier mark's attempt, then
+                    self._recorded = None
                 return taken
             finally:
                 self._unlock()

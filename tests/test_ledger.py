@@ -823,12 +823,16 @@ def test_a_channel_down_gives_back_the_failed_attempts_it_names_and_no_other(
 ) -> None:
     items = buckets(7)
     ledger = DeliveryLedger(tmp_path, owner="run1/try1")
-    due = _plan(ledger, items).due
+    view = ledger.load(T0)
+    due = plan_contacts(items, now=T0, policy=POLICY, ledger=view.states).due
     relay = RefusingRelay()
     report = deliver(due, relay, ledger, now=T0, max_attempts=1)  # each failure: given up
     assert (report.sent, report.failed, report.given_up, report.not_tried) == (1, 1, 1, 5)
     assert [item["contact_key"] for item in report.attention] == [due[1].contact_key]
     assert report.channel_down is not None and report.channel_down.endswith("refused")
+    # The run's mark names no attempt taken back: the next run does not take the ledger for
+    # an older copy.
+    assert DeliveryLedger(tmp_path).load(T0).older_than(ledger.mark(view)) is None
     retry = _plan(DeliveryLedger(tmp_path), items)  # the policy allows 3 attempts
     assert [(c.ref_id, c.attempt) for c in retry.due] == [
         (c.ref_id, 2 if c is due[1] else 1) for c in due[1:]
