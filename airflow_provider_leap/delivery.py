@@ -7,7 +7,7 @@ through :func:`deliver`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,16 +31,7 @@ class ChannelDown(Exception):
 
     Not an attempt, and the run stops there: the contacts left are not each charged a failed
     attempt against a channel that is down; they stay due for a retry or the next run.
-
-    :param given_back: contacts this delivery already charged a failed attempt that, seen
-        now, failed because the channel was down (the earlier messages of a run of refusals):
-        their attempts are taken back (:meth:`DeliveryLedger.unsettle`), so they stay due as
-        if never tried.
     """
-
-    def __init__(self, message: str, *, given_back: Sequence[Contact] = ()) -> None:
-        super().__init__(message)
-        self.given_back = list(given_back)
 
 
 @dataclass
@@ -93,7 +84,6 @@ def deliver(
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    failed: dict[str, Contact] = {}  # by contact key: the attempts this delivery charged
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -108,14 +98,11 @@ def deliver(
             ledger.release(contact)
             report.channel_down = _describe(exc, whole=True)
             report.not_tried = len(contacts) - index
-            back = [failed[c.contact_key] for c in exc.given_back if c.contact_key in failed]
-            _give_back(ledger.unsettle(back) if back else [], report, max_attempts)
             log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
             break
         except Exception as exc:
             reason = _describe(exc)
             ledger.settle(contact, now, sent=False, error=reason)
-            failed[contact.contact_key] = contact
             report.failed += 1
             log.warning(
                 "Sending %s (%s, step %d, attempt %d/%d) failed: %s",
@@ -133,24 +120,6 @@ def deliver(
             ledger.settle(contact, now, sent=True)
             report.sent += 1
     return report
-
-
-def _give_back(contacts: list[Contact], report: DeliveryReport, max_attempts: int) -> None:
-    """Count attempts the ledger took back as not tried: no longer failed, nor given up."""
-    keys = {contact.contact_key for contact in contacts}
-    report.failed -= len(contacts)
-    report.given_up -= sum(contact.attempt >= max_attempts for contact in contacts)
-    report.not_tried += len(contacts)
-    report.attention = [
-        item
-        for item in report.attention
-        if not (item["why"] == "given_up" and item["contact_key"] in keys)
-    ]
-    if contacts:
-        log.warning(
-            "Gave back the failed attempts of %s: they failed because the channel was down",
-            ", ".join(sorted(keys)),
-        )
 
 
 def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:

@@ -138,7 +138,7 @@ RELAY_DEFERRALS = 3
 # This many messages in a row refused (5xx) with the same reply, once addresses, ids and numbers
 # are left out (``_refusal``): a refusal of us (a sender not verified, our wording filtered),
 # not of each recipient. Replies about the recipient (``RECIPIENT_STATUS``) count in no streak.
-RELAY_REFUSALS = 3
+RELAY_REFUSALS = 2
 # RFC 3463 enhanced status codes (subject.detail) about the recipient's mailbox: bad mailbox,
 # domain or address syntax, moved, not found (Exchange's 5.1.10), disabled, full.
 RECIPIENT_STATUS = frozenset({"1.1", "1.2", "1.3", "1.6", "1.10", "2.1", "2.2"})
@@ -147,33 +147,26 @@ RECIPIENT_STATUS = frozenset({"1.1", "1.2", "1.3", "1.6", "1.10", "2.1", "2.2"})
 class Streak:
     """Messages that failed in a row for one reason about the channel, not the customers.
 
-    When it is long enough the sender raises :meth:`down`: the run stops, and the attempts of
-    the streak's messages but the first are given back (``ChannelDown.given_back``). The
-    first stays charged, so that every stop records an attempt: a streak that is about those
-    messages after all (a filter on one bucket's wording, whose customers come in a block, as
-    the plan groups buckets) gives its customers up one by one, and the runs move past them.
-    Were every attempt given back, each run would stop at the same customers, for ever. So a
-    relay refusing us costs one attempt per try, not one per message of the streak.
+    When it is long enough the sender raises ``ChannelDown``: the run stops, and
+    the streak's earlier messages stay charged. That is what makes progress: a streak that is
+    about those messages after all (a filter on one bucket's wording, whose customers come in a
+    block, as the plan groups buckets) gives its customers up one by one, and the runs move past
+    them; a stop that charged nobody would come at the same customers in every run, for ever.
+    So a streak of 2 costs one attempt per try, whatever the channel's outage.
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.reason = ""
-        self.contacts: list[Contact] = []
+        self.limit, self.reason, self.count = limit, "", 0
 
-    def add(self, contact: Contact, reason: str = "") -> bool:
+    def add(self, reason: str = "") -> bool:
         """One more (a new streak if ``reason`` differs); whether the streak is long enough."""
         if reason != self.reason:
-            self.clear()
-            self.reason = reason
-        self.contacts.append(contact)
-        return len(self.contacts) >= self.limit
+            self.reason, self.count = reason, 0
+        self.count += 1
+        return self.count >= self.limit
 
     def clear(self) -> None:
-        self.reason, self.contacts = "", []
-
-    def down(self, why: str) -> ChannelDown:
-        return ChannelDown(why, given_back=self.contacts[1:])
+        self.reason, self.count = "", 0
 
 
 class EmailSender:
@@ -229,12 +222,12 @@ class EmailSender:
         try:
             self._send_in_session(address, message, contact)
         except Exception as exc:
-            self._check_relay(exc, contact)
+            self._check_relay(exc)
             raise
         self.deferred.clear()
         self.refused.clear()
 
-    def _check_relay(self, exc: Exception, contact: Contact) -> None:
+    def _check_relay(self, exc: Exception) -> None:
         """Raise ``ChannelDown`` when the relay's answer is about us, not the recipient."""
         if _sender_refused(exc):
             raise ChannelDown(
@@ -246,8 +239,8 @@ class EmailSender:
             return
         if _deferred(exc):
             self.refused.clear()
-            if self.deferred.add(contact):
-                raise self.deferred.down(
+            if self.deferred.add():
+                raise ChannelDown(
                     f"the relay answered {_reply(exc)}, deferring {self.deferred.limit} messages "
                     "since it last took one: throttled or failing, not the recipients"
                 ) from exc
@@ -255,8 +248,8 @@ class EmailSender:
         refusal = _refusal(exc)
         if not refusal:
             self.refused.clear()
-        elif self.refused.add(contact, refusal):
-            raise self.refused.down(
+        elif self.refused.add(refusal):
+            raise ChannelDown(
                 f"the relay answered {_reply(exc)}, refusing {self.refused.limit} messages in a "
                 "row alike (addresses and ids aside), so it refuses us, not the recipients: "
                 "check the sender address, its verification at the relay and the wording"
@@ -404,7 +397,7 @@ def _row(contact: Contact) -> dict[str, Any]:
 
 # This many CRM requests in a row failing alike (the same status, or timing out) the CRM's way
 # (403, 429, 5xx): it is down, throttling us or refusing our token, not each record.
-CRM_FAILURES = 3
+CRM_FAILURES = 2
 
 
 class CrmSender:
@@ -412,8 +405,8 @@ class CrmSender:
 
     A CRM that cannot be reached (connection refused) or refuses our credentials (401) stops
     the run at once (``ChannelDown``); 403, 429, a 5xx or a timeout, at the ``CRM_FAILURES``th
-    in a row alike, giving back all but the first attempt (a ``Streak``: a record that breaks
-    the CRM costs its customer an attempt, and the runs move past it). Any other 4xx (400, 404,
+    in a row alike (a ``Streak``: a record that breaks the CRM costs its customer an attempt,
+    and the runs move past it). Any other 4xx (400, 404,
     409, 422) is about the record: that customer's failed attempt.
     """
 
@@ -446,7 +439,7 @@ class CrmSender:
                 self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
             )
         except requests.Timeout as exc:
-            self._failing(contact, "timeout", f"timed out ({exc})", exc)
+            self._failing("timeout", f"timed out ({exc})", exc)
             raise
         except requests.ConnectionError as exc:
             raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
@@ -455,14 +448,14 @@ class CrmSender:
         if status == 401:
             raise ChannelDown(f"the CRM at {self.url} refuses our credentials: it {error}")
         if status in (403, 429) or status >= 500:
-            self._failing(contact, str(status), error, None)
+            self._failing(str(status), error, None)
         else:
             self.failing.clear()
         response.raise_for_status()
 
-    def _failing(self, contact: Contact, reason: str, error: str, cause: Exception | None) -> None:
-        if self.failing.add(contact, reason):
-            raise self.failing.down(
+    def _failing(self, reason: str, error: str, cause: Exception | None) -> None:
+        if self.failing.add(reason):
+            raise ChannelDown(
                 f"the CRM at {self.url} {error}, for {self.failing.limit} records in a row: "
                 "down, throttling us or refusing our token, not the records"
             ) from cause
