@@ -66,6 +66,15 @@ class LedgerError(LeapError):
     """The ledger cannot be read or written: nothing is sent without it."""
 
 
+class OlderCopy(LedgerError):
+    """The ledger is older than a sender's ``Mark`` says (``why``): found before it was
+    compacted, so the copy is left as it was found."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the delivery ledger is an older copy: {why}")
+        self.why = why
+
+
 class StoragePath(Protocol):
     """What the ledger needs of a path: ``pathlib.Path`` and ``ObjectStoragePath`` both fit."""
 
@@ -480,23 +489,29 @@ class DeliveryLedger:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def load(self, now: datetime, *, run: str | None = None) -> LedgerView:
+    def load(
+        self, now: datetime, *, run: str | None = None, expect: Mark | None = None
+    ) -> LedgerView:
         """Everything known about each stall, with claims not yet compacted folded in.
 
         Compacts (persists the fold, forgets stalls past the horizon) when no other task is
         compacting; otherwise reads only. A send found unconfirmed is listed by the load that
         compacts it, and again by any load whose ``run`` prefixes the ``owner`` of that one (a
-        retry of the run: Airflow cleared the earlier try's report).
+        retry of the run: Airflow cleared the earlier try's report). ``expect``: the mark a
+        sender left, raising :class:`OlderCopy` before anything is written when the ledger is
+        older (compacting it would make it look as new to the next check, a retry's included).
         """
         with _storage_failure(lambda exc: f"Cannot lock the delivery ledger {self.folder}: {exc}"):
             locked = self._lock()
         try:
-            return self._load(now, compact=locked, run=run)
+            return self._load(now, compact=locked, run=run, expect=expect)
         finally:
             if locked:
                 self._unlock()
 
-    def _load(self, now: datetime, *, compact: bool, run: str | None) -> LedgerView:
+    def _load(
+        self, now: datetime, *, compact: bool, run: str | None, expect: Mark | None
+    ) -> LedgerView:
         # The lock is taken before anything is read, so the snapshot a compaction writes is
         # built on the latest one (no other compaction can slip in between and be overwritten).
         # Claims are read before the snapshot: a claim deleted before it was listed was folded
@@ -530,6 +545,11 @@ class DeliveryLedger:
         expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
         for ref_id in expired:
             del entries[ref_id]
+        view.states, view.sequence = entries, snapshot.sequence
+        view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
+        why = None if expect is None else view.older_than(expect)
+        if why is not None:
+            raise OlderCopy(why)
         generation = snapshot.generation
         if compact and (folded or expired):
             generation = uuid.uuid4().hex
@@ -557,9 +577,6 @@ class DeliveryLedger:
             entry = _entry_for(entries, claim)
             if entry is not None:
                 entry.in_flight = True
-        view.states = entries
-        view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
-        view.sequence = snapshot.sequence
         return view
 
     def _read_snapshot(self) -> Snapshot:

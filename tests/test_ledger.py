@@ -15,7 +15,7 @@ import pytest
 
 from airflow_provider_leap.contact import Contact, ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
-from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 POLICY = ContactPolicy()
@@ -661,11 +661,11 @@ def test_a_stalls_steps_are_counted_once_in_whatever_order_their_claims_are_read
 
 
 def _sender_run(ledger: DeliveryLedger, items, send, mark: Mark | None, now=T0):  # type: ignore[no-untyped-def]
-    """One run as the operator makes it: load, check the mark, send, leave the next mark."""
-    view = ledger.load(now)
-    why = None if mark is None else view.older_than(mark)
-    if why is not None:
-        return why, None
+    """One run as the operator makes it: load checking the mark, send, leave the next mark."""
+    try:
+        view = ledger.load(now, expect=mark)
+    except OlderCopy as exc:
+        return exc.why, None
     plan = plan_contacts(items, now=now, policy=POLICY, ledger=view.states)
     deliver(plan.due, send, ledger, now=now, max_attempts=POLICY.max_attempts)
     return None, ledger.mark(view, mark)
@@ -674,6 +674,31 @@ def _sender_run(ledger: DeliveryLedger, items, send, mark: Mark | None, now=T0):
 def _restore(copy: Path, folder: Path) -> None:
     shutil.rmtree(folder)
     shutil.copytree(copy, folder)
+
+
+def test_an_older_copy_is_found_before_it_is_compacted_so_a_retry_finds_it_too(
+    tmp_path: Path,
+) -> None:
+    """An object store's previous version of ledger.json alone: the load that finds it must not
+    compact it first (that would bring its count level with the mark and fold the newer claims
+    into it, so Airflow's retry would pass and message everyone the lost version held again)."""
+    outbox = Outbox()
+    _, mark = _sender_run(DeliveryLedger(tmp_path), _customers("cust-0001"), outbox, None)
+    items = _customers("cust-0001", "cust-0002")
+    _, mark = _sender_run(DeliveryLedger(tmp_path), items, outbox, mark)
+    snapshot = tmp_path / "email" / "ledger.json"
+    old = snapshot.read_bytes()
+    items = _customers("cust-0001", "cust-0002", "cust-0003")
+    _, mark = _sender_run(DeliveryLedger(tmp_path), items, outbox, mark)  # folds cust-0002
+    assert mark is not None and mark.sequence == 2 and len(outbox.sent) == 3
+    snapshot.write_bytes(old)  # the previous version restored: cust-0002's send is not in it
+    claims = sorted(path.name for path in (tmp_path / "email" / "claims").iterdir())
+    for owner in ("try 1", "try 2"):  # the try and Airflow's retry
+        why, _ = _sender_run(DeliveryLedger(tmp_path, owner=owner), items, outbox, mark)
+        assert why is not None and "compaction 1" in why and "compaction 2" in why
+    assert snapshot.read_bytes() == old  # left as found
+    assert sorted(path.name for path in (tmp_path / "email" / "claims").iterdir()) == claims
+    assert len(outbox.sent) == 3
 
 
 def test_an_older_copy_of_the_ledger_is_told_from_the_ledger_itself(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import attention_item, deliver
-from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, LedgerView, Mark
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
 from airflow_provider_leap.webhooks import announced_since, stale_from
@@ -60,11 +60,13 @@ class _LedgerRecord:
     def mark(self) -> Mark | None:
         return Mark.parse(self.before.get("mark")) if self.before else None
 
-    def digest(self) -> str:
-        """Names the mark that an older copy lacks, for ``accept_ledger_id``: once a run
-        accepts the copy, the mark changes, so the value accepts that one copy only."""
+    def acceptance(self) -> str:
+        """The ``accept_ledger_id`` that accepts an older copy: the ledger-id and a digest of
+        the mark it lacks. Once a run accepts the copy, the mark changes, so the value accepts
+        that one copy only."""
         mark = self.before.get("mark") if self.before else None
-        return hashlib.sha256(json.dumps(mark, sort_keys=True).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps(mark, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.here['id']}@{digest}"
 
     def keep(self, mark: Mark) -> None:
         """Record the ledger and ``mark``, after the sends (one Variable write, when changed)."""
@@ -251,10 +253,17 @@ class LeapContactOperator(BaseOperator):
             )
             ledger.check_writable()
             record = self._check_same_ledger(ti, ledger)
-            view = ledger.load(now, run=run)
+            mark = record.mark()  # checked by the load, before it compacts: see OlderCopy
+            accepted = mark is not None and self.accept_ledger_id == record.acceptance()
+            view = ledger.load(now, run=run, expect=None if accepted else mark)
+        except OlderCopy as exc:
+            raise AirflowException(self._older_copy(record, exc.why)) from exc
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
-        earlier = self._check_not_older(record, view)
+        older = accepted and mark is not None and view.older_than(mark)
+        if older:
+            self.log.warning("Sending with an older copy of the %s ledger on purpose", self.channel)
+        earlier = None if older else mark  # the mark passed: its attempt stands
         plan = plan_contacts(
             buckets,
             now=now,
@@ -359,27 +368,19 @@ class LeapContactOperator(BaseOperator):
         self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
         return _LedgerRecord(key, here, None)
 
-    def _check_not_older(self, record: _LedgerRecord, view: LedgerView) -> Mark | None:
-        """Fail before any send when the ledger is an older copy of the one this task's last run
-        left (a backup restored, a rollback of the object store, a folder copied back): it lacks
-        what was sent since the copy, which would go out again. Returns the mark it passed."""
-        mark = record.mark()
-        why = None if mark is None else view.older_than(mark)
-        if mark is None or why is None:
-            return mark
-        accept = f"{record.here['id']}@{record.digest()}"
-        if self.accept_ledger_id != accept:
-            raise AirflowException(
-                f"The {self.channel} ledger at {record.here['folder']} is an older copy than the "
-                f"one this task's last run left (Variable {record.key}): {why}. A backup "
-                "restored, an object store rolled back, a folder copied back? Nothing was sent: "
-                "every message sent since the copy was taken would go out again. Put the newer "
-                "ledger back (its channel folder as the last run left it); to send with this one "
-                "on purpose, messages since the copy included, set "
-                f"accept_ledger_id={accept!r} on the task."
-            )
-        self.log.warning("Sending with an older copy of the %s ledger on purpose", self.channel)
-        return None
+    def _older_copy(self, record: _LedgerRecord, why: str) -> str:
+        """Why the run stops: the ledger is an older copy of the one this task's last run left
+        (a backup restored, a rollback of the object store, a folder copied back); it lacks what
+        was sent since the copy, which would go out again."""
+        return (
+            f"The {self.channel} ledger at {record.here['folder']} is an older copy than the one "
+            f"this task's last run left (Variable {record.key}): {why}. A backup restored, an "
+            "object store rolled back, a folder copied back? Nothing was sent, and the copy was "
+            "left as found: every message sent since the copy was taken would go out again. Put "
+            "the newer ledger back (its channel folder as the last run left it); to send with "
+            "this one on purpose, messages since the copy included, set "
+            f"accept_ledger_id={record.acceptance()!r} on the task."
+        )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the triage buckets read, and the channel's ledger written
