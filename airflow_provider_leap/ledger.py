@@ -172,6 +172,15 @@ class Mark(msgspec.Struct, kw_only=True):
     sequence: int = 0  # the compactions behind the ledger after its load
     claim: Claim | None = None  # the last attempt it recorded (sent or failed)
 
+    def join(self, other: Mark | None) -> Mark:
+        """This mark and another sender's as one: the higher count, the later attempt (by the
+        wall clock of its claim). Both are recorded in the ledger, so is the join."""
+        if other is None:
+            return self
+        claims = [claim for claim in (self.claim, other.claim) if claim is not None]
+        claim = max(claims, key=lambda claim: claim.claimed_at, default=None)
+        return Mark(sequence=max(self.sequence, other.sequence), claim=claim)
+
     @classmethod
     def parse(cls, data: Any) -> Mark | None:
         """A mark as ``msgspec.to_builtins`` stored it; None when there is none or it does not
@@ -268,14 +277,14 @@ class LedgerView:
         """
         if self.sequence < mark.sequence:
             return (
-                f"its ledger.json was written by compaction {self.sequence}, the task's last "
-                f"run saw compaction {mark.sequence}"
+                f"its ledger.json was written by compaction {self.sequence}, the last run "
+                f"sending with it saw compaction {mark.sequence}"
             )
         claim = mark.claim
         if claim is None or self._records(claim):
             return None
         return (
-            f"it does not record the last message the task's last run recorded ({claim.state}: "
+            f"it does not record the last message a run sending with it recorded ({claim.state}: "
             f"{claim.contact_key} attempt {claim.attempt}, to {claim.ref_id} at {claim.now})"
         )
 

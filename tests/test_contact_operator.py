@@ -202,7 +202,7 @@ def test_an_older_copy_of_the_ledger_sends_nothing_until_the_newer_is_back_or_ac
     restore(backup, keep=newer)  # the backup put back: the message to `second` is not in it
     state, sent, log = run()
     assert (state, sent) == ("failed", [first, second])
-    assert "is an older copy than the one this task's last run left" in log
+    assert "is an older copy than the one the last run sending with it left" in log
     assert "Put the newer ledger back" in log
     # The newer folder back (its ledger-id file lost on the way): nothing is sent twice.
     restore(newer)
@@ -220,6 +220,40 @@ def test_an_older_copy_of_the_ledger_sends_nothing_until_the_newer_is_back_or_ac
     restore(backup)  # the same backup once more, after the accepted run's sends
     state, sent, log = run(accept)
     assert (state, sent[2:]) == ("failed", [second]) and "is an older copy" in log
+
+
+def test_an_older_copy_lacking_only_another_dags_sends_stops_this_dag_too(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """The hourly and the webhook DAG share a channel: a backup taken after the hourly task's
+    last send but before the webhook DAG's lacks only the latter; the mark is the ledger's, left
+    by every task sending with it, so the hourly task's next run stops too, sending nothing."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    first, second = (
+        c.ref_id for c in plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due[:2]
+    )
+    outbox, folder = tmp_path / "outbox.txt", tmp_path / "ledger" / "email"
+
+    def run(dag_id: str, ref_ids: list[str]) -> tuple[str, list[str], str]:
+        source = MOVING_SOURCE.format(
+            outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=ref_ids
+        ).replace('"leap_contact_ledger"', repr(dag_id))
+        capfd.readouterr()
+        result = run_dag(dag_id, source, logical_date=None)
+        return (
+            result.task_states["contact"],
+            outbox.read_text().splitlines(),
+            "".join(capfd.readouterr()),
+        )
+
+    assert run("leap_hourly", [first])[:2] == ("success", [first])
+    shutil.copytree(folder, tmp_path / "backup")
+    assert run("leap_webhooks", [second])[:2] == ("success", [first, second])
+    shutil.rmtree(folder)
+    shutil.copytree(tmp_path / "backup", folder)  # lacks only the webhook DAG's send
+    state, sent, log = run("leap_hourly", [first, second])
+    assert (state, sent) == ("failed", [first, second]) and "is an older copy" in log
 
 
 def test_a_run_for_another_moment_than_the_present_sends_nothing(

@@ -840,3 +840,20 @@ def test_a_channel_downs_reason_reaches_the_report_whole(tmp_path: Path) -> None
     assert (report.sent, report.failed, report.not_tried) == (0, 0, 3)
     assert report.channel_down is not None and report.channel_down.endswith("refused")
     assert len(report.channel_down) > 300
+
+
+def test_marks_of_two_senders_join_to_the_higher_count_and_the_later_attempt(
+    tmp_path: Path,
+) -> None:
+    """Two tasks share a ledger's mark; a task writing late must not put back an earlier
+    attempt in place of another's later one (a copy taken between them would then pass)."""
+    outbox = Outbox()
+    _, hourly = _sender_run(DeliveryLedger(tmp_path, owner="hourly"), buckets(1), outbox, None)
+    items = _customers("cust-0000", "cust-0001")
+    _, webhooks = _sender_run(DeliveryLedger(tmp_path, owner="webhooks"), items, outbox, None)
+    assert hourly is not None and webhooks is not None
+    assert hourly.claim is not None and webhooks.claim is not None
+    assert hourly.claim.claimed_at < webhooks.claim.claimed_at
+    joined = hourly.join(webhooks)
+    assert joined == webhooks.join(hourly) == Mark(sequence=1, claim=webhooks.claim)
+    assert hourly.join(None) == hourly

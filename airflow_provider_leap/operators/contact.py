@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_leap.contact import Contact
 
-# The Variable recording, per task, the ledger its runs send with (see ``accept_ledger_id``).
+# The Variables recording, per task, the ledger its runs send with (``<dag_id>/<task_id>``), and
+# per ledger, the mark its senders leave (``<ledger-id>``): see ``accept_ledger_id``.
 LEDGER_VARIABLE_PREFIX = "leap_ledger:"
 # How far a run's moment may be ahead of this worker's clock (skew between machines).
 CLOCK_SKEW = timedelta(minutes=10)
@@ -50,29 +51,45 @@ def _map_index(ti: Any) -> str:
 
 @dataclass
 class _LedgerRecord:
-    """The task's Variable: the ledger its runs send with (``here``: id, folder) and the
-    ``Mark`` its last run left there; ``before``, what the Variable held at the start."""
+    """A sender's two Variables: the task's (``key``) names the ledger its runs send with
+    (``here``: id and folder; ``before``, as found), and the ledger's (``mark_key``, one per
+    ledger-id) holds the ``Mark`` every task sending with it leaves (``shared``, as found)."""
 
     key: str
     here: dict[str, Any]
     before: dict[str, Any] | None
+    mark_key: str
+    shared: dict[str, Any] | None
+
+    def _found(self, value: Any) -> Mark | None:
+        """The mark in a value of the ledger's Variable; None for another folder (a copy kept
+        elsewhere under the same id is another ledger) or none at all."""
+        if not isinstance(value, dict) or value.get("folder") != self.here["folder"]:
+            return None
+        return Mark.parse(value.get("mark"))
 
     def mark(self) -> Mark | None:
-        return Mark.parse(self.before.get("mark")) if self.before else None
+        return self._found(self.shared)
 
     def acceptance(self) -> str:
         """The ``accept_ledger_id`` that accepts an older copy: the ledger-id and a digest of
         the mark it lacks. Once a run accepts the copy, the mark changes, so the value accepts
         that one copy only."""
-        mark = self.before.get("mark") if self.before else None
+        mark = self.shared.get("mark") if self.shared else None
         digest = hashlib.sha256(json.dumps(mark, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.here['id']}@{digest}"
 
-    def keep(self, mark: Mark) -> None:
-        """Record the ledger and ``mark``, after the sends (one Variable write, when changed)."""
-        now = {**self.here, "mark": msgspec.to_builtins(mark)}
-        if now != self.before:
-            Variable.set(self.key, now, serialize_json=True)
+    def keep(self, mark: Mark, *, replace: bool = False) -> None:
+        """Record the ledger and ``mark``, after the sends, each Variable written when changed.
+        The mark joins what other tasks left since (``Mark.join``), unless ``replace``: an older
+        copy accepted on purpose starts the record afresh."""
+        if self.here != self.before:
+            Variable.set(self.key, self.here, serialize_json=True)
+        latest = Variable.get(self.mark_key, default=None, deserialize_json=True)
+        joined = mark if replace else mark.join(self._found(latest))
+        value = {"folder": self.here["folder"], "mark": msgspec.to_builtins(joined)}
+        if value != latest:
+            Variable.set(self.mark_key, value, serialize_json=True)
 
 
 def default_ledger_url() -> str:
@@ -309,7 +326,7 @@ class LeapContactOperator(BaseOperator):
             closing.close()
         except Exception as exc:
             self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
-        record.keep(ledger.mark(view, earlier))
+        record.keep(ledger.mark(view, earlier), replace=bool(older))
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
         counts["not_now"] = not_now
         earlier_try = "given up by an earlier try of this run (its log has the error)"
@@ -350,10 +367,12 @@ class LeapContactOperator(BaseOperator):
         key = f"{LEDGER_VARIABLE_PREFIX}{ti.dag_id}/{ti.task_id}{_map_index(ti)}"
         here = {"id": ledger.identity(), "folder": str(ledger.folder)}
         before = Variable.get(key, default=None, deserialize_json=True)
+        mark_key = f"{LEDGER_VARIABLE_PREFIX}{here['id']}"  # no "/": never a task's key
+        shared = Variable.get(mark_key, default=None, deserialize_json=True)
         if not isinstance(before, dict):
-            return _LedgerRecord(key, here, None)
+            return _LedgerRecord(key, here, None, mark_key, shared)
         if before.get("id") == here["id"]:
-            return _LedgerRecord(key, here, before)
+            return _LedgerRecord(key, here, before, mark_key, shared)
         if here["id"] != self.accept_ledger_id:
             raise AirflowException(
                 f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
@@ -366,15 +385,16 @@ class LeapContactOperator(BaseOperator):
                 f"accept_ledger_id={here['id']!r} on the task."
             )
         self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
-        return _LedgerRecord(key, here, None)
+        return _LedgerRecord(key, here, None, mark_key, shared)
 
     def _older_copy(self, record: _LedgerRecord, why: str) -> str:
-        """Why the run stops: the ledger is an older copy of the one this task's last run left
-        (a backup restored, a rollback of the object store, a folder copied back); it lacks what
-        was sent since the copy, which would go out again."""
+        """Why the run stops: the ledger is an older copy of the one the last run sending with it
+        left (a backup restored, a rollback of the object store, a folder copied back); it lacks
+        what was sent since the copy, which would go out again."""
         return (
             f"The {self.channel} ledger at {record.here['folder']} is an older copy than the one "
-            f"this task's last run left (Variable {record.key}): {why}. A backup restored, an "
+            f"the last run sending with it left (Variable {record.mark_key}): {why}. A backup "
+            "restored, an "
             "object store rolled back, a folder copied back? Nothing was sent, and the copy was "
             "left as found: every message sent since the copy was taken would go out again. Put "
             "the newer ledger back (its channel folder as the last run left it); to send with "
