@@ -256,6 +256,35 @@ def test_an_older_copy_lacking_only_another_dags_sends_stops_this_dag_too(
     assert (state, sent) == ("failed", [first, second]) and "is an older copy" in log
 
 
+def test_the_old_folder_of_a_moved_ledger_used_again_stops_the_run(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Moved the right way (copied, the old folder left in place), then the old location used
+    again (ledger_url pointed back, a worker configured with it): the same ledger-id, but it
+    lacks what was sent at the new one, which the ledger's mark names."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    first, second = (
+        c.ref_id for c in plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due[:2]
+    )
+    outbox = tmp_path / "outbox.txt"
+
+    def run(where: str, ref_ids: list[str]) -> tuple[str, list[str], str]:
+        source = MOVING_SOURCE.format(
+            outbox=str(outbox), ledger=(tmp_path / where).as_uri(), accept=None, ref_ids=ref_ids
+        )
+        capfd.readouterr()
+        result = run_dag("leap_contact_ledger", source, logical_date=None)
+        log = "".join(capfd.readouterr())
+        return result.task_states["contact"], outbox.read_text().splitlines(), log
+
+    assert run("old", [first])[:2] == ("success", [first])
+    shutil.copytree(tmp_path / "old", tmp_path / "new")  # moved; the old folder left in place
+    assert run("new", [first, second])[:2] == ("success", [first, second])
+    state, sent, log = run("old", [first, second])
+    assert (state, sent) == ("failed", [first, second]) and "two folders carry ledger-id" in log
+
+
 def test_a_run_for_another_moment_than_the_present_sends_nothing(
     run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

@@ -61,15 +61,24 @@ class _LedgerRecord:
     mark_key: str
     shared: dict[str, Any] | None
 
-    def _found(self, value: Any) -> Mark | None:
-        """The mark in a value of the ledger's Variable; None for another folder (a copy kept
-        elsewhere under the same id is another ledger) or none at all."""
-        if not isinstance(value, dict) or value.get("folder") != self.here["folder"]:
-            return None
-        return Mark.parse(value.get("mark"))
+    @staticmethod
+    def _found(value: Any) -> Mark | None:
+        """The mark in a value of the ledger's Variable, whichever folder left it: a copy of
+        the ledger elsewhere (moved, and the old folder still used) must hold it too."""
+        return Mark.parse(value.get("mark")) if isinstance(value, dict) else None
 
     def mark(self) -> Mark | None:
         return self._found(self.shared)
+
+    def other_folder(self) -> str:
+        """A hint when the mark was left by a run sending with another folder of the same id."""
+        folder = self.shared.get("folder") if self.shared else None
+        if folder in (None, self.here["folder"]):
+            return ""
+        return (
+            f" The mark was left by a run sending with {folder}: two folders carry ledger-id "
+            f"{self.here['id']} (a ledger moved, and the old folder still used?)."
+        )
 
     def acceptance(self) -> str:
         """The ``accept_ledger_id`` that accepts an older copy: the ledger-id and a digest of
@@ -87,7 +96,7 @@ class _LedgerRecord:
             Variable.set(self.key, self.here, serialize_json=True)
         latest = Variable.get(self.mark_key, default=None, deserialize_json=True)
         joined = mark if replace else mark.join(self._found(latest))
-        value = {"folder": self.here["folder"], "mark": msgspec.to_builtins(joined)}
+        value = {"folder": self.here["folder"], "mark": msgspec.to_builtins(joined)}  # for people
         if value != latest:
             Variable.set(self.mark_key, value, serialize_json=True)
 
@@ -394,12 +403,11 @@ class LeapContactOperator(BaseOperator):
         return (
             f"The {self.channel} ledger at {record.here['folder']} is an older copy than the one "
             f"the last run sending with it left (Variable {record.mark_key}): {why}. A backup "
-            "restored, an "
-            "object store rolled back, a folder copied back? Nothing was sent, and the copy was "
-            "left as found: every message sent since the copy was taken would go out again. Put "
-            "the newer ledger back (its channel folder as the last run left it); to send with "
-            "this one on purpose, messages since the copy included, set "
-            f"accept_ledger_id={record.acceptance()!r} on the task."
+            "restored, an object store rolled back, a folder copied back? Nothing was sent, and "
+            "the copy was left as found: every message sent since the copy was taken would go "
+            "out again. Put the newer ledger back (its channel folder as the last run left it); "
+            "to send with this one on purpose, messages since the copy included, set "
+            f"accept_ledger_id={record.acceptance()!r} on the task.{record.other_folder()}"
         )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
