@@ -2,15 +2,15 @@
 
 What reached the inbox was sent, whatever a file or the ledger says, so "nothing sent twice" is
 checked here. It can refuse chosen addresses (with ``bounce``, by default 550 5.1.1: a bad
-address) and answer 451 (try later) to the next ``fail_next`` messages, to fail a send task
-mid-batch, and end each session after
-``session_limit`` messages (421, then closed), as relays limiting messages per connection do;
-after ``sessions_left`` sessions, new ones are refused (421), as by a relay going down; and it
-can answer ``refuse_sender`` (a reply, say ``550 5.7.1 sender not verified``) to every MAIL FROM,
-as a relay refusing the From address, and ``refuse_message`` to a message's DATA: one reply to
-every message, or a function of the message that words each reply (naming the recipient, as
-Amazon SES does, or carrying a message id, as Gmail does) or takes the message (None). Plain SMTP
-only: point an ``smtp`` connection at it with ``SmtpSink.connection()``.
+address); answer 451 (try later) to the next ``fail_next`` messages, to fail a send task
+mid-batch; end each session after ``session_limit`` messages (421, then closed), as relays
+limiting messages per connection do; refuse new sessions (421) after ``sessions_left``, as a
+relay going down; answer ``refuse_sender`` (a reply, say ``550 5.7.1 sender not verified``) to
+every MAIL FROM, as a relay refusing the From address; and answer ``refuse_message`` to a
+message's DATA: one reply to every message, or a function of the message that words each reply
+(naming the recipient, as Amazon SES does, or carrying a message id, as Gmail does) or takes the
+message (None). Plain SMTP only: point an ``smtp`` connection at it with
+``SmtpSink.connection()``.
 """
 
 from __future__ import annotations
