@@ -166,8 +166,9 @@ class Snapshot(msgspec.Struct):
 
 
 class Mark(msgspec.Struct, kw_only=True):
-    """What a sender leaves itself (the operator: in an Airflow Variable) to tell its next run
-    whether the ledger it finds is older than the one it sent with (``LedgerView.older_than``)."""
+    """What the senders of a ledger leave (the operator: in one Airflow Variable per ledger) to
+    tell the next run whether the ledger it finds is older than the one they sent with
+    (``LedgerView.older_than``)."""
 
     sequence: int = 0  # the compactions behind the ledger after its load
     claim: Claim | None = None  # the last attempt it recorded (sent or failed)

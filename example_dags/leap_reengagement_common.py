@@ -147,12 +147,12 @@ RECIPIENT_STATUS = frozenset({"1.1", "1.2", "1.3", "1.6", "1.10", "2.1", "2.2"})
 class Streak:
     """Messages that failed in a row for one reason about the channel, not the customers.
 
-    When it is long enough the sender raises ``ChannelDown``: the run stops, and
-    the streak's earlier messages stay charged. That is what makes progress: a streak that is
-    about those messages after all (a filter on one bucket's wording, whose customers come in a
-    block, as the plan groups buckets) gives its customers up one by one, and the runs move past
-    them; a stop that charged nobody would come at the same customers in every run, for ever.
-    So a streak of 2 costs one attempt per try, whatever the channel's outage.
+    When it is long enough the sender raises ``ChannelDown``: the run stops, and the streak's
+    earlier messages stay charged. That is what makes progress: a streak that is about those
+    messages after all (a filter on one bucket's wording, whose customers come in a block, as
+    the plan groups buckets) gives its customers up one by one, and the runs move past them; a
+    stop that charged nobody would come at the same customers in every run, for ever. So a
+    streak of 2 costs one attempt per try, whatever the channel's outage.
     """
 
     def __init__(self, limit: int) -> None:
@@ -377,11 +377,8 @@ def _refusal(exc: Exception) -> str:
 
 def _deferred(exc: Exception) -> bool:
     """Whether the SMTP server deferred the message (a 4xx reply: try again later)."""
-    import smtplib
-
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return all(400 <= code < 500 for code, _ in exc.recipients.values())
-    return 400 <= getattr(exc, "smtp_code", 0) < 500
+    replies = _replies(exc)
+    return bool(replies) and all(400 <= code < 500 for code, _ in replies)
 
 
 def _row(contact: Contact) -> dict[str, Any]:
@@ -406,8 +403,8 @@ class CrmSender:
     A CRM that cannot be reached (connection refused) or refuses our credentials (401) stops
     the run at once (``ChannelDown``); 403, 429, a 5xx or a timeout, at the ``CRM_FAILURES``th
     in a row alike (a ``Streak``: a record that breaks the CRM costs its customer an attempt,
-    and the runs move past it). Any other 4xx (400, 404,
-    409, 422) is about the record: that customer's failed attempt.
+    and the runs move past it). Any other 4xx (400, 404, 409, 422) is about the record: that
+    customer's failed attempt.
     """
 
     def __enter__(self) -> CrmSender:
