@@ -143,13 +143,16 @@ def _utilities(record: ConnectRecord, done: frozenset[str]) -> Decision:
                 first_code = code
         else:  # row 4 outranks row 5 wherever the unknown status sits in the list
             return Bucket.NEEDS_REVIEW, format_reason(Reason.UNKNOWN_UTILITY_STATUS, status), None
-    if first_code is not None:
-        details = {"error_codes": error_codes, "utilities": missing}
-        return Bucket.UTILITY_ERROR, format_reason(Reason.ERROR, first_code), details
-    if missing:
+    if missing:  # every utility in error is missing too
+        # Nothing marked required: any one of them will do (a message says "one of").
+        either = {"any_one": True} if not required else {}
+        if first_code is not None:
+            details = {"error_codes": error_codes, "utilities": missing, **either}
+            return Bucket.UTILITY_ERROR, format_reason(Reason.ERROR, first_code), details
         if other_connected:  # with nothing required, this already met the requirement above
             return Bucket.OTHER_UTILITY, Reason.OTHER_UTILITY, {"utilities": missing}
-        return Bucket.UTILITY_NOT_CONNECTED, Reason.NOT_CONNECTED, {"utilities": missing}
+        details = {"utilities": missing, **either}
+        return Bucket.UTILITY_NOT_CONNECTED, Reason.NOT_CONNECTED, details
     outstanding: list[str] = []
     for field, value in record.agreements.items():
         if value != NOT_REQUIRED and not (isinstance(value, str) and value in done):
@@ -305,10 +308,11 @@ def triage(
 
     Every item has ``id``, ``ref_id``, ``transmission_region``, ``connection_status``,
     ``last_interaction`` (``...Z`` or None) and ``reason``; only where they apply, ``error_codes``
-    (utility_error), ``utilities`` (utility_error, utility_not_connected, other_utility) and
-    ``agreements`` (agreements_pending). ``summary`` has ``counts`` per bucket,
-    ``records_read``, ``duplicates_dropped``, ``malformed``, ``now`` and
-    ``quiet_period_seconds``.
+    (utility_error), ``utilities`` (utility_error, utility_not_connected, other_utility),
+    ``any_one`` (true in utility_error and utility_not_connected when no utility is marked
+    required: any one of ``utilities`` will do) and ``agreements`` (agreements_pending).
+    ``summary`` has ``counts`` per bucket, ``records_read``, ``duplicates_dropped``,
+    ``malformed``, ``now`` and ``quiet_period_seconds``.
     """
     utc_now = _utc_now(now)
     if not isinstance(quiet_period, timedelta):

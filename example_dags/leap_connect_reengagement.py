@@ -1,5 +1,5 @@
 """Hourly re-engagement over Leap Connect statuses: each stall answered once, a few reminders, then
-silence, and never the same message twice.
+silence, and no message twice.
 
 Every hour (at minute 17, after Leap's hourly refresh has landed) ``triage`` sorts the customers
 with a recent last interaction into buckets. ``message_customers`` asks the contact policy who is
@@ -13,7 +13,7 @@ contact key as the upsert key. ``flag_for_review`` lists what a person should lo
 The policy, the senders and the review step live in ``leap_reengagement_common.py``, shared with
 ``leap_connect_events``, which answers Leap's webhooks sooner: both use the same channels and so
 the same delivery ledger (the ``[leap] ledger_url`` option, default
-``$AIRFLOW_HOME/leap_ledger``), and no customer hears the same thing twice. Where the messages
+``$AIRFLOW_HOME/leap_ledger``), so neither sends a message the other sent. Where the messages
 and CRM records go is described there.
 """
 

@@ -13,18 +13,21 @@ Where the output goes, so the DAGs run anywhere:
   ``LEAP_OUTPUT_DIR`` (default ``$AIRFLOW_HOME/leap_output``).
 - CRM: each contact POSTed as JSON to the ``leap_crm`` HTTP connection (``Idempotency-Key`` =
   the contact key); without it, JSON lines under ``LEAP_OUTPUT_DIR``.
-- Connect links: the ``leap_default`` connection's extras ``connect_account`` and
-  ``connect_variant`` (no link without an account). With an account, a customer whose region
-  cannot be known (``models.record_region``) gets no message without the link: the send is
-  reported for a person (``ContactUnreachable``) and tried again next run.
+- Connect links: the ``leap_default`` connection's extras ``connect_account`` (required: the
+  messages ask the customer to continue, so a run without it fails before sending) and
+  ``connect_variant``; a staging connection also needs ``connect_base_url``. A customer whose
+  region cannot be known (``models.record_region``) gets no message without the link: the send
+  is reported for a person (``ContactUnreachable``) and tried again next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -34,6 +37,7 @@ from airflow.sdk import task
 from airflow_provider_leap.contact import Contact, ContactPolicy
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable
 from airflow_provider_leap.models import record_region
+from airflow_provider_leap.triage import UNKNOWN_ERROR_CODE, Bucket, Reason, format_reason
 from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
 
 if TYPE_CHECKING:
@@ -45,7 +49,8 @@ HOURLY_SCHEDULE = f"{REFRESH_LANDED_BY.seconds // 60} * * * *"
 POLICY = ContactPolicy()  # first contact 1 h after a stall, reminders at 1, 3 and 7 days
 
 # Wording per bucket, then per (bucket, reason) where an error code deserves its own message.
-# Error codes beyond USER_CANCELED are illustrative.
+# Error codes beyond USER_CANCELED are illustrative. ``{utilities}`` is the utilities the
+# wording is about ("A or B" when any one will do), ``{agreements}`` the forms by name.
 MESSAGES: dict[str, tuple[str, str]] = {
     "not_started": (
         "Finish connecting your utility account",
@@ -53,12 +58,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "It takes two minutes to pick up where you left off.",
     ),
     "utility_not_connected": (
-        "One step left: connect {utilities}",
+        "Finish connecting {utilities}",
         "We still need access to {utilities}. Please log in to finish.",
     ),
     "utility_error": (
         "We could not connect your utility account",
-        "Connecting {utilities} did not finish. Please try again.",
+        "Connecting {utilities} did not finish. Your link still works; if the utility keeps "
+        "turning you away, contact us and we will help.",
     ),
     "utility_error/error:USER_CANCELED": (
         "Did you mean to stop?",
@@ -71,12 +77,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "agreements_pending": (
         "Sign the last form to finish enrolling",
-        "Your utility is connected. Please complete: {agreements}.",
+        "Your utility is connected. Please complete {agreements}.",
     ),
     "other_utility": (
         "Did you connect the right utility?",
         "You connected a different utility than the one we asked for ({utilities}). If you have "
-        "an account with it, please connect it too; otherwise no action is needed.",
+        "an account with {utilities}, please connect it too.",
     ),
 }
 
@@ -106,20 +112,62 @@ def _connection_exists(conn_id: str) -> bool:
     return True
 
 
+def _names(names: Iterable[object], glue: str = "and") -> str:
+    """Utility names for a sentence; a name Leap did not send (``UNKNOWN``) is left out."""
+    named = [str(n) for n in names if n and n != UNKNOWN_ERROR_CODE]
+    if len(named) < 2:
+        return named[0] if named else "your utility"
+    return f"{', '.join(named[:-1])} {glue} {named[-1]}"
+
+
+def _form(field: str) -> str:
+    """An agreement field as the customer knows the form: ``demand_response_participation_
+    agreement_status`` -> "the demand response participation agreement" (new fields too)."""
+    return "the " + field.removesuffix("_status").replace("_", " ").strip()
+
+
+def _wording(bucket: str, reason: str) -> tuple[str, str]:
+    """The most specific wording of (bucket, reason)."""
+    for key in (f"{bucket}/{reason}", bucket):
+        if key in MESSAGES:
+            return MESSAGES[key]
+    # a failed send, then a person's: never a message without words
+    raise LookupError(f"no wording for bucket {bucket!r}: add one to MESSAGES")
+
+
+def _utility_errors(item: Mapping[str, Any], body: str) -> str:
+    """The first error code's body about the utilities with that code, then each other code's
+    own sentence about its utilities, then the utilities still missing without an error."""
+    failed: Mapping[str, Any] = item.get("error_codes") or {}
+    by_code: dict[str, list[str]] = {}
+    for name, code in failed.items():
+        by_code.setdefault(str(code), []).append(name)
+    groups = list(by_code.items()) or [("", [])]
+    sentences = [body.format(utilities=_names(groups[0][1]))]
+    for code, names in groups[1:]:
+        wording = _wording(Bucket.UTILITY_ERROR, format_reason(Reason.ERROR, code))[1]
+        sentences.append(wording.format(utilities=_names(names)))
+    waiting = [n for n in item.get("utilities") or () if n not in failed]
+    if waiting and not item.get("any_one"):
+        sentences.append(f"We also still need access to {_names(waiting)}.")
+    return " ".join(sentences)
+
+
 def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     """Subject and body: the most specific wording of (bucket, reason), the step, the link."""
     item = contact.item
-    keys = (f"{contact.bucket}/{contact.reason}", contact.bucket)
-    wording = next((MESSAGES[k] for k in keys if k in MESSAGES), None)
-    if wording is None:  # a failed send, then a person's: never a message without words
-        raise LookupError(f"no wording for bucket {contact.bucket!r}: add one to MESSAGES")
-    subject, body = wording
-    names = list(item.get("utilities") or item.get("error_codes") or [])
+    subject, body = _wording(contact.bucket, contact.reason)
+    utilities = _names(item.get("utilities") or (), "or" if item.get("any_one") else "and")
+    agreements = [_form(str(f)) for f in item.get("agreements") or ()]
     values = {
-        "utilities": ", ".join(names) or "your utility",
-        "agreements": ", ".join(item.get("agreements") or []) or "the remaining forms",
+        "utilities": utilities,
+        "agreements": _names(agreements) if agreements else "the remaining forms",
     }
-    subject, body = subject.format(**values), body.format(**values)
+    subject = subject.format(**values)
+    if contact.bucket == Bucket.UTILITY_ERROR:  # each code's advice about its own utilities
+        body = _utility_errors(item, body)
+    else:
+        body = body.format(**values)
     if not contact.first:
         subject = f"Reminder: {subject}"
     if link:
@@ -130,6 +178,13 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     if contact.final and not contact.first:
         body += " This is our last reminder."
     return {"subject": subject, "body": body}
+
+
+def as_html(text: str) -> str:
+    """A message body as the HTML the email carries: Leap's values escaped (a utility named
+    ``A <B>`` shows as typed), links clickable."""
+    escaped = html.escape(text, quote=False)
+    return re.sub(r"https://[^\s<\"]+", lambda m: f'<a href="{m[0]}">{m[0]}</a>', escaped)
 
 
 # This many messages deferred (an SMTP 4xx reply) since the last one the relay took: it is
@@ -174,13 +229,25 @@ class EmailSender:
 
     def __enter__(self) -> EmailSender:
         from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_provider_leap.hooks.leap import LeapHook
+        from airflow_provider_leap.hooks.leap import LeapException, LeapHook
 
         self.addresses: dict[str, str] = Variable.get(
             "leap_contacts", default={}, deserialize_json=True
         )
         self.hook = LeapHook()
+        # The messages ask the customer to continue: without a link that works, none is sent,
+        # nobody is charged, and the task fails without retries (they would not fix a setting).
+        try:
+            link = self.hook.connect_url("link-check", "PJM")
+        except LeapException as exc:
+            raise AirflowFailException(f"No Connect links: {exc}") from exc
+        if link is None:
+            raise AirflowFailException(
+                "No Connect links: leap_default has no connect_account extra; set it to your "
+                "account in Leap's Connect URLs"
+            )
         self.smtp: Any = None
         if _connection_exists("smtp_default"):
             self.smtp = _smtp_session()  # a relay down at the start fails the task at once
@@ -198,9 +265,7 @@ class EmailSender:
                 self.smtp.__exit__(None, None, None)
 
     def link(self, contact: Contact) -> str | None:
-        """The customer's Connect link; None when links are not configured (no account)."""
-        if not self.hook.config.connect_account:
-            return None
+        """The customer's Connect link."""
         region = record_region(contact.item)
         if region is None:  # the link is what the customer acts on: a person decides
             raise ContactUnreachable(
@@ -276,7 +341,7 @@ class EmailSender:
         self.smtp.send_email_smtp(
             to=address,
             subject=message["subject"],
-            html_content=message["body"],
+            html_content=as_html(message["body"]),
             custom_headers={
                 "X-Leap-Contact-Key": contact.contact_key,
                 "Message-ID": message_id(contact.contact_key, self.smtp.from_email),

@@ -471,7 +471,7 @@ def standalone(out: Path, timeout: float, keep: bool, workers: int) -> Report:
             "conn_type": "leap",
             "host": emulator.url,
             "password": EMULATOR_API_KEY,
-            "extra": {"webhook_secret": secret},
+            "extra": {"webhook_secret": secret, "connect_account": "webhooks-check"},
         }
         env = {
             **os.environ,

@@ -147,6 +147,31 @@ def test_reengagement_messages_everyone_due_then_nothing_twice(run_dag, reengage
     assert again["already_sent"] + again["finished"] == counts["sent"]
 
 
+def test_without_a_connect_account_nothing_is_sent_and_nobody_charged(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:
+    """Review s10c F10: without connect_account every message went out with nothing to click."""
+    from airflow_provider_leap.hooks.leap import connection_json
+    from airflow_provider_leap.testing import EMULATOR_API_KEY
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_DEFAULT", connection_json(leap_emulator.url, EMULATOR_API_KEY)
+    )
+    source = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    failed = run_dag("leap_connect_reengagement", source)
+    assert failed.task_states["message_customers"] == "failed", failed.task_states
+    assert _outbox(reengagement_env) == []
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAP_DEFAULT",
+        connection_json(leap_emulator.url, EMULATOR_API_KEY, connect_account="acme-energy"),
+    )
+    fixed = run_dag("leap_connect_reengagement", source)
+    assert fixed.state == "success", fixed.task_states
+    counts = fixed.xcoms[("message_customers", "return_value")]
+    assert counts["sent"] == counts["due"] == len(_outbox(reengagement_env)) > 0
+    assert counts["given_up"] == counts["given_up_before"] == 0  # the failed run charged nobody
+
+
 @pytest.mark.usefixtures("leap_conn")
 def test_connection_watch_runs_end_to_end(run_dag, leap_emulator) -> None:
     done = sorted(
@@ -197,7 +222,96 @@ def test_the_message_id_is_the_contact_key_in_the_senders_domain(sender: str) ->
     assert not parsed["Message-ID"].defects
 
 
-def test_render_message_prefers_the_most_specific_wording() -> None:
+def _utility(name: str | None, status: str, code: str | None = None, required: bool = True) -> Any:
+    return {
+        "utility_name": name,
+        "status": status,
+        "utility_is_required": required,
+        "error_code": code,
+    }
+
+
+def _messages(*records: tuple[str, str, list[Any], dict[str, str]]) -> dict[str, str]:
+    """Each customer's first message, from records as Leap sends them through triage and the
+    plan, as the example renders it: ``(ref_id, connection_status, utilities, agreements)``."""
+    from airflow_provider_leap.contact import ContactPolicy, plan_contacts
+    from airflow_provider_leap.triage import triage
+
+    now = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
+    stalled = "2026-03-02T10:00:00Z"  # two hours ago: the first contact is due
+    rows = [
+        {
+            "id": f"CAISO_{ref}",
+            "ref_id": ref,
+            "transmission_region": "CAISO",
+            "connection_status": status,
+            "start_date_time_utc": stalled,
+            "last_interaction_date_time_utc": stalled,
+            "utility_connections": utilities,
+            "agreements": agreements,
+        }
+        for ref, status, utilities, agreements in records
+    ]
+    buckets = triage(rows, now=now).buckets
+    plan = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={})
+    module = _common()
+    rendered = {c.ref_id: module.render_message(c, None) for c in plan.due}
+    return {ref: f"{m['subject']} | {m['body']}" for ref, m in rendered.items()}
+
+
+def test_each_message_says_what_that_customer_must_do() -> None:
+    """Review s10c F1-F3, F5, F6: the utilities an error is about, forms by name, no UNKNOWN."""
+    u = _utility
+    dr = {"demand_response_participation_agreement_status": "PENDING"}
+    messages = _messages(
+        (
+            "one-error",
+            "ERROR",
+            [u("Pepco", "NOT_CONNECTED"), u("BGE", "ERROR", "INVALID_CREDENTIALS")],
+            {},
+        ),
+        (
+            "two-codes",
+            "ERROR",
+            [u("SCE", "ERROR", "USER_CANCELED"), u("PG&E", "ERROR", "INVALID_CREDENTIALS")],
+            {},
+        ),
+        ("new-code", "ERROR", [u("NES", "ERROR", "NO_ELIGIBLE_ACCOUNTS")], {}),
+        ("forms", "PARTIAL", [u("PG&E", "CONNECTED")], dr),
+        ("no-name", "PARTIAL", [u(None, "NOT_CONNECTED")], {}),
+        (
+            "either",
+            "PARTIAL",
+            [
+                u("PG&E", "NOT_CONNECTED", required=False),
+                u("LADWP", "NOT_CONNECTED", required=False),
+            ],
+            {},
+        ),
+        ("both", "PARTIAL", [u("PG&E", "NOT_CONNECTED"), u("SCE", "NOT_CONNECTED")], {}),
+    )
+    assert messages == {
+        "one-error": "Check your utility login | Your utility did not accept the username or "
+        "password for BGE. Reset it on the utility's website, then try again. We also still "
+        "need access to Pepco.",
+        "two-codes": "Did you mean to stop? | You cancelled while connecting SCE. If that was a "
+        "mistake, your link still works. Your utility did not accept the username or password "
+        "for PG&E. Reset it on the utility's website, then try again.",
+        "new-code": "We could not connect your utility account | Connecting NES did not finish. "
+        "Your link still works; if the utility keeps turning you away, contact us and we will "
+        "help.",
+        "forms": "Sign the last form to finish enrolling | Your utility is connected. Please "
+        "complete the demand response participation agreement.",
+        "no-name": "Finish connecting your utility | We still need access to your utility. "
+        "Please log in to finish.",
+        "either": "Finish connecting PG&E or LADWP | We still need access to PG&E or LADWP. "
+        "Please log in to finish.",
+        "both": "Finish connecting PG&E and SCE | We still need access to PG&E and SCE. Please "
+        "log in to finish.",
+    }
+
+
+def test_render_message_marks_reminders_links_and_other_regions() -> None:
     from airflow_provider_leap.contact import Contact
 
     module = _common()
@@ -215,27 +329,31 @@ def test_render_message_prefers_the_most_specific_wording() -> None:
             **fields,  # type: ignore[arg-type]
         )
 
-    item = {"reason": "error:INVALID_CREDENTIALS", "error_codes": {"PG&E": "INVALID_CREDENTIALS"}}
-    assert module.render_message(contact("utility_error", item), None)["subject"] == (
-        "Check your utility login"
-    )
     item = {"reason": "error:SOMETHING_NEW", "error_codes": {"PG&E": "SOMETHING_NEW"}}
     rendered = module.render_message(contact("utility_error", item), "https://x?refId=r1")
-    assert rendered["subject"] == "We could not connect your utility account"
-    assert "PG&E" in rendered["body"] and rendered["body"].endswith("https://x?refId=r1")
-    pending = {
-        "reason": "agreement:x",
-        "agreements": ["demand_response_participation_agreement_status"],
-    }
+    assert rendered["body"].endswith("Continue here: https://x?refId=r1")
+    pending = {"reason": "agreement:x", "agreements": ["x_status", "y_form_status"]}
     last = module.render_message(
         contact("agreements_pending", pending, first=False, final=True, step=3), None
     )
-    assert last["subject"].startswith("Reminder: ") and "last reminder" in last["body"]
-    assert "demand_response" in last["body"]
+    assert last["subject"] == "Reminder: Sign the last form to finish enrolling"
+    assert last["body"].endswith("complete the x and the y form. This is our last reminder.")
     other = contact(
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
     )
-    assert "PJM" in module.render_message(other, None)["body"]
+    assert module.render_message(other, None)["body"].endswith(
+        "(We also have an unfinished enrolment for you in PJM.)"
+    )
+
+
+def test_the_email_body_is_escaped_html_with_its_link_clickable() -> None:
+    link = "https://connect.leap.energy?transmissionRegion=PJM&refId=a%2Bb"
+    body = _common().as_html(f"Connecting Ameren <Illinois> did not finish. Continue here: {link}")
+    escaped = link.replace("&", "&amp;")
+    assert body == (
+        "Connecting Ameren &lt;Illinois&gt; did not finish. Continue here: "
+        f'<a href="{escaped}">{escaped}</a>'
+    )
 
 
 # -- leap_connect_events: the webhook path beside the hourly one ---------------------------------

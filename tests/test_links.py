@@ -59,3 +59,39 @@ with DAG("link_dag", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timez
 """
     result = run_dag("link_dag", source)
     assert result.xcoms[("triage", "_link_LeapConnectionsLink")] == wire.PORTAL_URLS["production"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, None),  # no account: no link
+        ({"connect_account": "acme"}, "https://connect.leap.energy?"),
+        ({"connect_account": "acme", "environment": "staging"}, "connect_base_url"),
+        (
+            {
+                "connect_account": "acme",
+                "environment": "staging",
+                "connect_base_url": "https://connect.staging.example",
+            },
+            "https://connect.staging.example?",
+        ),
+    ],
+)
+def test_customers_connect_link_follows_the_connections_environment(
+    monkeypatch, extra, expected
+) -> None:
+    """Review s10c F9: a staging connection sent its customers production's Connect links."""
+    from airflow_provider_leap.hooks.leap import LeapException, LeapHook
+
+    conn = {"conn_type": "leap", "password": "k:k", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_LINK", json.dumps(conn))
+    hook = LeapHook(leap_conn_id="leap_link")
+    if expected == "connect_base_url":
+        with pytest.raises(LeapException, match="staging.*set the extra connect_base_url"):
+            hook.connect_url("r1", "PJM")
+    elif expected is None:
+        assert hook.connect_url("r1", "PJM") is None
+    else:
+        assert hook.connect_url("r 1", "PJM") == (
+            f"{expected}transmissionRegion=PJM&variant=RESIDENTIAL&account=acme&refId=r%201"
+        )

@@ -361,7 +361,7 @@ CASES: dict[str, Case] = {
         ),
         "utility_error",
         "error:USER_CANCELED",
-        {"error_codes": {PGE: "USER_CANCELED"}, "utilities": [SDGE, PGE]},
+        {"error_codes": {PGE: "USER_CANCELED"}, "utilities": [SDGE, PGE], "any_one": True},
     ),
     "no-required-none-connected-none-in-error-row7": Case(
         record(
@@ -373,7 +373,7 @@ CASES: dict[str, Case] = {
         ),
         "utility_not_connected",
         "not_connected",
-        {"utilities": [SDGE, PGE]},
+        {"utilities": [SDGE, PGE], "any_one": True},
     ),
     "no-required-one-connected-never-row6-agreements": Case(
         record(

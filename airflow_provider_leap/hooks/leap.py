@@ -15,7 +15,7 @@ from airflow_provider_leap import DEFAULT_CONN_ID, webhooks
 from airflow_provider_leap.client import LeapClient, deprecated_alias
 from airflow_provider_leap.config import LeapConfig
 from airflow_provider_leap.connect_url import DEFAULT_CONNECT_BASE_URL, DEFAULT_VARIANT, connect_url
-from airflow_provider_leap.errors import LeapError
+from airflow_provider_leap.errors import LeapConfigError, LeapError
 from airflow_provider_leap.watch import WatchResult, check_ref_ids
 from airflow_provider_leap.webhooks import EnsureResult, Events, HeadersArg
 
@@ -128,17 +128,28 @@ class LeapHook(BaseHook):
 
     def connect_url(self, ref_id: str, transmission_region: str) -> str | None:
         """The customer's Leap Connect link, from the extras ``connect_account`` (required),
-        ``connect_variant`` and ``connect_base_url``; None when no account is configured."""
+        ``connect_variant`` and ``connect_base_url``; None when no account is configured.
+
+        Leap's Connect host is production's: a staging connection must name its own
+        ``connect_base_url`` (raises ``LeapException`` otherwise), or its customers would get
+        links to production, which does not know their Reference IDs."""
         config = self.config
         if not config.connect_account:
             return None
-        return connect_url(
-            ref_id,
-            transmission_region=transmission_region,
-            account=config.connect_account,
-            variant=config.connect_variant or DEFAULT_VARIANT,
-            base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
-        )
+        with airflow_errors():
+            if not config.connect_base_url and config.environment != "production":
+                raise LeapConfigError(
+                    f"Leap connection {self.leap_conn_id!r} is {config.environment}, and Leap's "
+                    f"Connect links ({DEFAULT_CONNECT_BASE_URL}) are production's: set the extra "
+                    "connect_base_url to the Connect host of that environment"
+                )
+            return connect_url(
+                ref_id,
+                transmission_region=transmission_region,
+                account=config.connect_account,
+                variant=config.connect_variant or DEFAULT_VARIANT,
+                base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
+            )
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap request, no retries: for ``airflow connections test`` and the UI button."""

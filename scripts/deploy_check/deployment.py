@@ -125,7 +125,7 @@ class Deployment:
             "conn_type": "leap",
             "host": self.emulator_url,
             "password": self.api_key,
-            "extra": {"webhook_secret": self.webhook_secret},
+            "extra": {"webhook_secret": self.webhook_secret, "connect_account": "deploy-check"},
         }
         smtp = self.smtp.connection()
         settings = {
