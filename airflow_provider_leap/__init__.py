@@ -118,7 +118,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "max_run_lag": {
                         "description": (
-                            "How many seconds behind the clock a run's run_after may be for "
+                            "How many seconds behind the clock a run's run_after (or its "
+                            "triage moment, when later) may be for "
                             "LeapContactOperator to send. Leap's API has no "
                             "history: a backfill, a catch-up or a run cleared hours later reads "
                             "today's records, and planning them at a past moment would replay "

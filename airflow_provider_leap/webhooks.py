@@ -71,6 +71,9 @@ REFRESH = timedelta(hours=1)
 # customer's message costs nothing when the refresh did show the event: it is then a new stall,
 # younger at the hourly run (REFRESH_LANDED_BY + STALE_MARGIN = 27 min) than the quiet period.
 STALE_MARGIN = timedelta(minutes=10)
+# Events received this long before ``stale_from`` are still checked customer by customer
+# (``held_back``): data up to that much older than REFRESH_LANDED_BY assumes is caught.
+LATE_DATA = timedelta(hours=2)
 
 # The published pattern of ``partner_reference`` (the Connect Reference ID).
 PARTNER_REFERENCE_PATTERN = r"^[^\/\\?\]\[{}!#$%^&*()<>|]{3,256}$"
@@ -508,21 +511,39 @@ def received_at(extra: Mapping[str, Any], recorded: datetime) -> datetime:
     return parse_timestamp(extra.get("event_time")) or recorded
 
 
-def announced_since(
-    events: Iterable[tuple[Mapping[str, Any] | None, datetime]], since: datetime
+def held_back(
+    events: Iterable[tuple[Mapping[str, Any] | None, datetime]],
+    since: datetime,
+    buckets: Mapping[str, Iterable[Mapping[str, Any]]],
+    margin: timedelta = STALE_MARGIN,
 ) -> set[str]:
-    """The Reference IDs of asset events received (:func:`received_at`) at or after ``since``.
+    """The Reference IDs whose Connect data may predate an event Leap announced for them.
 
-    ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded;
-    events with no ``ref_id`` name nobody and are skipped.
+    ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded
+    (events with no ``ref_id`` name nobody). A customer is held for an event received
+    (:func:`received_at`) at or after ``since`` (:func:`stale_from`: the refresh read may not
+    show it yet), or later than ``margin`` after the latest ``last_interaction`` their triage
+    items in ``buckets`` show: whenever Leap's refresh landed, that data shows nothing as late
+    as the event. The second rule is what verifies ``REFRESH_LANDED_BY``, an assumption.
     """
-    found: set[str] = set()
+    latest: dict[str, datetime] = {}
     for extra, recorded in events:
         extra = extra or {}
         ref_id = extra.get("ref_id")
-        if isinstance(ref_id, str) and ref_id and received_at(extra, recorded) >= since:
-            found.add(ref_id)
-    return found
+        if isinstance(ref_id, str) and ref_id:
+            at = received_at(extra, recorded)
+            if ref_id not in latest or at > latest[ref_id]:
+                latest[ref_id] = at
+    held = {ref_id for ref_id, at in latest.items() if at >= since}
+    shown: dict[str, datetime] = {}
+    for items in buckets.values():
+        for item in items:
+            ref_id = item.get("ref_id")
+            if ref_id in latest and ref_id not in held:
+                when = parse_timestamp(item.get("last_interaction"))
+                if when is not None and (ref_id not in shown or when > shown[ref_id]):
+                    shown[ref_id] = when
+    return held | {ref_id for ref_id, when in shown.items() if latest[ref_id] > when + margin}
 
 
 def stale_from(

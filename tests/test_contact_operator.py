@@ -315,6 +315,26 @@ def test_a_run_for_another_moment_than_the_present_sends_nothing(
     assert result.xcoms[("contact", "return_value")]["sent"] > 0 and outbox.exists()
 
 
+def test_a_run_that_answers_later_than_its_run_after_is_for_the_present(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s10a F3: the webhook DAG's run_after is when the event came, and it triages later,
+    once the refresh shows the event (``answer_time``, up to 1.5 h on): a max_run_lag of an hour
+    blocked every such run. Its moment, now, is what tells it is for the present."""
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", "3600")
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
+    )
+    present = datetime.now(timezone.utc).replace(microsecond=0)
+    answers_now = source.replace("dag_run.run_after", f"'{present.isoformat()}'")
+    assert answers_now != source
+    event = present - timedelta(hours=1, minutes=27)
+    result = run_dag("leap_contact_ledger", answers_now, logical_date=None, run_after=event)
+    counts = result.xcoms[("contact", "return_value")]
+    assert counts["sent"] == counts["due"] > 0 and counts["not_now"] == 0
+
+
 def test_a_contact_task_mapped_over_channels_sends_on_each_once(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -463,6 +463,79 @@ def consumer(airflow_db, tmp_path_factory):  # type: ignore[no-untyped-def]
     add_consumer_dag(tmp_path_factory.mktemp("consumer"), "leap_default", "leap_events_consumer")
 
 
+def _refresh_lands_at(minutes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's data of hour H becomes visible at H:<minutes>, not on the hour."""
+    from airflow_provider_leap.testing import journeys
+
+    def last_refresh(at: datetime) -> datetime:
+        return (at - timedelta(minutes=minutes)).replace(minute=0, second=0, microsecond=0)
+
+    monkeypatch.setattr(journeys, "last_refresh", last_refresh)
+
+
+@pytest.mark.parametrize("lands_at", [0, 25])
+def test_a_completion_is_held_even_when_the_refresh_lands_late(
+    run_dag, reengagement_env, leap_emulator, consumer, monkeypatch, lands_at
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s10a F1: with Leap's 10:00 refresh visible only at 10:25, the 10:17 run reads the
+    9:00 data, and a customer who completed at 9:20 (webhook received then, before 9:50) was
+    messaged. The event is later than anything their data shows: held."""
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    _refresh_lands_at(lands_at, monkeypatch)
+    population = _play(
+        leap_emulator,
+        _at("00:00"),
+        _customer("finisher", Event(_at("07:00"), Step.CLICK), Event(_at("09:20"), Step.COMPLETE)),
+        _customer("clicker", Event(_at("07:00"), Step.CLICK)),
+    )
+    WebhookLog(population).record(until=_at("10:17"))
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    leap_emulator.now = _at("10:17")
+    result = run_dag(
+        "leap_connect_reengagement", hourly, logical_date=_at("10:17"), run_after=_at("10:17")
+    )
+    assert result.state == "success", result.task_states
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker"]
+    counts = result.xcoms[("message_customers", "return_value")]
+    assert (counts["held"], counts["completed"]) == ((1, 0) if lands_at else (0, 1))
+
+
+@pytest.mark.parametrize("lands_at", [0, 25])
+def test_one_first_contact_per_stall_even_when_the_refresh_lands_late(
+    run_dag, reengagement_env, leap_emulator, consumer, monkeypatch, lands_at
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s10a F1b: a click at 9:30 and a cancel at 10:05. With the refresh at :25 the 11:17
+    runs read the 9:30 click as the stall and messaged it, then the 12:17 run gave the cancel
+    a second first contact. Held at 11:17, the customer gets one: about the cancel."""
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    _refresh_lands_at(lands_at, monkeypatch)
+    population = _play(
+        leap_emulator,
+        _at("00:00"),
+        _customer("retrier", Event(_at("09:30"), Step.CLICK), Event(_at("10:05"), Step.ERROR, "X")),
+    )
+    webhooks = WebhookLog(population)
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    events = (EXAMPLES / "leap_connect_events.py").read_text()
+    for name, source, received, when in (
+        ("leap_connect_reengagement", hourly, None, "10:17"),
+        ("leap_connect_events", events, "10:05", "11:17"),
+        ("leap_connect_reengagement", hourly, None, "11:17"),
+        ("leap_connect_reengagement", hourly, None, "12:17"),
+    ):
+        leap_emulator.now = _at(when)
+        webhooks.record(until=_at(when))
+        conf = (
+            {"ref_ids": ["retrier"], "received_at": _at(received).isoformat()} if received else {}
+        )
+        result = run_dag(name, source, logical_date=None, run_after=_at(when), run_conf=conf)
+        assert result.state == "success", result.task_states
+    sent = [(m["ref_id"], m["stall"], m["step"], m["reason"]) for m in _outbox(reengagement_env)]
+    assert sent == [("retrier", "2026-03-02T10:05:00Z", 0, "error:X")]
+
+
 def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     run_dag, reengagement_env, leap_emulator, consumer, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

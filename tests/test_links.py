@@ -87,7 +87,7 @@ def test_customers_connect_link_follows_the_connections_environment(
     monkeypatch.setenv("AIRFLOW_CONN_LEAP_LINK", json.dumps(conn))
     hook = LeapHook(leap_conn_id="leap_link")
     if expected == "connect_base_url":
-        with pytest.raises(LeapException, match="staging.*set the extra connect_base_url"):
+        with pytest.raises(LeapException, match=r"staging.*set the extra connect_base_url"):
             hook.connect_url("r1", "PJM")
     elif expected is None:
         assert hook.connect_url("r1", "PJM") is None

@@ -20,7 +20,7 @@ from airflow_provider_leap.delivery import attention_item, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
-from airflow_provider_leap.webhooks import announced_since, stale_from
+from airflow_provider_leap.webhooks import LATE_DATA, held_back, stale_from
 from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
@@ -146,8 +146,10 @@ class LeapContactOperator(BaseOperator):
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
-        :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time) is held back
-        for this run: the record may predate a completion or a new step. Held customers are
+        :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or later
+        than the last interaction their record shows (the data is older than assumed:
+        :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run: the
+        record may predate a completion or a new step. Held customers are
         counted (``held``) and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
@@ -224,20 +226,22 @@ class LeapContactOperator(BaseOperator):
         }
         return when, buckets
 
-    def _announced(self, context: Context, now: datetime) -> set[str]:
-        """Reference IDs Leap announced news for since the data read at ``now`` was refreshed."""
+    def _announced(
+        self, context: Context, now: datetime, buckets: dict[str, list[Any]]
+    ) -> set[str]:
+        """Reference IDs whose data, read at ``now``, may predate news Leap announced since."""
         if self.hold_on_events is None:
             return set()
         since = stale_from(now)
         # Airflow records an event when it is received or later: its time never filters one out.
-        events = context["inlet_events"][self.hold_on_events].after(since.isoformat())
-        announced = announced_since(((e.extra, e.timestamp) for e in events), since)
+        events = context["inlet_events"][self.hold_on_events].after((since - LATE_DATA).isoformat())
+        announced = held_back(((e.extra, e.timestamp) for e in events), since, buckets)
         self.log.info(
-            "%d event(s) for %d customer(s) on %s since %s (the data read at %s may not show them)",
+            "%d event(s) on %s since %s: %d customer(s) whose data, read at %s, may not show one",
             len(events),
-            len(announced),
             self.hold_on_events.uri,
-            since.isoformat(),
+            (since - LATE_DATA).isoformat(),
+            len(announced),
             now.astimezone(timezone.utc).isoformat(),
         )
         return announced
@@ -246,7 +250,9 @@ class LeapContactOperator(BaseOperator):
         """Why a run that is not for the present sends nothing, or None. Leap's API has no
         history: a backfill, a catch-up, a late retry or a run cleared hours later reads
         today's records, and sending them at the run's past moment (recorded as sent then)
-        replays the cadence in minutes. Its ``run_after`` tells, whatever time it triages at."""
+        replays the cadence in minutes. The later of its ``run_after`` and its moment ``now``
+        tells: a DAG may triage at its logical date (earlier), and the webhook DAG once the
+        refresh shows the event (later, ``webhooks.answer_time``)."""
         lag, clock = max_run_lag(), datetime.now(timezone.utc)
         if lag is None:
             return None
@@ -255,18 +261,19 @@ class LeapContactOperator(BaseOperator):
                 f"its moment {now.isoformat()} is ahead of this worker's clock "
                 f"({clock.isoformat()}): was a wait marked done by hand?"
             )
-        if clock - run_after > lag:
+        latest = max(run_after, now)
+        if clock - latest > lag:
             return (
-                f"it is {(clock - run_after) / timedelta(hours=1):.1f} h behind the clock "
-                f"(run_after {run_after.isoformat()}; [leap] max_run_lag "
-                f"{lag / timedelta(hours=1):g} h): a backfill, a catch-up, a late retry or a run "
-                "cleared later; the run for the present sends what is due"
+                f"it is {(clock - latest) / timedelta(hours=1):.1f} h behind the clock "
+                f"(run_after {run_after.isoformat()}, moment {now.isoformat()}; [leap] "
+                f"max_run_lag {lag / timedelta(hours=1):g} h): a backfill, a catch-up, a late "
+                "retry or a run cleared later; the run for the present sends what is due"
             )
         return None
 
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
-        hold = self._announced(context, now)
+        hold = self._announced(context, now, buckets)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
         run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{_map_index(ti)}/"  # every try's owner prefix
