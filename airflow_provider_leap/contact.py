@@ -214,6 +214,9 @@ class Contact:
     attempt: int
     item: Mapping[str, Any]
     also: tuple[dict[str, Any], ...] = ()
+    # Messages of the stall on record when it was planned: the ledger lets one message go out
+    # as the stall's next (two senders planning at once at different times pick two steps).
+    sent_before: int = 0
 
 
 @dataclass
@@ -389,6 +392,7 @@ def plan_contacts(
             attempt=attempt,
             item=item,
             also=tuple(also),
+            sent_before=state.sent_count,
         )
         if spent:
             plan.given_up.append(contact)

@@ -7,13 +7,16 @@ subfolder per channel::
     <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
     <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
+    <root>/<channel>/slots/<slot>              the stall's next message, taken with the claim
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
     <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
-only one process ever sends that attempt. Right after the send, a second file records the
+only one process ever sends that attempt; with it, it creates the stall's next message slot
+(the customer, the stall, the number of messages before), so two senders that planned at
+different times, and so picked different steps, never both send. Right after the send, a second file records the
 outcome (a new file, not a rewrite: cheaper, and never a half-written claim). A claim with no
 outcome (the process was killed mid-send) may or may not have gone out: once stale it counts as
 sent, never repeated, and is reported for a person.
@@ -53,6 +56,9 @@ SNAPSHOT = "ledger.json"
 # builds only, by their number).
 FORMAT = 2
 CLAIMS = "claims"
+# One file per message of a stall, by its number (``message_slot``): created exclusively with
+# the claim, so two senders planning different steps as the same next message collide.
+SLOTS = "slots"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
 GENERATION = "generation"
@@ -104,6 +110,16 @@ class Claim(msgspec.Struct, kw_only=True):
     owner: str = ""
     error: str | None = None
     horizon: float = 0.0  # the sender's, in seconds: see ``Snapshot.horizon``
+    slot: str = ""  # its ``message_slot``: kept while the claim is live
+
+
+def message_slot(contact: Contact) -> str:
+    """The name of the stall's next message (the customer, the stall's instant, its number),
+    whichever step is planned as it."""
+    instant = stall_order(contact.stall).isoformat()
+    number = contact.sent_before + 1
+    digest = hashlib.sha256(f"{contact.ref_id}\x1f{instant}\x1f{number}".encode()).hexdigest()
+    return f"ms-{digest[:40]}"
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -223,6 +239,8 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
         if recorded != contacted:
             return recorded > contacted
     if entry.sent_offset >= contact.offset or entry.failed_offset > contact.offset:
+        return True
+    if entry.sent_count > contact.sent_before:  # another step went out since the plan
         return True
     return entry.failed_offset == contact.offset and entry.failures >= contact.attempt
 
@@ -457,6 +475,7 @@ class DeliveryLedger:
     def _prepare(self) -> None:
         if not self._prepared:
             self.claims.mkdir(parents=True, exist_ok=True)
+            (self.folder / SLOTS).mkdir(parents=True, exist_ok=True)
             self._prepared = True
 
     def check_writable(self) -> None:
@@ -528,6 +547,7 @@ class DeliveryLedger:
         # into a snapshot written before its deletion, so the snapshot read next holds it; a
         # claim seen in both is folded twice, which changes nothing (``Entry.fold`` keeps the
         # highest offset, attempt and time, and counts a step once).
+        slots = self._list(self.folder / SLOTS)  # before the claims: see ``claim``
         claims = self._read_claims()
         snapshot = self._read_snapshot()
         entries = _by_ref_id(snapshot)
@@ -570,6 +590,11 @@ class DeliveryLedger:
             for path in folded:
                 path.unlink(missing_ok=True)
             view.compacted = True
+        if compact:  # a slot whose claim is not live: its message is in this snapshot, or failed
+            held = {claim.slot for claim in live}
+            for path in slots:
+                if path.name not in held:
+                    path.unlink(missing_ok=True)
         self._generation, self._newer = generation, None
         self._forgotten_before = cutoff
         if view.unconfirmed and not view.compacted:
@@ -613,12 +638,16 @@ class DeliveryLedger:
             )
         return snapshot
 
-    def _read_claims(self) -> list[tuple[list[StoragePath], Claim]]:
-        """Each attempt's files and what they say: the outcome when written, else the claim."""
+    @staticmethod
+    def _list(folder: StoragePath) -> list[StoragePath]:
         try:
-            paths = list(self.claims.iterdir())
+            return list(folder.iterdir())
         except (FileNotFoundError, NotADirectoryError):  # nothing claimed yet
             return []
+
+    def _read_claims(self) -> list[tuple[list[StoragePath], Claim]]:
+        """Each attempt's files and what they say: the outcome when written, else the claim."""
+        paths = self._list(self.claims)
         attempts: dict[str, tuple[list[StoragePath], Claim]] = {}
         for path in paths:
             attempt, _, kind = path.name.rpartition(".")
@@ -757,24 +786,36 @@ class DeliveryLedger:
             owner=self.owner,
             error=error,
             horizon=self.horizon.total_seconds(),
+            slot=message_slot(contact),
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
-        """Take attempt ``contact.attempt`` of this contact; False if another sender has it,
-        or had it and a compaction since this ledger's ``load`` recorded it."""
-        body = msgspec.json.encode(self._claim(contact, SENDING, now, None))
-        path = self._attempt_path(contact, CLAIM)
+        """Take attempt ``contact.attempt`` of this contact, and the stall's next message slot;
+        False if another sender has either, or a compaction since this ledger's ``load``
+        recorded the attempt or another message of the stall.
+
+        The slot is created after the claim and listed before the claims by a compaction, so a
+        slot it finds has its claim listed too, and it deletes the slot only when that claim is
+        no longer live: sent (then in its snapshot, which ``_covered`` reads) or failed."""
+        claim = self._claim(contact, SENDING, now, None)
+        body = msgspec.json.encode(claim)
+        path, slot = self._attempt_path(contact, CLAIM), self.folder / SLOTS / claim.slot
         with _storage_failure(lambda exc: f"Cannot record a claim in {self.claims}: {exc}"):
             self._prepare()
             if not self._create_exclusive(path, body):
                 return False
+            taken = False
             try:
-                covered = self._covered(contact)
+                taken = self._create_exclusive(slot, body)
+                covered = not taken or self._covered(contact)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
-                path.unlink(missing_ok=True)
+                covered = True
                 raise
-            if covered:
-                path.unlink(missing_ok=True)
+            finally:
+                if covered:
+                    if taken:
+                        slot.unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
             return not covered
 
     def _covered(self, contact: Contact) -> bool:

@@ -415,6 +415,47 @@ def test_the_hourly_run_and_webhook_runs_at_once_send_each_contact_once(tmp_path
     assert len(sent) == 120 and set(sent.values()) == {1}
 
 
+@pytest.mark.parametrize("between", ["nothing", "a compaction", "a failure and a compaction"])
+def test_two_senders_that_planned_different_steps_send_one_message(
+    tmp_path: Path, between: str
+) -> None:
+    """Reviews s10a F6 and s10b 1: the hourly run plans at 12:17, a webhook run at 12:25; a stall
+    of yesterday 12:20 is at step 0 for one and step 1 for the other. Both claims succeeded
+    (their keys differ) and the customer got two first contacts within minutes."""
+    stall = T0.replace(day=1, hour=12, minute=20)
+    items = buckets(1, stall)
+    hourly_now, events_now = T0.replace(minute=17), T0.replace(minute=25)
+    hourly, events = (
+        DeliveryLedger(tmp_path, owner="hourly"),
+        DeliveryLedger(tmp_path, owner="events"),
+    )
+    early = plan_contacts(
+        items, now=hourly_now, policy=POLICY, ledger=hourly.load(hourly_now).states
+    )
+    late = plan_contacts(
+        items, now=events_now, policy=POLICY, ledger=events.load(events_now).states
+    )
+    assert [(c.step, c.sent_before) for c in early.due + late.due] == [(0, 0), (1, 0)]
+    first = Outbox(fail={"cust-0000"}) if "failure" in between else Outbox()
+    deliver(late.due, first, events, now=events_now, max_attempts=3)
+    if "compaction" in between:  # another task's load folds the claim and deletes its files
+        DeliveryLedger(tmp_path, owner="other").load(events_now)
+    second = Outbox()
+    report = deliver(early.due, second, hourly, now=hourly_now, max_attempts=3)
+    # The earlier step stands aside: the later one went out, or failed and is tried again.
+    assert (second.sent, report.claimed_elsewhere) == ([], 1)
+    assert len(first.sent) == (0 if "failure" in between else 1)
+    # A refused claim leaves nothing behind: the next run plans from what was sent.
+    nxt = DeliveryLedger(tmp_path, owner="next")
+    tomorrow = events_now + timedelta(days=1)
+    plan = plan_contacts(items, now=tomorrow, policy=POLICY, ledger=nxt.load(tomorrow).states)
+    assert list((tmp_path / "email" / "slots").iterdir()) == []
+    if "failure" in between:
+        assert [(c.step, c.attempt, c.sent_before) for c in plan.due] == [(1, 2, 0)]
+    else:
+        assert plan.due == [] and plan.outcomes["already_sent"] == 1
+
+
 @pytest.mark.parametrize("where", ["local", "object store"])
 def test_a_file_is_created_whole_or_not_at_all(tmp_path: Path, where: str) -> None:
     from upath import UPath
