@@ -16,8 +16,9 @@ A sender *claims* attempt ``n`` of a contact by creating its claim file exclusiv
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
 only one process ever sends that attempt; with it, it creates the stall's next message slot
 (the customer, the stall, the number of messages before), so two senders that planned at
-different times, and so picked different steps, never both send. Right after the send, a second file records the
-outcome (a new file, not a rewrite: cheaper, and never a half-written claim). A claim with no
+different times, and so picked different steps, never both send. Right after the send, a
+second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
+claim). A claim with no
 outcome (the process was killed mid-send) may or may not have gone out: once stale it counts as
 sent, never repeated, and is reported for a person.
 

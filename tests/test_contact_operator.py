@@ -107,6 +107,54 @@ def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reporte
     assert [a["why"] for a in again.xcoms[("contact", "attention")]] == []
 
 
+DOWN_SOURCE = """
+from datetime import datetime, timedelta, timezone
+from airflow.sdk import DAG
+from airflow_provider_leap.operators.contact import LeapContactOperator
+from airflow_provider_leap.operators.triage import TriageOperator
+
+class Sender:  # a channel whose session cannot open, as the example's relay down at the start
+    def __enter__(self):
+        raise ConnectionRefusedError("relay down: connection refused")
+    def __exit__(self, *exc):
+        return None
+    def __call__(self, contact):
+        pass
+
+start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+with DAG("leap_contact_down", schedule=None, start_date=start) as dag:
+    TriageOperator(task_id="triage", ref_ids={ref_ids!r}) >> LeapContactOperator(
+        task_id="contact", send=Sender(), ledger_url={ledger!r}, retries=1,
+        retry_delay=timedelta(seconds=1),
+    )
+"""
+
+
+def test_a_send_found_unconfirmed_by_a_run_that_never_sends_is_still_reported(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s10b 2: only the run that folds an unconfirmed send lists it; when every try of
+    that run failed before its report (the channel down at the start), nobody ever did."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    first, second = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due[:2]
+
+    def killed(contact):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # what a SIGKILL leaves: a claim still "sending"
+
+    an_hour_ago = now - timedelta(hours=1)  # the claim is stale by now
+    ledger = DeliveryLedger(tmp_path / "ledger", clock=lambda: an_hour_ago)
+    with pytest.raises(KeyboardInterrupt):
+        deliver([first], killed, ledger, now=an_hour_ago, max_attempts=2)
+    source = DOWN_SOURCE.format(
+        ref_ids=[first.ref_id, second.ref_id], ledger=(tmp_path / "ledger").as_uri()
+    )
+    result = run_dag("leap_contact_down", source, logical_date=None)
+    assert result.task_states["contact"] == "failed"
+    attention = result.xcoms[("contact", "attention")]
+    assert [(a["ref_id"], a["why"]) for a in attention] == [(first.ref_id, "unconfirmed")]
+
+
 MOVING_SOURCE = """
 from datetime import datetime, timezone
 from airflow.sdk import DAG

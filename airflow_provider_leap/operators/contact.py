@@ -329,6 +329,19 @@ class LeapContactOperator(BaseOperator):
             url,
             view.stalls,
         )
+        earlier_try = "given up by an earlier try of this run (its log has the error)"
+        interrupted = "a send was interrupted; not repeated"
+        step_of = {offset: step for step, offset in enumerate(self.policy.offsets)}
+        found = [  # what this load found for a person: pushed before sending, in case no try
+            # of this run gets past the sender (a relay down, a timeout), as no later run lists it
+            *(attention_item(contact, "given_up", earlier_try) for contact in plan.given_up),
+            *(
+                {"why": "unconfirmed", "detail": interrupted, **u, "step": step_of.get(u["offset"])}
+                for u in view.unconfirmed
+            ),
+        ]
+        if found:
+            ti.xcom_push(key="attention", value=found)
         opened: contextlib.AbstractContextManager[Callable[[Contact], Any]] = (
             self.send
             if plan.due and isinstance(self.send, contextlib.AbstractContextManager)
@@ -345,17 +358,7 @@ class LeapContactOperator(BaseOperator):
         record.keep(ledger.mark(view, earlier), replace=bool(older))
         counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
         counts["not_now"] = not_now
-        earlier_try = "given up by an earlier try of this run (its log has the error)"
-        interrupted = "a send was interrupted; not repeated"
-        step_of = {offset: step for step, offset in enumerate(self.policy.offsets)}
-        attention = [
-            *report.attention,
-            *(attention_item(contact, "given_up", earlier_try) for contact in plan.given_up),
-            *(
-                {"why": "unconfirmed", "detail": interrupted, **u, "step": step_of.get(u["offset"])}
-                for u in view.unconfirmed
-            ),
-        ]
+        attention = [*report.attention, *found]
         self.log.info(
             "Channel %s: %s", self.channel, ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         )
