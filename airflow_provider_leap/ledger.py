@@ -60,6 +60,7 @@ CLAIMS = "claims"
 # One file per message of a stall, by its number (``message_slot``): created exclusively with
 # the claim, so two senders planning different steps as the same next message collide.
 SLOTS = "slots"
+SLOT_PREFIX = "ms-"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
 LOCK = "compact.lock"
 GENERATION = "generation"
@@ -120,7 +121,7 @@ def message_slot(contact: Contact) -> str:
     instant = stall_order(contact.stall).isoformat()
     number = contact.sent_before + 1
     digest = hashlib.sha256(f"{contact.ref_id}\x1f{instant}\x1f{number}".encode()).hexdigest()
-    return f"ms-{digest[:40]}"
+    return f"{SLOT_PREFIX}{digest[:40]}"
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -397,17 +398,19 @@ def _link_new(path: Path, body: bytes) -> bool:
 
 
 def _fill(path: StoragePath, handle: Any, body: bytes) -> None:
-    """Write a file just created; if that fails, remove it: no half-made file blocks the name.
-    Except when the store refuses the name at commit (S3's and GCS's exclusive create decide at
-    close): the object there is another writer's, never to be removed."""
+    """Write a file just created; if the write fails, remove it: no half-made file blocks the
+    name. A failure at close is left alone: S3's and GCS's exclusive create decide there, and
+    whatever refused the commit (the name taken, or S3's 409 when a delete of the name ran at
+    the same time) means the object under the name, if any, is another writer's."""
+    written = False
     try:
         with handle:
             handle.write(body)
-    except FileExistsError:
-        raise
+            written = True
     except BaseException:
-        with contextlib.suppress(Exception):
-            path.unlink(missing_ok=True)
+        if not written:
+            with contextlib.suppress(Exception):
+                path.unlink(missing_ok=True)
         raise
 
 
@@ -593,8 +596,8 @@ class DeliveryLedger:
             view.compacted = True
         if compact:  # a slot whose claim is not live: its message is in this snapshot, or failed
             held = {claim.slot for claim in live}
-            for path in slots:
-                if path.name not in held:
+            for path in slots:  # not another sender's slot still being created (a tmp file)
+                if path.name.startswith(SLOT_PREFIX) and path.name not in held:
                     path.unlink(missing_ok=True)
         self._generation, self._newer = generation, None
         self._forgotten_before = cutoff
@@ -797,7 +800,9 @@ class DeliveryLedger:
 
         The slot is created after the claim and listed before the claims by a compaction, so a
         slot it finds has its claim listed too, and it deletes the slot only when that claim is
-        no longer live: sent (then in its snapshot, which ``_covered`` reads) or failed."""
+        no longer live: sent (then in its snapshot, which ``_covered`` reads), failed or given
+        back. Until a compaction, a slot whose claim was given back (or failed, or released)
+        holds its message: a retry before then counts it ``claimed_elsewhere``."""
         claim = self._claim(contact, SENDING, now, None)
         body = msgspec.json.encode(claim)
         path, slot = self._attempt_path(contact, CLAIM), self.folder / SLOTS / claim.slot
@@ -805,17 +810,16 @@ class DeliveryLedger:
             self._prepare()
             if not self._create_exclusive(path, body):
                 return False
-            taken = False
             try:
-                taken = self._create_exclusive(slot, body)
-                covered = not taken or self._covered(contact)
+                # A slot taken is never given back here, only deleted by a compaction (under its
+                # lock): deleted now, between a compaction's listings of slots and of claims,
+                # another sender could take it and the compaction delete that live slot.
+                covered = not self._create_exclusive(slot, body) or self._covered(contact)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 covered = True
                 raise
             finally:
                 if covered:
-                    if taken:
-                        slot.unlink(missing_ok=True)
                     path.unlink(missing_ok=True)
             return not covered
 

@@ -456,6 +456,48 @@ def test_two_senders_that_planned_different_steps_send_one_message(
         assert plan.due == [] and plan.outcomes["already_sent"] == 1
 
 
+def test_a_slot_is_deleted_by_a_compaction_only_never_by_its_sender(tmp_path: Path) -> None:
+    """Review s10d F1: a claim found covered gave its slot back; between a compaction's listings
+    of slots and of claims that let a third sender take the slot, the compaction delete it live,
+    and a fourth send too. A slot taken stays until a compaction that sees no live claim."""
+    stall = T0.replace(day=1, hour=12, minute=20)
+    items = buckets(1, stall)
+    now = T0.replace(minute=17)
+    first, second = DeliveryLedger(tmp_path, owner="w1"), DeliveryLedger(tmp_path, owner="w2")
+    planned = [
+        plan_contacts(items, now=now, policy=POLICY, ledger=ledger.load(now).states).due
+        for ledger in (first, second)
+    ]
+    deliver(planned[0], Outbox(fail={"cust-0000"}), first, now=now, max_attempts=3)
+    DeliveryLedger(tmp_path, owner="other").load(now)  # folds the failure, frees its slot
+    slots = tmp_path / "email" / "slots"
+    assert list(slots.iterdir()) == []
+    report = deliver(planned[1], Outbox(), second, now=now, max_attempts=3)  # covered: refused
+    assert report.claimed_elsewhere == 1 and len(list(slots.iterdir())) == 1
+    DeliveryLedger(tmp_path, owner="next").load(now)
+    assert list(slots.iterdir()) == []
+
+
+def test_a_compaction_leaves_a_slot_being_created_alone(tmp_path: Path, monkeypatch) -> None:
+    """Review s10d F2: a compaction deleted the temporary file another sender was about to link
+    as its slot, and that sender's whole delivery failed."""
+    import airflow_provider_leap.ledger as ledger_module
+
+    sender = DeliveryLedger(tmp_path, owner="hourly")
+    due = plan_contacts(buckets(3), now=T0, policy=POLICY, ledger=sender.load(T0).states).due
+    link, other = os.link, DeliveryLedger(tmp_path, owner="webhook")
+
+    def link_after_a_compaction(src, dst):  # type: ignore[no-untyped-def]
+        if Path(dst).parent.name == "slots":
+            other.load(T0)  # another task's load compacts now: the tmp file is in slots/
+        return link(src, dst)
+
+    monkeypatch.setattr(ledger_module.os, "link", link_after_a_compaction)
+    outbox = Outbox()
+    report = deliver(due, outbox, sender, now=T0, max_attempts=3)
+    assert (report.sent, len(outbox.sent)) == (3, 3)
+
+
 @pytest.mark.parametrize("where", ["local", "object store"])
 def test_a_file_is_created_whole_or_not_at_all(tmp_path: Path, where: str) -> None:
     from upath import UPath
@@ -599,6 +641,29 @@ def test_a_store_that_refuses_the_name_at_commit_never_loses_the_winners_file(
         _fill(claim, loser, b"loser")  # how ExclusiveCreate writes: the store refuses at commit
     assert ExclusiveCreate()(claim, b"third") is False  # refused at close: "it existed"
     assert claim.path.read_bytes() == b"winner"
+
+
+def test_a_commit_that_fails_otherwise_never_removes_the_object_either(tmp_path: Path) -> None:
+    """Review s10d F4: S3 answers 409 (s3fs: OSError EIO) when a DELETE of the name ran during
+    the PUT; the loser then removed what was under the name: another sender's live slot."""
+    from airflow_provider_leap.ledger import _fill
+
+    slot = _CommitTimeStore(tmp_path) / "ms-abc"
+    slot.path.write_bytes(b"another sender's")
+
+    class Conflict:
+        def write(self, body: bytes) -> None:
+            pass
+
+        def __enter__(self) -> Conflict:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            raise OSError(5, "ConditionalRequestConflict: 409")
+
+    with pytest.raises(OSError, match="409"):
+        _fill(slot, Conflict(), b"ours")
+    assert slot.path.read_bytes() == b"another sender's"
 
 
 def test_a_claim_whose_check_fails_is_given_back_not_left_in_flight(
