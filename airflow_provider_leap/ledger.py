@@ -551,7 +551,8 @@ class DeliveryLedger:
         # into a snapshot written before its deletion, so the snapshot read next holds it; a
         # claim seen in both is folded twice, which changes nothing (``Entry.fold`` keeps the
         # highest offset, attempt and time, and counts a step once).
-        slots = self._list(self.folder / SLOTS)  # before the claims: see ``claim``
+        # Slots before the claims (see ``claim``); only a compaction deletes them.
+        slots = self._list(self.folder / SLOTS) if compact else []
         claims = self._read_claims()
         snapshot = self._read_snapshot()
         entries = _by_ref_id(snapshot)
