@@ -18,9 +18,8 @@ only one process ever sends that attempt; with it, it creates the stall's next m
 (the customer, the stall, the number of messages before), so two senders that planned at
 different times, and so picked different steps, never both send. Right after the send, a
 second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
-claim). A claim with no
-outcome (the process was killed mid-send) may or may not have gone out: once stale it counts as
-sent, never repeated, and is reported for a person.
+claim). A claim with no outcome (the process was killed mid-send) may or may not have gone out:
+once stale it counts as sent, never repeated, and is reported for a person.
 
 Compaction folds settled claims into ``ledger.json`` and then deletes them, which would let a
 sender that planned earlier claim an attempt already sent: so every compaction first writes
