@@ -71,8 +71,8 @@ REFRESH = timedelta(hours=1)
 # customer's message costs nothing when the refresh did show the event: it is then a new stall,
 # younger at the hourly run (REFRESH_LANDED_BY + STALE_MARGIN = 27 min) than the quiet period.
 STALE_MARGIN = timedelta(minutes=10)
-# Events received this long before ``stale_from`` are still checked customer by customer
-# (``held_back``): data up to that much older than REFRESH_LANDED_BY assumes is caught.
+# Completions received this long before ``stale_from`` still hold a customer (``held_back``):
+# data up to that much older than REFRESH_LANDED_BY assumes never asks one to finish.
 LATE_DATA = timedelta(hours=2)
 
 # The published pattern of ``partner_reference`` (the Connect Reference ID).
@@ -512,38 +512,31 @@ def received_at(extra: Mapping[str, Any], recorded: datetime) -> datetime:
 
 
 def held_back(
-    events: Iterable[tuple[Mapping[str, Any] | None, datetime]],
-    since: datetime,
-    buckets: Mapping[str, Iterable[Mapping[str, Any]]],
-    margin: timedelta = STALE_MARGIN,
+    events: Iterable[tuple[Mapping[str, Any] | None, datetime]], since: datetime
 ) -> set[str]:
     """The Reference IDs whose Connect data may predate an event Leap announced for them.
 
     ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded
     (events with no ``ref_id`` name nobody). A customer is held for an event received
     (:func:`received_at`) at or after ``since`` (:func:`stale_from`: the refresh read may not
-    show it yet), or later than ``margin`` after the latest ``last_interaction`` their triage
-    items in ``buckets`` show: whenever Leap's refresh landed, that data shows nothing as late
-    as the event. The second rule is what verifies ``REFRESH_LANDED_BY``, an assumption.
+    show it yet), and for an earlier one that announced their Connect session COMPLETED: a
+    customer who is due is not COMPLETED in the data, so the data predates that event, however
+    late Leap's refresh landed (``REFRESH_LANDED_BY`` is an assumption). The caller reads
+    events from ``LATE_DATA`` before ``since``.
     """
-    latest: dict[str, datetime] = {}
+    held: set[str] = set()
     for extra, recorded in events:
         extra = extra or {}
         ref_id = extra.get("ref_id")
-        if isinstance(ref_id, str) and ref_id:
-            at = received_at(extra, recorded)
-            if ref_id not in latest or at > latest[ref_id]:
-                latest[ref_id] = at
-    held = {ref_id for ref_id, at in latest.items() if at >= since}
-    shown: dict[str, datetime] = {}
-    for items in buckets.values():
-        for item in items:
-            ref_id = item.get("ref_id")
-            if ref_id in latest and ref_id not in held:
-                when = parse_timestamp(item.get("last_interaction"))
-                if when is not None and (ref_id not in shown or when > shown[ref_id]):
-                    shown[ref_id] = when
-    return held | {ref_id for ref_id, when in shown.items() if latest[ref_id] > when + margin}
+        if not isinstance(ref_id, str) or not ref_id:
+            continue
+        completed = (
+            extra.get("event_type") == CONNECT_SESSION_UPDATED
+            and extra.get("status") == "COMPLETED"
+        )
+        if completed or received_at(extra, recorded) >= since:
+            held.add(ref_id)
+    return held
 
 
 def stale_from(

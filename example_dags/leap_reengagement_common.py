@@ -113,8 +113,9 @@ def _connection_exists(conn_id: str) -> bool:
 
 
 def _names(names: Iterable[object], glue: str = "and") -> str:
-    """Utility names for a sentence; a name Leap did not send (``UNKNOWN``) is left out."""
-    named = [str(n) for n in names if n and n != UNKNOWN_ERROR_CODE]
+    """Utility names for a sentence, each once; a name Leap did not send (``UNKNOWN``) is left
+    out."""
+    named = list(dict.fromkeys(str(n) for n in names if n and n != UNKNOWN_ERROR_CODE))
     if len(named) < 2:
         return named[0] if named else "your utility"
     return f"{', '.join(named[:-1])} {glue} {named[-1]}"

@@ -24,7 +24,7 @@ from reengagement_sim import START
 
 from airflow_provider_leap.contact import ContactPolicy, contact_key
 from airflow_provider_leap.testing.journeys import Customer, Population, Step
-from airflow_provider_leap.webhooks import LATE_DATA, STALE_MARGIN, stale_from
+from airflow_provider_leap.webhooks import LATE_DATA, stale_from
 
 SEED, CUSTOMERS, DAYS = 5, 1000, 14
 DOWN_FROM, DOWN_HOURS = 100, 6  # the scheduler is down from hour 100 to 105
@@ -85,10 +85,11 @@ def _due(
     previous = sent.get(stall_text)
     if previous and (step <= previous[0] or at - previous[1] < POLICY.min_gap):
         return None
-    cutoff = stale_from(at)  # an event since the refresh read, or one its data does not show
-    late = stall + STALE_MARGIN
-    events = [e.at for j in customer.journeys for e in j.events if e.at < at]
-    if any(cutoff <= e or (cutoff - LATE_DATA <= e and e > late) for e in events):
+    cutoff = stale_from(at)  # an event since the refresh read, or a recent completion
+    events = [e for j in customer.journeys for e in j.events if e.at < at]
+    if any(
+        cutoff <= e.at or (cutoff - LATE_DATA <= e.at and e.step is Step.COMPLETE) for e in events
+    ):
         held.append((customer.ref_id, at))
         return None
     sent[stall_text] = (step, at)

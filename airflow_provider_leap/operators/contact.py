@@ -37,7 +37,7 @@ CLOCK_SKEW = timedelta(minutes=10)
 
 def max_run_lag() -> timedelta | None:
     """``[leap] max_run_lag`` (seconds; 0 turns the check off): how far behind the clock a run's
-    ``run_after`` may be and it still sends."""
+    ``run_after`` and its moment (the later of the two) may be and it still sends."""
     from airflow.sdk.configuration import conf
 
     seconds = conf.getint("leap", "max_run_lag", fallback=7200)
@@ -146,10 +146,10 @@ class LeapContactOperator(BaseOperator):
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
-        :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or later
-        than the last interaction their record shows (the data is older than assumed:
-        :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run: the
-        record may predate a completion or a new step. Held customers are
+        :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or who
+        completed their Connect session in the two hours before (the data is older than
+        assumed: :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run:
+        the record may predate a completion or a new step. Held customers are
         counted (``held``) and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
@@ -163,10 +163,11 @@ class LeapContactOperator(BaseOperator):
         would go out again; the error names the ``<ledger-id>@<mark>`` value that accepts that
         copy. Templated. Default None.
 
-    A run whose ``run_after`` is more than ``[leap] max_run_lag`` behind this worker's clock,
-    or whose moment (the triage's ``now``) is ahead of it, sends nothing: a backfill, a
-    catch-up or a run cleared hours later reads today's records (Leap keeps no history). Its
-    due customers are counted ``not_now``; what earlier tries of the run gave up is reported.
+    A run whose ``run_after`` and moment (the triage's ``now``) are both more than
+    ``[leap] max_run_lag`` behind this worker's clock, or whose moment is ahead of it, sends
+    nothing: a backfill, a catch-up or a run cleared hours later reads today's records (Leap
+    keeps no history). Its due customers are counted ``not_now``; what earlier tries of the run
+    gave up is reported.
 
     Returns counts per outcome (``due``, ``sent``, ``already_sent``, ``failed``, ...); XCom
     ``attention`` lists what a person should look at (given up, in this try or an earlier try
@@ -226,16 +227,14 @@ class LeapContactOperator(BaseOperator):
         }
         return when, buckets
 
-    def _announced(
-        self, context: Context, now: datetime, buckets: dict[str, list[Any]]
-    ) -> set[str]:
+    def _announced(self, context: Context, now: datetime) -> set[str]:
         """Reference IDs whose data, read at ``now``, may predate news Leap announced since."""
         if self.hold_on_events is None:
             return set()
         since = stale_from(now)
         # Airflow records an event when it is received or later: its time never filters one out.
         events = context["inlet_events"][self.hold_on_events].after((since - LATE_DATA).isoformat())
-        announced = held_back(((e.extra, e.timestamp) for e in events), since, buckets)
+        announced = held_back(((e.extra, e.timestamp) for e in events), since)
         self.log.info(
             "%d event(s) on %s since %s: %d customer(s) whose data, read at %s, may not show one",
             len(events),
@@ -273,7 +272,7 @@ class LeapContactOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, int]:
         now, buckets = self._triage_output(context)
-        hold = self._announced(context, now, buckets)
+        hold = self._announced(context, now)
         ti = context["ti"]
         url = self.ledger_url or default_ledger_url()
         run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{_map_index(ti)}/"  # every try's owner prefix
