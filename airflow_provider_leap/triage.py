@@ -74,6 +74,10 @@ _COMPLETED, _NOT_STARTED = ConnectionStatus.COMPLETED.value, ConnectionStatus.NO
 _CONNECTED, _NOT_CONNECTED, _UTILITY_ERROR = (s.value for s in UtilityStatus)
 
 _BATCH = 10_000  # records sorted between two reads of the input
+# Extra item fields of utility_error and utility_not_connected: with no utility marked required,
+# any one of ``utilities`` will do (a message then says "A or B"). Shared, only ever unpacked.
+_ANY_ONE: dict[str, bool] = {"any_one": True}
+_REQUIRED: dict[str, bool] = {}
 Decision = tuple[str, str, dict[str, Any] | None]  # bucket, reason, bucket-specific fields
 
 
@@ -144,8 +148,7 @@ def _utilities(record: ConnectRecord, done: frozenset[str]) -> Decision:
         else:  # row 4 outranks row 5 wherever the unknown status sits in the list
             return Bucket.NEEDS_REVIEW, format_reason(Reason.UNKNOWN_UTILITY_STATUS, status), None
     if missing:  # every utility in error is missing too
-        # Nothing marked required: any one of them will do (a message says "one of").
-        either = {"any_one": True} if not required else {}
+        either = _REQUIRED if required else _ANY_ONE
         if first_code is not None:
             details = {"error_codes": error_codes, "utilities": missing, **either}
             return Bucket.UTILITY_ERROR, format_reason(Reason.ERROR, first_code), details

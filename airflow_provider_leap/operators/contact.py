@@ -232,14 +232,15 @@ class LeapContactOperator(BaseOperator):
         if self.hold_on_events is None:
             return set()
         since = stale_from(now)
+        first = (since - LATE_DATA).isoformat()  # completions this early still hold: held_back
         # Airflow records an event when it is received or later: its time never filters one out.
-        events = context["inlet_events"][self.hold_on_events].after((since - LATE_DATA).isoformat())
+        events = context["inlet_events"][self.hold_on_events].after(first)
         announced = held_back(((e.extra, e.timestamp) for e in events), since)
         self.log.info(
             "%d event(s) on %s since %s: %d customer(s) whose data, read at %s, may not show one",
             len(events),
             self.hold_on_events.uri,
-            (since - LATE_DATA).isoformat(),
+            first,
             len(announced),
             now.astimezone(timezone.utc).isoformat(),
         )
