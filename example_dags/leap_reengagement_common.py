@@ -50,7 +50,8 @@ POLICY = ContactPolicy()  # first contact 1 h after a stall, reminders at 1, 3 a
 
 # Wording per bucket, then per (bucket, reason) where an error code deserves its own message.
 # Error codes beyond USER_CANCELED are illustrative. ``{utilities}`` is the utilities the
-# wording is about ("A or B" when any one will do), ``{agreements}`` the forms by name.
+# wording is about ("A or B" when any one will do), ``{agreements}`` the forms by name and
+# ``{forms}`` "form" or "forms" by their number.
 MESSAGES: dict[str, tuple[str, str]] = {
     "not_started": (
         "Finish connecting your utility account",
@@ -76,7 +77,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "utility's website, then try again.",
     ),
     "agreements_pending": (
-        "Sign the last form to finish enrolling",
+        "Sign the last {forms} to finish enrolling",
         "Your utility is connected. Please complete {agreements}.",
     ),
     "other_utility": (
@@ -137,20 +138,26 @@ def _wording(bucket: str, reason: str) -> tuple[str, str]:
 
 
 def _utility_errors(item: Mapping[str, Any], body: str) -> str:
-    """The first error code's body about the utilities with that code, then each other code's
-    own sentence about its utilities, then the utilities still missing without an error."""
+    """The first error code's body about the utilities with that code, then each other wording
+    about its utilities (codes sharing a wording share a sentence), then the utilities still
+    missing without an error: as "also" when all are needed, as an alternative when one will do."""
     failed: Mapping[str, Any] = item.get("error_codes") or {}
-    by_code: dict[str, list[str]] = {}
-    for name, code in failed.items():
-        by_code.setdefault(str(code), []).append(name)
-    groups = list(by_code.items()) or [("", [])]
-    sentences = [body.format(utilities=_names(groups[0][1]))]
-    for code, names in groups[1:]:
-        wording = _wording(Bucket.UTILITY_ERROR, format_reason(Reason.ERROR, code))[1]
-        sentences.append(wording.format(utilities=_names(names)))
+    by_wording: dict[str, list[str]] = {body: []}
+    for index, (name, code) in enumerate(failed.items()):
+        reason = format_reason(Reason.ERROR, str(code))
+        wording = body if index == 0 else _wording(Bucket.UTILITY_ERROR, reason)[1]
+        by_wording.setdefault(wording, []).append(name)
+    sentences = [wording.format(utilities=_names(names)) for wording, names in by_wording.items()]
     waiting = [n for n in item.get("utilities") or () if n not in failed]
-    if waiting and not item.get("any_one"):
-        sentences.append(f"We also still need access to {_names(waiting)}.")
+    if not item.get("any_one"):
+        if waiting:
+            sentences.append(f"We also still need access to {_names(waiting)}.")
+    elif waiting:
+        named = any(n != UNKNOWN_ERROR_CODE for n in waiting)
+        instead = _names(waiting, "or") if named else "another of your utilities"
+        sentences.append(f"Connecting {instead} instead will do too.")
+    elif len(failed) > 1:
+        sentences.append("Connecting any one of them is enough.")
     return " ".join(sentences)
 
 
@@ -163,6 +170,7 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     values = {
         "utilities": utilities,
         "agreements": _names(agreements) if agreements else "the remaining forms",
+        "forms": "form" if len(set(agreements)) == 1 else "forms",
     }
     subject = subject.format(**values)
     if contact.bucket == Bucket.UTILITY_ERROR:  # each code's advice about its own utilities

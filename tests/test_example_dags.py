@@ -298,6 +298,31 @@ def test_each_message_says_what_that_customer_must_do() -> None:
             ],
             {},
         ),
+        (  # review s10e F3: codes with one wording share a sentence
+            "same-wording",
+            "ERROR",
+            [u("NES", "ERROR", "NO_ELIGIBLE_ACCOUNTS"), u("TVA", "ERROR", "SITE_DOWN")],
+            {},
+        ),
+        (
+            "either-error",  # any one will do: the other utility is an alternative
+            "ERROR",
+            [
+                u("PG&E", "ERROR", "INVALID_CREDENTIALS", required=False),
+                u("LADWP", "NOT_CONNECTED", required=False),
+            ],
+            {},
+        ),
+        (
+            "either-errors",
+            "ERROR",
+            [
+                u("PG&E", "ERROR", "USER_CANCELED", required=False),
+                u("LADWP", "ERROR", "INVALID_CREDENTIALS", required=False),
+            ],
+            {},
+        ),
+        ("two-forms", "PARTIAL", [u("PG&E", "CONNECTED")], dr | {"hub_consent_status": "SENT"}),
     )
     assert messages == {
         "one-error": "Check your utility login | Your utility did not accept the username or "
@@ -318,6 +343,18 @@ def test_each_message_says_what_that_customer_must_do() -> None:
         "both": "Finish connecting PG&E and SCE | We still need access to PG&E and SCE. Please "
         "log in to finish.",
         "twice": "Finish connecting PG&E | We still need access to PG&E. Please log in to finish.",
+        "same-wording": "We could not connect your utility account | Connecting NES and TVA did "
+        "not finish. Your link still works; if the utility keeps turning you away, contact us "
+        "and we will help.",
+        "either-error": "Check your utility login | Your utility did not accept the username or "
+        "password for PG&E. Reset it on the utility's website, then try again. Connecting LADWP "
+        "instead will do too.",
+        "either-errors": "Did you mean to stop? | You cancelled while connecting PG&E. If that "
+        "was a mistake, your link still works. Your utility did not accept the username or "
+        "password for LADWP. Reset it on the utility's website, then try again. Connecting any "
+        "one of them is enough.",
+        "two-forms": "Sign the last forms to finish enrolling | Your utility is connected. "
+        "Please complete the demand response participation agreement and the hub consent.",
     }
 
 
@@ -346,7 +383,7 @@ def test_render_message_marks_reminders_links_and_other_regions() -> None:
     last = module.render_message(
         contact("agreements_pending", pending, first=False, final=True, step=3), None
     )
-    assert last["subject"] == "Reminder: Sign the last form to finish enrolling"
+    assert last["subject"] == "Reminder: Sign the last forms to finish enrolling"
     assert last["body"].endswith("complete the x and the y form. This is our last reminder.")
     other = contact(
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
