@@ -66,9 +66,10 @@ _READ_SIZE = 1 << 20
 _ANY = msgspec.json.Decoder()
 _ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
 _TOKEN = msgspec.json.Decoder(str | int | None)
-_NULL, _EMPTY = msgspec.Raw(b"null"), msgspec.Raw(b'""')
-# An envelope key that looks like a next-page token under a name we do not read.
-_TOKEN_LIKE = re.compile(r"token|cursor|^next(page|url|link)?$").search
+_NULL, _EMPTY, _FALSE = msgspec.Raw(b"null"), msgspec.Raw(b'""'), msgspec.Raw(b"false")
+# An envelope key (lower case, no ``_`` or ``-``) that looks like a next-page token under a name
+# we do not read: next_page_url, nextPageLink, next_offset, continuation, after, cursor...
+_TOKEN_LIKE = re.compile(r"token|cursor|continu|^next$|^next(page|url|link|offset)|^after$").search
 
 
 def deprecated_alias(func: Callable[..., T], old: str) -> Callable[..., T]:
@@ -213,7 +214,7 @@ def decode_page(
     if token is None:  # the last page, unless the token went under a new name
         for key, value in page.items():
             name = key.lower().replace("_", "").replace("-", "")
-            if key not in token_keys and _TOKEN_LIKE(name) and value not in (_NULL, _EMPTY):
+            if key not in token_keys and _TOKEN_LIKE(name) and value not in (_NULL, _EMPTY, _FALSE):
                 raise LeapPagingError(
                     f"{where} has no next-page token under {', '.join(token_keys)} but carries "
                     f"{key!r}: if that is the token, set the extra next_token_key (else only "
@@ -358,35 +359,48 @@ class ConnectQuery:
     def check(self, records: list[ConnectRecord]) -> list[ConnectRecord]:
         """Trust, but verify: records outside the filters sent (a server ignoring a filter whose
         wire name is wrong) are dropped with a warning, or we would message the wrong customers.
-        A record whose timestamp does not parse is kept (triage reports it)."""
+        A record whose timestamp does not parse, or with no ``ref_id`` to check, is kept and
+        named in a warning: triage sends it to review, so nothing is lost."""
         if self.wanted is None and not self.after:
             return records
         outside = [self._outside(record) for record in records]
-        for extra, count in Counter(x for x in outside if x is not None).items():
-            if not extra:
-                log.warning(
-                    "Leap answered %d record(s) without a ref_id to check against the IDs sent: "
-                    "has the record shape changed (a renamed key)? They were dropped",
-                    count,
-                )
-                continue
+        unnamed = sum(1 for record in records if record.ref_id is None)
+        if unnamed and self.wanted is not None:
             log.warning(
-                "Leap answered %d record(s) outside the %r filter sent: the server seems to "
-                "ignore that parameter (check the extra %s); they were dropped",
-                *(count, getattr(self.config.wire, extra), extra),
+                "Leap answered %d record(s) without a ref_id to check against the IDs sent: has "
+                "the record shape changed (a renamed key)? They are kept, for review",
+                unnamed,
+            )
+        for extra, count in Counter(x for x in outside if x is not None).items():
+            why = self._loose_ids(records) if extra == "ref_id_param" else ""
+            why = why or f"the server seems to ignore that parameter (check the extra {extra})"
+            log.warning(
+                "Leap answered %d record(s) outside the %r filter sent: %s; they were dropped",
+                *(count, getattr(self.config.wire, extra), why),
             )
         return [record for record, x in zip(records, outside, strict=True) if x is None]
 
     def _outside(self, record: ConnectRecord) -> str | None:
-        """The extra naming the first filter sent that ``record`` is outside of, if any ("": it
-        has no ``ref_id`` to check)."""
-        if self.wanted is not None and record.ref_id not in self.wanted:
-            return "" if record.ref_id is None else "ref_id_param"
+        """The extra naming the first filter sent that ``record`` is outside of, if any."""
+        ref_id = record.ref_id
+        if self.wanted is not None and ref_id is not None and ref_id not in self.wanted:
+            return "ref_id_param"
         for name, since in self.after.items():
             when = parse_timestamp(getattr(record, TIME_FILTERS[name]))
             if when is not None and when < since:
                 return name
         return None
+
+    def _loose_ids(self, records: list[ConnectRecord]) -> str:
+        """An ID answered that differs from one sent only in case or spaces, said as such."""
+        wanted = self.wanted or set()
+        loose = {w.strip().casefold(): w for w in wanted}
+        for got in (record.ref_id for record in records):
+            if got is not None and got not in wanted:
+                sent = loose.get(got.strip().casefold())
+                if sent is not None:
+                    return f"Leap seems to match IDs loosely ({got!r} for {sent!r})"
+        return ""
 
 
 class DeadlinePassed(Exception):

@@ -133,7 +133,7 @@ def _utilities(record: ConnectRecord, done: frozenset[str]) -> Decision:
         if status == _CONNECTED:
             continue
         name = utility.utility_name
-        if not name or not isinstance(name, str):
+        if not isinstance(name, str) or not name.strip():  # a blank name is no name
             name = UNKNOWN_ERROR_CODE
         if status == _NOT_CONNECTED:
             missing.append(name)

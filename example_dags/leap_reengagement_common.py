@@ -48,6 +48,8 @@ HOURLY_SCHEDULE = f"{REFRESH_LANDED_BY.seconds // 60} * * * *"
 
 POLICY = ContactPolicy()  # first contact 1 h after a stall, reminders at 1, 3 and 7 days
 
+CONTINUE = "Continue here: "  # before the customer's Connect link, the one link in a message
+
 # Wording per bucket, then per (bucket, reason) where an error code deserves its own message.
 # Error codes beyond USER_CANCELED are illustrative. ``{utilities}`` is the utilities the
 # wording is about ("A or B" when any one will do), ``{agreements}`` the forms by name and
@@ -162,7 +164,8 @@ def _utility_errors(item: Mapping[str, Any], body: str) -> str:
 
 
 def render_message(contact: Contact, link: str | None) -> dict[str, str]:
-    """Subject and body: the most specific wording of (bucket, reason), the step, the link."""
+    """Subject, body (the most specific wording of (bucket, reason), the step, the link) and the
+    link alone ("" for none)."""
     item = contact.item
     subject, body = _wording(contact.bucket, contact.reason)
     utilities = _names(item.get("utilities") or (), "or" if item.get("any_one") else "and")
@@ -180,20 +183,27 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     if not contact.first:
         subject = f"Reminder: {subject}"
     if link:
-        body += f" Continue here: {link}"
+        body += f" {CONTINUE}{link}"
     if contact.also:
         regions = ", ".join(sorted({record_region(a) or "another region" for a in contact.also}))
-        body += f" (We also have an unfinished enrolment for you in {regions}.)"
+        body += f" (We also have another unfinished enrolment for you in {regions}.)"
     if contact.final and not contact.first:
         body += " This is our last reminder."
-    return {"subject": subject, "body": body}
+    return {"subject": subject, "body": body, "link": link or ""}
 
 
-def as_html(text: str) -> str:
-    """A message body as the HTML the email carries: Leap's values escaped (a utility named
-    ``A <B>`` shows as typed), links clickable."""
-    escaped = html.escape(text, quote=False)
-    return re.sub(r"https://[^\s<\"]+", lambda m: f'<a href="{m[0]}">{m[0]}</a>', escaped)
+def as_html(message: Mapping[str, str]) -> str:
+    """A message's body as the HTML the email carries: Leap's values escaped (a utility named
+    ``A <B>`` shows as typed), the Connect link clickable and nothing else (an address inside
+    Leap's data stays text)."""
+    escaped = html.escape(message["body"], quote=False)
+    link = message["link"]
+    if not link:
+        return escaped
+    shown = CONTINUE + html.escape(link, quote=False)
+    head, found, tail = escaped.rpartition(shown)
+    anchor = f'{CONTINUE}<a href="{html.escape(link)}">{html.escape(link, quote=False)}</a>'
+    return head + anchor + tail if found else escaped
 
 
 # This many messages deferred (an SMTP 4xx reply) since the last one the relay took: it is
@@ -350,7 +360,7 @@ class EmailSender:
         self.smtp.send_email_smtp(
             to=address,
             subject=message["subject"],
-            html_content=as_html(message["body"]),
+            html_content=as_html(message),
             custom_headers={
                 "X-Leap-Contact-Key": contact.contact_key,
                 "Message-ID": message_id(contact.contact_key, self.smtp.from_email),

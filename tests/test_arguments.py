@@ -246,3 +246,26 @@ def test_the_trigger_gets_the_rendered_normalised_arguments(fake_hook) -> None:
     _, kwargs = deferred.value.trigger.serialize()
     assert kwargs["ref_ids"] == ["part-001", "part-002"]
     assert (kwargs["target_statuses"], kwargs["fail_on_statuses"]) == (["COMPLETED"], [])
+
+
+def test_unreadable_records_are_reviewed_and_named_in_a_warning(fake_hook, capsys) -> None:
+    """Review s11b F6: a run whose records Leap reshaped is no quiet green run."""
+    unreadable = [
+        connect_record_from_mapping({"id": f"CAISO_x_r{i}", "ref_id": f"r{i}"}) for i in range(4)
+    ]
+    fake_hook.records = [leap_record("err-001", "ERROR"), *unreadable]
+    summary, ti = run(triage_op())
+    assert summary["malformed"] == 4
+    assert [i["ref_id"] for i in ti.xcoms["needs_review"]] == ["r0", "r1", "r2", "r3"]
+    out = capsys.readouterr().out  # the task logger writes there, not to caplog
+    (line,) = [line for line in out.splitlines() if "are unreadable" in line]
+    assert "warning" in line.lower()
+    assert (
+        "4 of 5 Leap record(s) are unreadable ('CAISO_x_r0', 'CAISO_x_r1', 'CAISO_x_r2', ...): "
+        "they are in needs_review as malformed"
+    ) in line
+
+
+def test_a_run_with_no_unreadable_record_warns_of_none(fake_hook, capsys) -> None:
+    run(triage_op())
+    assert "unreadable" not in capsys.readouterr().out

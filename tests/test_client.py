@@ -361,9 +361,24 @@ def test_records_without_a_ref_id_are_named_as_such_not_as_an_ignored_filter(
     ]
     with fake_leap(lambda seen: page(renamed)) as server:
         got = list(fake_client(server.url, sleeps).iter_connect_records(ref_ids=["aaa", "bbb"]))
-    assert got == []
+    # kept (review s11b F5): triage sends them to review instead of a green run reading nothing
+    assert [(r.id, r.ref_id) for r in got] == [("CAISO_x_aaa", None), ("CAISO_x_bbb", None)]
     assert "2 record(s) without a ref_id" in caplog.text and "renamed key" in caplog.text
+    assert "kept, for review" in caplog.text
     assert "outside the 'ref-id' filter" not in caplog.text
+
+
+def test_ids_answered_in_another_case_are_dropped_and_named_as_such(sleeps, caplog) -> None:
+    """Review s11b F5: a server matching IDs loosely is not blamed for ignoring the filter."""
+    answered = [record("lead-42"), record("Lead-43 "), record("Lead-44")]
+    with fake_leap(lambda seen: page(answered)) as server:
+        client = fake_client(server.url, sleeps)
+        got = list(client.iter_connect_records(ref_ids=["Lead-42", "Lead-43", "Lead-44"]))
+    assert [r.ref_id for r in got] == ["Lead-44"]
+    assert "2 record(s) outside the 'ref-id' filter sent: Leap seems to match IDs loosely " in (
+        caplog.text
+    )
+    assert "('lead-42' for 'Lead-42')" in caplog.text and "seems to ignore" not in caplog.text
 
 
 def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> None:
@@ -375,7 +390,23 @@ def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> 
         list(fake_client(server.url, sleeps).iter_connect_records())
 
 
-@pytest.mark.parametrize("extra", [{"cursor": None}, {"nextPage": ""}, {"next_refresh": "soon"}])
+@pytest.mark.parametrize(
+    "key", ["next_page_url", "nextPageLink", "next_offset", "continuation", "after", "next"]
+)
+def test_other_names_of_a_next_page_token_are_errors_too(sleeps, key: str) -> None:
+    """Review s11b F3: a token renamed to any of these stopped the listing after one page."""
+    body = {"connections": [record("aaa")], key: "https://api.leap.energy/v1/x?page=2"}
+    with (
+        fake_leap(lambda seen: Reply(body=body)) as server,
+        pytest.raises(LeapPagingError, match=f"carries {key!r}: .* extra next_token_key"),
+    ):
+        list(fake_client(server.url, sleeps).iter_connect_records())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"cursor": None}, {"nextPage": ""}, {"next_refresh": "soon"}, {"next": False}, {"offset": 8}],
+)
 def test_an_empty_token_like_key_or_another_field_still_ends_the_listing(
     sleeps, extra: dict[str, Any]
 ) -> None:

@@ -389,18 +389,25 @@ def test_render_message_marks_reminders_links_and_other_regions() -> None:
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
     )
     assert module.render_message(other, None)["body"].endswith(
-        "(We also have an unfinished enrolment for you in PJM.)"
+        "(We also have another unfinished enrolment for you in PJM.)"
     )
 
 
-def test_the_email_body_is_escaped_html_with_its_link_clickable() -> None:
+def test_the_email_body_is_escaped_html_with_only_its_connect_link_clickable() -> None:
+    """Review s11b F4: an address inside Leap's data (a utility's name) stays text."""
     link = "https://connect.leap.energy?transmissionRegion=PJM&refId=a%2Bb"
-    body = _common().as_html(f"Connecting Ameren <Illinois> did not finish. Continue here: {link}")
+    name = 'Ameren <a href="https://evil.example/x">login</a> see https://evil.example/pge.'
+    body = _common().as_html(
+        {"body": f"Connecting {name} did not finish. Continue here: {link} (PJM)", "link": link}
+    )
     escaped = link.replace("&", "&amp;")
     assert body == (
-        "Connecting Ameren &lt;Illinois&gt; did not finish. Continue here: "
-        f'<a href="{escaped}">{escaped}</a>'
+        'Connecting Ameren &lt;a href="https://evil.example/x"&gt;login&lt;/a&gt; see '
+        "https://evil.example/pge. did not finish. Continue here: "
+        f'<a href="{escaped}">{escaped}</a> (PJM)'
     )
+    assert body.count("<a ") == 1
+    assert _common().as_html({"body": "No link <here>.", "link": ""}) == "No link &lt;here&gt;."
 
 
 # -- leap_connect_events: the webhook path beside the hourly one ---------------------------------

@@ -304,6 +304,12 @@ CASES: dict[str, Case] = {
         "not_connected",
         {"utilities": ["UNKNOWN"]},
     ),
+    "row7-utility-with-a-blank-name": Case(  # review s11b F7: no "Finish connecting    "
+        record("PARTIAL", [utility("  ", "NOT_CONNECTED")]),
+        "utility_not_connected",
+        "not_connected",
+        {"utilities": ["UNKNOWN"]},
+    ),
     # row 8
     "row8-agreements-pending": Case(
         record("PARTIAL", [utility()], PENDING_DR),

@@ -16,6 +16,8 @@ from airflow_provider_leap.timeutil import UTC, as_utc
 from airflow_provider_leap.triage import (
     DEFAULT_AGREEMENT_DONE_STATUSES,
     DEFAULT_QUIET_PERIOD,
+    Bucket,
+    Reason,
     TriageResult,
     triage,
 )
@@ -140,6 +142,8 @@ class TriageOperator(BaseOperator):
             self.quiet_period,
             format_counts(result),
         )
+        if result.summary["malformed"]:
+            self._warn_malformed(result)
         ti = context["ti"]
         for name, items in result.buckets.items():
             ti.xcom_push(key=name, value=items)
@@ -148,6 +152,20 @@ class TriageOperator(BaseOperator):
         read = _Read(hook.config.base_url, count, started_after, interacted_after, rows)
         self._triaged = read, result, offloaded(ti, self.task_id, result.buckets, mapped=True)
         return result.summary
+
+    def _warn_malformed(self, result: TriageResult) -> None:
+        """Unreadable records go to review and the run goes on; the log says so at WARNING, since
+        many at once mean Leap changed the record shape (no customer of those is acted on)."""
+        items = [i for i in result.buckets[Bucket.NEEDS_REVIEW] if i["reason"] == Reason.MALFORMED]
+        self.log.warning(
+            "%d of %d Leap record(s) are unreadable (%s): they are in needs_review as malformed, "
+            "and nobody is contacted about them. If most records are, Leap may have renamed a "
+            "field: see Troubleshooting, Malformed or unexpected records",
+            result.summary["malformed"],
+            result.summary["records_read"],
+            ", ".join(repr(i["id"] or i["ref_id"]) for i in items[:3])
+            + (", ..." if len(items) > 3 else ""),
+        )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
