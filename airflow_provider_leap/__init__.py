@@ -53,6 +53,10 @@ CONNECTION_FORM: dict[str, Any] = {
 }
 
 
+def _modules(*names: str) -> list[dict[str, Any]]:
+    return [{"integration-name": "Leap", "python-modules": [f"{__name__}.{n}" for n in names]}]
+
+
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's ``ProvidersManager`` (the entry point)."""
     return {
@@ -67,31 +71,10 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
-        "hooks": [
-            {"integration-name": "Leap", "python-modules": ["airflow_provider_leap.hooks.leap"]}
-        ],
-        "operators": [
-            {
-                "integration-name": "Leap",
-                "python-modules": [
-                    "airflow_provider_leap.operators.triage",
-                    "airflow_provider_leap.operators.buckets",
-                    "airflow_provider_leap.operators.contact",
-                ],
-            }
-        ],
-        "sensors": [
-            {
-                "integration-name": "Leap",
-                "python-modules": ["airflow_provider_leap.sensors.connect"],
-            }
-        ],
-        "triggers": [
-            {
-                "integration-name": "Leap",
-                "python-modules": ["airflow_provider_leap.triggers.connect"],
-            }
-        ],
+        "hooks": _modules("hooks.leap"),
+        "operators": _modules("operators.triage", "operators.buckets", "operators.contact"),
+        "sensors": _modules("sensors.connect"),
+        "triggers": _modules("triggers.connect"),
         "extra-links": ["airflow_provider_leap.links.LeapConnectionsLink"],
         "cli": ["airflow_provider_leap.cli.get_cli_commands"],
         "asset-uris": [

@@ -9,13 +9,8 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector, restoring its state after (also on error).
-
-    Building hundreds of thousands of small acyclic dicts (triage items, emulator records) sets
-    off full collections that walk the whole heap for nothing to free: a quarter to 40 % of the
-    run time. Reference counting frees as usual; only cycles made meanwhile wait for the next
-    collection.
-    """
+    """Pause the cyclic garbage collector, restoring its state after (also on error): building
+    100,000s of small acyclic objects sets off full collections with nothing to free."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

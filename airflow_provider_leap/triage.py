@@ -307,15 +307,8 @@ def triage(
     """Sort Connect records into the buckets, one bucket per record (latest per ``id``).
 
     ``records`` (API mappings, ``ConnectRecord``s, or both) is consumed once, as a stream.
-    ``now`` must be aware: the function never reads the clock, so runs are reproducible.
-
-    Every item has ``id``, ``ref_id``, ``transmission_region``, ``connection_status``,
-    ``last_interaction`` (``...Z`` or None) and ``reason``; only where they apply, ``error_codes``
-    (utility_error), ``utilities`` (utility_error, utility_not_connected, other_utility),
-    ``any_one`` (true in utility_error and utility_not_connected when no utility is marked
-    required: any one of ``utilities`` will do) and ``agreements`` (agreements_pending).
-    ``summary`` has ``counts`` per bucket, ``records_read``, ``duplicates_dropped``,
-    ``malformed``, ``now`` and ``quiet_period_seconds``.
+    ``now`` must be aware: the function never reads the clock, so runs are reproducible. The
+    fields of items and ``summary``: docs/triage.md ("Items" and "Summary").
     """
     utc_now = _utc_now(now)
     if not isinstance(quiet_period, timedelta):

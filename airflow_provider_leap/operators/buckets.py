@@ -1,8 +1,5 @@
-"""``bucket_items``: hand one triage bucket on as a return value, so it can be mapped over.
-
-Its own module: ``@task`` loads Airflow's decorator machinery, which ``TriageOperator`` users
-should not pay for when their DAG files are parsed.
-"""
+"""``bucket_items``, its own module: ``@task`` loads Airflow's decorator machinery, which
+``TriageOperator`` users should not pay for when their DAG files are parsed."""
 
 from __future__ import annotations
 

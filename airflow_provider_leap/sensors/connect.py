@@ -100,10 +100,7 @@ class ConnectStatusSensor(BaseSensorOperator):
         return LeapHook(leap_conn_id=self.leap_conn_id)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        return self._poke(self.arguments())
-
-    def _poke(self, arguments: Arguments) -> PokeReturnValue:
-        hook = self._hook()
+        arguments, hook = self.arguments(), self._hook()
         if self.poke_interval < HOURLY and hook.config.base_url == wire.PRODUCTION_URL:
             self.log.warning(
                 "poke_interval is %.0f s but Leap refreshes Connect data once an hour: polling "
