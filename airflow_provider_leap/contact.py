@@ -290,6 +290,14 @@ def _pick(
     return bucket, item, also
 
 
+def _holds(
+    hold: Container[str] | Mapping[str, datetime | None], ref_id: str, stall: datetime
+) -> bool:
+    """Whether ``hold`` (which has ``ref_id``) holds that customer's ``stall``."""
+    before = hold.get(ref_id) if isinstance(hold, Mapping) else None
+    return before is None or stall < before
+
+
 def plan_contacts(
     buckets: Mapping[str, Iterable[Mapping[str, Any]]],
     *,
@@ -297,7 +305,7 @@ def plan_contacts(
     policy: ContactPolicy,
     ledger: Mapping[str, StallRecord],
     forgotten_before: datetime | None = None,
-    hold: Container[str] = frozenset(),
+    hold: Container[str] | Mapping[str, datetime | None] = frozenset(),
     run: str = "",
 ) -> ContactPlan:
     """Decide, for every customer in the triage buckets, whether a message is due now.
@@ -310,9 +318,10 @@ def plan_contacts(
     whatever ``now`` is: the ledger no longer knows what they were sent, so a cleared old run
     must not answer them again. A customer in ``hold`` who would be due is counted ``held``
     instead: their record is older than what Leap announced since (see
-    :func:`~airflow_provider_leap.webhooks.stale_from`), and nothing is recorded, so a later run
-    decides afresh. ``run`` starts the ledger owner of each try of this run (the operator's
-    ``dag/run/task/``): a step whose last attempt such a try gave up is listed in ``given_up``.
+    :func:`~airflow_provider_leap.webhooks.held_back`), and nothing is recorded, so a later run
+    decides afresh. A mapping holds only stalls before the customer's time (None: any stall).
+    ``run`` starts the ledger owner of each try of this run (the operator's ``dag/run/task/``):
+    a step whose last attempt such a try gave up is listed in ``given_up``.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -370,7 +379,7 @@ def plan_contacts(
         elif state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
             counts["waiting"] += 1
             continue
-        elif ref_id in hold:
+        elif ref_id in hold and _holds(hold, ref_id, stall_time):
             plan.held.append(ref_id)
             counts["held"] += 1
             continue

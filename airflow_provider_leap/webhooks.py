@@ -71,9 +71,10 @@ REFRESH = timedelta(hours=1)
 # customer's message costs nothing when the refresh did show the event: it is then a new stall,
 # younger at the hourly run (REFRESH_LANDED_BY + STALE_MARGIN = 27 min) than the quiet period.
 STALE_MARGIN = timedelta(minutes=10)
-# Completions received this long before ``stale_from`` still hold a customer (``held_back``):
-# data up to that much older than REFRESH_LANDED_BY assumes never asks one to finish.
-LATE_DATA = timedelta(hours=2)
+# Completions received this long before ``stale_from`` still hold a customer whose data shows a
+# stall from before them (``held_back``): data up to a day late never asks one to finish. The
+# cost is reading a day of the asset's events per run; the rule itself is exact at any length.
+LATE_DATA = timedelta(hours=24)
 
 # The published pattern of ``partner_reference`` (the Connect Reference ID).
 PARTNER_REFERENCE_PATTERN = r"^[^\/\\?\]\[{}!#$%^&*()<>|]{3,256}$"
@@ -513,29 +514,33 @@ def received_at(extra: Mapping[str, Any], recorded: datetime) -> datetime:
 
 def held_back(
     events: Iterable[tuple[Mapping[str, Any] | None, datetime]], since: datetime
-) -> set[str]:
-    """The Reference IDs whose Connect data may predate an event Leap announced for them.
+) -> dict[str, datetime | None]:
+    """The Reference IDs whose Connect data may predate an event Leap announced for them, each
+    with the time before which a stall the data shows is held (None: any stall).
 
     ``events`` are (``extra``, recorded time) pairs of the asset events the receiver recorded
     (events with no ``ref_id`` name nobody). A customer is held for an event received
     (:func:`received_at`) at or after ``since`` (:func:`stale_from`: the refresh read may not
-    show it yet), and for an earlier one that announced their Connect session COMPLETED: a
-    customer who is due is not COMPLETED in the data, so the data predates that event, however
-    late Leap's refresh landed (``REFRESH_LANDED_BY`` is an assumption). The caller reads
-    events from ``LATE_DATA`` before ``since``.
+    show it yet), whatever their stall. An earlier event that announced their Connect session
+    COMPLETED holds a stall from before it: a due customer is not COMPLETED in the data, so data
+    showing a stall older than the completion predates it, however late Leap's refresh landed
+    (``REFRESH_LANDED_BY`` is an assumption); a stall after it is news the data does show (the
+    customer came back). The caller reads events from ``LATE_DATA`` before ``since``.
     """
-    held: set[str] = set()
+    held: dict[str, datetime | None] = {}
     for extra, recorded in events:
         extra = extra or {}
         ref_id = extra.get("ref_id")
-        if not isinstance(ref_id, str) or not ref_id:
+        if not isinstance(ref_id, str) or not ref_id or (ref_id in held and held[ref_id] is None):
             continue
-        completed = (
-            extra.get("event_type") == CONNECT_SESSION_UPDATED
-            and extra.get("status") == "COMPLETED"
-        )
-        if completed or received_at(extra, recorded) >= since:
-            held.add(ref_id)
+        received = received_at(extra, recorded)
+        if received >= since:
+            held[ref_id] = None
+        elif extra.get("event_type") == CONNECT_SESSION_UPDATED and extra.get("status") == (
+            "COMPLETED"
+        ):
+            latest = held.get(ref_id)
+            held[ref_id] = received if latest is None else max(latest, received)
     return held
 
 

@@ -390,6 +390,18 @@ def test_held_customers_are_only_those_who_would_be_due() -> None:
     assert [c.ref_id for c in plan(buckets, T0).due] == ["due1", "due2"]  # no hold: as before
 
 
+def test_a_hold_with_a_time_holds_only_the_stalls_before_it() -> None:
+    """Review s11a F1: a completion Leap announced holds a stall the data shows from before it
+    (the data predates the completion); a stall after it is news the data does show."""
+    buckets = {"not_started": [item("before", T0 - 3 * H), item("after", T0 - 2 * H)]}
+    completed = T0 - 150 * timedelta(minutes=1)  # between the two stalls
+    hold = {"before": completed, "after": completed}
+    result = plan_contacts(buckets, now=T0, policy=ContactPolicy(), ledger={}, hold=hold)
+    assert [c.ref_id for c in result.due] == ["after"] and result.held == ["before"]
+    anyway = plan_contacts(buckets, now=T0, policy=ContactPolicy(), ledger={}, hold={"after": None})
+    assert [c.ref_id for c in anyway.due] == ["before"] and anyway.held == ["after"]
+
+
 def test_an_older_stall_than_the_one_answered_waits() -> None:
     newer = T0 - 2 * D
     ledger = {"a1b": StallState(iso(newer), sent_offset=OFF[1], sent_at=int(T0.timestamp()))}

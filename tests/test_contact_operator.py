@@ -383,6 +383,28 @@ def test_a_run_that_answers_later_than_its_run_after_is_for_the_present(
     assert counts["sent"] == counts["due"] > 0 and counts["not_now"] == 0
 
 
+def test_a_late_run_spaces_the_next_message_from_when_it_sent(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s11a F5: a catch-up run within max_run_lag sends now, so its sends are recorded
+    now, not at its past moment: the next message keeps min_gap from the real one."""
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
+    source = MOVING_SOURCE.format(
+        outbox=str(tmp_path / "outbox.txt"),
+        ledger=(tmp_path / "ledger").as_uri(),
+        accept=None,
+        ref_ids=None,
+    )
+    clock = datetime.now(timezone.utc).replace(microsecond=0)
+    result = run_dag(
+        "leap_contact_ledger", source, logical_date=None, run_after=clock - timedelta(minutes=40)
+    )
+    assert result.xcoms[("contact", "return_value")]["sent"] > 0
+    view = DeliveryLedger(tmp_path / "ledger").load(datetime.now(timezone.utc))
+    sent_at = [state.sent_at for state in view.states.values()]
+    assert sent_at and all(when is not None and when >= clock.timestamp() for when in sent_at)
+
+
 def test_a_contact_task_mapped_over_channels_sends_on_each_once(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

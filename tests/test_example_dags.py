@@ -527,6 +527,16 @@ def _refresh_lands_at(minutes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journeys, "last_refresh", last_refresh)
 
 
+def _hourly_with_webhooks(run_dag, emu, population, hhmm: str):  # type: ignore[no-untyped-def]
+    """The hourly DAG's run at ``hhmm``, the receiver having recorded the webhooks until then."""
+    WebhookLog(population).record(until=_at(hhmm))
+    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
+    emu.now = _at(hhmm)
+    result = run_dag("leap_connect_reengagement", hourly, logical_date=emu.now, run_after=emu.now)
+    assert result.state == "success", result.task_states
+    return result
+
+
 @pytest.mark.parametrize("lands_at", [0, 25])
 def test_a_completion_is_held_even_when_the_refresh_lands_late(
     run_dag, reengagement_env, leap_emulator, consumer, monkeypatch, lands_at
@@ -543,16 +553,42 @@ def test_a_completion_is_held_even_when_the_refresh_lands_late(
         _customer("finisher", Event(_at("07:00"), Step.CLICK), Event(_at("09:20"), Step.COMPLETE)),
         _customer("clicker", Event(_at("07:00"), Step.CLICK)),
     )
-    WebhookLog(population).record(until=_at("10:17"))
-    hourly = (EXAMPLES / "leap_connect_reengagement.py").read_text()
-    leap_emulator.now = _at("10:17")
-    result = run_dag(
-        "leap_connect_reengagement", hourly, logical_date=_at("10:17"), run_after=_at("10:17")
-    )
-    assert result.state == "success", result.task_states
+    result = _hourly_with_webhooks(run_dag, leap_emulator, population, "10:17")
     assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["clicker"]
     counts = result.xcoms[("message_customers", "return_value")]
     assert (counts["held"], counts["completed"]) == ((1, 0) if lands_at else (0, 1))
+
+
+def test_a_completion_holds_the_stall_before_it_however_late_the_refresh(
+    run_dag, reengagement_env, leap_emulator, consumer, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s11a F1: with Leap's refreshes 3 h 10 min late, the 11:17 run reads the 8:00 data.
+    ``finisher`` stalled at 7:40 and completed at 8:20 (the webhook came then, three hours before
+    the run): held, not asked to finish. ``returner`` completed at 5:30 and stalled again at
+    7:30: the data shows that stall, later than the completion, so the message goes."""
+    from airflow_provider_leap.testing.journeys import Event, Step
+
+    _refresh_lands_at(190, monkeypatch)
+    cancel = ("USER_CANCELED",)
+    population = _play(
+        leap_emulator,
+        _at("00:00"),
+        _customer(
+            "finisher",
+            Event(_at("07:00"), Step.CLICK),
+            Event(_at("07:40"), Step.ERROR, *cancel),
+            Event(_at("08:20"), Step.COMPLETE),
+        ),
+        _customer(
+            "returner",
+            Event(_at("05:00"), Step.CLICK),
+            Event(_at("05:30"), Step.COMPLETE),
+            Event(_at("07:30"), Step.ERROR, *cancel),
+        ),
+    )
+    result = _hourly_with_webhooks(run_dag, leap_emulator, population, "11:17")
+    assert [m["ref_id"] for m in _outbox(reengagement_env)] == ["returner"]
+    assert result.xcoms[("message_customers", "return_value")]["held"] == 1
 
 
 def test_one_first_contact_when_a_click_is_followed_by_a_cancel(

@@ -85,10 +85,11 @@ def _due(
     previous = sent.get(stall_text)
     if previous and (step <= previous[0] or at - previous[1] < POLICY.min_gap):
         return None
-    cutoff = stale_from(at)  # an event since the refresh read, or a recent completion
+    cutoff = stale_from(at)  # an event since the refresh read, or a completion after the stall
     events = [e for j in customer.journeys for e in j.events if e.at < at]
     if any(
-        cutoff <= e.at or (cutoff - LATE_DATA <= e.at and e.step is Step.COMPLETE) for e in events
+        cutoff <= e.at or (cutoff - LATE_DATA <= e.at and e.step is Step.COMPLETE and e.at > stall)
+        for e in events
     ):
         held.append((customer.ref_id, at))
         return None

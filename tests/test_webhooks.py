@@ -304,8 +304,20 @@ def test_held_back_reads_the_receivers_extras() -> None:
         (session | {"ref_id": "completed", "status": "COMPLETED"}, recorded),
         (session | {"ref_id": "updated", "status": "UPDATED"}, recorded),
         (session | {"ref_id": "authorized", "status": "COMPLETED", "event_type": "x"}, recorded),
+        # Review s11a F1: a completion holds the stalls before it (its latest); a later event
+        # of any kind holds every stall.
+        (session | {"ref_id": "twice", "status": "COMPLETED"}, recorded),
+        (session | {"ref_id": "twice", "status": "COMPLETED", "event_time": "2026-03-01"}, since),
+        (session | {"ref_id": "then-more", "status": "COMPLETED"}, recorded),
+        ({"ref_id": "then-more", "event_time": since.isoformat()}, recorded),
     ]
-    assert wh.held_back(events, since) == {event.ref_id, "no-event-time", "completed"}
+    assert wh.held_back(events, since) == {
+        event.ref_id: None,
+        "no-event-time": None,
+        "completed": before,
+        "twice": before,
+        "then-more": None,
+    }
 
 
 def test_receiver_secret_defaults_and_checks() -> None:

@@ -35,6 +35,14 @@ LEDGER_VARIABLE_PREFIX = "leap_ledger:"
 CLOCK_SKEW = timedelta(minutes=10)
 
 
+def _sending_time(now: datetime) -> datetime:
+    """When a run's sends are recorded: its moment, or this worker's clock when later (review
+    s11a F5): a catch-up run within ``max_run_lag`` sends now, so the next message is spaced from
+    now, never closer than ``min_gap``. With ``max_run_lag`` off (simulations, tests at past
+    dates) the moment stands."""
+    return now if max_run_lag() is None else max(now, datetime.now(timezone.utc))
+
+
 def max_run_lag() -> timedelta | None:
     """``[leap] max_run_lag`` (seconds; 0 turns the check off): how far behind the clock a run's
     ``run_after`` and its moment (the later of the two) may be and it still sends."""
@@ -147,10 +155,10 @@ class LeapContactOperator(BaseOperator):
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
         :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or who
-        completed their Connect session in the two hours before (the data is older than
-        assumed: :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run:
-        the record may predate a completion or a new step. Held customers are
-        counted (``held``) and logged, not recorded in the ledger; the next run decides. The
+        completed their Connect session in the day before, after the stall the data shows (the
+        data is older than assumed: :func:`~airflow_provider_leap.webhooks.held_back`), is held
+        back for this run: the record may predate a completion or a new step. Held customers
+        are counted (``held``) and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
     :param accept_ledger_id: the ``ledger-id`` of a ledger to send with although this task's
@@ -227,12 +235,13 @@ class LeapContactOperator(BaseOperator):
         }
         return when, buckets
 
-    def _announced(self, context: Context, now: datetime) -> set[str]:
-        """Reference IDs whose data, read at ``now``, may predate news Leap announced since."""
+    def _announced(self, context: Context, now: datetime) -> dict[str, datetime | None]:
+        """Reference IDs whose data, read at ``now``, may predate news Leap announced since
+        (``webhooks.held_back``)."""
         if self.hold_on_events is None:
-            return set()
+            return {}
         since = stale_from(now)
-        first = (since - LATE_DATA).isoformat()  # completions this early still hold: held_back
+        first = (since - LATE_DATA).isoformat()  # completions this early still hold
         # Airflow records an event when it is received or later: its time never filters one out.
         events = context["inlet_events"][self.hold_on_events].after(first)
         announced = held_back(((e.extra, e.timestamp) for e in events), since)
@@ -349,7 +358,10 @@ class LeapContactOperator(BaseOperator):
         )
         with contextlib.ExitStack() as stack:
             send = stack.enter_context(opened)
-            report = deliver(plan.due, send, ledger, now=now, max_attempts=self.policy.max_attempts)
+            sent_at = _sending_time(now)
+            report = deliver(
+                plan.due, send, ledger, now=sent_at, max_attempts=self.policy.max_attempts
+            )
             closing = stack.pop_all()
         try:  # every send is recorded: a sender failing to close must not lose the report
             closing.close()
