@@ -66,10 +66,10 @@ _READ_SIZE = 1 << 20
 _ANY = msgspec.json.Decoder()
 _ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
 _TOKEN = msgspec.json.Decoder(str | int | None)
-_NULL, _EMPTY, _FALSE = msgspec.Raw(b"null"), msgspec.Raw(b'""'), msgspec.Raw(b"false")
+_NULL = msgspec.Raw(b"null")
 # An envelope key (lower case, no ``_`` or ``-``) that looks like a next-page token under a name
-# we do not read: next_page_url, nextPageLink, next_offset, continuation, after, cursor...
-_TOKEN_LIKE = re.compile(r"token|cursor|continu|^next$|^next(page|url|link|offset)|^after$").search
+# we do not read: pageToken, cursor, continuation, next, next_page_url, nextPageLink, next_offset.
+_TOKEN_LIKE = re.compile(r"token|cursor|^continuation$|^next(page)?(url|link|offset)?$").search
 
 
 def deprecated_alias(func: Callable[..., T], old: str) -> Callable[..., T]:
@@ -214,13 +214,22 @@ def decode_page(
     if token is None:  # the last page, unless the token went under a new name
         for key, value in page.items():
             name = key.lower().replace("_", "").replace("-", "")
-            if key not in token_keys and _TOKEN_LIKE(name) and value not in (_NULL, _EMPTY, _FALSE):
+            if key not in token_keys and _TOKEN_LIKE(name) and _could_be_a_token(value):
                 raise LeapPagingError(
                     f"{where} has no next-page token under {', '.join(token_keys)} but carries "
                     f"{key!r}: if that is the token, set the extra next_token_key (else only "
                     "this page would be read)"
                 )
     return (msgspec.Raw(b"[]") if records == _NULL else records), token
+
+
+def _could_be_a_token(value: msgspec.Raw) -> bool:
+    """Whether a token-like key's value could lead to a next page: not a placeholder (null, "",
+    a boolean, a number below 1, an empty object or list) that a last page carries."""
+    data = _ANY.decode(value)
+    if isinstance(data, bool) or data is None or data in ("", {}, []):
+        return False
+    return not (isinstance(data, (int, float)) and data < 1)
 
 
 class Pager(Generic[T]):
@@ -368,11 +377,15 @@ class ConnectQuery:
         if unnamed and self.wanted is not None:
             log.warning(
                 "Leap answered %d record(s) without a ref_id to check against the IDs sent: has "
-                "the record shape changed (a renamed key)? They are kept, for review",
+                "the record shape changed (a renamed key)? They are passed on (triage reviews "
+                "them; a sensor cannot match them)",
                 unnamed,
             )
         for extra, count in Counter(x for x in outside if x is not None).items():
-            why = self._loose_ids(records) if extra == "ref_id_param" else ""
+            why = ""
+            if extra == "ref_id_param":
+                pairs = zip(records, outside, strict=True)
+                why = self._loose_ids([r for r, x in pairs if x == extra])
             why = why or f"the server seems to ignore that parameter (check the extra {extra})"
             log.warning(
                 "Leap answered %d record(s) outside the %r filter sent: %s; they were dropped",
@@ -391,16 +404,14 @@ class ConnectQuery:
                 return name
         return None
 
-    def _loose_ids(self, records: list[ConnectRecord]) -> str:
-        """An ID answered that differs from one sent only in case or spaces, said as such."""
-        wanted = self.wanted or set()
-        loose = {w.strip().casefold(): w for w in wanted}
-        for got in (record.ref_id for record in records):
-            if got is not None and got not in wanted:
-                sent = loose.get(got.strip().casefold())
-                if sent is not None:
-                    return f"Leap seems to match IDs loosely ({got!r} for {sent!r})"
-        return ""
+    def _loose_ids(self, strays: list[ConnectRecord]) -> str:
+        """When every ID answered outside the ones sent differs from one of them only in case
+        or spaces, that said with an example; else "" (a server ignoring the filter)."""
+        loose = {w.strip().casefold(): w for w in self.wanted or ()}
+        sent = [loose.get((record.ref_id or "").strip().casefold()) for record in strays]
+        if not strays or None in sent:
+            return ""
+        return f"Leap seems to match IDs loosely ({strays[0].ref_id!r} for {sent[0]!r})"
 
 
 class DeadlinePassed(Exception):

@@ -72,9 +72,11 @@ REFRESH = timedelta(hours=1)
 # younger at the hourly run (REFRESH_LANDED_BY + STALE_MARGIN = 27 min) than the quiet period.
 STALE_MARGIN = timedelta(minutes=10)
 # Completions received this long before ``stale_from`` still hold a customer whose data shows a
-# stall from before them (``held_back``): data up to a day late never asks one to finish. The
-# cost is reading a day of the asset's events per run; the rule itself is exact at any length.
-LATE_DATA = timedelta(hours=24)
+# stall from before them (``held_back``): data up to two hours later than REFRESH_LANDED_BY
+# assumes never asks one to finish. The rule is exact at any length; the length is the cost:
+# every run reads this much of the asset's events in one Execution API request, which Airflow
+# answers event by event (a day of events at a few thousand a day outlasts its 5 s timeout).
+LATE_DATA = timedelta(hours=2)
 
 # The published pattern of ``partner_reference`` (the Connect Reference ID).
 PARTNER_REFERENCE_PATTERN = r"^[^\/\\?\]\[{}!#$%^&*()<>|]{3,256}$"
@@ -522,10 +524,11 @@ def held_back(
     (events with no ``ref_id`` name nobody). A customer is held for an event received
     (:func:`received_at`) at or after ``since`` (:func:`stale_from`: the refresh read may not
     show it yet), whatever their stall. An earlier event that announced their Connect session
-    COMPLETED holds a stall from before it: a due customer is not COMPLETED in the data, so data
-    showing a stall older than the completion predates it, however late Leap's refresh landed
-    (``REFRESH_LANDED_BY`` is an assumption); a stall after it is news the data does show (the
-    customer came back). The caller reads events from ``LATE_DATA`` before ``since``.
+    COMPLETED holds a stall from before it (less ``STALE_MARGIN``, for the two clocks): a due
+    customer is not COMPLETED in the data, so data showing a stall older than the completion
+    predates it, however late Leap's refresh landed (``REFRESH_LANDED_BY`` is an assumption); a
+    stall after it is news the data does show (the customer came back). The caller reads events
+    from ``LATE_DATA`` before ``since``.
     """
     held: dict[str, datetime | None] = {}
     for extra, recorded in events:
@@ -539,8 +542,9 @@ def held_back(
         elif extra.get("event_type") == CONNECT_SESSION_UPDATED and extra.get("status") == (
             "COMPLETED"
         ):
-            latest = held.get(ref_id)
-            held[ref_id] = received if latest is None else max(latest, received)
+            # Leap's clock stamps the stall, the receiver's the event: allow it STALE_MARGIN.
+            until, latest = received + STALE_MARGIN, held.get(ref_id)
+            held[ref_id] = until if latest is None else max(latest, until)
     return held
 
 

@@ -158,7 +158,7 @@ def _utility_errors(item: Mapping[str, Any], body: str) -> str:
         named = any(n != UNKNOWN_ERROR_CODE for n in waiting)
         instead = _names(waiting, "or") if named else "another of your utilities"
         sentences.append(f"Connecting {instead} instead will do too.")
-    elif len(failed) > 1:
+    elif sum(1 for n in failed if n != UNKNOWN_ERROR_CODE) > 1:
         sentences.append("Connecting any one of them is enough.")
     return " ".join(sentences)
 
@@ -185,8 +185,11 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
     if link:
         body += f" {CONTINUE}{link}"
     if contact.also:
-        regions = ", ".join(sorted({record_region(a) or "another region" for a in contact.also}))
-        body += f" (We also have another unfinished enrolment for you in {regions}.)"
+        regions = sorted({record_region(a) or "another region" for a in contact.also})
+        other = (
+            "another unfinished enrolment" if len(regions) == 1 else "other unfinished enrolments"
+        )
+        body += f" (We also have {other} for you in {_names(regions)}.)"
     if contact.final and not contact.first:
         body += " This is our last reminder."
     return {"subject": subject, "body": body, "link": link or ""}

@@ -364,7 +364,7 @@ def test_records_without_a_ref_id_are_named_as_such_not_as_an_ignored_filter(
     # kept (review s11b F5): triage sends them to review instead of a green run reading nothing
     assert [(r.id, r.ref_id) for r in got] == [("CAISO_x_aaa", None), ("CAISO_x_bbb", None)]
     assert "2 record(s) without a ref_id" in caplog.text and "renamed key" in caplog.text
-    assert "kept, for review" in caplog.text
+    assert "They are passed on (triage reviews them" in caplog.text
     assert "outside the 'ref-id' filter" not in caplog.text
 
 
@@ -381,6 +381,18 @@ def test_ids_answered_in_another_case_are_dropped_and_named_as_such(sleeps, capl
     assert "('lead-42' for 'Lead-42')" in caplog.text and "seems to ignore" not in caplog.text
 
 
+def test_a_loose_match_among_records_never_asked_for_is_no_excuse(sleeps, caplog) -> None:
+    """Review s11d: a server ignoring the filter is named as such, even when one of the records
+    it answered happens to be a case variant of an ID sent."""
+    answered = [record("lead-42"), record("someone-else"), record("Lead-42")]
+    with fake_leap(lambda seen: page(answered)) as server:
+        got = list(fake_client(server.url, sleeps).iter_connect_records(ref_ids=["Lead-42"]))
+    assert [r.ref_id for r in got] == ["Lead-42"]
+    assert "2 record(s) outside the 'ref-id' filter sent: the server seems to ignore" in (
+        caplog.text
+    )
+
+
 def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> None:
     body = {"connections": [record("aaa")], "pageToken": "p2"}
     with (
@@ -391,7 +403,7 @@ def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> 
 
 
 @pytest.mark.parametrize(
-    "key", ["next_page_url", "nextPageLink", "next_offset", "continuation", "after", "next"]
+    "key", ["next_page_url", "nextPageLink", "next_offset", "continuation", "next", "cursor"]
 )
 def test_other_names_of_a_next_page_token_are_errors_too(sleeps, key: str) -> None:
     """Review s11b F3: a token renamed to any of these stopped the listing after one page."""
@@ -405,7 +417,21 @@ def test_other_names_of_a_next_page_token_are_errors_too(sleeps, key: str) -> No
 
 @pytest.mark.parametrize(
     "extra",
-    [{"cursor": None}, {"nextPage": ""}, {"next_refresh": "soon"}, {"next": False}, {"offset": 8}],
+    [
+        {"cursor": None},
+        {"nextPage": ""},
+        {"next_refresh": "soon"},
+        {"next": False},
+        {"offset": 8},
+        # review s11d: placeholders and names that are no token
+        {"next_page_size": 100},
+        {"nextPageNumber": 0},
+        {"next_offset": -1},
+        {"continue": True},
+        {"continuous": True},
+        {"after": "2026-01-01T00:00:00Z"},
+        {"nextPageLink": {}},
+    ],
 )
 def test_an_empty_token_like_key_or_another_field_still_ends_the_listing(
     sleeps, extra: dict[str, Any]

@@ -426,3 +426,18 @@ def test_a_contact_task_mapped_over_channels_sends_on_each_once(
         assert result.state == "success", result.task_states
     sent = outbox.read_text().splitlines()
     assert sent and all(sent.count(ref_id) == 2 for ref_id in sent)  # once per channel
+
+
+def test_a_run_on_time_records_its_sends_at_its_moment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Review s11d: an on-time run's sends recorded at the clock (seconds after its moment) left
+    the next step's run, one cadence gap later, short of min_gap: each reminder went a run late.
+    Only a run sending more than LATE_SEND after its moment records the clock."""
+    from airflow_provider_leap.operators.contact import LATE_SEND, _sending_time
+
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
+    clock = datetime.now(timezone.utc)
+    on_time = clock - LATE_SEND + timedelta(minutes=1)
+    late = clock - LATE_SEND - timedelta(minutes=1)
+    assert _sending_time(on_time) == on_time and _sending_time(late) >= clock
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", "0")  # off: the moment, always
+    assert _sending_time(late) == late

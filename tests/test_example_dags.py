@@ -391,6 +391,14 @@ def test_render_message_marks_reminders_links_and_other_regions() -> None:
     assert module.render_message(other, None)["body"].endswith(
         "(We also have another unfinished enrolment for you in PJM.)"
     )
+    two = contact(
+        "not_started",
+        {"reason": "not_started"},
+        also=({"transmission_region": "PJM"}, {"transmission_region": "ERCOT"}),
+    )
+    assert module.render_message(two, None)["body"].endswith(
+        "(We also have other unfinished enrolments for you in ERCOT and PJM.)"
+    )
 
 
 def test_the_email_body_is_escaped_html_with_only_its_connect_link_clickable() -> None:
@@ -559,31 +567,31 @@ def test_a_completion_is_held_even_when_the_refresh_lands_late(
     assert (counts["held"], counts["completed"]) == ((1, 0) if lands_at else (0, 1))
 
 
-def test_a_completion_holds_the_stall_before_it_however_late_the_refresh(
+def test_a_completion_holds_only_the_stall_before_it(
     run_dag, reengagement_env, leap_emulator, consumer, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """Review s11a F1: with Leap's refreshes 3 h 10 min late, the 11:17 run reads the 8:00 data.
-    ``finisher`` stalled at 7:40 and completed at 8:20 (the webhook came then, three hours before
-    the run): held, not asked to finish. ``returner`` completed at 5:30 and stalled again at
-    7:30: the data shows that stall, later than the completion, so the message goes."""
+    """Review s11a F1: with Leap's refreshes 70 min late, the 11:17 run reads the 10:00 data.
+    ``finisher`` stalled at 9:40 and completed at 10:20 (before the 10:50 cut-off): held, not
+    asked to finish. ``returner`` completed at 9:00 and stalled again at 9:30: the data shows
+    that stall, later than the completion, so the message goes (it was held too)."""
     from airflow_provider_leap.testing.journeys import Event, Step
 
-    _refresh_lands_at(190, monkeypatch)
+    _refresh_lands_at(70, monkeypatch)
     cancel = ("USER_CANCELED",)
     population = _play(
         leap_emulator,
         _at("00:00"),
         _customer(
             "finisher",
-            Event(_at("07:00"), Step.CLICK),
-            Event(_at("07:40"), Step.ERROR, *cancel),
-            Event(_at("08:20"), Step.COMPLETE),
+            Event(_at("09:00"), Step.CLICK),
+            Event(_at("09:40"), Step.ERROR, *cancel),
+            Event(_at("10:20"), Step.COMPLETE),
         ),
         _customer(
             "returner",
-            Event(_at("05:00"), Step.CLICK),
-            Event(_at("05:30"), Step.COMPLETE),
-            Event(_at("07:30"), Step.ERROR, *cancel),
+            Event(_at("08:00"), Step.CLICK),
+            Event(_at("09:00"), Step.COMPLETE),
+            Event(_at("09:30"), Step.ERROR, *cancel),
         ),
     )
     result = _hourly_with_webhooks(run_dag, leap_emulator, population, "11:17")

@@ -33,14 +33,18 @@ if TYPE_CHECKING:
 LEDGER_VARIABLE_PREFIX = "leap_ledger:"
 # How far a run's moment may be ahead of this worker's clock (skew between machines).
 CLOCK_SKEW = timedelta(minutes=10)
+# A run sending this long after its moment records its sends at the clock (``_sending_time``).
+LATE_SEND = timedelta(minutes=30)
 
 
 def _sending_time(now: datetime) -> datetime:
-    """When a run's sends are recorded: its moment, or this worker's clock when later (review
-    s11a F5): a catch-up run within ``max_run_lag`` sends now, so the next message is spaced from
-    now, never closer than ``min_gap``. With ``max_run_lag`` off (simulations, tests at past
-    dates) the moment stands."""
-    return now if max_run_lag() is None else max(now, datetime.now(timezone.utc))
+    """When a run's sends are recorded: its moment, or this worker's clock when the run sends
+    more than ``LATE_SEND`` after it (review s11a F5): a catch-up run within ``max_run_lag``
+    sends now, so the next message is spaced from now, never closer than ``min_gap``. A run on
+    time keeps its moment, so its next step's run, a cadence gap later, finds the gap whole.
+    With ``max_run_lag`` off (simulations, tests at past dates) the moment stands."""
+    clock = datetime.now(timezone.utc)
+    return clock if max_run_lag() is not None and clock - now > LATE_SEND else now
 
 
 def max_run_lag() -> timedelta | None:
@@ -155,7 +159,7 @@ class LeapContactOperator(BaseOperator):
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
         :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or who
-        completed their Connect session in the day before, after the stall the data shows (the
+        completed their Connect session in the two hours before, after the stall the data shows (the
         data is older than assumed: :func:`~airflow_provider_leap.webhooks.held_back`), is held
         back for this run: the record may predate a completion or a new step. Held customers
         are counted (``held``) and logged, not recorded in the ledger; the next run decides. The

@@ -163,7 +163,7 @@ class TriageOperator(BaseOperator):
             "field: see Troubleshooting, Malformed or unexpected records",
             result.summary["malformed"],
             result.summary["records_read"],
-            ", ".join(repr(i["id"] or i["ref_id"]) for i in items[:3])
+            ", ".join(repr(i["id"] or i["ref_id"] or "no id") for i in items[:3])
             + (", ..." if len(items) > 3 else ""),
         )
 
