@@ -24,7 +24,7 @@ from reengagement_sim import START
 
 from airflow_provider_leap.contact import ContactPolicy, contact_key
 from airflow_provider_leap.testing.journeys import Customer, Population, Step
-from airflow_provider_leap.webhooks import LATE_DATA, stale_from
+from airflow_provider_leap.webhooks import LATE_DATA, STALE_MARGIN, stale_from
 
 SEED, CUSTOMERS, DAYS = 5, 1000, 14
 DOWN_FROM, DOWN_HOURS = 100, 6  # the scheduler is down from hour 100 to 105
@@ -88,7 +88,8 @@ def _due(
     cutoff = stale_from(at)  # an event since the refresh read, or a completion after the stall
     events = [e for j in customer.journeys for e in j.events if e.at < at]
     if any(
-        cutoff <= e.at or (cutoff - LATE_DATA <= e.at and e.step is Step.COMPLETE and e.at > stall)
+        cutoff <= e.at
+        or (cutoff - LATE_DATA <= e.at and e.step is Step.COMPLETE and e.at + STALE_MARGIN > stall)
         for e in events
     ):
         held.append((customer.ref_id, at))
