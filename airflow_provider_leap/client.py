@@ -68,8 +68,13 @@ _ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
 _TOKEN = msgspec.json.Decoder(str | int | None)
 _NULL = msgspec.Raw(b"null")
 # An envelope key (lower case, no ``_`` or ``-``) that looks like a next-page token under a name
-# we do not read: pageToken, cursor, continuation, next, next_page_url, nextPageLink, next_offset.
-_TOKEN_LIKE = re.compile(r"token|cursor|^continuation$|^next(page)?(url|link|offset)?$").search
+# we do not read (pageToken, cursor, continuation, next, next_page_url, nextPageLink,
+# next_offset, next_page_number...), unless it names something else about tokens or pages.
+_TOKEN_LIKE = re.compile(
+    r"token|cursor|continu|^next(page)?(url|uri|link|href|offset|number|num|index|key|marker"
+    r"|start)?$"
+).search
+_NOT_TOKEN = re.compile(r"expire|remaining|size|count|total|limit").search
 
 
 def deprecated_alias(func: Callable[..., T], old: str) -> Callable[..., T]:
@@ -214,7 +219,12 @@ def decode_page(
     if token is None:  # the last page, unless the token went under a new name
         for key, value in page.items():
             name = key.lower().replace("_", "").replace("-", "")
-            if key not in token_keys and _TOKEN_LIKE(name) and _could_be_a_token(value):
+            if (
+                key not in token_keys
+                and _TOKEN_LIKE(name)
+                and not _NOT_TOKEN(name)
+                and _could_be_a_token(value)
+            ):
                 raise LeapPagingError(
                     f"{where} has no next-page token under {', '.join(token_keys)} but carries "
                     f"{key!r}: if that is the token, set the extra next_token_key (else only "

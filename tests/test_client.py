@@ -403,7 +403,18 @@ def test_a_next_page_token_under_a_new_name_is_an_error_not_one_page(sleeps) -> 
 
 
 @pytest.mark.parametrize(
-    "key", ["next_page_url", "nextPageLink", "next_offset", "continuation", "next", "cursor"]
+    "key",
+    [
+        "next_page_url",
+        "nextPageLink",
+        "next_offset",
+        "continuation",
+        "next",
+        "cursor",
+        "nextPageNumber",  # review s11e: caught before the anchoring, then missed
+        "next_page_uri",
+        "continuationKey",
+    ],
 )
 def test_other_names_of_a_next_page_token_are_errors_too(sleeps, key: str) -> None:
     """Review s11b F3: a token renamed to any of these stopped the listing after one page."""
@@ -431,6 +442,8 @@ def test_other_names_of_a_next_page_token_are_errors_too(sleeps, key: str) -> No
         {"continuous": True},
         {"after": "2026-01-01T00:00:00Z"},
         {"nextPageLink": {}},
+        {"token_expires_in": 3600},
+        {"tokens_remaining": 99},
     ],
 )
 def test_an_empty_token_like_key_or_another_field_still_ends_the_listing(
