@@ -378,8 +378,8 @@ class ConnectQuery:
     def check(self, records: list[ConnectRecord]) -> list[ConnectRecord]:
         """Trust, but verify: records outside the filters sent (a server ignoring a filter whose
         wire name is wrong) are dropped with a warning, or we would message the wrong customers.
-        A record whose timestamp does not parse, or with no ``ref_id`` to check, is kept and
-        named in a warning: triage sends it to review, so nothing is lost."""
+        A record whose timestamp does not parse is kept, and so is one with no ``ref_id`` to
+        check (with a warning): triage sends them to review, so nothing is lost."""
         if self.wanted is None and not self.after:
             return records
         outside = [self._outside(record) for record in records]

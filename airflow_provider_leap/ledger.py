@@ -133,9 +133,7 @@ class Entry(msgspec.Struct, array_like=True):
     ref_id: str
     stall: str
     sent_offset: int = -1  # steps by their offset from the stall, as ``contact.StallRecord``
-    sent_at: int | None = (
-        None  # when the last send was recorded (epoch s): its run's moment or later
-    )
+    sent_at: int | None = None  # epoch s of the last send: its run's moment, or later
     failed_offset: int = -1
     failures: int = 0
     in_flight: bool = False  # set in memory only, after the snapshot was written

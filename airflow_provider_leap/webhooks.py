@@ -537,12 +537,13 @@ def held_back(
         if not isinstance(ref_id, str) or not ref_id or (ref_id in held and held[ref_id] is None):
             continue
         received = received_at(extra, recorded)
+        completed = (
+            extra.get("event_type") == CONNECT_SESSION_UPDATED
+            and extra.get("status") == "COMPLETED"
+        )
         if received >= since:
             held[ref_id] = None
-        elif extra.get("event_type") == CONNECT_SESSION_UPDATED and extra.get("status") == (
-            "COMPLETED"
-        ):
-            # Leap's clock stamps the stall, the receiver's the event: allow it STALE_MARGIN.
+        elif completed:  # Leap's clock stamps the stall, the receiver's the event: a margin
             until, latest = received + STALE_MARGIN, held.get(ref_id)
             held[ref_id] = until if latest is None else max(latest, until)
     return held

@@ -159,10 +159,11 @@ class LeapContactOperator(BaseOperator):
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
         :func:`~airflow_provider_leap.webhooks.stale_from` of the triage's time), or who
-        completed their Connect session in the two hours before, after the stall the data shows (the
-        data is older than assumed: :func:`~airflow_provider_leap.webhooks.held_back`), is held
-        back for this run: the record may predate a completion or a new step. Held customers
-        are counted (``held``) and logged, not recorded in the ledger; the next run decides. The
+        completed their Connect session in the two hours before, after the stall the data
+        shows (the data is older than assumed:
+        :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run: the
+        record may predate a completion or a new step. Held customers are counted (``held``)
+        and logged, not recorded in the ledger; the next run decides. The
         asset is added to the task's inlets, so it is not templated: Airflow reads a task's
         inlets when the DAG is parsed. Default None: no events are read.
     :param accept_ledger_id: the ``ledger-id`` of a ledger to send with although this task's
