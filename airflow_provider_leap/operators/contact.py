@@ -163,9 +163,9 @@ class LeapContactOperator(BaseOperator):
         shows (the data is older than assumed:
         :func:`~airflow_provider_leap.webhooks.held_back`), is held back for this run: the
         record may predate a completion or a new step. Held customers are counted (``held``)
-        and logged, not recorded in the ledger; the next run decides. The
-        asset is added to the task's inlets, so it is not templated: Airflow reads a task's
-        inlets when the DAG is parsed. Default None: no events are read.
+        and logged, not recorded in the ledger; the next run decides. The asset is added to the
+        task's inlets, so it is not templated: Airflow reads a task's inlets when the DAG is
+        parsed. Default None: no events are read.
     :param accept_ledger_id: the ``ledger-id`` of a ledger to send with although this task's
         earlier runs recorded their sends in another one. Without it such a run fails before
         sending, since every due customer would be messaged again (a ledger moved without its
