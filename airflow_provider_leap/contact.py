@@ -4,10 +4,11 @@ A *stall* is a customer (Reference ID) standing still since a given last interac
 is answered once, then reminded on a cadence, then left alone: step 0 (the first contact) is due
 one quiet period after the stall, step ``i`` at ``cadence[i - 1]`` after it. A new interaction
 is a new stall. A stall found late (first run ever, scheduler down) gets one message for the
-latest step already due, never a burst of the missed ones, and two messages of one stall are
-never closer than the tightest gap of the schedule. A step is known by its offset from the
-stall, not its number, so a cadence changed mid-sequence repeats no step; and step ``i`` is never
-a customer's message number ``i + 2`` or later, nor follows a final one.
+latest step already due, never a burst of the missed ones, and two messages to a customer are
+never closer than the tightest gap of the schedule, even across stalls (a new stall's first
+contact waits for it). A step is known by its offset from the stall, not its number, so a
+cadence changed mid-sequence repeats no step; and step ``i`` is never a customer's message
+number ``i + 2`` or later, nor follows a final one.
 
 Planning is pure: it reads triage buckets, a time ``now`` and what the delivery ledger says was
 sent, so every Airflow run, retry or clear computes the same contacts with the same keys.
@@ -351,6 +352,7 @@ def plan_contacts(
             counts["expired" if age > policy.horizon else "waiting"] += 1
             continue
         state = ledger.get(ref_id, _NOTHING_SENT)
+        last_sent = state.sent_at  # in any stall: a new one's first contact keeps the gap too
         if state.stall != stall:
             answered = stall_order(state.stall) if state.stall else None
             if answered is not None and answered > stall_time:
@@ -376,7 +378,7 @@ def plan_contacts(
             counts["given_up_before"] += 1
             if not (spent and run and (state.failed_by or "").startswith(run)):
                 continue
-        elif state.sent_at is not None and now.timestamp() - state.sent_at < min_gap_seconds:
+        elif last_sent is not None and now.timestamp() - last_sent < min_gap_seconds:
             counts["waiting"] += 1
             continue
         elif ref_id in hold and _holds(hold, ref_id, stall_time):

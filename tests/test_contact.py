@@ -126,6 +126,20 @@ def test_a_new_interaction_is_a_new_stall_with_a_new_key() -> None:
     assert due[0].contact_key != contact_key("a1b", iso(old), OFF[0])
 
 
+def test_a_new_stall_soon_after_a_message_waits_for_the_gap_then_gets_its_first_contact() -> None:
+    """A customer who acts on a message and stalls again two hours later hears about the new
+    stall once the schedule's tightest gap (23 h) has passed since that message, not at once."""
+    sent = T0 - 3 * H
+    ledger = {"a1b": StallState(iso(T0 - 2 * D), sent_offset=OFF[1], sent_at=int(sent.timestamp()))}
+    restall = {"utility_error": [item("a1b", T0 - H)]}
+    soon = plan(restall, T0, ledger)
+    assert soon.due == [] and soon.outcomes["waiting"] == 1
+    just_short = plan(restall, sent + ContactPolicy().min_gap - timedelta(seconds=1), ledger)
+    assert just_short.due == []
+    due = plan(restall, sent + ContactPolicy().min_gap, ledger).due
+    assert [(c.stall, c.step, c.first) for c in due] == [(iso(T0 - H), 0, True)]
+
+
 def test_completed_customers_are_never_due_even_with_another_region_stalled() -> None:
     buckets = {
         "completed": [item("a1b", T0 - 3 * D, "PJM")],

@@ -604,7 +604,7 @@ def test_one_first_contact_when_a_click_is_followed_by_a_cancel(
 ) -> None:  # type: ignore[no-untyped-def]
     """A click at 9:30 and a cancel at 10:05, the hourly DAG and the webhook DAG: one first
     contact, about the cancel. (Should Leap's refresh land after :17, the 11:17 runs would read
-    the click as the stall: two stalls, two first contacts an hour apart; see review s10a.)"""
+    the click as the stall: two stalls, two messages 23 hours apart; see review s10a.)"""
     from airflow_provider_leap.testing.journeys import Event, Step
 
     population = _play(
