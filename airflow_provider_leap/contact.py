@@ -130,7 +130,7 @@ class ContactPolicy:
 
     @functools.cached_property
     def min_gap(self) -> timedelta:
-        """The tightest spacing of the schedule: no two messages of a stall come closer."""
+        """The tightest spacing of the schedule: no two messages to a customer come closer."""
         steps = self.steps
         gaps = [later - earlier for earlier, later in itertools.pairwise(steps)]
         return min(gaps, default=timedelta(0))
@@ -218,6 +218,9 @@ class Contact:
     # Messages of the stall on record when it was planned: the ledger lets one message go out
     # as the stall's next (two senders planning at once at different times pick two steps).
     sent_before: int = 0
+    # The customer's last message on record when it was planned (epoch s, any stall): the
+    # ledger lets one message go out as their next (two senders may plan two stalls).
+    last_sent: int | None = None
 
 
 @dataclass
@@ -313,8 +316,9 @@ def plan_contacts(
 
     At most one contact per Reference ID, however many records (regions) Leap returned.
     ``ledger`` maps a Reference ID to what was sent in its latest stall; a missing key, or an
-    older stall, means nothing was sent for this one. Stalls are instants: a ledger's text of
-    the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall. Stalls
+    older stall, means nothing was sent for this one (an older stall's last message still
+    spaces this one's first, and one being sent holds it). Stalls are instants: a ledger's text
+    of the same instant in another form (``...05.000Z`` for ``...05Z``) is the same stall. Stalls
     before ``forgotten_before`` (the ledger's ``LedgerView.forgotten_before``) are expired
     whatever ``now`` is: the ledger no longer knows what they were sent, so a cleared old run
     must not answer them again. A customer in ``hold`` who would be due is counted ``held``
@@ -353,6 +357,9 @@ def plan_contacts(
             continue
         state = ledger.get(ref_id, _NOTHING_SENT)
         last_sent = state.sent_at  # in any stall: a new one's first contact keeps the gap too
+        if state.in_flight:  # a message of this stall, or of an older one, is being sent
+            counts["in_flight"] += 1
+            continue
         if state.stall != stall:
             answered = stall_order(state.stall) if state.stall else None
             if answered is not None and answered > stall_time:
@@ -360,9 +367,6 @@ def plan_contacts(
                 continue
             if answered != stall_time:  # else the same instant in another text: one stall
                 state = _NOTHING_SENT
-        if state.in_flight:
-            counts["in_flight"] += 1
-            continue
         offset = offsets[step]
         # After a cadence change: no step the customer is past, no second first contact or
         # last reminder, no more messages before a step than the cadence puts before it.
@@ -404,6 +408,7 @@ def plan_contacts(
             item=item,
             also=tuple(also),
             sent_before=state.sent_count,
+            last_sent=last_sent,
         )
         if spent:
             plan.given_up.append(contact)

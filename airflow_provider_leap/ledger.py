@@ -7,16 +7,17 @@ subfolder per channel::
     <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
     <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
-    <root>/<channel>/slots/<slot>              the stall's next message, taken with the claim
+    <root>/<channel>/slots/<slot>              the customer's next message, taken with the claim
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
     <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
-only one process ever sends that attempt; with it, it creates the stall's next message slot
-(the customer, the stall, the number of messages before), so two senders that planned at
-different times, and so picked different steps, never both send. Right after the send, a
+only one process ever sends that attempt; with it, it creates the customer's next message slot
+(the customer and their last message on record), so two senders that planned from the same
+record never both send, whatever they picked: two steps of a stall (planned at different
+times), or two stalls (one read newer data). Right after the send, a
 second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
 claim). A claim with no outcome (the process was killed mid-send) may or may not have gone out:
 once stale it counts as sent, never repeated, and is reported for a person.
@@ -56,8 +57,8 @@ SNAPSHOT = "ledger.json"
 # builds only, by their number).
 FORMAT = 2
 CLAIMS = "claims"
-# One file per message of a stall, by its number (``message_slot``): created exclusively with
-# the claim, so two senders planning different steps as the same next message collide.
+# One file per customer's next message (``message_slot``): created exclusively with the claim,
+# so two senders planning different messages as the same next one collide.
 SLOTS = "slots"
 SLOT_PREFIX = "ms-"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
@@ -115,11 +116,10 @@ class Claim(msgspec.Struct, kw_only=True):
 
 
 def message_slot(contact: Contact) -> str:
-    """The name of the stall's next message (the customer, the stall's instant, its number),
-    whichever step is planned as it."""
-    instant = stall_order(contact.stall).isoformat()
-    number = contact.sent_before + 1
-    digest = hashlib.sha256(f"{contact.ref_id}\x1f{instant}\x1f{number}".encode()).hexdigest()
+    """The name of the customer's next message (named by their last message on record when it
+    was planned), whichever stall and step are planned as it."""
+    last = "" if contact.last_sent is None else str(contact.last_sent)
+    digest = hashlib.sha256(f"{contact.ref_id}\x1f{last}".encode()).hexdigest()
     return f"{SLOT_PREFIX}{digest[:40]}"
 
 
@@ -232,13 +232,14 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
 
 def _covers(entry: Entry | None, contact: Contact) -> bool:
     """Whether a customer's compacted entry already records this attempt (sent, failed as
-    often, or superseded by a later step or a later stall)."""
+    often, or superseded by a later step, a later stall, or a message sent since the plan)."""
     if entry is None:
         return False
     if entry.stall != contact.stall:
         recorded, contacted = stall_order(entry.stall), stall_order(contact.stall)
         if recorded != contacted:
-            return recorded > contacted
+            since = (entry.sent_at or 0) > (contact.last_sent or 0)  # an older stall's message
+            return recorded > contacted or since
     if entry.sent_offset >= contact.offset or entry.failed_offset > contact.offset:
         return True
     if entry.sent_count > contact.sent_before:  # another step went out since the plan
@@ -794,9 +795,9 @@ class DeliveryLedger:
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
-        """Take attempt ``contact.attempt`` of this contact, and the stall's next message slot;
+        """Take attempt ``contact.attempt`` of this contact, and the customer's next message slot;
         False if another sender has either, or a compaction since this ledger's ``load``
-        recorded the attempt or another message of the stall.
+        recorded the attempt or another message to the customer.
 
         The slot is created after the claim and listed before the claims by a compaction, so a
         slot it finds has its claim listed too, and it deletes the slot only when that claim is

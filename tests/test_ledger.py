@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_leap.contact import Contact, ContactPolicy, plan_contacts
+from airflow_provider_leap.contact import Contact, ContactPlan, ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 POLICY = ContactPolicy()
+H = timedelta(hours=1)
 
 
 class Clock:
@@ -454,6 +455,62 @@ def test_two_senders_that_planned_different_steps_send_one_message(
         assert [(c.step, c.attempt, c.sent_before) for c in plan.due] == [(1, 2, 0)]
     else:
         assert plan.due == [] and plan.outcomes["already_sent"] == 1
+
+
+OLD_STALL, NEW_STALL = T0 - timedelta(days=1, hours=3), T0 - timedelta(hours=2)
+
+
+def _reminder_due(tmp_path: Path) -> tuple[DeliveryLedger, ContactPlan]:
+    """Yesterday's stall answered, its day-1 reminder due now for the hourly run."""
+    run(DeliveryLedger(tmp_path, owner="day0"), buckets(1, OLD_STALL), Outbox(), now=OLD_STALL + H)
+    hourly = DeliveryLedger(tmp_path, owner="hourly")
+    now = OLD_STALL + timedelta(days=1)
+    plan = plan_contacts(
+        buckets(1, OLD_STALL), now=now, policy=POLICY, ledger=hourly.load(now).states
+    )
+    assert [(c.step, c.first) for c in plan.due] == [(1, False)]
+    return hourly, plan
+
+
+@pytest.mark.parametrize("between", ["nothing", "a compaction"])
+def test_two_senders_that_planned_two_stalls_send_one_message(tmp_path: Path, between: str) -> None:
+    """Review s12a F1: the hourly run's data still shows yesterday's stall, due its day-1
+    reminder; the webhook run read a newer refresh, where the customer acted again this morning
+    (a new stall, its first contact due). Both claims succeeded (two stalls, two slots) and the
+    customer got two messages minutes apart. One goes out; the other waits for the gap."""
+    hourly, early = _reminder_due(tmp_path)
+    events = DeliveryLedger(tmp_path, owner="events")
+    late = plan_contacts(
+        buckets(1, NEW_STALL), now=T0, policy=POLICY, ledger=events.load(T0).states
+    )
+    assert [(c.step, c.first) for c in late.due] == [(0, True)]
+    sent = Outbox()
+    deliver(early.due, sent, hourly, now=OLD_STALL + timedelta(days=1), max_attempts=3)
+    if between == "a compaction":  # another task's load folds the claim and deletes its slot
+        DeliveryLedger(tmp_path, owner="other").load(T0)
+    second = Outbox()
+    report = deliver(late.due, second, events, now=T0, max_attempts=3)
+    assert (len(sent.sent), second.sent, report.claimed_elsewhere) == (1, [], 1)
+    # The new stall's first contact comes once the gap has passed since the reminder.
+    nxt = DeliveryLedger(tmp_path, owner="next")
+    for gap, due in ((POLICY.min_gap - H, []), (POLICY.min_gap, [(0, True)])):
+        at = OLD_STALL + timedelta(days=1) + gap
+        plan = plan_contacts(
+            buckets(1, NEW_STALL), now=at, policy=POLICY, ledger=nxt.load(at).states
+        )
+        assert [(c.step, c.first) for c in plan.due] == due
+
+
+def test_a_new_stall_waits_while_a_message_of_the_older_one_is_being_sent(tmp_path: Path) -> None:
+    """Review s12a F1: a live claim of the older stall made the newer stall's plan start from
+    nothing sent, in flight or not."""
+    hourly, early = _reminder_due(tmp_path)
+    assert hourly.claim(early.due[0], OLD_STALL + timedelta(days=1))
+    events = DeliveryLedger(tmp_path, owner="events")
+    late = plan_contacts(
+        buckets(1, NEW_STALL), now=T0, policy=POLICY, ledger=events.load(T0).states
+    )
+    assert late.due == [] and late.outcomes["in_flight"] == 1
 
 
 def test_a_slot_is_deleted_by_a_compaction_only_never_by_its_sender(tmp_path: Path) -> None:
