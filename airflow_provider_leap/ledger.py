@@ -7,17 +7,18 @@ subfolder per channel::
     <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
     <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
-    <root>/<channel>/slots/<slot>              the customer's next message, taken with the claim
+    <root>/<channel>/slots/<slot>              the stall's and the customer's next message
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
     <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
-only one process ever sends that attempt; with it, it creates the customer's next message slot
-(the customer and their last message on record), so two senders that planned from the same
-record never both send, whatever they picked: two steps of a stall (planned at different
-times), or two stalls (one read newer data). Right after the send, a
+only one process ever sends that attempt; with it, it creates two message slots: the stall's
+next message (the customer, the stall, the number of its messages before) and the customer's
+(the customer and their last message on record). So two senders that planned at different
+times, and picked two steps of a stall, or read two refreshes, and picked two stalls, never
+both send. Right after the send, a
 second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
 claim). A claim with no outcome (the process was killed mid-send) may or may not have gone out:
 once stale it counts as sent, never repeated, and is reported for a person.
@@ -57,8 +58,8 @@ SNAPSHOT = "ledger.json"
 # builds only, by their number).
 FORMAT = 2
 CLAIMS = "claims"
-# One file per customer's next message (``message_slot``): created exclusively with the claim,
-# so two senders planning different messages as the same next one collide.
+# One file per next message of a stall, and of a customer (``message_slots``): created
+# exclusively with the claim, so two senders planning different messages as one collide.
 SLOTS = "slots"
 SLOT_PREFIX = "ms-"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
@@ -112,15 +113,21 @@ class Claim(msgspec.Struct, kw_only=True):
     owner: str = ""
     error: str | None = None
     horizon: float = 0.0  # the sender's, in seconds: see ``Snapshot.horizon``
-    slot: str = ""  # its ``message_slot``: kept while the claim is live
+    slots: tuple[str, ...] = ()  # its ``message_slots``: kept while the claim is live
 
 
-def message_slot(contact: Contact) -> str:
-    """The name of the customer's next message (named by their last message on record when it
-    was planned), whichever stall and step are planned as it."""
-    last = "" if contact.last_sent is None else str(contact.last_sent)
-    digest = hashlib.sha256(f"{contact.ref_id}\x1f{last}".encode()).hexdigest()
-    return f"{SLOT_PREFIX}{digest[:40]}"
+def message_slots(contact: Contact) -> tuple[str, str]:
+    """The names of the stall's next message (the customer, the stall's instant, its number)
+    and of the customer's (their last message on record when planned), whichever step and
+    stall are planned as them. Two names: two senders' views of the customer's last message
+    differ when one of them has forgotten an old stall at the horizon."""
+    instant = stall_order(contact.stall).isoformat()
+    last = "" if contact.last_sent is None else contact.last_sent
+    texts = (f"{instant}\x1f{contact.sent_before + 1}", f"customer\x1f{last}")
+    stall, customer = (
+        hashlib.sha256(f"{contact.ref_id}\x1f{text}".encode()).hexdigest() for text in texts
+    )
+    return f"{SLOT_PREFIX}{stall[:40]}", f"{SLOT_PREFIX}{customer[:40]}"
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -224,7 +231,8 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
         if recorded == claimed:  # the same instant in another text (an older version's)
             entry.stall = claim.stall
             return entry
-        entry = None
+        # A later stall: a new entry, which keeps when the customer's last message went out.
+        entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall, sent_at=entry.sent_at)
     if entry is None:
         entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall)
     return entry
@@ -596,7 +604,7 @@ class DeliveryLedger:
                 path.unlink(missing_ok=True)
             view.compacted = True
         if compact:  # a slot whose claim is not live: its message is in this snapshot, or failed
-            held = {claim.slot for claim in live}
+            held = {slot for claim in live for slot in claim.slots}
             for path in slots:  # not another sender's slot still being created (a tmp file)
                 if path.name.startswith(SLOT_PREFIX) and path.name not in held:
                     path.unlink(missing_ok=True)
@@ -791,7 +799,7 @@ class DeliveryLedger:
             owner=self.owner,
             error=error,
             horizon=self.horizon.total_seconds(),
-            slot=message_slot(contact),
+            slots=message_slots(contact),
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
@@ -806,7 +814,7 @@ class DeliveryLedger:
         holds its message: a retry before then counts it ``claimed_elsewhere``."""
         claim = self._claim(contact, SENDING, now, None)
         body = msgspec.json.encode(claim)
-        path, slot = self._attempt_path(contact, CLAIM), self.folder / SLOTS / claim.slot
+        path, slots = self._attempt_path(contact, CLAIM), self.folder / SLOTS
         with _storage_failure(lambda exc: f"Cannot record a claim in {self.claims}: {exc}"):
             self._prepare()
             if not self._create_exclusive(path, body):
@@ -815,7 +823,8 @@ class DeliveryLedger:
                 # A slot taken is never given back here, only deleted by a compaction (under its
                 # lock): deleted now, between a compaction's listings of slots and of claims,
                 # another sender could take it and the compaction delete that live slot.
-                covered = not self._create_exclusive(slot, body) or self._covered(contact)
+                taken = all(self._create_exclusive(slots / name, body) for name in claim.slots)
+                covered = not taken or self._covered(contact)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 covered = True
                 raise
@@ -844,7 +853,10 @@ class DeliveryLedger:
             self._forgotten_before = max(self._forgotten_before, snapshot.forgotten_before)
         if contact.stall[:19] < self._forgotten_before:
             return True
-        return self._newer is not None and _covers(self._newer.get(contact.ref_id), contact)
+        entry = None if self._newer is None else self._newer.get(contact.ref_id)
+        if entry is not None and entry.stall[:19] < self._forgotten_before:
+            entry = None  # a stall this sender forgot: its messages are no news to the plan
+        return _covers(entry, contact)
 
     def _read_generation(self) -> str:
         try:

@@ -20,6 +20,7 @@ from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, Olde
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 POLICY = ContactPolicy()
 H = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
 
 
 class Clock:
@@ -513,6 +514,93 @@ def test_a_new_stall_waits_while_a_message_of_the_older_one_is_being_sent(tmp_pa
     assert late.due == [] and late.outcomes["in_flight"] == 1
 
 
+def test_a_failed_first_contact_of_a_new_stall_and_its_retry_send_one_message(
+    tmp_path: Path,
+) -> None:
+    """Review s12b F1: the hourly run plans a new stall's first contact (held a day by the gap),
+    a webhook run a little later its day-1 step. The hourly send fails and its retry sends; the
+    webhook run's step went out too. The failed attempt also erased when the customer's last
+    message went out (the new stall's entry started empty)."""
+    old = T0 - timedelta(days=1, hours=3)
+    new, hourly_now = old + timedelta(minutes=90), old + timedelta(days=1, hours=1)
+    events_now = hourly_now + timedelta(minutes=35)
+    run(DeliveryLedger(tmp_path, owner="day0"), buckets(1, old), Outbox(), now=old + H)
+    hourly, events = DeliveryLedger(tmp_path, owner="h/1"), DeliveryLedger(tmp_path, owner="e/1")
+    early, late = (
+        plan_contacts(buckets(1, new), now=at, policy=POLICY, ledger=ledger.load(at).states).due
+        for ledger, at in ((hourly, hourly_now), (events, events_now))
+    )
+    assert [(c.step, c.first) for c in early + late] == [(0, True), (1, True)]
+    deliver(early, Outbox(fail={"cust-0000"}), hourly, now=hourly_now, max_attempts=3)
+    retried, report = run(
+        DeliveryLedger(tmp_path, owner="h/2"), buckets(1, new), Outbox(), hourly_now
+    )
+    assert report.sent == 1 and retried.due[0].last_sent == int((old + H).timestamp())
+    second = Outbox()
+    assert deliver(late, second, events, now=events_now, max_attempts=3).claimed_elsewhere == 1
+    assert second.sent == []
+
+
+@pytest.mark.parametrize("hourly_first", [True, False])
+def test_two_senders_either_side_of_an_old_stall_leaving_the_horizon_send_one_message(
+    tmp_path: Path, hourly_first: bool
+) -> None:
+    """Review s12b F2: the hourly run's moment still knows the customer's old stall, the webhook
+    run's, twenty minutes later, has forgotten it: they saw two different last messages, so
+    their customer slots differed, and they picked two steps of the new stall."""
+    old = T0 - timedelta(days=31)
+    new = old + timedelta(days=29, minutes=5)
+    hourly_now, events_now = old + POLICY.horizon - 10 * MINUTE, old + POLICY.horizon + 10 * MINUTE
+    run(DeliveryLedger(tmp_path, owner="day0"), buckets(1, old), Outbox(), now=old + H)
+    senders = [
+        (
+            ledger,
+            at,
+            plan_contacts(
+                buckets(1, new), now=at, policy=POLICY, ledger=ledger.load(at).states
+            ).due,
+        )
+        for ledger, at in (
+            (DeliveryLedger(tmp_path, owner="hourly"), hourly_now),
+            (DeliveryLedger(tmp_path, owner="events"), events_now),
+        )
+    ]
+    assert [(c.step, c.last_sent is None) for _, _, due in senders for c in due] == [
+        (0, False),
+        (1, True),
+    ]
+    outbox = Outbox()
+    for ledger, at, due in senders if hourly_first else senders[::-1]:
+        deliver(due, outbox, ledger, now=at, max_attempts=3)
+    assert len(outbox.sent) == 1
+
+
+def test_an_old_stall_forgotten_by_the_sender_is_no_message_since_its_plan(tmp_path: Path) -> None:
+    """Review s12b F3: a sender whose load forgot the customer's old stall (past the horizon at
+    its moment) planned the new stall's first contact; a compaction by a sender with an earlier
+    moment kept the old stall, and its weeks-old message counted as sent since the plan."""
+    old = T0 - timedelta(days=31)
+    new, hourly_now = old + timedelta(days=29, hours=2), old + POLICY.horizon - 5 * MINUTE
+    events_now = old + POLICY.horizon + 10 * MINUTE
+    run(DeliveryLedger(tmp_path, owner="day0"), buckets(1, old), Outbox(), now=old + H)
+    compacting, events = (
+        DeliveryLedger(tmp_path, owner="other"),
+        DeliveryLedger(tmp_path, owner="e"),
+    )
+    assert compacting._lock()  # another task is compacting: the webhook run's load only reads
+    due = plan_contacts(
+        buckets(1, new), now=events_now, policy=POLICY, ledger=events.load(events_now).states
+    ).due
+    compacting._unlock()
+    assert [(c.step, c.last_sent) for c in due] == [(0, None)]
+    other = {"not_started": [{**buckets(1, new)["not_started"][0], "ref_id": "z9"}]}
+    run(DeliveryLedger(tmp_path, owner="hourly"), other, Outbox(), now=hourly_now)
+    DeliveryLedger(tmp_path, owner="next").load(hourly_now)  # a new snapshot, the old stall kept
+    outbox = Outbox()
+    deliver(due, outbox, events, now=events_now, max_attempts=3)
+    assert len(outbox.sent) == 1
+
+
 def test_a_slot_is_deleted_by_a_compaction_only_never_by_its_sender(tmp_path: Path) -> None:
     """Review s10d F1: a claim found covered gave its slot back; between a compaction's listings
     of slots and of claims that let a third sender take the slot, the compaction delete it live,
@@ -530,7 +618,7 @@ def test_a_slot_is_deleted_by_a_compaction_only_never_by_its_sender(tmp_path: Pa
     slots = tmp_path / "email" / "slots"
     assert list(slots.iterdir()) == []
     report = deliver(planned[1], Outbox(), second, now=now, max_attempts=3)  # covered: refused
-    assert report.claimed_elsewhere == 1 and len(list(slots.iterdir())) == 1
+    assert report.claimed_elsewhere == 1 and len(list(slots.iterdir())) == 2  # stall, customer
     DeliveryLedger(tmp_path, owner="next").load(now)
     assert list(slots.iterdir()) == []
 
