@@ -18,10 +18,10 @@ only one process ever sends that attempt; with it, it creates two message slots:
 next message (the customer, the stall, the number of its messages before) and the customer's
 (the customer and their last message on record). So two senders that planned at different
 times, and picked two steps of a stall, or read two refreshes, and picked two stalls, never
-both send. Right after the send, a
-second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
-claim). A claim with no outcome (the process was killed mid-send) may or may not have gone out:
-once stale it counts as sent, never repeated, and is reported for a person.
+both send. Right after the send, a second file records the outcome (a new file, not a rewrite:
+cheaper, and never a half-written claim). A claim with no outcome (the process was killed
+mid-send) may or may not have gone out: once stale it counts as sent, never repeated, and is
+reported for a person.
 
 Compaction folds settled claims into ``ledger.json`` and then deletes them, which would let a
 sender that planned earlier claim an attempt already sent: so every compaction first writes
@@ -803,12 +803,12 @@ class DeliveryLedger:
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
-        """Take attempt ``contact.attempt`` of this contact, and the customer's next message slot;
-        False if another sender has either, or a compaction since this ledger's ``load``
-        recorded the attempt or another message to the customer.
+        """Take attempt ``contact.attempt`` of this contact, and its two message slots; False if
+        another sender has any of them, or a compaction since this ledger's ``load`` recorded
+        the attempt or another message to the customer.
 
-        The slot is created after the claim and listed before the claims by a compaction, so a
-        slot it finds has its claim listed too, and it deletes the slot only when that claim is
+        The slots are created after the claim and listed before the claims by a compaction, so
+        a slot it finds has its claim listed too, and it deletes the slot only when that claim is
         no longer live: sent (then in its snapshot, which ``_covered`` reads), failed or given
         back. Until a compaction, a slot whose claim was given back (or failed, or released)
         holds its message: a retry before then counts it ``claimed_elsewhere``."""
