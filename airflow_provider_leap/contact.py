@@ -215,11 +215,11 @@ class Contact:
     attempt: int
     item: Mapping[str, Any]
     also: tuple[dict[str, Any], ...] = ()
-    # Messages of the stall on record when it was planned: the ledger lets one message go out
-    # as the stall's next (two senders planning at once at different times pick two steps).
+    # Messages of the stall, and the customer's last message (epoch s, any stall), on record
+    # when it was planned: a claim made after another task's compaction is given back when that
+    # compaction recorded a message since (two senders planning at once may pick two steps, or
+    # two stalls).
     sent_before: int = 0
-    # The customer's last message on record when it was planned (epoch s, any stall): the
-    # ledger lets one message go out as their next (two senders may plan two stalls).
     last_sent: int | None = None
 
 

@@ -7,21 +7,19 @@ subfolder per channel::
     <root>/<channel>/ledger.json               compacted: one entry per customer's latest stall
     <root>/<channel>/claims/<key>.<n>.claim    attempt n of one contact, claimed before the send
     <root>/<channel>/claims/<key>.<n>.outcome  written right after it: sent or failed
-    <root>/<channel>/slots/<slot>              the stall's and the customer's next message
+    <root>/<channel>/slots/<slot>              the customer's next message
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
     <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
-only one process ever sends that attempt; with it, it creates two message slots: the stall's
-next message (the customer, the stall, the number of its messages before) and the customer's
-(the customer and their last message on record). So two senders that planned at different
-times, and picked two steps of a stall, or read two refreshes, and picked two stalls, never
-both send. Right after the send, a second file records the outcome (a new file, not a rewrite:
-cheaper, and never a half-written claim). A claim with no outcome (the process was killed
-mid-send) may or may not have gone out: once stale it counts as sent, never repeated, and is
-reported for a person.
+only one process ever sends that attempt; with it, it creates the customer's message slot, which
+only a compaction deletes. So two senders that planned at different times, and picked two steps
+of a stall, or read two refreshes and picked two stalls, never both send. Right after the send,
+a second file records the outcome (a new file, not a rewrite: cheaper, and never a half-written
+claim). A claim with no outcome (the process was killed mid-send) may or may not have gone out:
+once stale it counts as sent, never repeated, and is reported for a person.
 
 Compaction folds settled claims into ``ledger.json`` and then deletes them, which would let a
 sender that planned earlier claim an attempt already sent: so every compaction first writes
@@ -58,8 +56,8 @@ SNAPSHOT = "ledger.json"
 # builds only, by their number).
 FORMAT = 2
 CLAIMS = "claims"
-# One file per next message of a stall, and of a customer (``message_slots``): created
-# exclusively with the claim, so two senders planning different messages as one collide.
+# One file per customer with a message being sent (``message_slot``): created exclusively with the
+# claim, so two senders planning different messages to one customer collide.
 SLOTS = "slots"
 SLOT_PREFIX = "ms-"
 CLAIM, OUTCOME = "claim", "outcome"  # the suffixes of an attempt's two files
@@ -113,21 +111,18 @@ class Claim(msgspec.Struct, kw_only=True):
     owner: str = ""
     error: str | None = None
     horizon: float = 0.0  # the sender's, in seconds: see ``Snapshot.horizon``
-    slots: tuple[str, ...] = ()  # its ``message_slots``: kept while the claim is live
+    slot: str = ""  # its ``message_slot``: kept while the claim is live
 
 
-def message_slots(contact: Contact) -> tuple[str, str]:
-    """The names of the stall's next message (the customer, the stall's instant, its number)
-    and of the customer's (their last message on record when planned), whichever step and
-    stall are planned as them. Two names: two senders' views of the customer's last message
-    differ when one of them has forgotten an old stall at the horizon."""
-    instant = stall_order(contact.stall).isoformat()
-    last = "" if contact.last_sent is None else contact.last_sent
-    texts = (f"{instant}\x1f{contact.sent_before + 1}", f"customer\x1f{last}")
-    stall, customer = (
-        hashlib.sha256(f"{contact.ref_id}\x1f{text}".encode()).hexdigest() for text in texts
-    )
-    return f"{SLOT_PREFIX}{stall[:40]}", f"{SLOT_PREFIX}{customer[:40]}"
+def message_slot(ref_id: str) -> str:
+    """The name of the customer's next message, whichever step and stall are planned as it.
+
+    The customer alone, not their last message on record: two senders' views of it differ when
+    one has forgotten an old stall at the horizon. Only a compaction deletes the slot, after the
+    send settled, and ``_covered`` checks that compaction's snapshot: so a customer's next
+    message waits for one compaction after their last (each run's load makes one)."""
+    digest = hashlib.sha256(f"{ref_id}\x1fcustomer".encode()).hexdigest()
+    return f"{SLOT_PREFIX}{digest[:40]}"
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -604,7 +599,7 @@ class DeliveryLedger:
                 path.unlink(missing_ok=True)
             view.compacted = True
         if compact:  # a slot whose claim is not live: its message is in this snapshot, or failed
-            held = {slot for claim in live for slot in claim.slots}
+            held = {claim.slot for claim in live}
             for path in slots:  # not another sender's slot still being created (a tmp file)
                 if path.name.startswith(SLOT_PREFIX) and path.name not in held:
                     path.unlink(missing_ok=True)
@@ -799,22 +794,22 @@ class DeliveryLedger:
             owner=self.owner,
             error=error,
             horizon=self.horizon.total_seconds(),
-            slots=message_slots(contact),
+            slot=message_slot(contact.ref_id),
         )
 
     def claim(self, contact: Contact, now: datetime) -> bool:
-        """Take attempt ``contact.attempt`` of this contact, and its two message slots; False if
-        another sender has any of them, or a compaction since this ledger's ``load`` recorded
+        """Take attempt ``contact.attempt`` of this contact, and the customer's message slot;
+        False if another sender has either, or a compaction since this ledger's ``load`` recorded
         the attempt or another message to the customer.
 
-        The slots are created after the claim and listed before the claims by a compaction, so
-        a slot it finds has its claim listed too, and it deletes the slot only when that claim is
+        The slot is created after the claim and listed before the claims by a compaction, so a
+        slot it finds has its claim listed too, and it deletes the slot only when that claim is
         no longer live: sent (then in its snapshot, which ``_covered`` reads), failed or given
         back. Until a compaction, a slot whose claim was given back (or failed, or released)
-        holds its message: a retry before then counts it ``claimed_elsewhere``."""
+        holds the customer's next message: a retry before then counts it ``claimed_elsewhere``."""
         claim = self._claim(contact, SENDING, now, None)
         body = msgspec.json.encode(claim)
-        path, slots = self._attempt_path(contact, CLAIM), self.folder / SLOTS
+        path = self._attempt_path(contact, CLAIM)
         with _storage_failure(lambda exc: f"Cannot record a claim in {self.claims}: {exc}"):
             self._prepare()
             if not self._create_exclusive(path, body):
@@ -823,7 +818,7 @@ class DeliveryLedger:
                 # A slot taken is never given back here, only deleted by a compaction (under its
                 # lock): deleted now, between a compaction's listings of slots and of claims,
                 # another sender could take it and the compaction delete that live slot.
-                taken = all(self._create_exclusive(slots / name, body) for name in claim.slots)
+                taken = self._create_exclusive(self.folder / SLOTS / claim.slot, body)
                 covered = not taken or self._covered(contact)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 covered = True
