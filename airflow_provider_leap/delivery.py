@@ -25,6 +25,12 @@ class ContactUnreachable(Exception):
     """
 
 
+# Raised by a send function, these say that its code is broken (a misspelt attribute, a wrong
+# call, a missing import), not that the customer's message failed: charged as attempts, one bug
+# would spend every due customer's attempts within a few runs and give their steps up.
+CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError)
+
+
 class ChannelDown(Exception):
     """Raised by a send function whose channel can take no message now (the SMTP server ended
     the session and refuses a new one).
@@ -45,6 +51,8 @@ class DeliveryReport:
     claimed_elsewhere: int = 0
     not_tried: int = 0  # left when the channel went down (``ChannelDown``)
     channel_down: str | None = None  # why, when it did
+    code_errors: int = 0  # sends that raised one of ``CODE_ERRORS``: given back, not attempts
+    code_error: str | None = None  # the first of them
     attention: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -55,6 +63,7 @@ class DeliveryReport:
             "unreachable": self.unreachable,
             "claimed_elsewhere": self.claimed_elsewhere,
             "not_tried": self.not_tried,
+            "code_errors": self.code_errors,
         }
 
 
@@ -78,7 +87,9 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Anything
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``), nor one of
+    ``CODE_ERRORS`` (a bug in ``send``: the others are still tried, as a bug may touch only
+    some messages; ``report.code_error`` quotes the first, logged with its traceback). Anything
     that is not an ``Exception`` (the task being killed or timing out) leaves the claim
     ``sending``: that message may have gone out, so it is never sent again.
     """
@@ -100,6 +111,19 @@ def deliver(
             report.not_tried = len(contacts) - index
             log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
             break
+        except CODE_ERRORS as exc:
+            ledger.release(contact)
+            report.code_errors += 1
+            if report.code_error is None:
+                report.code_error = _describe(exc)
+                log.error(
+                    "Sending %s (%s) raised %s: a bug in the send function, so not charged as "
+                    "an attempt; the same error for other contacts is counted, not logged again",
+                    contact.contact_key,
+                    contact.ref_id,
+                    report.code_error,
+                    exc_info=exc,
+                )
         except Exception as exc:
             reason = _describe(exc)
             ledger.settle(contact, now, sent=False, error=reason)

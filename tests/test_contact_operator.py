@@ -23,7 +23,7 @@ from airflow_provider_leap.operators.contact import LeapContactOperator
 from airflow_provider_leap.operators.triage import TriageOperator
 
 def send(contact):
-    raise ConnectionError("the CRM refused the connection")
+{send}
 
 start = datetime(2026, 1, 1, tzinfo=timezone.utc)
 with DAG("leap_contact_retry", schedule=None, start_date=start) as dag:
@@ -36,6 +36,7 @@ with DAG("leap_contact_retry", schedule=None, start_date=start) as dag:
         retry_delay=timedelta(seconds=1),
     )
 """
+REFUSED = '    raise ConnectionError("the CRM refused the connection")'
 
 
 def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
@@ -50,7 +51,7 @@ def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
     ledger = (tmp_path / "ledger").as_uri()
 
     def run(ref_ids: list[str], retries: int):  # type: ignore[no-untyped-def]
-        source = DAG_SOURCE.format(ref_ids=ref_ids, ledger=ledger, retries=retries)
+        source = DAG_SOURCE.format(send=REFUSED, ref_ids=ref_ids, ledger=ledger, retries=retries)
         return run_dag("leap_contact_retry", source, logical_date=None)
 
     # First run: the first customer's attempt 1 fails (no retry, so the run ends red).
@@ -67,6 +68,34 @@ def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
     )
     earlier = next(a for a in attention if a["ref_id"] == first)
     assert "earlier try of this run" in earlier["detail"]
+
+
+def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s13b F1: a send reading a field Contact does not have raised AttributeError for
+    every customer; each counted as a failed attempt, so a try and its retry gave every due
+    step up (the run ended green), and after the fix the customers were never messaged."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    ref_ids = sorted({contact.ref_id for contact in due[:3]})
+    ledger, sent = (tmp_path / "ledger").as_uri(), tmp_path / "sent.txt"
+
+    def run(region: str):  # type: ignore[no-untyped-def]
+        send = f"    {region}\n    open({str(sent)!r}, 'a').write(contact.ref_id + chr(10))"
+        source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger, retries=1)
+        return run_dag("leap_contact_retry", source, logical_date=None)
+
+    buggy = run("contact.transmission_region")  # a field Contact does not have
+    assert buggy.task_states["contact"] == "failed"  # its retry too: loud, not green
+    assert not sent.exists()
+    assert "a bug in the send function" in caplog.text and "AttributeError" in caplog.text
+    fixed = run("contact.item['transmission_region']")
+    assert fixed.task_states["contact"] == "success"
+    counts = fixed.xcoms[("contact", "return_value")]
+    assert (counts["sent"], counts.get("given_up_before", 0)) == (3, 0)
+    assert sorted(sent.read_text().splitlines()) == ref_ids
 
 
 def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reported(
@@ -93,7 +122,10 @@ def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reporte
     # The run's first try finds the first customer's send unconfirmed and fails the second's
     # attempt 1, so Airflow retries; the retry gives the second customer up.
     source = DAG_SOURCE.format(
-        ref_ids=[first.ref_id, second.ref_id], ledger=(tmp_path / "ledger").as_uri(), retries=1
+        send=REFUSED,
+        ref_ids=[first.ref_id, second.ref_id],
+        ledger=(tmp_path / "ledger").as_uri(),
+        retries=1,
     )
     result = run_dag("leap_contact_retry", source, logical_date=None)
     assert result.task_states["contact"] == "success"

@@ -108,6 +108,23 @@ def test_unreachable_is_reported_and_not_an_attempt(tmp_path: Path) -> None:
     assert [(c.ref_id, c.attempt) for c in plan.due] == [("cust-0001", 1)]
 
 
+@pytest.mark.parametrize("bug", [AttributeError, NameError, TypeError, ImportError])
+def test_a_bug_in_send_for_some_contacts_is_no_attempt_and_the_others_go_out(
+    tmp_path: Path, bug: type[Exception]
+) -> None:
+    def send(contact) -> None:  # type: ignore[no-untyped-def]
+        if contact.ref_id != "cust-0001":  # a branch of the user's code that is broken
+            raise bug("the wording of this bucket")
+        outbox(contact)
+
+    outbox = Outbox()
+    _, report = run(DeliveryLedger(tmp_path), buckets(3), send)
+    assert (report.sent, report.failed, report.code_errors) == (1, 0, 2)
+    assert report.code_error == f"{bug.__name__}: the wording of this bucket"
+    plan, _ = run(DeliveryLedger(tmp_path), buckets(3), Outbox())
+    assert [(c.ref_id, c.attempt) for c in plan.due] == [("cust-0000", 1), ("cust-0002", 1)]
+
+
 class Killed(BaseException):  # what a SIGTERM or a timeout raises in a task
     pass
 

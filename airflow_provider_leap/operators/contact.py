@@ -154,7 +154,8 @@ class LeapContactOperator(BaseOperator):
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
     :param fail_on_errors: after trying every contact, fail the task if a send failed that
-        may be tried again, so Airflow's retries try it (those sent stay sent). Default True.
+        may be tried again, or raised a bug's error (``delivery.CODE_ERRORS``: not charged), so
+        Airflow's retries try it (those sent stay sent). Default True.
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
@@ -385,12 +386,18 @@ class LeapContactOperator(BaseOperator):
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         retryable = report.failed - report.given_up
-        if (retryable or report.channel_down) and self.fail_on_errors:
+        if (retryable or report.channel_down or report.code_errors) and self.fail_on_errors:
             down = f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
+            bug = (
+                f"{report.code_errors} of {len(plan.due)} send(s) on channel {self.channel} "
+                f"raised {report.code_error}: a bug in the send function (or what it calls), "
+                "so none of them was charged as an attempt: fix it, and a retry or the next run "
+                "sends them; "
+            )
             raise AirflowException(
-                f"{retryable} of {len(plan.due)} send(s) on channel {self.channel} failed "
-                f"({report.sent} sent and recorded{down if report.channel_down else ''}); a "
-                "retry sends only what has not gone out"
+                f"{bug if report.code_errors else ''}{retryable} of {len(plan.due)} send(s) on "
+                f"channel {self.channel} failed ({report.sent} sent and recorded"
+                f"{down if report.channel_down else ''}); a retry sends only what has not gone out"
             )
         return counts
 
