@@ -142,6 +142,9 @@ class ContactPolicy:
         return bisect.bisect_right(self.steps, age) - 1
 
 
+DEFAULT_MIN_GAP = ContactPolicy().min_gap  # 23 h: a day between the first contact and the next
+
+
 def contact_key(ref_id: str, stall: str, offset: int) -> str:
     """Stable idempotency key of one message: the same customer, stall and step (its offset in
     seconds, so a changed cadence never gives one key to two messages), the same key.

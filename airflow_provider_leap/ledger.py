@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from airflow_provider_leap.contact import DEFAULT_HORIZON, Contact, stall_order
+from airflow_provider_leap.contact import DEFAULT_HORIZON, DEFAULT_MIN_GAP, Contact, stall_order
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
@@ -120,7 +121,8 @@ def message_slot(ref_id: str) -> str:
     The customer alone, not their last message on record: two senders' views of it differ when
     one has forgotten an old stall at the horizon. Only a compaction deletes the slot, after the
     send settled, and ``_covered`` checks that compaction's snapshot: so a customer's next
-    message waits for one compaction after their last (each run's load makes one)."""
+    message waits for one compaction after their last (each run's load makes one, unless a
+    killed compaction holds the lock: ``stale_after``)."""
     digest = hashlib.sha256(f"{ref_id}\x1fcustomer".encode()).hexdigest()
     return f"{SLOT_PREFIX}{digest[:40]}"
 
@@ -233,15 +235,17 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
     return entry
 
 
-def _covers(entry: Entry | None, contact: Contact) -> bool:
+def _covers(entry: Entry | None, contact: Contact, recent: int) -> bool:
     """Whether a customer's compacted entry already records this attempt (sent, failed as
-    often, or superseded by a later step, a later stall, or a message sent since the plan)."""
+    often, or superseded by a later step, a later stall, or a message sent since the plan after
+    ``recent``, epoch s: within the policy's gap of the claim, so this one would come too close;
+    a message of a stall the sender forgot too, which the plan could not see)."""
     if entry is None:
         return False
     if entry.stall != contact.stall:
         recorded, contacted = stall_order(entry.stall), stall_order(contact.stall)
-        if recorded != contacted:
-            since = (entry.sent_at or 0) > (contact.last_sent or 0)  # an older stall's message
+        if recorded != contacted:  # an older stall's message, or one carried to a newer stall
+            since = (entry.sent_at or 0) > max(contact.last_sent or 0, recent)
             return recorded > contacted or since
     if entry.sent_offset >= contact.offset or entry.failed_offset > contact.offset:
         return True
@@ -250,13 +254,18 @@ def _covers(entry: Entry | None, contact: Contact) -> bool:
     return entry.failed_offset == contact.offset and entry.failures >= contact.attempt
 
 
-def _read_identity(path: StoragePath) -> str:
-    """The ``ledger-id`` in ``path``; "" when there is none yet (or not all of it)."""
+def _read_text(path: StoragePath) -> str:
+    """A small ASCII file's text; "" when there is no such file."""
     try:
         with path.open("rb") as handle:
-            text = bytes(handle.read()).decode("ascii", "replace").strip()
+            return bytes(handle.read()).decode("ascii", "replace")
     except FileNotFoundError:
         return ""
+
+
+def _read_identity(path: StoragePath) -> str:
+    """The ``ledger-id`` in ``path``; "" when there is none yet (or not all of it)."""
+    text = _read_text(path).strip()
     return text if len(text) == 32 and text.isalnum() else ""
 
 
@@ -440,6 +449,8 @@ class DeliveryLedger:
         kept for a failed attempt (``Entry.failed_by``).
     :param horizon: stalls older than this are forgotten (the policy never contacts them); a
         longer horizon of another task sharing the channel wins.
+    :param min_gap: the policy's ``min_gap``: a claim made after another task's compaction is
+        given back when that compaction recorded a message to the customer this close before.
     :param stale_after: a ``sending`` claim older than this was left by a killed process.
     :param clock: wall clock, injectable for tests.
     """
@@ -451,6 +462,7 @@ class DeliveryLedger:
         channel: str = "email",
         owner: str = "",
         horizon: timedelta = DEFAULT_HORIZON,
+        min_gap: timedelta = DEFAULT_MIN_GAP,
         stale_after: timedelta = DEFAULT_STALE_AFTER,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -461,6 +473,7 @@ class DeliveryLedger:
         self.channel = channel
         self.owner = owner
         self.horizon = horizon
+        self.min_gap = min_gap
         self.stale_after = stale_after
         self._clock = clock
         self._create_exclusive = ExclusiveCreate()
@@ -580,7 +593,14 @@ class DeliveryLedger:
         longest = max([snapshot.horizon, *(claim.horizon for _, claim in claims)])
         horizon = max(self.horizon, timedelta(seconds=longest))
         cutoff = max(_iso(now - horizon)[:19], snapshot.forgotten_before)
-        expired = [ref_id for ref_id, entry in entries.items() if entry.stall[:19] < cutoff]
+        # A stall past the horizon is forgotten, once the gap has passed since its last message:
+        # until then it spaces the customer's next one (a new stall's first contact).
+        recent = int((now - self.min_gap).timestamp())
+        expired = [
+            ref_id
+            for ref_id, entry in entries.items()
+            if entry.stall[:19] < cutoff and (entry.sent_at or 0) <= recent
+        ]
         for ref_id in expired:
             del entries[ref_id]
         view.states, view.sequence = entries, snapshot.sequence
@@ -740,12 +760,23 @@ class DeliveryLedger:
         held = self._read_lock()
         if held is None:
             return False
-        if held["at"] and held["at"] >= _iso(self._clock() - self.stale_after):
+        stale_before = _iso(self._clock() - self.stale_after)
+        if held["at"] and held["at"] >= stale_before:
             return False
         # One breaker per stale lock: whoever creates its break marker; the others only read.
-        # The marker is named after that lock's content, so a later lock is not affected.
-        if not self._create_exclusive(self.folder / f"{LOCK}.broken-{held['digest']}", b""):
-            return False
+        # The marker is named after that lock's content, so a later lock is not affected, and
+        # holds when it was made: a breaker that died (or whose storage failed) before removing
+        # the lock leaves it, and once it is stale too, the next round's marker may be taken.
+        # Else no load would compact again, and no customer's message slot would be freed.
+        marker, stamp = f"{LOCK}.broken-{held['digest']}", _iso(self._clock()).encode()
+        for turn in itertools.count(1):
+            path = self.folder / (marker if turn == 1 else f"{marker}.{turn}")
+            if self._create_exclusive(path, stamp):
+                break
+            since = _read_text(path)  # "": made by a version before rounds, or unreadable
+            if since >= stale_before:
+                log.warning("Another task is breaking the stale compaction lock (since %s)", since)
+                return False
         if self._read_lock() != held:  # released and taken again meanwhile: not stale any more
             return False
         log.warning("Breaking the stale compaction lock (held since %r)", held["at"])
@@ -819,7 +850,7 @@ class DeliveryLedger:
                 # lock): deleted now, between a compaction's listings of slots and of claims,
                 # another sender could take it and the compaction delete that live slot.
                 taken = self._create_exclusive(self.folder / SLOTS / claim.slot, body)
-                covered = not taken or self._covered(contact)
+                covered = not taken or self._covered(contact, now)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 covered = True
                 raise
@@ -828,7 +859,7 @@ class DeliveryLedger:
                     path.unlink(missing_ok=True)
             return not covered
 
-    def _covered(self, contact: Contact) -> bool:
+    def _covered(self, contact: Contact, now: datetime) -> bool:
         """Whether a compaction this ledger has not seen recorded the attempt just claimed.
 
         A compaction writes the snapshot, then a new generation, and only then deletes the
@@ -849,16 +880,11 @@ class DeliveryLedger:
         if contact.stall[:19] < self._forgotten_before:
             return True
         entry = None if self._newer is None else self._newer.get(contact.ref_id)
-        if entry is not None and entry.stall[:19] < self._forgotten_before:
-            entry = None  # a stall this sender forgot: its messages are no news to the plan
-        return _covers(entry, contact)
+        return _covers(entry, contact, int((now - self.min_gap).timestamp()))
 
     def _read_generation(self) -> str:
-        try:
-            with (self.folder / GENERATION).open("rb") as handle:
-                return bytes(handle.read()).decode("ascii", "replace")
-        except FileNotFoundError:  # never compacted (or by a version before generations)
-            return ""
+        # "": never compacted (or by a version before generations)
+        return _read_text(self.folder / GENERATION)
 
     def settle(
         self, contact: Contact, now: datetime, *, sent: bool, error: str | None = None

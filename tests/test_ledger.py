@@ -628,6 +628,67 @@ def test_two_stalls_planned_either_side_of_an_old_stall_leaving_the_horizon_get_
     assert len(outbox.sent) == 1
 
 
+@pytest.mark.parametrize("compacted_past_the_horizon", [False, True])
+def test_a_message_of_a_stall_the_sender_forgot_sent_since_its_plan_holds_its_claim(
+    tmp_path: Path, compacted_past_the_horizon: bool
+) -> None:
+    """Review s13a F5: a stall found late got its one message right at its horizon (the hourly
+    run); the webhook run, past the horizon, had planned the customer's new stall. A compaction
+    in between either kept the old stall, whose message the webhook run then ignored as one it
+    forgot, or forgot it, message and all: both sent, twenty minutes apart."""
+    old = T0 - timedelta(days=31)
+    new = old + POLICY.horizon - 50 * MINUTE
+    hourly_now, events_now = old + POLICY.horizon - 10 * MINUTE, old + POLICY.horizon + 10 * MINUTE
+    hourly, events = DeliveryLedger(tmp_path, owner="h"), DeliveryLedger(tmp_path, owner="e")
+    [late] = _plan(hourly, buckets(1, old), hourly_now).due
+    [first] = _plan(events, buckets(1, new), events_now).due
+    assert (late.step, first.step, first.last_sent) == (3, 0, None)
+    outbox = Outbox()
+    _deliver(hourly, [late], outbox, hourly_now)
+    third = events_now + 2 * MINUTE if compacted_past_the_horizon else hourly_now + MINUTE
+    assert DeliveryLedger(tmp_path, owner="third").load(third).compacted
+    assert _deliver(events, [first], outbox, events_now).claimed_elsewhere == 1
+    assert outbox.sent == [late.contact_key]
+
+
+def test_the_horizon_keeps_a_stalls_last_message_until_the_gap_has_passed(tmp_path: Path) -> None:
+    """Review s12a F2: a stall answered in its last hour before the horizon was forgotten with
+    its message's time, so the customer's new stall got a first contact two hours later."""
+    old = T0 - timedelta(days=31)
+    at = old + POLICY.horizon - 10 * MINUTE
+    outbox = Outbox()
+    run(DeliveryLedger(tmp_path), buckets(1, old), outbox, now=at)  # found late: one message
+    new = buckets(1, at + 5 * MINUTE)  # the customer acts again
+    plan, _ = run(DeliveryLedger(tmp_path), new, outbox, now=at + 2 * H)
+    assert plan.outcomes["waiting"] == 1 and len(outbox.sent) == 1
+    plan, _ = run(DeliveryLedger(tmp_path), new, outbox, now=at + POLICY.min_gap)
+    assert plan.outcomes["due"] == 1 and len(outbox.sent) == 2
+
+
+def test_a_send_time_carried_from_a_forgotten_stall_does_not_refuse_a_due_message(
+    tmp_path: Path,
+) -> None:
+    """Review s12c F2: a failed attempt on one new stall carried the customer's weeks-old last
+    send time into its entry; the webhook run's claim for their next stall, planned having
+    forgotten that old stall, took it for a message sent since its plan and gave it back."""
+    old = T0 - timedelta(days=31)
+    for step in POLICY.steps:  # the old stall answered on its whole cadence
+        run(DeliveryLedger(tmp_path), buckets(1, old), Outbox(), now=old + step)
+    hourly_now, events_now = old + POLICY.horizon - 10 * MINUTE, old + POLICY.horizon + 10 * MINUTE
+    other, events = DeliveryLedger(tmp_path, owner="other"), DeliveryLedger(tmp_path, owner="e")
+    assert other._lock()  # another task compacts: the webhook run's load only reads
+    [first] = _plan(events, buckets(1, old + POLICY.horizon - 65 * MINUTE), events_now).due
+    other._unlock()
+    assert first.last_sent is None
+    hourly = DeliveryLedger(tmp_path, owner="h")
+    [failing] = _plan(hourly, buckets(1, old + POLICY.horizon - 70 * MINUTE), hourly_now).due
+    deliver([failing], Outbox(fail={"cust-0000"}), hourly, now=hourly_now, max_attempts=1)
+    entry = DeliveryLedger(tmp_path, owner="c").load(hourly_now).states["cust-0000"]
+    assert entry.sent_count == 0 and entry.sent_at is not None  # carried from the old stall
+    outbox = Outbox()
+    assert _deliver(events, [first], outbox, events_now).sent == 1
+
+
 def test_an_old_stall_forgotten_by_the_sender_is_no_message_since_its_plan(tmp_path: Path) -> None:
     """Review s12b F3: a sender whose load forgot the customer's old stall (past the horizon at
     its moment) planned the new stall's first contact; a compaction by a sender with an earlier
@@ -788,6 +849,36 @@ def test_a_stale_lock_is_broken_by_one_task_only_and_never_unlocked_by_another(
     assert stale.exists()
     second._unlock()
     assert not stale.exists()
+
+
+def test_a_breaker_that_died_before_removing_a_stale_lock_is_followed_by_another(
+    tmp_path: Path,
+) -> None:
+    """Review s13a F1: a task that made a stale lock's break marker and died (or whose storage
+    failed) before removing the lock left the marker, so no load compacted the channel again:
+    no customer's message slot was freed, and nobody got a second message."""
+    clock = Clock()
+    stale = tmp_path / "email" / "compact.lock"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"owner": "killed", "at": "2000-01-01T00:00:00.000000Z"}))
+
+    class DiesBreaking(DeliveryLedger):
+        def _read_lock(self):  # type: ignore[no-untyped-def]
+            held = super()._read_lock()
+            if any(p.name.startswith("compact.lock.broken-") for p in stale.parent.iterdir()):
+                raise OSError(5, "Input/output error")  # right after its marker was made
+            return held
+
+    with pytest.raises(LedgerError, match="Input/output error"):
+        DiesBreaking(tmp_path, clock=clock).load(T0)
+    assert DeliveryLedger(tmp_path, clock=clock).load(T0).compacted is False  # being broken
+    clock.now += timedelta(minutes=31)  # the marker is stale too
+    outbox = Outbox()
+    run(DeliveryLedger(tmp_path, clock=clock), buckets(1), outbox)
+    assert len(outbox.sent) == 1
+    view = DeliveryLedger(tmp_path, clock=clock).load(T0)
+    assert view.compacted and view.states["cust-0000"].sent_count == 1
+    assert list((tmp_path / "email" / "slots").iterdir()) == []  # freed for the next message
 
 
 class _CommitTimeStore:

@@ -298,6 +298,7 @@ class LeapContactOperator(BaseOperator):
                 channel=self.channel,
                 owner=f"{run}try {ti.try_number}",
                 horizon=self.policy.horizon,
+                min_gap=self.policy.min_gap,
             )
             ledger.check_writable()
             record = self._check_same_ledger(ti, ledger)
