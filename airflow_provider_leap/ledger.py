@@ -849,7 +849,10 @@ class DeliveryLedger:
                 # A slot taken is never given back here, only deleted by a compaction (under its
                 # lock): deleted now, between a compaction's listings of slots and of claims,
                 # another sender could take it and the compaction delete that live slot.
-                taken = self._create_exclusive(self.folder / SLOTS / claim.slot, body)
+                slot = self.folder / SLOTS / claim.slot
+                taken = self._create_exclusive(slot, body)
+                if not taken:
+                    self._say_who_holds(contact, slot)
                 covered = not taken or self._covered(contact, now)
             except BaseException:  # nothing was sent: give the attempt back, not "in flight"
                 covered = True
@@ -858,6 +861,23 @@ class DeliveryLedger:
                 if covered:
                     path.unlink(missing_ok=True)
             return not covered
+
+    def _say_who_holds(self, contact: Contact, slot: StoragePath) -> None:
+        """Log the claim holding the customer's message slot: counted ``claimed_elsewhere``,
+        it may be this run's own earlier try, failed or given back, until a compaction."""
+        with contextlib.suppress(LedgerError):  # one small read, for a person only
+            holder = self._read_claim(slot)
+            if holder is not None:
+                log.info(
+                    "Not sending %s to %s now: their message slot is held by %s's claim of "
+                    "%s (attempt %d, %s), freed by the first compaction after it settles",
+                    contact.contact_key,
+                    contact.ref_id,
+                    holder.owner or "another sender",
+                    holder.contact_key,
+                    holder.attempt,
+                    holder.claimed_at,
+                )
 
     def _covered(self, contact: Contact, now: datetime) -> bool:
         """Whether a compaction this ledger has not seen recorded the attempt just claimed.

@@ -737,6 +737,22 @@ def test_a_slot_is_deleted_by_a_compaction_only_never_by_its_sender(tmp_path: Pa
     assert list(slots.iterdir()) == []
 
 
+def test_a_slot_held_after_a_failed_attempt_names_its_holder(tmp_path: Path, caplog) -> None:
+    """Review s13a F3: a retry before a compaction counted its own earlier try's failed attempt
+    ``claimed_elsewhere``, which reads as "the other DAG sent it"; the log says whose it is."""
+    first = DeliveryLedger(tmp_path, owner="dag/run/contact/try 1")
+    [contact] = _plan(first, buckets(1)).due
+    _deliver(first, [contact], Outbox(fail={"cust-0000"}))
+    lock = _hold_lock(tmp_path)  # another task compacts: the retry's load only reads
+    retry = DeliveryLedger(tmp_path, owner="dag/run/contact/try 2")
+    [again] = _plan(retry, buckets(1)).due
+    caplog.set_level("INFO", logger="airflow_provider_leap.ledger")
+    assert _deliver(retry, [again], Outbox()).claimed_elsewhere == 1
+    assert "held by dag/run/contact/try 1's claim of " + contact.contact_key in caplog.text
+    lock.unlink()
+    assert _deliver(retry, _plan(retry, buckets(1)).due, Outbox()).sent == 1
+
+
 def test_a_compaction_leaves_a_slot_being_created_alone(tmp_path: Path, monkeypatch) -> None:
     """Review s10d F2: a compaction deleted the temporary file another sender was about to link
     as its slot, and that sender's whole delivery failed."""
