@@ -44,6 +44,13 @@ DEFAULT_CONTACT_BUCKETS: tuple[str, ...] = (
     Bucket.NOT_STARTED,
     Bucket.OTHER_UTILITY,
 )
+# No automatic message, whatever the policy: a completed customer is done, a too_recent one is
+# inside the quiet period, and a needs_review item is for a person.
+_NEVER_CONTACTED: frozenset[str] = frozenset(
+    {Bucket.COMPLETED, Bucket.TOO_RECENT, Bucket.NEEDS_REVIEW}
+)
+CONTACT_BUCKETS: tuple[str, ...] = tuple(b for b in BUCKETS if b not in _NEVER_CONTACTED)
+"""The buckets a policy may message (``ContactPolicy.buckets``)."""
 
 
 class Outcome(str, Enum):
@@ -85,7 +92,8 @@ class ContactPolicy:
         Must exceed the last step, so a stall found late still gets its one message.
     :param max_attempts: failed sends of one step before that step is given up (reported for a
         person); the stall's next step, when due, is tried afresh.
-    :param buckets: the triage buckets that get messages, most actionable first.
+    :param buckets: the triage buckets that get messages, most actionable first: a tuple,
+        from ``CONTACT_BUCKETS`` (completed, too_recent and needs_review never get one).
     """
 
     quiet_period: timedelta = DEFAULT_QUIET_PERIOD
@@ -96,6 +104,11 @@ class ContactPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cadence", tuple(self.cadence))
+        if isinstance(self.buckets, str):
+            raise ValueError(
+                f"buckets={self.buckets!r} is one string: pass a tuple of bucket names, "
+                f"e.g. ({self.buckets!r},)"
+            )
         object.__setattr__(self, "buckets", tuple(self.buckets))
         if not isinstance(self.quiet_period, timedelta) or self.quiet_period < timedelta(0):
             raise ValueError(f"quiet_period must be a timedelta >= 0, got {self.quiet_period!r}")
@@ -114,9 +127,12 @@ class ContactPolicy:
             raise ValueError(f"quiet_period and cadence must be whole seconds, got {self.steps}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        unknown = set(self.buckets) - set(BUCKETS)
-        if unknown or not self.buckets:
-            raise ValueError(f"buckets must be triage bucket names, got {list(self.buckets)}")
+        if not self.buckets or not set(self.buckets) <= set(CONTACT_BUCKETS):
+            raise ValueError(
+                f"buckets must name the triage buckets that may get messages, "
+                f"{', '.join(CONTACT_BUCKETS)}; got {list(self.buckets)} ("
+                f"{', '.join(sorted(_NEVER_CONTACTED))} never get an automatic message)"
+            )
 
     @functools.cached_property
     def steps(self) -> tuple[timedelta, ...]:

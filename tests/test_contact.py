@@ -74,6 +74,10 @@ def test_step_at_follows_quiet_period_cadence_and_horizon(age, step) -> None:
         ({"max_attempts": 0}, "max_attempts"),
         ({"quiet_period": -H}, "quiet_period"),
         ({"buckets": ("completed", "nope")}, "bucket"),
+        ({"buckets": ("needs_review", "not_started")}, "may get messages, not_started, "),
+        ({"buckets": ("too_recent",)}, "never get an automatic message"),
+        ({"buckets": ("completed",)}, "never get an automatic message"),
+        ({"buckets": "utility_error"}, r"pass a tuple of bucket names, e.g. \('utility_error',\)"),
         ({"cadence": (1,)}, "timedelta"),
     ],
 )
