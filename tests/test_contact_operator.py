@@ -473,3 +473,26 @@ def test_a_run_on_time_records_its_sends_at_its_moment(monkeypatch) -> None:  # 
     assert _sending_time(on_time) == on_time and _sending_time(late) >= clock
     monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", "0")  # off: the moment, always
     assert _sending_time(late) == late
+
+
+def test_the_triage_task_is_the_one_triage_operator_upstream_unless_named(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s13b F3: a TriageOperator named other than "triage" failed the task at run time,
+    with an error that named neither triage_task_id nor the triage task."""
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
+    ).replace('task_id="triage"', 'task_id="triage_leap"')
+    assert 'task_id="triage_leap"' in source
+    result = run_dag("leap_contact_ledger", source, logical_date=None)
+    assert result.task_states["contact"] == "success" and outbox.exists()
+    named = source.replace(
+        "accept_ledger_id=None", 'accept_ledger_id=None, triage_task_id="triage"'
+    )
+    capfd.readouterr()
+    assert (
+        run_dag("leap_contact_ledger", named, logical_date=None).task_states["contact"] == "failed"
+    )
+    log = "".join(capfd.readouterr())
+    assert "set triage_task_id= to the TriageOperator" in log and "['triage_leap']" in log

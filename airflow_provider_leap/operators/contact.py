@@ -147,7 +147,9 @@ class LeapContactOperator(BaseOperator):
         entered once around the run's sends (say, to open one SMTP session); an error closing
         it is logged, not raised: every send was recorded already, so none may wait for it.
     :param channel: names this channel's ledger (``email``, ``sms``, ``crm`` ...). Templated.
-    :param triage_task_id: the TriageOperator whose buckets to read. Templated.
+    :param triage_task_id: the TriageOperator whose buckets to read. Default: the one
+        TriageOperator upstream of this task (``triage`` when there are none or several), found
+        when the task runs. Templated.
     :param policy: quiet period, cadence, horizon and attempt limit (default: 1 h, then 1, 3
         and 7 days, within 30 days, 3 attempts).
     :param ledger_url: where the ledger lives: a folder path or URL (``file:///...``,
@@ -196,7 +198,7 @@ class LeapContactOperator(BaseOperator):
         *,
         send: Callable[[Contact], Any],
         channel: str = "email",
-        triage_task_id: str = "triage",
+        triage_task_id: str | None = None,
         policy: ContactPolicy | None = None,
         ledger_url: str | None = None,
         fail_on_errors: bool = True,
@@ -220,21 +222,32 @@ class LeapContactOperator(BaseOperator):
             raise TypeError(f"send must be callable (it gets one Contact), got {send!r}")
         self.send = send
         self.channel = channel
-        self.triage_task_id = triage_task_id
+        self.triage_task_id = triage_task_id or ""  # "": found when the task runs
         self.policy = policy or ContactPolicy()
         self.ledger_url = ledger_url
         self.fail_on_errors = fail_on_errors
         self.accept_ledger_id = accept_ledger_id
         self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
 
+    def _upstream_triages(self) -> list[str]:
+        """The TriageOperators upstream, at any depth: the default triage task, or the hint."""
+        from airflow_provider_leap.operators.triage import TriageOperator
+
+        upstream = self.get_flat_relatives(upstream=True)
+        return sorted(task.task_id for task in upstream if isinstance(task, TriageOperator))
+
     def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
         ti = context["ti"]
+        if not self.triage_task_id:
+            triages = self._upstream_triages()
+            self.triage_task_id = triages[0] if len(triages) == 1 else "triage"
         summary = ti.xcom_pull(task_ids=self.triage_task_id)
         when = parse_timestamp(summary.get("now")) if isinstance(summary, dict) else None
         if when is None:
             raise AirflowException(
-                f"No triage summary from task {self.triage_task_id!r} in this run: "
-                "LeapContactOperator runs downstream of a TriageOperator"
+                f"No triage summary from task {self.triage_task_id!r} in this run: set "
+                "triage_task_id= to the TriageOperator upstream of this task whose buckets to "
+                f"read (upstream TriageOperators: {self._upstream_triages() or 'none'})"
             )
         buckets = {
             name: ti.xcom_pull(task_ids=self.triage_task_id, key=name) or [] for name in BUCKETS
