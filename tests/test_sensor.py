@@ -59,6 +59,26 @@ def test_poke_waits_and_names_what_it_waits_on(leap_emulator, capfd) -> None:
 
 
 @pytest.mark.usefixtures("leap_conn")
+def test_a_status_leap_does_not_document_is_waited_for_with_one_warning(
+    leap_emulator, capfd
+) -> None:
+    """Review s13b F5: a typo (COMPLETE) waited in silence until the timeout."""
+    s = sensor(
+        ref_ids=refs(leap_emulator, "COMPLETED", 1),
+        target_statuses="complete",
+        fail_on_statuses="ERROR,erorr",
+    )
+    assert not s.poke({}).is_done and not s.poke({}).is_done
+    log = "".join(capfd.readouterr())
+    known = "none of the statuses Leap documents: COMPLETED, ERROR, NOT_STARTED, PARTIAL"
+    assert log.count(f"target_statuses: 'COMPLETE' is {known}; waiting for it anyway") == 1
+    assert log.count(f"fail_on_statuses: 'ERORR' is {known}; failing on it anyway") == 1
+    assert log.count("Leap documents") == 2  # ERROR is one of them
+    sensor(ref_ids=refs(leap_emulator, "COMPLETED", 1)).poke({})
+    assert "Leap documents" not in "".join(capfd.readouterr())
+
+
+@pytest.mark.usefixtures("leap_conn")
 def test_fail_on_statuses_stops_early(leap_emulator) -> None:
     ids = refs(leap_emulator, "COMPLETED", 1) + refs(leap_emulator, "ERROR", 1)
     with pytest.raises(AirflowFailException, match="fail status"):

@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import (
 from airflow_provider_leap import DEFAULT_CONN_ID, wire
 from airflow_provider_leap.errors import LeapConfigError
 from airflow_provider_leap.links import LeapConnectionsLink
+from airflow_provider_leap.models import ConnectionStatus
 from airflow_provider_leap.refids import ref_ids_argument
 from airflow_provider_leap.watch import statuses_argument
 
@@ -78,6 +79,25 @@ class ConnectStatusSensor(BaseSensorOperator):
         if deferrable is None:
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
         self.deferrable = bool(deferrable)
+        self._warned = False  # about statuses Leap does not document, at the first poke
+
+    def _warn_undocumented(self, targets: list[str], fails: list[str]) -> None:
+        """A typo (``COMPLETE``) would wait in silence until the timeout. Leap may add statuses,
+        so an unknown one is no error, but the log says so once."""
+        known = sorted(status.value for status in ConnectionStatus)
+        for name, statuses, then in (
+            ("target_statuses", targets, "waiting for it"),
+            ("fail_on_statuses", fails, "failing on it"),
+        ):
+            for status in statuses:
+                if status not in known:
+                    self.log.warning(
+                        "%s: %r is none of the statuses Leap documents: %s; %s anyway",
+                        name,
+                        status,
+                        ", ".join(known),
+                        then,
+                    )
 
     def arguments(self) -> Arguments:
         """The rendered IDs, target statuses and fail statuses, checked."""
@@ -101,6 +121,9 @@ class ConnectStatusSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         arguments, hook = self.arguments(), self._hook()
+        if not self._warned:
+            self._warned = True
+            self._warn_undocumented(*arguments[1:])
         if self.poke_interval < HOURLY and hook.config.base_url == wire.PRODUCTION_URL:
             self.log.warning(
                 "poke_interval is %.0f s but Leap refreshes Connect data once an hour: polling "
