@@ -90,9 +90,10 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "ledger_url": {
                         "description": (
-                            "Where the delivery ledger of LeapContactOperator lives: a folder "
-                            "path or an object storage URL, shared by every worker. Empty: "
-                            "$AIRFLOW_HOME/leap_ledger, which suits a single machine only.\n"
+                            "Where the delivery ledger of LeapContactOperator lives: an "
+                            "absolute folder path or an object storage URL, shared by every "
+                            "worker. Empty: $AIRFLOW_HOME/leap_ledger, which suits a single "
+                            "machine only.\n"
                         ),
                         "version_added": "0.1.0",
                         "type": "string",

@@ -496,3 +496,29 @@ def test_the_triage_task_is_the_one_triage_operator_upstream_unless_named(
     )
     log = "".join(capfd.readouterr())
     assert "set triage_task_id= to the TriageOperator" in log and "['triage_leap']" in log
+
+
+def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s13b F7: a relative ledger_url was resolved against the worker's current
+    directory, a ledger of each worker's own; [leap] ledger_url goes the same way (the webhook
+    receiver's inbox too)."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from airflow_provider_leap.plugins.receiver import Receiver
+
+    monkeypatch.chdir(tmp_path)
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger="leap_ledger_rel", accept=None, ref_ids=None
+    )
+    capfd.readouterr()
+    result = run_dag("leap_contact_ledger", source, logical_date=None)
+    log = "".join(capfd.readouterr())
+    assert result.task_states["contact"] == "failed" and not outbox.exists()
+    assert not (tmp_path / "leap_ledger_rel").exists()
+    assert "ledger_url 'leap_ledger_rel' is a relative path" in log
+    monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", "file://leap_ledger_rel")
+    with pytest.raises(AirflowException, match=r"\[leap\] ledger_url 'file://leap_ledger_rel'"):
+        Receiver().root  # noqa: B018

@@ -113,13 +113,26 @@ class _LedgerRecord:
             Variable.set(self.mark_key, value, serialize_json=True)
 
 
+def absolute_ledger_url(url: str, setting: str) -> str:
+    """``url`` (``setting``'s value), unless a local path is relative: each worker, and the API
+    server's webhook receiver, would resolve it against its own current directory."""
+    local = url.startswith("file://") or "://" not in url
+    if local and not os.path.isabs(url.removeprefix("file://")):
+        raise AirflowException(
+            f"{setting} {url!r} is a relative path, which each worker would resolve against its "
+            "own current directory: give an absolute path or a URL (file:///srv/leap-ledger, "
+            "s3://conn_id@bucket/prefix)"
+        )
+    return url
+
+
 def default_ledger_url() -> str:
     """``[leap] ledger_url``, else a folder in ``$AIRFLOW_HOME`` (fine for one machine only)."""
     from airflow.sdk.configuration import conf
 
     configured = conf.get("leap", "ledger_url", fallback="")
     if configured:
-        return str(configured)
+        return absolute_ledger_url(str(configured), "[leap] ledger_url")
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
     return "file://" + os.path.join(os.path.abspath(home), "leap_ledger")
 
@@ -152,7 +165,7 @@ class LeapContactOperator(BaseOperator):
         when the task runs. Templated.
     :param policy: quiet period, cadence, horizon and attempt limit (default: 1 h, then 1, 3
         and 7 days, within 30 days, 3 attempts).
-    :param ledger_url: where the ledger lives: a folder path or URL (``file:///...``,
+    :param ledger_url: where the ledger lives: an absolute folder path or a URL (``file:///...``,
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
     :param fail_on_errors: after trying every contact, fail the task if a send failed that
@@ -303,7 +316,11 @@ class LeapContactOperator(BaseOperator):
         now, buckets = self._triage_output(context)
         hold = self._announced(context, now)
         ti = context["ti"]
-        url = self.ledger_url or default_ledger_url()
+        url = (
+            absolute_ledger_url(self.ledger_url, "ledger_url")
+            if self.ledger_url
+            else default_ledger_url()
+        )
         run = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{_map_index(ti)}/"  # every try's owner prefix
         try:
             ledger = DeliveryLedger(
