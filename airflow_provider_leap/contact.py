@@ -236,8 +236,8 @@ class Contact:
     also: tuple[dict[str, Any], ...] = ()
     # Messages of the stall, and the customer's last message (epoch s, any stall), on record
     # when it was planned: a claim made after another task's compaction is given back when that
-    # compaction recorded a message since (two senders planning at once may pick two steps, or
-    # two stalls).
+    # compaction recorded another step of the stall, or a message within the policy's gap since
+    # (two senders planning at once may pick two steps, or two stalls).
     sent_before: int = 0
     last_sent: int | None = None
 

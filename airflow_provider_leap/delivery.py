@@ -25,9 +25,11 @@ class ContactUnreachable(Exception):
     """
 
 
-# Raised by a send function, these say that its code is broken (a misspelt attribute, a wrong
-# call, a missing import), not that the customer's message failed: charged as attempts, one bug
-# would spend every due customer's attempts within a few runs and give their steps up.
+# Raised by a send function, these most likely say that its code is broken (a misspelt
+# attribute, a wrong call, a missing import). Each is still a failed attempt, as the message may
+# have gone out before the error; but the same one raised by two sends in a row, before any send
+# of the delivery went through, stops it: else one bug would spend every due customer's attempts
+# within a few runs.
 CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError)
 
 
@@ -51,7 +53,7 @@ class DeliveryReport:
     claimed_elsewhere: int = 0
     not_tried: int = 0  # left when the channel went down (``ChannelDown``)
     channel_down: str | None = None  # why, when it did
-    code_errors: int = 0  # sends that raised one of ``CODE_ERRORS``: given back, not attempts
+    code_errors: int = 0  # failed sends that raised one of ``CODE_ERRORS`` (in ``failed`` too)
     code_error: str | None = None  # the first of them
     attention: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,14 +89,16 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``), nor one of
-    ``CODE_ERRORS`` (a bug in ``send``: the others are still tried, as a bug may touch only
-    some messages; ``report.code_error`` quotes the first, logged with its traceback). Anything
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). One of
+    ``CODE_ERRORS`` is a failed attempt too, logged with its traceback the first time
+    (``report.code_error``); raised alike by two sends in a row before any went through, it
+    stops the delivery (the rest ``not_tried``): a bug, not those customers' failures. Anything
     that is not an ``Exception`` (the task being killed or timing out) leaves the claim
     ``sending``: that message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
+    previous = ""  # the last attempt's error, when it was one of ``CODE_ERRORS``
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -111,19 +115,6 @@ def deliver(
             report.not_tried = len(contacts) - index
             log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
             break
-        except CODE_ERRORS as exc:
-            ledger.release(contact)
-            report.code_errors += 1
-            if report.code_error is None:
-                report.code_error = _describe(exc)
-                log.error(
-                    "Sending %s (%s) raised %s: a bug in the send function, so not charged as "
-                    "an attempt; the same error for other contacts is counted, not logged again",
-                    contact.contact_key,
-                    contact.ref_id,
-                    report.code_error,
-                    exc_info=exc,
-                )
         except Exception as exc:
             reason = _describe(exc)
             ledger.settle(contact, now, sent=False, error=reason)
@@ -140,6 +131,21 @@ def deliver(
             if contact.attempt >= max_attempts:
                 report.given_up += 1
                 report.attention.append(attention_item(contact, "given_up", reason))
+            if isinstance(exc, CODE_ERRORS):
+                report.code_errors += 1
+                if report.code_error is None:
+                    report.code_error = reason
+                    log.error("Is the send function broken? It raised:", exc_info=exc)
+                if reason == previous and not report.sent:
+                    report.not_tried = len(contacts) - index - 1
+                    log.error(
+                        "Two sends in a row raised %s before any went through: is the send "
+                        "function broken? Stopping, %d contact(s) not tried",
+                        reason,
+                        report.not_tried,
+                    )
+                    break
+            previous = reason if isinstance(exc, CODE_ERRORS) else ""
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1

@@ -10,7 +10,8 @@ subfolder per channel::
     <root>/<channel>/slots/<slot>              the customer's next message
     <root>/<channel>/generation                a new id per compaction, written before it deletes
     <root>/<channel>/compact.lock              held by the one task folding claims into ledger.json
-    <root>/<channel>/compact.lock.broken-<d>   made by the one task that broke a stale lock
+    <root>/<channel>/compact.lock.broken-<d>   made by the one task breaking a stale lock (.2, .3
+                                               ...: the next, when that one died breaking it)
 
 A sender *claims* attempt ``n`` of a contact by creating its claim file exclusively, so however
 Airflow runs the task (a retry, a clear, two workers, the webhook DAG beside the hourly one)
@@ -450,7 +451,8 @@ class DeliveryLedger:
     :param horizon: stalls older than this are forgotten (the policy never contacts them); a
         longer horizon of another task sharing the channel wins.
     :param min_gap: the policy's ``min_gap``: a claim made after another task's compaction is
-        given back when that compaction recorded a message to the customer this close before.
+        given back when that compaction recorded a message to the customer this close before;
+        a stall past the horizon is kept until this long after its last message.
     :param stale_after: a ``sending`` claim older than this was left by a killed process.
     :param clock: wall clock, injectable for tests.
     """
@@ -773,8 +775,10 @@ class DeliveryLedger:
             path = self.folder / (marker if turn == 1 else f"{marker}.{turn}")
             if self._create_exclusive(path, stamp):
                 break
-            since = _read_text(path)  # "": made by a version before rounds, or unreadable
-            if since >= stale_before:
+            # No time in it: a version's before rounds, whose breaker may be at work; taken as
+            # fresh, so that two tasks never break one lock and compact at once.
+            since = _read_text(path)
+            if not since or since >= stale_before:
                 log.warning("Another task is breaking the stale compaction lock (since %s)", since)
                 return False
         if self._read_lock() != held:  # released and taken again meanwhile: not stale any more
@@ -865,7 +869,7 @@ class DeliveryLedger:
     def _say_who_holds(self, contact: Contact, slot: StoragePath) -> None:
         """Log the claim holding the customer's message slot: counted ``claimed_elsewhere``,
         it may be this run's own earlier try, failed or given back, until a compaction."""
-        with contextlib.suppress(LedgerError):  # one small read, for a person only
+        with contextlib.suppress(Exception):  # one small read, for a person only: never fatal
             holder = self._read_claim(slot)
             if holder is not None:
                 log.info(

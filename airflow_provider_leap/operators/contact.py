@@ -16,7 +16,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
-from airflow_provider_leap.delivery import attention_item, deliver
+from airflow_provider_leap.delivery import DeliveryReport, attention_item, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
@@ -169,8 +169,9 @@ class LeapContactOperator(BaseOperator):
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
     :param fail_on_errors: after trying every contact, fail the task if a send failed that
-        may be tried again, or raised a bug's error (``delivery.CODE_ERRORS``: not charged), so
-        Airflow's retries try it (those sent stay sent). Default True.
+        may be tried again, or raised an error that says the send function is broken
+        (``delivery.CODE_ERRORS``), so Airflow's retries try it (those sent stay sent). Default
+        True.
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
@@ -418,19 +419,26 @@ class LeapContactOperator(BaseOperator):
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         retryable = report.failed - report.given_up
         if (retryable or report.channel_down or report.code_errors) and self.fail_on_errors:
-            down = f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
-            bug = (
-                f"{report.code_errors} of {len(plan.due)} send(s) on channel {self.channel} "
-                f"raised {report.code_error}: a bug in the send function (or what it calls), "
-                "so none of them was charged as an attempt: fix it, and a retry or the next run "
-                "sends them; "
-            )
-            raise AirflowException(
-                f"{bug if report.code_errors else ''}{retryable} of {len(plan.due)} send(s) on "
-                f"channel {self.channel} failed ({report.sent} sent and recorded"
-                f"{down if report.channel_down else ''}); a retry sends only what has not gone out"
-            )
+            raise AirflowException(self._failure(report, len(plan.due)))
         return counts
+
+    def _failure(self, report: DeliveryReport, due: int) -> str:
+        """Why the task fails after its sends: what failed, and what a retry does."""
+        retryable = report.failed - report.given_up
+        why = f"{retryable} of {due} send(s) on channel {self.channel} failed ({report.sent} sent"
+        why += " and recorded"
+        if report.channel_down:
+            why += f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
+        elif report.not_tried:
+            why += f"; stopped as two sends in a row raised it, {report.not_tried} not tried"
+        why += "); a retry sends only what has not gone out"
+        if report.code_errors:
+            why = (
+                f"{report.code_errors} send(s) raised {report.code_error} or alike: is the send "
+                "function broken (see its traceback in the log)? Each counts as a failed "
+                f"attempt, as the message may have gone out first. {why}"
+            )
+        return why
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:
         """Fail before any send when this ledger is not the one earlier runs of the task sent
