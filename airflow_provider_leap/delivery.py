@@ -26,11 +26,12 @@ class ContactUnreachable(Exception):
 
 
 # Raised by a send function, these most likely say that its code is broken (a misspelt
-# attribute, a wrong call, a missing import). Each is still a failed attempt, as the message may
-# have gone out before the error; but the same one raised by two sends in a row, before any send
-# of the delivery went through, stops it: else one bug would spend every due customer's attempts
-# within a few runs.
-CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError)
+# attribute or ``contact.item`` key, a wrong call, a missing import). Each is still a failed
+# attempt, as the message may have gone out before the error; but the same one (message and
+# all: a lookup of one customer's address names that customer) raised by two sends in a row,
+# before any send of the delivery went through, stops it: else one bug would spend every due
+# customer's attempts within a few runs.
+CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError, LookupError)
 
 
 class ChannelDown(Exception):

@@ -71,7 +71,7 @@ def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
 
 
 def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
-    run_dag, leap_conn, leap_emulator, tmp_path: Path, caplog
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, caplog, capfd
 ) -> None:  # type: ignore[no-untyped-def]
     """Review s13b F1: a send reading a field Contact does not have raised AttributeError for
     every customer; each counted as a failed attempt, so a try and its retry gave every due
@@ -94,7 +94,7 @@ def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
     assert "Is the send function broken?" in caplog.text and "AttributeError" in caplog.text
     attention = buggy.xcoms[("contact", "attention")]
     given_up = {item["ref_id"] for item in attention if item["why"] == "given_up"}
-    assert len(given_up) == 2 and "raised AttributeError" in caplog.text
+    assert len(given_up) == 2 and "Fix it before a retry or a clear" in "".join(capfd.readouterr())
     fixed = run("contact.item['transmission_region']")
     assert fixed.task_states["contact"] == "success"
     counts = fixed.xcoms[("contact", "return_value")]
@@ -526,3 +526,34 @@ def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
     monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", "file://leap_ledger_rel")
     with pytest.raises(AirflowException, match=r"\[leap\] ledger_url 'file://leap_ledger_rel'"):
         Receiver().root  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("/srv/leap-ledger", None),
+        ("file:///srv/leap-ledger", None),
+        ("file:/srv/leap-ledger", None),  # one slash: absolute all the same (review s13e F3)
+        ("file://localhost/srv/leap-ledger", None),
+        ("s3://aws_default@bucket/leap-ledger", None),
+        ("leap_ledger", "a relative path"),
+        ("./leap_ledger", "a relative path"),
+        ("~/leap_ledger", "a relative path"),
+        ("file:leap_ledger", "a relative path"),
+        ("file://leap_ledger", "a file URL with a host"),
+        ("File://leap_ledger", "a file URL with a host"),
+    ],
+)
+def test_a_ledger_url_is_an_absolute_path_or_a_url(url: str, refused: str | None) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    from airflow_provider_leap.operators.contact import absolute_ledger_url
+    from airflow_provider_leap.plugins.receiver import storage_root
+
+    if refused is None:
+        assert absolute_ledger_url(url, "ledger_url") == url
+        if "s3:" not in url:  # the webhook receiver's inbox: the same folder
+            assert str(storage_root(url)) == "/srv/leap-ledger"
+    else:
+        with pytest.raises(AirflowException, match=f"ledger_url '{re.escape(url)}' is {refused}"):
+            absolute_ledger_url(url, "ledger_url")

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -114,16 +115,22 @@ class _LedgerRecord:
 
 
 def absolute_ledger_url(url: str, setting: str) -> str:
-    """``url`` (``setting``'s value), unless a local path is relative: each worker, and the API
-    server's webhook receiver, would resolve it against its own current directory."""
-    local = url.startswith("file://") or "://" not in url
-    if local and not os.path.isabs(url.removeprefix("file://")):
-        raise AirflowException(
-            f"{setting} {url!r} is a relative path, which each worker would resolve against its "
-            "own current directory: give an absolute path or a URL (file:///srv/leap-ledger, "
-            "s3://conn_id@bucket/prefix)"
-        )
-    return url
+    """``url`` (``setting``'s value), unless it is a relative local path: each worker, and the
+    API server's webhook receiver, would resolve it against its own current directory."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme and scheme != "file":
+        return url  # an object store: its own checks apply when the ledger is opened
+    if scheme and parts.netloc not in ("", "localhost"):
+        why = "a file URL with a host, which would be read as a relative path"
+    elif not os.path.isabs(parts.path if scheme else url):
+        why = "a relative path, which each worker would resolve against its own current directory"
+    else:
+        return url
+    raise AirflowException(
+        f"{setting} {url!r} is {why}: give an absolute path or a URL (file:///srv/leap-ledger, "
+        "s3://conn_id@bucket/prefix)"
+    )
 
 
 def default_ledger_url() -> str:
@@ -417,28 +424,30 @@ class LeapContactOperator(BaseOperator):
         ti.xcom_push(key="attention", value=attention)
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
-        retryable = report.failed - report.given_up
-        if (retryable or report.channel_down or report.code_errors) and self.fail_on_errors:
+        retry = report.failed > report.given_up or report.channel_down or report.code_errors
+        if retry and self.fail_on_errors:
             raise AirflowException(self._failure(report, len(plan.due)))
         return counts
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
         """Why the task fails after its sends: what failed, and what a retry does."""
-        retryable = report.failed - report.given_up
-        why = f"{retryable} of {due} send(s) on channel {self.channel} failed ({report.sent} sent"
-        why += " and recorded"
+        done = f"{report.sent} sent and recorded, {report.given_up} given up (see attention)"
         if report.channel_down:
-            why += f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
+            done += f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
         elif report.not_tried:
-            why += f"; stopped as two sends in a row raised it, {report.not_tried} not tried"
-        why += "); a retry sends only what has not gone out"
+            done += f"; stopped as two sends in a row raised the same, {report.not_tried} not tried"
         if report.code_errors:
-            why = (
-                f"{report.code_errors} send(s) raised {report.code_error} or alike: is the send "
-                "function broken (see its traceback in the log)? Each counts as a failed "
-                f"attempt, as the message may have gone out first. {why}"
+            return (
+                f"Is the send function of channel {self.channel} broken? {report.code_errors} of "
+                f"{due} send(s) raised an error that says so, the first: [{report.code_error}] "
+                f"(traceback in the log). Fix it before a retry or a clear: each send that "
+                "raises is a failed attempt (its message may have gone out first), and each try "
+                f"charges the first customers due again. ({done})"
             )
-        return why
+        return (
+            f"{report.failed - report.given_up} of {due} send(s) on channel {self.channel} "
+            f"failed ({done}); a retry sends only what has not gone out"
+        )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:
         """Fail before any send when this ledger is not the one earlier runs of the task sent

@@ -36,6 +36,7 @@ import logging
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -92,10 +93,9 @@ def storage_root(url: str) -> Marker:
     """The inbox's root for ``[leap] ledger_url``: a plain path for local folders (no
     filesystem layer on the request path), an ``ObjectStoragePath`` otherwise."""
     # Both fit Marker; pathlib's read-only ``name`` and wider signatures are not mypy's idea of it.
-    if url.startswith("file://"):
-        return cast("Marker", Path(url[len("file://") :]))
-    if "://" not in url:
-        return cast("Marker", Path(url))
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() in ("", "file"):
+        return cast("Marker", Path(parts.path if parts.scheme else url))
     from airflow.sdk import ObjectStoragePath
 
     return cast("Marker", ObjectStoragePath(url))
