@@ -74,6 +74,55 @@ def test_included_sections_exist() -> None:
         assert f"[start:{section}]" in text and f"[end:{section}]" in text, (name, section)
 
 
+MY_LEAP = """
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airflow.sdk import DAG
+
+from airflow_provider_leap.operators.contact import LeapContactOperator
+from airflow_provider_leap.operators.triage import TriageOperator
+
+OUTBOX = Path("outbox.jsonl")
+
+
+def send(contact):
+    with OUTBOX.open("a") as outbox:
+        outbox.write(json.dumps({"to": contact.ref_id}) + "\\n")
+
+
+with DAG("my_leap", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+    TriageOperator(task_id="triage") >> LeapContactOperator(task_id="contact", send=send)
+"""
+
+
+def test_the_snippets_for_testing_your_own_dag_run_as_shown(tmp_path: Path) -> None:
+    """Review s13e F5: the emulator page's conftest.py and test, laid out as the page says
+    beside a DAG of the user's, pass in a pytest session of their own."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    (project / "dags").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "dags" / "my_leap.py").write_text(MY_LEAP)
+    for snippet, section, name in (
+        ("testing_conftest.py", "conftest", "conftest.py"),
+        ("testing_my_dag.py", "test", "test_my_leap.py"),
+    ):
+        text = (SNIPPETS / snippet).read_text()
+        body = text.split(f"# --8<-- [start:{section}]\n")[1].split(f"# --8<-- [end:{section}]")[0]
+        (project / "tests" / name).write_text(body)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+    done = subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-4000:] + done.stderr
+
+
 # -- (b) the quickstart DAG and the other runnable samples, against the emulator -----------------
 
 
