@@ -238,9 +238,9 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
 
 def _covers(entry: Entry | None, contact: Contact, recent: int) -> bool:
     """Whether a customer's compacted entry already records this attempt (sent, failed as
-    often, or superseded by a later step, a later stall, or a message sent since the plan after
-    ``recent``, epoch s: within the policy's gap of the claim, so this one would come too close;
-    a message of a stall the sender forgot too, which the plan could not see)."""
+    often, or superseded by a later step or stall), or a message of another stall, sent since
+    the plan and after ``recent`` (epoch s), so this one would come too close: a stall the
+    sender forgot at the horizon included, whose messages its plan could not see."""
     if entry is None:
         return False
     if entry.stall != contact.stall:
@@ -597,7 +597,7 @@ class DeliveryLedger:
         cutoff = max(_iso(now - horizon)[:19], snapshot.forgotten_before)
         # A stall past the horizon is forgotten, once the gap has passed since its last message:
         # until then it spaces the customer's next one (a new stall's first contact).
-        recent = int((now - self.min_gap).timestamp())
+        recent = self._gap_start(now)
         expired = [
             ref_id
             for ref_id, entry in entries.items()
@@ -904,7 +904,11 @@ class DeliveryLedger:
         if contact.stall[:19] < self._forgotten_before:
             return True
         entry = None if self._newer is None else self._newer.get(contact.ref_id)
-        return _covers(entry, contact, int((now - self.min_gap).timestamp()))
+        return _covers(entry, contact, self._gap_start(now))
+
+    def _gap_start(self, now: datetime) -> int:
+        """Epoch s: a message sent after it is within the policy's gap before ``now``."""
+        return int((now - self.min_gap).timestamp())
 
     def _read_generation(self) -> str:
         # "": never compacted (or by a version before generations)
