@@ -28,9 +28,10 @@ class ContactUnreachable(Exception):
 # Raised by a send function, these most likely say that its code is broken (a misspelt
 # attribute or ``contact.item`` key, a wrong call, a missing import). Each is still a failed
 # attempt, as the message may have gone out before the error; but the same one (message and
-# all: a lookup of one customer's address names that customer) raised by two sends in a row,
-# before any send of the delivery went through, stops it: else one bug would spend every due
-# customer's attempts within a few runs.
+# all: a lookup of one customer's address names that customer) raised by two sends in a row of
+# two buckets, before any send of the delivery went through, stops it: else one bug would spend
+# every due customer's attempts within a few runs. Two of one bucket may be its customers' data
+# (a field only other buckets' items have): a send of another bucket is tried next, to tell.
 CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError, LookupError)
 
 
@@ -92,14 +93,15 @@ def deliver(
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
     :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). One of
     ``CODE_ERRORS`` is a failed attempt too, logged with its traceback the first time
-    (``report.code_error``); raised alike by two sends in a row before any went through, it
-    stops the delivery (the rest ``not_tried``): a bug, not those customers' failures. Anything
+    (``report.code_error``); raised alike by two sends in a row of two buckets before any went
+    through, it stops the delivery (the rest ``not_tried``): a bug, not those customers'
+    failures. Anything
     that is not an ``Exception`` (the task being killed or timing out) leaves the claim
     ``sending``: that message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    previous = ""  # the last attempt's error, when it was one of ``CODE_ERRORS``
+    previous = ("", "")  # the last attempt's error and bucket, when one of ``CODE_ERRORS``
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -137,20 +139,30 @@ def deliver(
                 if report.code_error is None:
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
-                if reason == previous and not report.sent:
-                    report.not_tried = len(contacts) - index - 1
-                    log.error(
-                        "Two sends in a row raised %s before any went through: is the send "
-                        "function broken? Stopping, %d contact(s) not tried",
-                        reason,
-                        report.not_tried,
-                    )
-                    break
-            previous = reason if isinstance(exc, CODE_ERRORS) else ""
+                if reason == previous[0] and not report.sent:
+                    other = _other_bucket(contacts, index)
+                    if previous[1] == contact.bucket and other is not None:
+                        contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
+                    else:
+                        report.not_tried = len(contacts) - index - 1
+                        log.error(
+                            "Two sends in a row raised %s before any went through: is the send "
+                            "function broken? Stopping, %d contact(s) not tried",
+                            reason,
+                            report.not_tried,
+                        )
+                        break
+            previous = (reason, contact.bucket) if isinstance(exc, CODE_ERRORS) else ("", "")
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
     return report
+
+
+def _other_bucket(contacts: list[Contact], index: int) -> int | None:
+    """The position of the next contact after ``index`` in another bucket than its, if any."""
+    bucket = contacts[index].bucket
+    return next((j for j in range(index + 1, len(contacts)) if contacts[j].bucket != bucket), None)
 
 
 def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:

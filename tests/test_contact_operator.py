@@ -7,6 +7,7 @@ import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -529,12 +530,38 @@ def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
 
 
 @pytest.mark.parametrize(
+    ("counts", "starts"),
+    [
+        ({"sent": 4, "failed": 2}, "Sends on channel email failed, of 6 due: 4 sent and recorded"),
+        ({"not_tried": 6, "channel_down": "ChannelDown: 421"}, "Channel email went down (Chan"),
+        (
+            {"failed": 2, "code_errors": 2, "code_error": "KeyError: 'x'", "not_tried": 4},
+            "Is the send function of channel email broken? Two sends in a row raised [KeyError",
+        ),
+        (
+            {"sent": 1, "failed": 5, "code_errors": 5, "code_error": "KeyError: 'ns01'"},
+            "Sends on channel email failed, of 6 due: 1 sent and recorded, 5 failed; 5 raised",
+        ),
+    ],
+)
+def test_the_task_failure_leads_with_its_cause(counts: dict[str, Any], starts: str) -> None:
+    """Review s13f F3: a channel down read "0 of 6 send(s) failed"; customers' own lookup
+    errors were told to charge "the first customers due again", as for a stopped run."""
+    from airflow_provider_leap.delivery import DeliveryReport
+    from airflow_provider_leap.operators.contact import LeapContactOperator
+
+    operator = LeapContactOperator(task_id="contact", send=print)
+    message = operator._failure(DeliveryReport(**counts), 6)
+    assert message.startswith(starts), message
+    assert ("Fix it before a retry" in message) == ("Two sends" in starts)
+
+
+@pytest.mark.parametrize(
     ("url", "refused"),
     [
         ("/srv/leap-ledger", None),
         ("file:///srv/leap-ledger", None),
         ("file:/srv/leap-ledger", None),  # one slash: absolute all the same (review s13e F3)
-        ("file://localhost/srv/leap-ledger", None),
         ("s3://aws_default@bucket/leap-ledger", None),
         ("leap_ledger", "a relative path"),
         ("./leap_ledger", "a relative path"),
@@ -542,6 +569,7 @@ def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
         ("file:leap_ledger", "a relative path"),
         ("file://leap_ledger", "a file URL with a host"),
         ("File://leap_ledger", "a file URL with a host"),
+        ("file://localhost/srv/leap-ledger", "a file URL with a host"),  # review s13f F2
     ],
 )
 def test_a_ledger_url_is_an_absolute_path_or_a_url(url: str, refused: str | None) -> None:

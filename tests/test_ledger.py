@@ -127,6 +127,35 @@ def test_a_bug_in_send_stops_the_delivery_when_the_first_two_sends_raise_it(
     assert sorted(contact.attempt for contact in plan.due) == [1, 1, 1, 2, 2]
 
 
+def _two_buckets(first: int, second: int):  # type: ignore[no-untyped-def]
+    """``first`` not_started customers, then ``second`` with a utility not connected."""
+    items = buckets(first + second)["not_started"]
+    for item in items[first:]:
+        item["utilities"] = ["PG&E"]
+    return {"not_started": items[:first], "utility_not_connected": items[first:]}
+
+
+def test_a_field_only_another_buckets_items_have_stops_nobody_else(tmp_path: Path) -> None:
+    """Review s13f F1: a send reading contact.item["utilities"], which not_started items lack,
+    raised the same KeyError for the first two customers (the plan sends bucket by bucket), so
+    each try stopped there and everyone else waited runs for them to be given up."""
+    outbox = Outbox()
+
+    def send(contact) -> None:  # type: ignore[no-untyped-def]
+        ", ".join(contact.item["utilities"])
+        outbox(contact)
+
+    _, report = run(DeliveryLedger(tmp_path), _two_buckets(4, 3), send)
+    assert (report.sent, report.failed, report.not_tried) == (3, 4, 0)
+
+    def broken(contact) -> None:  # type: ignore[no-untyped-def]
+        contact.transmission_region  # noqa: B018  # the same bug in every bucket: stopped
+        outbox(contact)
+
+    _, report = run(DeliveryLedger(tmp_path / "another"), _two_buckets(4, 3), broken)
+    assert (report.sent, report.failed, report.not_tried) == (0, 3, 4)  # two, then one more
+
+
 def test_a_bug_met_after_a_send_went_out_or_raised_differently_stops_nothing(
     tmp_path: Path,
 ) -> None:

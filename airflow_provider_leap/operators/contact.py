@@ -121,7 +121,7 @@ def absolute_ledger_url(url: str, setting: str) -> str:
     scheme = parts.scheme.lower()
     if scheme and scheme != "file":
         return url  # an object store: its own checks apply when the ledger is opened
-    if scheme and parts.netloc not in ("", "localhost"):
+    if scheme and parts.netloc:  # file://localhost/abs too: ObjectStoragePath reads it relative
         why = "a file URL with a host, which would be read as a relative path"
     elif not os.path.isabs(parts.path if scheme else url):
         why = "a relative path, which each worker would resolve against its own current directory"
@@ -430,23 +430,30 @@ class LeapContactOperator(BaseOperator):
         return counts
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
-        """Why the task fails after its sends: what failed, and what a retry does."""
-        done = f"{report.sent} sent and recorded, {report.given_up} given up (see attention)"
+        """Why the task fails after its sends, the cause first, and what a retry does."""
+        done = f"of {due} due: {report.sent} sent and recorded, {report.failed} failed"
+        done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
+        done += f", {report.not_tried} not tried" if report.not_tried else ""
         if report.channel_down:
-            done += f"; the channel went down ({report.channel_down}), {report.not_tried} not tried"
-        elif report.not_tried:
-            done += f"; stopped as two sends in a row raised the same, {report.not_tried} not tried"
-        if report.code_errors:
             return (
-                f"Is the send function of channel {self.channel} broken? {report.code_errors} of "
-                f"{due} send(s) raised an error that says so, the first: [{report.code_error}] "
-                f"(traceback in the log). Fix it before a retry or a clear: each send that "
-                "raises is a failed attempt (its message may have gone out first), and each try "
-                f"charges the first customers due again. ({done})"
+                f"Channel {self.channel} went down ({report.channel_down}); {done}. A retry "
+                "sends only what has not gone out"
             )
+        if report.code_errors and report.not_tried:
+            return (
+                f"Is the send function of channel {self.channel} broken? Two sends in a row "
+                f"raised [{report.code_error}] (traceback in the log), so the run stopped; "
+                f"{done}. Fix it before a retry or a clear: a send that raises is a failed "
+                "attempt (its message may have gone out first), and each try charges the first "
+                "customers due again"
+            )
+        bug = (
+            f"; {report.code_errors} raised errors that often mean a bug in the send function, "
+            f"the first: [{report.code_error}] (traceback in the log)"
+        )
         return (
-            f"{report.failed - report.given_up} of {due} send(s) on channel {self.channel} "
-            f"failed ({done}); a retry sends only what has not gone out"
+            f"Sends on channel {self.channel} failed, {done}{bug if report.code_errors else ''}. "
+            "A retry sends only what has not gone out"
         )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:
