@@ -570,6 +570,8 @@ def test_the_task_failure_leads_with_its_cause(counts: dict[str, Any], starts: s
         ("file://leap_ledger", "a file URL with a host"),
         ("File://leap_ledger", "a file URL with a host"),
         ("file://localhost/srv/leap-ledger", "a file URL with a host"),  # review s13f F2
+        ("memory://leap-ledger", "in the memory of one process"),  # review s13e
+        ("Memory:///leap-ledger", "in the memory of one process"),
     ],
 )
 def test_a_ledger_url_is_an_absolute_path_or_a_url(url: str, refused: str | None) -> None:

@@ -115,13 +115,16 @@ class _LedgerRecord:
 
 
 def absolute_ledger_url(url: str, setting: str) -> str:
-    """``url`` (``setting``'s value), unless it is a relative local path: each worker, and the
-    API server's webhook receiver, would resolve it against its own current directory."""
+    """``url`` (``setting``'s value), unless it is a relative local path (each worker, and the
+    API server's webhook receiver, would resolve it against its own current directory) or
+    fsspec's ``memory://`` (kept by no process after the task)."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme and scheme != "file":
+    if scheme == "memory":
+        why = "in the memory of one process, lost when the task ends: every run would send again"
+    elif scheme and scheme != "file":
         return url  # an object store: its own checks apply when the ledger is opened
-    if scheme and parts.netloc:  # file://localhost/abs too: ObjectStoragePath reads it relative
+    elif scheme and parts.netloc:  # file://localhost/abs too: ObjectStoragePath reads it relative
         why = "a file URL with a host, which would be read as a relative path"
     elif not os.path.isabs(parts.path if scheme else url):
         why = "a relative path, which each worker would resolve against its own current directory"
