@@ -213,3 +213,15 @@ def test_now_is_templated_and_a_run_with_no_logical_date_triages_at_run_after(
     assert datetime.fromisoformat(summary["now"].replace("Z", "+00:00")) == run_after
     expected = triage(leap_emulator.records, now=run_after)
     assert summary["counts"] == expected.summary["counts"]
+
+
+def test_a_misspelt_bucket_fails_when_the_dag_is_parsed(tmp_path: Path) -> None:
+    """s13b F4: ``triage.output["not_startd"]`` failed only when its task ran."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    source = dag_source("triage_typo").replace("triage.output[name]", "triage.output[name[:-1]]")
+    (tmp_path / "typo.py").write_text(source)
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "triage.output['complete']: TriageOperator pushes no such XCom" in error, error
+    assert "its buckets are completed, not_started" in error

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.definitions.xcom_arg import PlainXComArg
 
 from airflow_provider_leap import DEFAULT_CONN_ID
 from airflow_provider_leap.errors import LeapConfigError
@@ -14,6 +15,7 @@ from airflow_provider_leap.links import LeapConnectionsLink
 from airflow_provider_leap.refids import ref_ids_argument
 from airflow_provider_leap.timeutil import UTC, as_utc
 from airflow_provider_leap.triage import (
+    BUCKETS,
     DEFAULT_AGREEMENT_DONE_STATUSES,
     DEFAULT_QUIET_PERIOD,
     Bucket,
@@ -35,6 +37,21 @@ class _Read(NamedTuple):
     started_after: datetime | None
     interacted_after: datetime | None
     rows: int
+
+
+class _TriageOutput(PlainXComArg):
+    """``TriageOperator.output``: ``["<bucket>"]`` checks the name when the DAG is parsed, where
+    a misspelt one would fail only when its task runs (Airflow's ``XComNotFound``)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, item: str) -> Any:
+        if isinstance(item, str) and item not in (*BUCKETS, self.key):
+            raise ValueError(
+                f"{self.operator.task_id}.output[{item!r}]: TriageOperator pushes no such XCom; "
+                f"its buckets are {', '.join(BUCKETS)}"
+            )
+        return super().__getitem__(item)
 
 
 def format_counts(result: TriageResult) -> str:
@@ -106,6 +123,10 @@ class TriageOperator(BaseOperator):
         self.page_size = page_size
         # For the lineage, asked for after execute: what was read, the result, the offloaded files.
         self._triaged: tuple[_Read, TriageResult, dict[str, str]] | None = None
+
+    @property
+    def output(self) -> PlainXComArg:
+        return _TriageOutput(operator=self)
 
     def _time(self, name: str) -> datetime | None:
         value = getattr(self, name)
