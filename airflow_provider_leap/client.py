@@ -56,6 +56,8 @@ AUTH_HINTS = {
     "or lacks permission for this endpoint",
 }
 RETRYABLE_FAILURES = frozenset({"timeout", "connection", "deadline"})
+# OpenSSL's reasons for a TLS handshake answered in plain HTTP (1.1/3.0, and 3.2 on).
+PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
 # Time filters: the extra naming the query parameter -> the record field checked against it.
 TIME_FILTERS = {
     "start_date_param": "start_date_time_utc",
@@ -474,7 +476,10 @@ def transport_failure(
     dns = next((e for e in causes if isinstance(e, socket.gaierror)), None)
     os_error = next((e for e in causes[::-1] if isinstance(e, OSError) and e.strerror), None)
     name = type(exc).__name__ + (f": {os_error.strerror}" if os_error else "")
-    if tls is not None or isinstance(exc, errors.tls):
+    if tls is not None and tls.reason in PLAIN_HTTP_REASONS:
+        why = "the server seems to speak plain HTTP (the emulator does: write http:// in the host)"
+        kind, detail = "tls", f"TLS failed ({tls}): {why}"
+    elif tls is not None or isinstance(exc, errors.tls):
         kind, detail = "tls", f"TLS failed ({tls or name}): check the certificate and the host"
     elif dns is not None:
         kind, detail = "dns", f"the host name does not resolve ({dns}): check the host"

@@ -569,6 +569,16 @@ def test_a_self_signed_certificate_is_a_tls_error_not_an_outage(sleeps, tmp_path
     assert "not retried" in message and sleeps.waits == []
 
 
+def test_https_to_a_plain_http_server_says_to_write_http(sleeps) -> None:
+    """A host given without its scheme is https; the emulator speaks plain HTTP (review s13b)."""
+    with fake_leap(lambda seen: page([])) as server:
+        client = fake_client(server.url.replace("http://", "https://"), sleeps)
+        with pytest.raises(LeapAPIError) as err:
+            list(client.iter_connect_records())
+    assert "the server seems to speak plain HTTP" in str(err.value), err.value
+    assert "write http:// in the host" in str(err.value) and sleeps.waits == []
+
+
 def test_an_unknown_host_is_a_dns_error_not_an_outage(sleeps) -> None:
     client = fake_client("https://no-such-host.invalid", sleeps)
     with pytest.raises(LeapAPIError, match=r"host name does not resolve .* not retried"):
