@@ -426,6 +426,14 @@ class ConnectQuery:
         return f"Leap seems to match IDs loosely ({strays[0].ref_id!r} for {sent[0]!r})"
 
 
+def _counted_from_start(record: ConnectRecord) -> bool:
+    """Whether triage counts the record's stall from its start: no readable last interaction,
+    a readable start (one with neither is malformed, and comes with the last-interaction read)."""
+    return parse_timestamp(record.last_interaction_date_time_utc) is None and (
+        parse_timestamp(record.start_date_time_utc) is not None
+    )
+
+
 class DeadlinePassed(Exception):
     """A transport's read loop passed ``request_deadline``."""
 
@@ -660,6 +668,32 @@ class LeapClient:
         return chain.from_iterable(map(query.check, chain.from_iterable(pages)))
 
     iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
+
+    def iter_active_records(
+        self,
+        active_after: TimeArg,
+        ref_ids: Iterable[str] | str | None = None,
+        started_after: TimeArg | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[ConnectRecord]:
+        """Every record active at or after ``active_after``: its last interaction, or its start
+        when it has no readable last interaction (what triage counts a stall from).
+
+        Leap filters on one time per request, and its ``interacted_after`` may leave out the
+        records with no last interaction (a customer who opened the link and went no further),
+        so two listings: by last interaction, then by start, each keeping the records the other
+        does not; every record comes once, however Leap treats a missing time.
+        """
+        since = _sent_time(active_after, "active_after")
+        start = since
+        if started_after is not None:
+            start = max(since, _sent_time(started_after, "started_after"))
+        by_last = self.iter_connect_records(ref_ids, started_after, since, page_size)
+        by_start = self.iter_connect_records(ref_ids, start, None, page_size)
+        return chain(
+            (record for record in by_last if not _counted_from_start(record)),
+            filter(_counted_from_start, by_start),
+        )
 
     def iter_meters(
         self,

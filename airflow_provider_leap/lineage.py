@@ -70,7 +70,13 @@ class LeapQueryInputDatasetFacet(_LeapSchema, InputDatasetFacet):
     refIds: int | None = attr.field(default=None)  # None: every customer
     startedAfter: str | None = attr.field(default=None)
     interactedAfter: str | None = attr.field(default=None)
-    _additional_skip_redact: ClassVar[list[str]] = ["refIds", "startedAfter", "interactedAfter"]
+    activeAfter: str | None = attr.field(default=None)
+    _additional_skip_redact: ClassVar[list[str]] = [
+        "refIds",
+        "startedAfter",
+        "interactedAfter",
+        "activeAfter",
+    ]
 
 
 @attr.define
@@ -107,6 +113,7 @@ def connect_input(
     ref_ids: int | None,
     started_after: datetime | None = None,
     interacted_after: datetime | None = None,
+    active_after: datetime | None = None,
     rows: int | None = None,
 ) -> InputDataset:
     """The Connect records of one connection, as read with these filters."""
@@ -121,6 +128,7 @@ def connect_input(
             refIds=ref_ids,
             startedAfter=_iso(started_after),
             interactedAfter=_iso(interacted_after),
+            activeAfter=_iso(active_after),
         )
     }
     if rows is not None:

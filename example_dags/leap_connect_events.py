@@ -101,7 +101,7 @@ with DAG(
         return {
             "ref_ids": sorted(announced),
             "answer_at": answer_at.isoformat(),
-            "interacted_after": (answer_at - POLICY.horizon).isoformat(),
+            "active_after": (answer_at - POLICY.horizon).isoformat(),
         }
 
     hint = what_to_answer()
@@ -110,7 +110,7 @@ with DAG(
         task_id="triage",
         ref_ids=hint["ref_ids"],
         now=hint["answer_at"],
-        interacted_after=hint["interacted_after"],
+        active_after=hint["active_after"],
     )
     # Customers Leap announced news for since the data read was refreshed wait for a later run.
     hold = leap_asset("leap_default")

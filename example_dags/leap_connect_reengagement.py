@@ -2,13 +2,14 @@
 silence, and no message twice.
 
 Every hour (at minute 17, after Leap's hourly refresh has landed) ``triage`` sorts the customers
-with a recent last interaction into buckets. ``message_customers`` asks the contact policy who is
-due: a first message one hour after a customer stalls, reminders 1, 3 and 7 days after the stall,
-then nothing; one message per customer per run, about the most actionable of their records, with
-their Leap Connect link. Every send is recorded in the delivery ledger before the next one, so a
-retry, a clear, a manual run, the next hour or a second worker never repeats a message, and one
-refused address never blocks the others. ``record_in_crm`` does the same for the CRM, with the
-contact key as the upsert key. ``flag_for_review`` lists what a person should look at.
+active recently (a last interaction, or a start for those who only opened the link) into
+buckets. ``message_customers`` asks the contact policy who is due: a first message one hour after
+a customer stalls, reminders 1, 3 and 7 days after the stall, then nothing; one message per
+customer per run, about the most actionable of their records, with their Leap Connect link.
+Every send is recorded in the delivery ledger before the next one, so a retry, a clear, a manual
+run, the next hour or a second worker never repeats a message, and one refused address never
+blocks the others. ``record_in_crm`` does the same for the CRM, with the contact key as the
+upsert key. ``flag_for_review`` lists what a person should look at.
 
 The policy, the senders and the review step live in ``leap_reengagement_common.py``, shared with
 ``leap_connect_events``, which answers Leap's webhooks sooner: both use the same channels and so
@@ -53,8 +54,8 @@ with DAG(
             # are for: they would go unsent, without a sign.
             minimum=POLICY.horizon.days,
             maximum=365,
-            description="Triage connections with a last interaction this recent (at least the "
-            "policy's horizon, or the last reminders are never sent)",
+            description="Triage connections active this recently (last interaction, else start; "
+            "at least the policy's horizon, or the last reminders are never sent)",
         ),
     },
     tags=["leap", "example"],
@@ -64,7 +65,8 @@ with DAG(
     triage = TriageOperator(
         task_id="triage",
         now="{{ dag_run.run_after }}",
-        interacted_after=(
+        # Active: last interaction, or start for a customer who has none (opened the link only).
+        active_after=(
             "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
         ),
     )

@@ -145,3 +145,27 @@ def record(
         "utility_connections": [],
         "agreements": {},
     }
+
+
+def active_window_records() -> tuple[list[dict[str, Any]], set[str]]:
+    """Records around a cutoff of 2026-03-10, and the ref_ids active since then (review s14c)."""
+    before, after = "2026-03-01T00:00:00Z", "2026-03-12T00:00:00Z"
+    rows = {  # ref_id: (start, last interaction); None: null, "-": no such key
+        "touched": (before, after),
+        "touched-long-ago": (before, before),
+        "opened-only": (after, None),  # NOT_STARTED with no last interaction: the one missed
+        "opened-no-key": (after, "-"),
+        "opened-long-ago": (before, None),
+        "unreadable-last": (after, "soon"),
+        "unreadable-both": ("?", "?"),  # malformed: read once, for triage to report
+    }
+    records = []
+    for ref_id, (start, last) in rows.items():
+        row = record(ref_id, "NOT_STARTED", start)
+        if last == "-":
+            del row["last_interaction_date_time_utc"]
+        else:
+            row["last_interaction_date_time_utc"] = last
+        records.append(row)
+    active = {"touched", "opened-only", "opened-no-key", "unreadable-last", "unreadable-both"}
+    return records, active

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 import requests
-from fake_server import Reply, fake_leap, page, record, self_signed_certificate
+from fake_server import (
+    Reply,
+    active_window_records,
+    fake_leap,
+    page,
+    record,
+    self_signed_certificate,
+)
 
 from airflow_provider_leap.async_client import AsyncLeapClient
 from airflow_provider_leap.client import NO_RETRY, LeapClient, connect_queries, decode_page
@@ -567,6 +574,29 @@ def test_a_self_signed_certificate_is_a_tls_error_not_an_outage(sleeps, tmp_path
     message = str(err.value)
     assert "TLS failed" in message and "certificate verify failed" in message
     assert "not retried" in message and sleeps.waits == []
+
+
+def test_active_records_include_those_never_interacted_with(leap_emulator_factory) -> None:
+    """The emulator, like a strict Leap, leaves records with no last interaction out of the
+    last-interaction filter: an hourly DAG reading by it never heard of them."""
+    records, active = active_window_records()
+    emulator = leap_emulator_factory(records=records)
+    with LeapClient(emulator.url, EMULATOR_API_KEY) as client:
+        by_last = [r.ref_id for r in client.iter_connect_records(interacted_after="2026-03-10")]
+        got = [r.ref_id for r in client.iter_active_records("2026-03-10")]
+    assert "opened-only" not in by_last
+    # Each once; the record with no readable time matches no time filter of a strict server.
+    assert sorted(got) == sorted(active - {"unreadable-both"})
+
+
+def test_active_records_come_once_from_a_server_that_ignores_filters(sleeps, caplog) -> None:
+    records, active = active_window_records()
+    with fake_leap(lambda seen: page(records)) as server:
+        got = [r.ref_id for r in fake_client(server.url, sleeps).iter_active_records("2026-03-10")]
+    assert sorted(got) == sorted(active)
+    first, second = (dict(request.query) for request in server.requests)
+    assert first["last-interaction-date"] == "2026-03-10T00:00:00Z"
+    assert second["start-date"] == "2026-03-10T00:00:00Z" and "last-interaction-date" not in second
 
 
 def test_https_to_a_plain_http_server_says_to_write_http(sleeps) -> None:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from fake_server import active_window_records
 from shared_execution_api import child_env
 
 from airflow_provider_leap.hooks.leap import connection_json
@@ -225,3 +226,27 @@ def test_a_misspelt_bucket_fails_when_the_dag_is_parsed(tmp_path: Path) -> None:
     (error,) = bag.import_errors.values()
     assert "triage.output['complete']: TriageOperator pushes no such XCom" in error, error
     assert "its buckets are completed, not_started" in error
+
+
+@pytest.mark.usefixtures("out_dir")
+def test_active_after_triages_customers_who_never_interacted(
+    run_dag, leap_emulator_factory, monkeypatch
+) -> None:
+    """Review s14c: NOT_STARTED customers with no last interaction, left out of Leap's
+    last-interaction filter, were never read by an hourly DAG (none was ever messaged)."""
+    records, active = active_window_records()
+    emulator = leap_emulator_factory(records=records)
+    monkeypatch.setenv("AIRFLOW_CONN_LEAP_DEFAULT", connection_json(emulator.url, EMULATOR_API_KEY))
+    args = 'active_after="2026-03-10", now="2026-03-13"'
+    result = run_dag("triage_active", dag_source("triage_active", extra_args=args))
+    assert result.state == "success", result.task_states
+    read = [i["ref_id"] for b in BUCKETS for i in result.xcoms[("triage", b)]]
+    assert sorted(read) == sorted(active - {"unreadable-both"})
+    assert "opened-only" in [i["ref_id"] for i in result.xcoms[("triage", "not_started")]]
+
+
+def test_active_after_and_interacted_after_are_one_or_the_other() -> None:
+    from airflow_provider_leap.operators.triage import TriageOperator
+
+    with pytest.raises(ValueError, match="active_after or interacted_after, not both"):
+        TriageOperator(task_id="t", active_after="2026-03-10", interacted_after="2026-03-10")

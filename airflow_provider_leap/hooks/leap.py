@@ -115,6 +115,7 @@ class LeapHook(BaseHook):
     iter_connect_records = _delegate(LeapClient.iter_connect_records)
     get_connect_records = _collect(LeapClient.iter_connect_records, "get_connect_records")
     iter_connections = deprecated_alias(iter_connect_records, "iter_connections")
+    iter_active_records = _delegate(LeapClient.iter_active_records)
     get_connections = deprecated_alias(get_connect_records, "get_connections")
     iter_meters = _delegate(LeapClient.iter_meters)
     search_meters = _collect(LeapClient.iter_meters, "search_meters")

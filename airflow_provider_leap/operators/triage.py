@@ -36,6 +36,7 @@ class _Read(NamedTuple):
     ref_ids: int | None  # how many were asked for; None: every customer
     started_after: datetime | None
     interacted_after: datetime | None
+    active_after: datetime | None
     rows: int
 
 
@@ -79,6 +80,10 @@ class TriageOperator(BaseOperator):
     :param started_after: only connections started at or after this time; a string is read as
         ISO-8601 (e.g. ``{{ data_interval_end - macros.timedelta(days=30) }}``). Templated.
     :param interacted_after: likewise, for the last interaction. Templated.
+    :param active_after: only connections whose last interaction, or start when they have no
+        last interaction, is at or after this time: the window an hourly re-engagement DAG
+        wants (two reads, see ``LeapClient.iter_active_records``); not with
+        ``interacted_after``. Templated.
     :param now: the time the triage runs for (the quiet period counts back from it): ``None``
         (wall clock), a datetime or ISO-8601 text. ``"{{ dag_run.run_after }}"`` keeps retries
         and clears at one instant and works for manual runs with no logical date. Templated.
@@ -88,7 +93,14 @@ class TriageOperator(BaseOperator):
     :param page_size: records per API page (default: the connection's, else 500).
     """
 
-    template_fields = ("ref_ids", "started_after", "interacted_after", "now", "leap_conn_id")
+    template_fields = (
+        "ref_ids",
+        "started_after",
+        "interacted_after",
+        "active_after",
+        "now",
+        "leap_conn_id",
+    )
     template_fields_renderers = {"ref_ids": "json"}
     ui_color = "#e8f4ea"
     operator_extra_links = (LeapConnectionsLink(),)
@@ -100,6 +112,7 @@ class TriageOperator(BaseOperator):
         ref_ids: str | Collection[str] | None = None,
         started_after: datetime | str | None = None,
         interacted_after: datetime | str | None = None,
+        active_after: datetime | str | None = None,
         now: datetime | str | None = None,
         quiet_period: timedelta | float = DEFAULT_QUIET_PERIOD,
         agreement_done_statuses: Collection[str] = DEFAULT_AGREEMENT_DONE_STATUSES,
@@ -111,6 +124,9 @@ class TriageOperator(BaseOperator):
         self.ref_ids = ref_ids
         self.started_after = started_after
         self.interacted_after = interacted_after
+        if active_after is not None and interacted_after is not None:
+            raise ValueError("give active_after or interacted_after, not both")
+        self.active_after = active_after
         self.now = now
         if not isinstance(quiet_period, timedelta):
             quiet_period = timedelta(seconds=float(quiet_period))
@@ -141,18 +157,20 @@ class TriageOperator(BaseOperator):
 
         with airflow_errors():  # arguments checked once rendered
             ref_ids = None if self.ref_ids is None else ref_ids_argument(self.ref_ids)
-            started_after, interacted_after = map(self._time, ("started_after", "interacted_after"))
-            now = self._time("now") or datetime.now(UTC)
+            names = ("started_after", "interacted_after", "active_after", "now")
+            started_after, interacted_after, active_after, now = map(self._time, names)
         hook = LeapHook(leap_conn_id=self.leap_conn_id)
-        records = hook.iter_connect_records(
-            ref_ids=ref_ids,
-            started_after=started_after,
-            interacted_after=interacted_after,
-            page_size=self.page_size,
-        )
+        if active_after is None:
+            records = hook.iter_connect_records(
+                ref_ids, started_after, interacted_after, page_size=self.page_size
+            )
+        else:
+            records = hook.iter_active_records(
+                active_after, ref_ids, started_after, page_size=self.page_size
+            )
         result = triage(
             records,
-            now=now,
+            now=now or datetime.now(UTC),
             quiet_period=self.quiet_period,
             agreement_done_statuses=self.agreement_done_statuses,
         )
@@ -170,7 +188,8 @@ class TriageOperator(BaseOperator):
             ti.xcom_push(key=name, value=items)
         count = None if ref_ids is None else len(ref_ids)
         rows = result.summary["records_read"]
-        read = _Read(hook.config.base_url, count, started_after, interacted_after, rows)
+        times = (started_after, interacted_after, active_after)
+        read = _Read(hook.config.base_url, count, *times, rows)
         self._triaged = read, result, offloaded(ti, self.task_id, result.buckets, mapped=True)
         return result.summary
 

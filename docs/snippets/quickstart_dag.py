@@ -21,7 +21,7 @@ with DAG(
     triage = TriageOperator(
         task_id="triage",
         leap_conn_id="leap_default",
-        interacted_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
+        active_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
         now="{{ dag_run.run_after }}",  # triage as of the run's time, manual runs included
     )
 

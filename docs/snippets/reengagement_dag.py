@@ -35,7 +35,7 @@ with DAG(
     triage = TriageOperator(
         task_id="triage",
         now="{{ dag_run.run_after }}",  # every run has it, manual runs with no logical date too
-        interacted_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
+        active_after="{{ (dag_run.run_after - macros.timedelta(days=30)).isoformat() }}",
     )
     sms = LeapContactOperator(
         task_id="sms_customers",

@@ -22,10 +22,11 @@ with DAG(
     triage = TriageOperator(
         task_id="triage",
         leap_conn_id="leap_default",
-        # Filters (all three are templated; leave them out to read every connection).
+        # Filters (all templated; leave them out to read every connection).
         ref_ids=None,  # or ["cust-000123", ...], "a,b,c" or "{{ params.ref_ids }}"; never empty
         started_after=None,
-        interacted_after=(
+        # Last interaction, else start (interacted_after= would miss customers with none).
+        active_after=(
             "{{ (dag_run.run_after - macros.timedelta(days=params.lookback_days)).isoformat() }}"
         ),
         now="{{ dag_run.run_after }}",  # default None: the wall clock
