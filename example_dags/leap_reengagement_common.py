@@ -84,8 +84,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "other_utility": (
         "Did you connect the right utility?",
-        "You connected a different utility than the one we asked for ({utilities}). If you have "
-        "an account with {utilities}, please connect it too.",
+        # Not "instead of": a commercial customer may have connected the others asked for too.
+        "One of the utilities you connected is not one we asked for. We still need access to "
+        "{utilities}: if you have an account with {utilities}, please connect it too.",
     ),
 }
 
@@ -116,9 +117,10 @@ def _connection_exists(conn_id: str) -> bool:
 
 
 def _names(names: Iterable[object], glue: str = "and") -> str:
-    """Utility names for a sentence, each once; a name Leap did not send (``UNKNOWN``) is left
-    out."""
-    named = list(dict.fromkeys(str(n) for n in names if n and n != UNKNOWN_ERROR_CODE))
+    """Utility names for a sentence, each once, on one line (a line break in a subject would end
+    the email's headers); a name Leap did not send (``UNKNOWN``) is left out."""
+    named = [" ".join(str(n).split()) for n in names if n and n != UNKNOWN_ERROR_CODE]
+    named = list(dict.fromkeys(n for n in named if n))
     if len(named) < 2:
         return named[0] if named else "your utility"
     return f"{', '.join(named[:-1])} {glue} {named[-1]}"

@@ -268,4 +268,27 @@ def test_unreadable_records_are_reviewed_and_named_in_a_warning(fake_hook, capsy
 
 def test_a_run_with_no_unreadable_record_warns_of_none(fake_hook, capsys) -> None:
     run(triage_op())
-    assert "unreadable" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "unreadable" not in out and "does not know" not in out
+
+
+def test_statuses_the_table_does_not_know_are_named_in_a_warning(fake_hook, capsys) -> None:
+    """Review s14c F3: customers Leap gave a new status went to review, in a quiet green run."""
+    guide = guide_example()
+    guide["utility_connections"][0]["status"] = "AUTHORIZING"
+    new_utility_status = connect_record_from_mapping(
+        {**guide, "id": "CAISO_x_auth-001", "ref_id": "auth-001", "connection_status": "PARTIAL"}
+    )
+    fake_hook.records = [
+        *(leap_record(f"prog-{i:03}", "IN_PROGRESS") for i in range(3)),
+        new_utility_status,
+        leap_record("err-001", "ERROR"),
+    ]
+    _, ti = run(triage_op())
+    assert len(ti.xcoms["needs_review"]) == 4
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "does not know" in x]
+    assert "warning" in line.lower()
+    assert (
+        "4 Leap record(s) carry a status the triage table does not know (unknown_status:"
+        "IN_PROGRESS x3, unknown_utility_status:AUTHORIZING x1): they are in needs_review"
+    ) in line

@@ -323,6 +323,18 @@ def test_each_message_says_what_that_customer_must_do() -> None:
             {},
         ),
         ("two-forms", "PARTIAL", [u("PG&E", "CONNECTED")], dr | {"hub_consent_status": "SENT"}),
+        # Review s14c F6: a line break in a name ended the email's headers (a "Bcc:" line).
+        ("newline", "PARTIAL", [u("Acme\r\nBcc: x@example.com", "NOT_CONNECTED")], {}),
+        (  # review s14c F2: PECO, asked for, is connected; told "a different utility" instead
+            "commercial-extra",
+            "PARTIAL",
+            [
+                u("PECO", "CONNECTED"),
+                u("PPL Electric", "NOT_CONNECTED"),
+                u("Duquesne Light", "CONNECTED", required=False),
+            ],
+            {},
+        ),
     )
     assert messages == {
         "one-error": "Check your utility login | Your utility did not accept the username or "
@@ -355,6 +367,11 @@ def test_each_message_says_what_that_customer_must_do() -> None:
         "one of them is enough.",
         "two-forms": "Sign the last forms to finish enrolling | Your utility is connected. "
         "Please complete the demand response participation agreement and the hub consent.",
+        "newline": "Finish connecting Acme Bcc: x@example.com | We still need access to Acme "
+        "Bcc: x@example.com. Please log in to finish.",
+        "commercial-extra": "Did you connect the right utility? | One of the utilities you "
+        "connected is not one we asked for. We still need access to PPL Electric: if you have an "
+        "account with PPL Electric, please connect it too.",
     }
 
 

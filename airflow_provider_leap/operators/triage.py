@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -160,14 +161,11 @@ class TriageOperator(BaseOperator):
             names = ("started_after", "interacted_after", "active_after", "now")
             started_after, interacted_after, active_after, now = map(self._time, names)
         hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        filters = {"ref_ids": ref_ids, "started_after": started_after, "page_size": self.page_size}
         if active_after is None:
-            records = hook.iter_connect_records(
-                ref_ids, started_after, interacted_after, page_size=self.page_size
-            )
+            records = hook.iter_connect_records(interacted_after=interacted_after, **filters)
         else:
-            records = hook.iter_active_records(
-                active_after, ref_ids, started_after, page_size=self.page_size
-            )
+            records = hook.iter_active_records(active_after=active_after, **filters)
         result = triage(
             records,
             now=now or datetime.now(UTC),
@@ -183,6 +181,7 @@ class TriageOperator(BaseOperator):
         )
         if result.summary["malformed"]:
             self._warn_malformed(result)
+        self._warn_unknown_values(result.buckets[Bucket.NEEDS_REVIEW])
         ti = context["ti"]
         for name, items in result.buckets.items():
             ti.xcom_push(key=name, value=items)
@@ -206,6 +205,20 @@ class TriageOperator(BaseOperator):
             ", ".join(repr(i["id"] or i["ref_id"] or "no id") for i in items[:3])
             + (", ..." if len(items) > 3 else ""),
         )
+
+    def _warn_unknown_values(self, review: list[dict[str, Any]]) -> None:
+        """A status the decision table does not know sends its customers to review, uncontacted,
+        while the run stays green: at WARNING, since it most likely means Leap added a value."""
+        prefixes = (Reason.UNKNOWN_STATUS + ":", Reason.UNKNOWN_UTILITY_STATUS + ":")
+        found = Counter(i["reason"] for i in review if i["reason"].startswith(prefixes))
+        if found:
+            self.log.warning(
+                "%d Leap record(s) carry a status the triage table does not know (%s): they are "
+                "in needs_review, and nobody is contacted about them. See Troubleshooting, "
+                "Malformed or unexpected records",
+                found.total(),
+                ", ".join(f"{reason} x{count}" for reason, count in found.most_common()),
+            )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (docs: Lineage): the Connect records read, one output per bucket with its
