@@ -186,12 +186,8 @@ def render_message(contact: Contact, link: str | None) -> dict[str, str]:
         subject = f"Reminder: {subject}"
     if link:
         body += f" {CONTINUE}{link}"
-    if contact.also:
-        regions = sorted({record_region(a) or "another region" for a in contact.also})
-        other = (
-            "another unfinished enrolment" if len(regions) == 1 else "other unfinished enrolments"
-        )
-        body += f" (We also have {other} for you in {_names(regions)}.)"
+    if contact.also:  # other regions' records: one COMPLETED and the customer hears no more
+        body += " (You started more than one enrolment with us: finishing this one is enough.)"
     if contact.final and not contact.first:
         body += " This is our last reminder."
     return {"subject": subject, "body": body, "link": link or ""}

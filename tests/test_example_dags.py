@@ -405,16 +405,10 @@ def test_render_message_marks_reminders_links_and_other_regions() -> None:
     other = contact(
         "not_started", {"reason": "not_started"}, also=({"transmission_region": "PJM"},)
     )
+    # Review s14c F5: not "in PJM" (a grid operator's name means nothing to a customer), and
+    # finishing one enrolment is what the customer needs: the ledger holds a completed customer.
     assert module.render_message(other, None)["body"].endswith(
-        "(We also have another unfinished enrolment for you in PJM.)"
-    )
-    two = contact(
-        "not_started",
-        {"reason": "not_started"},
-        also=({"transmission_region": "PJM"}, {"transmission_region": "ERCOT"}),
-    )
-    assert module.render_message(two, None)["body"].endswith(
-        "(We also have other unfinished enrolments for you in ERCOT and PJM.)"
+        "(You started more than one enrolment with us: finishing this one is enough.)"
     )
 
 
