@@ -95,3 +95,5 @@ def test_customers_connect_link_follows_the_connections_environment(
         assert hook.connect_url("r 1", "PJM") == (
             f"{expected}transmissionRegion=PJM&variant=RESIDENTIAL&account=acme&refId=r%201"
         )
+        # Review s14c F4: a commercial customer of a partner with both kinds
+        assert "&variant=COMMERCIAL&" in hook.connect_url("r 1", "PJM", variant="COMMERCIAL")

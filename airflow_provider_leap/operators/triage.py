@@ -161,11 +161,18 @@ class TriageOperator(BaseOperator):
             names = ("started_after", "interacted_after", "active_after", "now")
             started_after, interacted_after, active_after, now = map(self._time, names)
         hook = LeapHook(leap_conn_id=self.leap_conn_id)
-        filters = {"ref_ids": ref_ids, "started_after": started_after, "page_size": self.page_size}
+        size = self.page_size
         if active_after is None:
-            records = hook.iter_connect_records(interacted_after=interacted_after, **filters)
+            records = hook.iter_connect_records(
+                ref_ids=ref_ids,
+                started_after=started_after,
+                interacted_after=interacted_after,
+                page_size=size,
+            )
         else:
-            records = hook.iter_active_records(active_after=active_after, **filters)
+            records = hook.iter_active_records(
+                active_after, ref_ids=ref_ids, started_after=started_after, page_size=size
+            )
         result = triage(
             records,
             now=now or datetime.now(UTC),
