@@ -108,7 +108,9 @@ def get_provider_info() -> dict[str, Any]:
                             "history: a backfill, a catch-up or a run cleared hours later reads "
                             "today's records, and planning them at a past moment would replay "
                             "the cadence in minutes. Such a run sends nothing; the run for the "
-                            "present sends what is due. 0 turns the check off.\n"
+                            "present sends what is due. 0 turns the check off, and the one "
+                            "that holds a try whose triage read Leap before its latest hourly "
+                            "refresh.\n"
                         ),
                         "version_added": "0.1.0",
                         "type": "integer",

@@ -551,7 +551,10 @@ class DeliveryLedger:
         retry of the run: Airflow cleared the earlier try's report). ``expect``: the mark a
         sender left, raising :class:`OlderCopy` before anything is written when the ledger is
         older (compacting it would make it look as new to the next check, a retry's included).
+        A ``now`` ahead of the ledger's clock (a wait marked done by hand) is read as the clock:
+        forgetting at it would drop stalls before their horizon, for good.
         """
+        now = min(now, self._clock())
         with _storage_failure(lambda exc: f"Cannot lock the delivery ledger {self.folder}: {exc}"):
             locked = self._lock()
         try:

@@ -270,6 +270,18 @@ def test_compaction_folds_claims_and_forgets_stalls_past_the_horizon(tmp_path: P
     assert ledger.load(T0 + timedelta(days=31)).stalls == 0
 
 
+def test_a_moment_ahead_of_the_clock_forgets_nothing_early(tmp_path: Path) -> None:
+    """Review s14a F2: an events run whose wait was marked done by hand, its moment a month
+    ahead, compacted at that moment: every stall was forgotten, and both DAGs sent no more."""
+    clock = Clock()
+    clock.now = T0
+    run(DeliveryLedger(tmp_path, clock=clock), buckets(3), Outbox())
+    ahead = DeliveryLedger(tmp_path, clock=clock).load(T0 + timedelta(days=40))
+    assert ahead.stalls == 3 and ahead.forgotten_before == T0 - POLICY.horizon
+    plan, report = run(DeliveryLedger(tmp_path, clock=clock), buckets(3), Outbox())
+    assert plan.outcomes["already_sent"] == 3 and report.sent == 0  # still known, not expired
+
+
 def test_a_task_with_a_shorter_horizon_does_not_forget_another_tasks_stalls(
     tmp_path: Path,
 ) -> None:

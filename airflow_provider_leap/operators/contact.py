@@ -114,6 +114,13 @@ class _LedgerRecord:
             Variable.set(self.mark_key, value, serialize_json=True)
 
 
+# What a try of a failed contact task does; after the next refresh its triage is out of date.
+RETRY = (
+    "A retry sends only what has not gone out; after Leap's next hourly refresh, clear the run "
+    "from its triage task instead"
+)
+
+
 def absolute_ledger_url(url: str, setting: str) -> str:
     """``url`` (``setting``'s value), unless it is a relative local path (each worker, and the
     API server's webhook receiver, would resolve it against its own current directory) or
@@ -260,7 +267,10 @@ class LeapContactOperator(BaseOperator):
         upstream = self.get_flat_relatives(upstream=True)
         return sorted(task.task_id for task in upstream if isinstance(task, TriageOperator))
 
-    def _triage_output(self, context: Context) -> tuple[datetime, dict[str, list[Any]]]:
+    def _triage_output(
+        self, context: Context
+    ) -> tuple[datetime, datetime | None, dict[str, list[Any]]]:
+        """The triage's moment, when it read Leap (None from an older version), its buckets."""
         ti = context["ti"]
         if not self.triage_task_id:
             triages = self._upstream_triages()
@@ -276,7 +286,7 @@ class LeapContactOperator(BaseOperator):
         buckets = {
             name: ti.xcom_pull(task_ids=self.triage_task_id, key=name) or [] for name in BUCKETS
         }
-        return when, buckets
+        return when, parse_timestamp(summary.get("read_at")), buckets
 
     def _announced(self, context: Context, now: datetime) -> dict[str, datetime | None]:
         """Reference IDs whose data, read at ``now``, may predate news Leap announced since
@@ -298,16 +308,23 @@ class LeapContactOperator(BaseOperator):
         )
         return announced
 
-    def _not_now(self, now: datetime, run_after: datetime) -> str | None:
+    def _not_now(self, now: datetime, run_after: datetime, read_at: datetime | None) -> str | None:
         """Why a run that is not for the present sends nothing, or None. Leap's API has no
         history: a backfill, a catch-up, a late retry or a run cleared hours later reads
         today's records, and sending them at the run's past moment (recorded as sent then)
         replays the cadence in minutes. The later of its ``run_after`` and its moment ``now``
         tells: a DAG may triage at its logical date (earlier), and the webhook DAG once the
-        refresh shows the event (later, ``webhooks.answer_time``)."""
+        refresh shows the event (later, ``webhooks.answer_time``). And a try after Leap's next
+        refresh would answer what the customers did before it (a completion among them)."""
         lag, clock = max_run_lag(), datetime.now(timezone.utc)
         if lag is None:
             return None
+        if read_at is not None and stale_from(clock) > stale_from(read_at):
+            return (
+                f"its triage read Leap at {read_at.isoformat()}, and Leap's hourly refresh has "
+                "landed since: the buckets may be out of date (a customer may have completed). "
+                "Clear the run from its triage task to send now; else the next run sends"
+            )
         if now - clock > CLOCK_SKEW:
             return (
                 f"its moment {now.isoformat()} is ahead of this worker's clock "
@@ -324,7 +341,7 @@ class LeapContactOperator(BaseOperator):
         return None
 
     def execute(self, context: Context) -> dict[str, int]:
-        now, buckets = self._triage_output(context)
+        now, read_at, buckets = self._triage_output(context)
         hold = self._announced(context, now)
         ti = context["ti"]
         url = (
@@ -364,7 +381,7 @@ class LeapContactOperator(BaseOperator):
             run=run,
         )
         not_now = 0
-        why = self._not_now(now, context["dag_run"].run_after)
+        why = self._not_now(now, context["dag_run"].run_after, read_at)
         if why:  # the report of this run's earlier tries stands; nothing is sent
             self.log.warning(
                 "Channel %s: %d due customer(s) not sent, as %s", self.channel, len(plan.due), why
@@ -438,10 +455,7 @@ class LeapContactOperator(BaseOperator):
         done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
         done += f", {report.not_tried} not tried" if report.not_tried else ""
         if report.channel_down:
-            return (
-                f"Channel {self.channel} went down ({report.channel_down}); {done}. A retry "
-                "sends only what has not gone out"
-            )
+            return f"Channel {self.channel} went down ({report.channel_down}); {done}. {RETRY}"
         if report.code_errors and report.not_tried:
             return (
                 f"Is the send function of channel {self.channel} broken? Two sends in a row "
@@ -456,7 +470,7 @@ class LeapContactOperator(BaseOperator):
         )
         return (
             f"Sends on channel {self.channel} failed, {done}{bug if report.code_errors else ''}. "
-            "A retry sends only what has not gone out"
+            + RETRY
         )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:

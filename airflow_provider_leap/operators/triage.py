@@ -14,7 +14,7 @@ from airflow_provider_leap import DEFAULT_CONN_ID
 from airflow_provider_leap.errors import LeapConfigError
 from airflow_provider_leap.links import LeapConnectionsLink
 from airflow_provider_leap.refids import ref_ids_argument
-from airflow_provider_leap.timeutil import UTC, as_utc
+from airflow_provider_leap.timeutil import UTC, as_utc, format_timestamp
 from airflow_provider_leap.triage import (
     BUCKETS,
     DEFAULT_AGREEMENT_DONE_STATUSES,
@@ -161,6 +161,7 @@ class TriageOperator(BaseOperator):
             names = ("started_after", "interacted_after", "active_after", "now")
             started_after, interacted_after, active_after, now = map(self._time, names)
         hook = LeapHook(leap_conn_id=self.leap_conn_id)
+        read_at = format_timestamp(datetime.now(UTC))  # which hourly refresh the buckets show
         size = self.page_size
         if active_after is None:
             records = hook.iter_connect_records(
@@ -197,7 +198,7 @@ class TriageOperator(BaseOperator):
         times = (started_after, interacted_after, active_after)
         read = _Read(hook.config.base_url, count, *times, rows)
         self._triaged = read, result, offloaded(ti, self.task_id, result.buckets, mapped=True)
-        return result.summary
+        return {**result.summary, "read_at": read_at}
 
     def _warn_malformed(self, result: TriageResult) -> None:
         """Unreadable records go to review and the run goes on; the log says so at WARNING, since
