@@ -148,9 +148,11 @@ class WebhookInbox:
         """
         now = self._clock()
         body = msgspec.json.encode(Accepted(uri, extra, now.isoformat()))
-        # The neighbouring days too: a repeat may reach a worker whose clock is across midnight
-        # from the one that accepted it (Leap retries for 8 hours).
-        days = [(now + timedelta(days=d)).strftime("%Y-%m-%d") for d in (-1, 1)]
+        # Every day kept, and tomorrow: a repeat may reach a worker whose clock is across
+        # midnight from the one that accepted it, or be replayed days later.
+        days = [
+            (now + timedelta(days=d)).strftime("%Y-%m-%d") for d in (*range(1 - KEEP_DAYS, 0), 1)
+        ]
         marker = next(
             (m for m in (self.folder / day / event_id for day in days) if m.exists()), None
         )

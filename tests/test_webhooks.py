@@ -721,10 +721,12 @@ def test_a_retry_after_midnight_is_still_a_duplicate_and_old_days_go(tmp_path: P
     assert inbox.accept(EVENT_ID, URI, EXTRA) is not None
     clock.now += timedelta(hours=8)  # Leap's last retry, the next day
     assert inbox.accept(EVENT_ID, URI, EXTRA) is None
+    clock.now += timedelta(days=1, hours=12)  # replayed two days on (review s14a F4)
+    assert inbox.accept(EVENT_ID, URI, EXTRA) is None
     later = WebhookInbox(tmp_path, "leap_default", clock=Clock(clock.now + timedelta(days=3)))
     assert later.accept(str(uuid.uuid4()), URI, EXTRA) is not None
     days = sorted(p.name for p in (tmp_path / ".webhooks" / "leap_default").iterdir())
-    assert days == ["2026-03-05"]  # the first day was pruned
+    assert days == ["2026-03-06"]  # the first day was pruned
     assert inbox_folders(tmp_path) == ["leap_default"]
 
 
