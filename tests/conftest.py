@@ -134,9 +134,9 @@ class DagRunResult:
 def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunResult]:
     """Write a DAG file into the DAGs folder and run it with ``dag.test()`` in real Airflow.
 
-    The session shares one metadata DB: each test starts its DAGs' ledger records afresh
-    (earlier tests ran the same DAG ids with other ledgers, which LeapContactOperator would
-    refuse to mix)."""
+    The session shares one metadata DB: each test starts its DAGs' and channels' ledger records
+    afresh (earlier tests ran the same DAG ids and channels with other ledgers, which
+    LeapContactOperator would refuse to mix)."""
     import importlib.util
 
     started: set[str] = set()
@@ -158,10 +158,13 @@ def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunRes
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         if module.dag.dag_id not in started:
+            prefixes = [f"{LEDGER_VARIABLE_PREFIX}{module.dag.dag_id}/"]
+            if not started:  # and the channels' records, which earlier tests' ledgers left
+                prefixes.append(f"{LEDGER_VARIABLE_PREFIX}channel:")
             started.add(module.dag.dag_id)
-            prefix = f"{LEDGER_VARIABLE_PREFIX}{module.dag.dag_id}/"
             with create_session() as session:
-                session.execute(delete(Variable).where(Variable.key.startswith(prefix)))
+                for prefix in prefixes:
+                    session.execute(delete(Variable).where(Variable.key.startswith(prefix)))
         dagrun = module.dag.test(**test_kwargs)
         with create_session() as session:
             query = XComModel.get_many(run_id=dagrun.run_id, dag_ids=module.dag.dag_id)

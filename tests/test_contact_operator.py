@@ -249,6 +249,35 @@ def test_a_ledger_moved_without_its_record_sends_nothing_until_accepted(
     assert result.task_states["contact"] == "failed" and sorted(after) == sorted(sent * 2)
 
 
+def test_a_renamed_dag_with_an_empty_ledger_sends_nothing_until_accepted(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s14b F2: a DAG (or task) renamed while the ledger was moved without its contents
+    or wiped has no ledger on record, so any ledger passed: 43 customers got the same message
+    again. The channel's record names the ledger its last sender used."""
+    outbox = tmp_path / "outbox.txt"
+
+    def run(dag_id: str, folder: str, accept: str | None = None):  # type: ignore[no-untyped-def]
+        source = MOVING_SOURCE.format(
+            outbox=str(outbox), ledger=(tmp_path / folder).as_uri(), accept=accept, ref_ids=None
+        ).replace('DAG("leap_contact_ledger"', f"DAG({dag_id!r}")
+        capfd.readouterr()
+        result = run_dag(dag_id, source, logical_date=None)
+        log = "".join(capfd.readouterr())
+        sent = outbox.read_text().splitlines() if outbox.exists() else []
+        return result.task_states["contact"], sent, log
+
+    state, sent, _ = run("leap_contact_ledger", "ledger")
+    assert state == "success" and sent
+    assert run("leap_contact_renamed", "ledger")[:2] == ("success", sent)  # same ledger: fine
+    state, after, log = run("leap_contact_moved", "empty")  # renamed, and the ledger not copied
+    assert (state, after) == ("failed", sent), log
+    assert "is empty and this task has none on record" in log and "renamed" in log
+    fresh = DeliveryLedger(tmp_path / "empty").identity()
+    state, after, _ = run("leap_contact_moved", "empty", accept=fresh)  # other customers, say
+    assert state == "success" and sorted(after) == sorted(sent * 2)
+
+
 def test_an_older_copy_of_the_ledger_sends_nothing_until_the_newer_is_back_or_accepted(
     run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
 ) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import DeliveryReport, attention_item, deliver
-from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
+from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, LedgerView, Mark, OlderCopy
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
 from airflow_provider_leap.webhooks import LATE_DATA, held_back, stale_from
@@ -64,15 +64,18 @@ def _map_index(ti: Any) -> str:
 
 @dataclass
 class _LedgerRecord:
-    """A sender's two Variables: the task's (``key``) names the ledger its runs send with
-    (``here``: id and folder; ``before``, as found), and the ledger's (``mark_key``, one per
-    ledger-id) holds the ``Mark`` every task sending with it leaves (``shared``, as found)."""
+    """A sender's Variables: the task's (``key``) names the ledger its runs send with (``here``:
+    id and folder; ``before``, as found), the channel's (``channel_key``) the ledger its last
+    sender used (``channel``, as found), and the ledger's (``mark_key``, one per ledger-id)
+    holds the ``Mark`` every task sending with it leaves (``shared``, as found)."""
 
     key: str
     here: dict[str, Any]
     before: dict[str, Any] | None
     mark_key: str
     shared: dict[str, Any] | None
+    channel_key: str
+    channel: dict[str, Any] | None
 
     @staticmethod
     def _found(value: Any) -> Mark | None:
@@ -107,6 +110,8 @@ class _LedgerRecord:
         copy accepted on purpose starts the record afresh."""
         if self.here != self.before:
             Variable.set(self.key, self.here, serialize_json=True)
+        if self.here != self.channel:
+            Variable.set(self.channel_key, self.here, serialize_json=True)
         latest = Variable.get(self.mark_key, default=None, deserialize_json=True)
         joined = mark if replace else mark.join(self._found(latest))
         value = {"folder": self.here["folder"], "mark": msgspec.to_builtins(joined)}  # for people
@@ -367,6 +372,7 @@ class LeapContactOperator(BaseOperator):
             raise AirflowException(self._older_copy(record, exc.why)) from exc
         except LedgerError as exc:
             raise AirflowException(str(exc)) from exc
+        self._check_new_ledger(record, view)
         older = accepted and mark is not None and view.older_than(mark)
         if older:
             self.log.warning("Sending with an older copy of the %s ledger on purpose", self.channel)
@@ -484,10 +490,13 @@ class LeapContactOperator(BaseOperator):
         before = Variable.get(key, default=None, deserialize_json=True)
         mark_key = f"{LEDGER_VARIABLE_PREFIX}{here['id']}"  # no "/": never a task's key
         shared = Variable.get(mark_key, default=None, deserialize_json=True)
+        channel_key = f"{LEDGER_VARIABLE_PREFIX}channel:{self.channel}"  # ":" is in no dag_id
+        channel = Variable.get(channel_key, default=None, deserialize_json=True)
+        found = (mark_key, shared, channel_key, channel if isinstance(channel, dict) else None)
         if not isinstance(before, dict):
-            return _LedgerRecord(key, here, None, mark_key, shared)
+            return _LedgerRecord(key, here, None, *found)
         if before.get("id") == here["id"]:
-            return _LedgerRecord(key, here, before, mark_key, shared)
+            return _LedgerRecord(key, here, before, *found)
         if here["id"] != self.accept_ledger_id:
             raise AirflowException(
                 f"The {self.channel} ledger at {here['folder']} (ledger-id {here['id']}) is "
@@ -500,7 +509,28 @@ class LeapContactOperator(BaseOperator):
                 f"accept_ledger_id={here['id']!r} on the task."
             )
         self.log.warning("Starting a new %s ledger on purpose: %s", self.channel, here)
-        return _LedgerRecord(key, here, None, mark_key, shared)
+        return _LedgerRecord(key, here, None, *found)
+
+    def _check_new_ledger(self, record: _LedgerRecord, view: LedgerView) -> None:
+        """Fail before any send when a task with no ledger on record (a DAG or task renamed,
+        or new) finds an empty ledger while its channel's last sender used another one: a
+        rename together with a ledger moved without its contents, or wiped, would message
+        every customer again. A separate ledger on purpose is accepted by its id."""
+        other = record.channel
+        if record.before is not None or other is None or other.get("id") == record.here["id"]:
+            return
+        if view.sequence or view.stalls or record.here["id"] == self.accept_ledger_id:
+            return
+        raise AirflowException(
+            f"The {self.channel} ledger at {record.here['folder']} (ledger-id "
+            f"{record.here['id']}) is empty and this task has none on record (Variable "
+            f"{record.key}), while channel {self.channel}'s last sender recorded its sends in "
+            f"{other.get('folder')} (ledger-id {other.get('id')}, Variable {record.channel_key}): "
+            "a DAG or task renamed while the ledger was moved without its contents or wiped? "
+            "Nothing was sent: every due customer would be messaged again. Point ledger_url at "
+            "that ledger, or copy its channel folder here; for a separate ledger on purpose "
+            f"(other customers), set accept_ledger_id={record.here['id']!r} on the task."
+        )
 
     def _older_copy(self, record: _LedgerRecord, why: str) -> str:
         """Why the run stops: the ledger is an older copy of the one the last run sending with it
