@@ -130,6 +130,21 @@ class DagRunResult:
     task_states: dict[str, str]
 
 
+def forget_ledger_records(prefix: str) -> None:
+    """Delete LeapContactOperator's ledger records (Variables) under ``prefix``: a DAG's
+    (``<dag_id>/``), or the channels' (``channel:``), which a new empty ledger is checked
+    against. The session shares one metadata DB, and tests use ledgers of their own."""
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    from airflow_provider_leap.operators.contact import LEDGER_VARIABLE_PREFIX
+
+    with create_session() as session:
+        key = Variable.key.startswith(LEDGER_VARIABLE_PREFIX + prefix)
+        session.execute(delete(Variable).where(key))
+
+
 @pytest.fixture
 def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunResult]:
     """Write a DAG file into the DAGs folder and run it with ``dag.test()`` in real Airflow.
@@ -142,12 +157,8 @@ def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunRes
     started: set[str] = set()
 
     def run(name: str, source: str, **test_kwargs: Any) -> DagRunResult:
-        from airflow.models.variable import Variable
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
-        from sqlalchemy import delete
-
-        from airflow_provider_leap.operators.contact import LEDGER_VARIABLE_PREFIX
 
         folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
         folder.mkdir(parents=True, exist_ok=True)
@@ -158,13 +169,10 @@ def run_dag(airflow_db: str, one_execution_api: None) -> Callable[..., DagRunRes
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         if module.dag.dag_id not in started:
-            prefixes = [f"{LEDGER_VARIABLE_PREFIX}{module.dag.dag_id}/"]
-            if not started:  # and the channels' records, which earlier tests' ledgers left
-                prefixes.append(f"{LEDGER_VARIABLE_PREFIX}channel:")
+            if not started:  # the channels' records, which earlier tests' ledgers left
+                forget_ledger_records("channel:")
             started.add(module.dag.dag_id)
-            with create_session() as session:
-                for prefix in prefixes:
-                    session.execute(delete(Variable).where(Variable.key.startswith(prefix)))
+            forget_ledger_records(f"{module.dag.dag_id}/")
         dagrun = module.dag.test(**test_kwargs)
         with create_session() as session:
             query = XComModel.get_many(run_id=dagrun.run_id, dag_ids=module.dag.dag_id)

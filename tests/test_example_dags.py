@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import forget_ledger_records
 from fake_server import Reply, fake_leap
 from reengagement_sim import WebhookLog
 
@@ -643,17 +644,6 @@ def test_one_first_contact_when_a_click_is_followed_by_a_cancel(
     assert sent == [("retrier", "2026-03-02T10:05:00Z", 0, "error:X")]
 
 
-def _forget_channel_records() -> None:
-    """The channels' ledger records, which a new DAG with a new, empty ledger is checked
-    against (a rename with a move would message everyone again)."""
-    from airflow.models.variable import Variable
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete
-
-    with create_session() as session:
-        session.execute(delete(Variable).where(Variable.key.startswith("leap_ledger:channel:")))
-
-
 def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     run_dag, reengagement_env, leap_emulator, consumer, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -710,7 +700,7 @@ def test_a_customer_who_acted_after_the_refresh_read_is_held_for_the_next_run(
     assert "leap_plain_reengagement" in plain
     monkeypatch.setenv("LEAP_OUTPUT_DIR", str(tmp_path / "plain"))
     monkeypatch.setenv("AIRFLOW__LEAP__LEDGER_URL", (tmp_path / "plain-ledger").as_uri())
-    _forget_channel_records()  # as in a deployment of its own (else: accept_ledger_id)
+    forget_ledger_records("channel:")  # as in a deployment of its own (or accept it)
     counts = run(plain, "10:17")
     assert sorted(m["ref_id"] for m in _outbox(tmp_path / "plain")) == ["clicker", "finisher"]
     assert (counts["sent"], counts["held"]) == (2, 0)

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import forget_ledger_records
 from jsonschema import Draft202012Validator
 from shared_execution_api import child_env
 
@@ -93,6 +94,7 @@ def lineage_run(
     ledger = f"file://{folder}/ledger"
     dag_file.write_text(DAG_SOURCE.format(watched=watched, ref_ids=ref_ids, ledger=ledger))
     events_file = folder / "events.jsonl"
+    forget_ledger_records("channel:")  # earlier tests' ledgers: this one is new, on purpose
     env = {
         **os.environ,
         "AIRFLOW_CONN_LEAP_DEFAULT": connection_json(emulator.url, EMULATOR_API_KEY),
