@@ -434,30 +434,33 @@ def test_a_try_after_leaps_next_refresh_sends_nothing_from_the_older_read(
 ) -> None:  # type: ignore[no-untyped-def]
     """Review s14a F1: the contact task of the 11:17 run, failed (its relay down) and cleared at
     12:45, sent from the 11:00 data: customers the 12:00 refresh showed COMPLETED were asked to
-    finish. Here the triage read Leap 70 minutes ago (a refresh landed since, whatever the
-    minute): nothing is sent, and the log says to clear the run from its triage task."""
+    finish. Here the triage read Leap 80 minutes ago (a refresh landed since, more than
+    CLOCK_SKEW ago, whatever the minute): nothing is sent. Review s14d: a read seconds before
+    the refresh's minute (a worker clock behind) is not that, or the hourly run sent nothing."""
     monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
         outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
     )
-    read_at = (datetime.now(timezone.utc) - timedelta(minutes=70)).isoformat()
-    older_read = source.replace(
-        "    TriageOperator(\n",
-        "    ReadEarlier(\n",
-    ).replace(
-        "start = datetime(",
-        "class ReadEarlier(TriageOperator):\n"
-        "    def execute(self, context):\n"
-        f"        return {{**super().execute(context), 'read_at': {read_at!r}}}\n\n"
-        "start = datetime(",
-    )
-    assert "ReadEarlier(\n" in older_read
-    result = run_dag("leap_contact_ledger", older_read, logical_date=None)
+
+    def read(minutes_ago: int) -> str:
+        read_at = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).isoformat()
+        older_read = source.replace("    TriageOperator(\n", "    ReadEarlier(\n").replace(
+            "start = datetime(",
+            "class ReadEarlier(TriageOperator):\n"
+            "    def execute(self, context):\n"
+            f"        return {{**super().execute(context), 'read_at': {read_at!r}}}\n\n"
+            "start = datetime(",
+        )
+        assert "ReadEarlier(\n" in older_read
+        return older_read
+
+    result = run_dag("leap_contact_ledger", read(80), logical_date=None)
     counts = result.xcoms[("contact", "return_value")]
     assert counts["not_now"] == counts["due"] > 0 and counts["sent"] == 0
     assert result.task_states["contact"] == "success" and not outbox.exists()
-    result = run_dag("leap_contact_ledger", source, logical_date=None)  # triage read just now
+    # Read 5 minutes ago: a refresh landing since is within CLOCK_SKEW (whatever the minute).
+    result = run_dag("leap_contact_ledger", read(5), logical_date=None)
     assert result.xcoms[("contact", "return_value")]["sent"] > 0 and outbox.exists()
 
 

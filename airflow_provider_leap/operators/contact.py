@@ -319,12 +319,14 @@ class LeapContactOperator(BaseOperator):
         today's records, and sending them at the run's past moment (recorded as sent then)
         replays the cadence in minutes. The later of its ``run_after`` and its moment ``now``
         tells: a DAG may triage at its logical date (earlier), and the webhook DAG once the
-        refresh shows the event (later, ``webhooks.answer_time``). And a try after Leap's next
-        refresh would answer what the customers did before it (a completion among them)."""
+        refresh shows the event (later, ``webhooks.answer_time``). And a try well after Leap's
+        next refresh would answer what the customers did before it (a completion among them);
+        ``CLOCK_SKEW`` after it, as the hourly run reads at the very minute a refresh lands by,
+        and its tasks may run on machines whose clocks differ by seconds."""
         lag, clock = max_run_lag(), datetime.now(timezone.utc)
         if lag is None:
             return None
-        if read_at is not None and stale_from(clock) > stale_from(read_at):
+        if read_at is not None and stale_from(clock - CLOCK_SKEW) > stale_from(read_at):
             return (
                 f"its triage read Leap at {read_at.isoformat()}, and Leap's hourly refresh has "
                 "landed since: the buckets may be out of date (a customer may have completed). "
