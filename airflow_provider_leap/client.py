@@ -135,6 +135,11 @@ def http_error(
     message = f"Leap {method} {path} answered HTTP {status}" + (f": {title}" if title else "")
     if status in AUTH_HINTS:
         message += f" ({AUTH_HINTS[status]}; base URL {config.base_url})"
+    elif status == 400 and path == config.wire.connections_path:
+        message += (
+            " (the Connect query's parameter names are assumptions: `airflow leap probe` tells "
+            "which this account answers to, and the connection extras to set)"
+        )
     elif 300 <= status < 400:
         to = urlsplit(answer.headers.get("Location", ""))
         message += (
@@ -681,18 +686,20 @@ class LeapClient:
 
         Leap filters on one time per request, and its ``interacted_after`` may leave out the
         records with no last interaction (a customer who opened the link and went no further),
-        so two listings: by last interaction, then by start, each keeping the records the other
-        does not; every record comes once, however Leap treats a missing time.
+        so two listings: by start, then by last interaction, each keeping the records the other
+        does not, however Leap treats a missing time. A first interaction landing between the
+        two (a refresh mid-run) makes its record come twice, old then new (``triage`` keeps the
+        later), where the other order would lose it.
         """
         since = _sent_time(active_after, "active_after")
         start = since
         if started_after is not None:
             start = max(since, _sent_time(started_after, "started_after"))
-        by_last = self.iter_connect_records(ref_ids, started_after, since, page_size)
         by_start = self.iter_connect_records(ref_ids, start, None, page_size)
+        by_last = self.iter_connect_records(ref_ids, started_after, since, page_size)
         return chain(
-            (record for record in by_last if not _counted_from_start(record)),
             filter(_counted_from_start, by_start),
+            (record for record in by_last if not _counted_from_start(record)),
         )
 
     def iter_meters(

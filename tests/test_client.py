@@ -8,7 +8,7 @@ import logging
 import time
 import traceback
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -34,6 +34,7 @@ from airflow_provider_leap.errors import (
 from airflow_provider_leap.retry import RetryPolicy
 from airflow_provider_leap.testing import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
 from airflow_provider_leap.timeutil import parse_timestamp
+from airflow_provider_leap.triage import triage
 from airflow_provider_leap.wire import WireNames
 
 CONNECTIONS = "/v1.1/connections"
@@ -589,14 +590,49 @@ def test_active_records_include_those_never_interacted_with(leap_emulator_factor
     assert sorted(got) == sorted(active - {"unreadable-both"})
 
 
+def test_a_first_interaction_landing_between_the_active_reads_is_not_lost(
+    leap_emulator_factory,
+) -> None:
+    """Review s14d: Leap's refresh lands after the first listing; the customer who had only
+    opened the link then has a last interaction. Read by last interaction first, they fell
+    between the two reads and went unread for the hour."""
+    records, _ = active_window_records()
+    emulator = leap_emulator_factory(records=records)
+    refreshed = [dict(r) for r in records]
+    moved = next(r for r in refreshed if r["ref_id"] == "opened-only")
+    moved["last_interaction_date_time_utc"] = "2026-03-12T06:00:00Z"
+    read = []
+    with LeapClient(emulator.url, EMULATOR_API_KEY) as client:
+        for record in client.iter_active_records("2026-03-10"):
+            if len(emulator.requests) == 1 and not read:
+                emulator.set_records(refreshed)  # the first listing is done: the refresh lands
+            read.append(record)
+    assert [r.last_interaction_date_time_utc for r in read if r.ref_id == "opened-only"] == [
+        None,
+        "2026-03-12T06:00:00Z",
+    ]
+    result = triage(read, now=datetime(2026, 3, 13, tzinfo=UTC))
+    kept = [i for items in result.buckets.values() for i in items if i["ref_id"] == "opened-only"]
+    assert [i["last_interaction"] for i in kept] == ["2026-03-12T06:00:00Z"]
+
+
+def test_a_refused_connect_query_points_at_the_probe(leap_emulator_factory) -> None:
+    """Review s14d: an account naming the start filter otherwise answers the examples' second
+    read with HTTP 400; the error says how to find the name to set."""
+    emulator = leap_emulator_factory(wire_names=WireNames(start_date_param="startDate"))
+    with LeapClient(emulator.url, EMULATOR_API_KEY) as client, pytest.raises(LeapAPIError) as err:
+        list(client.iter_active_records("2026-03-10"))
+    assert err.value.status == 400 and "`airflow leap probe` tells" in str(err.value)
+
+
 def test_active_records_come_once_from_a_server_that_ignores_filters(sleeps, caplog) -> None:
     records, active = active_window_records()
     with fake_leap(lambda seen: page(records)) as server:
         got = [r.ref_id for r in fake_client(server.url, sleeps).iter_active_records("2026-03-10")]
     assert sorted(got) == sorted(active)
     first, second = (dict(request.query) for request in server.requests)
-    assert first["last-interaction-date"] == "2026-03-10T00:00:00Z"
-    assert second["start-date"] == "2026-03-10T00:00:00Z" and "last-interaction-date" not in second
+    assert first["start-date"] == "2026-03-10T00:00:00Z" and "last-interaction-date" not in first
+    assert second["last-interaction-date"] == "2026-03-10T00:00:00Z"
 
 
 def test_https_to_a_plain_http_server_says_to_write_http(sleeps) -> None:
