@@ -97,3 +97,7 @@ def test_customers_connect_link_follows_the_connections_environment(
         )
         # Review s14c F4: a commercial customer of a partner with both kinds
         assert "&variant=COMMERCIAL&" in hook.connect_url("r 1", "PJM", variant="COMMERCIAL")
+        # Review s14d: as a CRM field may hold it (a stray space or line end kept the link's
+        # variant from matching); blank is the connection's
+        assert "&variant=COMMERCIAL&" in hook.connect_url("r 1", "PJM", variant=" COMMERCIAL\n")
+        assert "&variant=RESIDENTIAL&" in hook.connect_url("r 1", "PJM", variant=" ")

@@ -133,7 +133,7 @@ class LeapHook(BaseHook):
         """The customer's Leap Connect link, from the extras ``connect_account`` (required),
         ``connect_variant`` and ``connect_base_url``; None when no account is configured.
         ``variant``: this customer's, when not the connection's (commercial customers of a
-        partner whose connection says ``RESIDENTIAL``, say).
+        partner whose connection says ``RESIDENTIAL``, say), spaces around it dropped.
 
         Leap's Connect host is production's: a staging connection must name its own
         ``connect_base_url`` (raises ``LeapException`` otherwise), or its customers would get
@@ -152,7 +152,7 @@ class LeapHook(BaseHook):
                 ref_id,
                 transmission_region=transmission_region,
                 account=config.connect_account,
-                variant=variant or config.connect_variant or DEFAULT_VARIANT,
+                variant=(variant or "").strip() or config.connect_variant or DEFAULT_VARIANT,
                 base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
             )
 
