@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime
-from itertools import chain
+from itertools import chain, filterfalse
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -431,12 +431,10 @@ class ConnectQuery:
         return f"Leap seems to match IDs loosely ({strays[0].ref_id!r} for {sent[0]!r})"
 
 
-def _counted_from_start(record: ConnectRecord) -> bool:
-    """Whether triage counts the record's stall from its start: no readable last interaction,
-    a readable start (one with neither is malformed, and comes with the last-interaction read)."""
-    return parse_timestamp(record.last_interaction_date_time_utc) is None and (
-        parse_timestamp(record.start_date_time_utc) is not None
-    )
+def _no_last_interaction(record: ConnectRecord) -> bool:
+    """Whether the record has no readable last interaction: the start read brings it (triage
+    counts a NOT_STARTED one from its start, and sends any other to review)."""
+    return parse_timestamp(record.last_interaction_date_time_utc) is None
 
 
 class DeadlinePassed(Exception):
@@ -698,8 +696,8 @@ class LeapClient:
         by_start = self.iter_connect_records(ref_ids, start, None, page_size)
         by_last = self.iter_connect_records(ref_ids, started_after, since, page_size)
         return chain(
-            filter(_counted_from_start, by_start),
-            (record for record in by_last if not _counted_from_start(record)),
+            filter(_no_last_interaction, by_start),
+            filterfalse(_no_last_interaction, by_last),
         )
 
     def iter_meters(

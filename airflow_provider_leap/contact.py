@@ -206,8 +206,10 @@ _NOTHING_SENT = StallState("")
 
 
 def stall_order(stall: str) -> datetime:
-    """A stall's time, for telling which of two stalls of a customer is the later."""
-    return parse_timestamp(stall) or _EPOCH
+    """A stall's time, for telling which of two stalls of a customer is the later, to the
+    second: Leap writing its times with milliseconds from one hour on (or no longer) must not
+    make every stall a new one, answered again from the first message."""
+    return (parse_timestamp(stall) or _EPOCH).replace(microsecond=0)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -380,11 +382,11 @@ def plan_contacts(
             counts["in_flight"] += 1
             continue
         if state.stall != stall:
-            answered = stall_order(state.stall) if state.stall else None
-            if answered is not None and answered > stall_time:
+            answered, this = stall_order(state.stall) if state.stall else None, stall_order(stall)
+            if answered is not None and answered > this:
                 counts["waiting"] += 1  # Leap shows an older stall than one already answered
                 continue
-            if answered != stall_time:  # else the same instant in another text: one stall
+            if answered != this:  # else the same instant in another text: one stall
                 state = _NOTHING_SENT
         offset = offsets[step]
         # After a cadence change: no step the customer is past, no second first contact or

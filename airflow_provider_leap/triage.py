@@ -71,6 +71,7 @@ _PARAMETERISED = frozenset(
 _KNOWN_STATUSES = frozenset(status.value for status in ConnectionStatus)
 # The statuses the per-record path compares with, as plain strings (enum access is slow).
 _COMPLETED, _NOT_STARTED = ConnectionStatus.COMPLETED.value, ConnectionStatus.NOT_STARTED.value
+_ATTEMPTED = frozenset({ConnectionStatus.PARTIAL.value, ConnectionStatus.ERROR.value})
 _CONNECTED, _NOT_CONNECTED, _UTILITY_ERROR = (s.value for s in UtilityStatus)
 
 _BATCH = 10_000  # records sorted between two reads of the input
@@ -224,7 +225,10 @@ def _item(
         return Bucket.NEEDS_REVIEW, _malformed_item(obj), None
     text = record.last_interaction_date_time_utc
     when = parse_timestamp(text)
-    if when is None:
+    # Leap's last interaction is the last utility attempt, and it asks for one an hour old
+    # before acting: a PARTIAL or ERROR record, which says an attempt was made, is never counted
+    # from its start and messaged without one (Leap renaming or dropping the field): review.
+    if when is None and record.connection_status not in _ATTEMPTED:
         text = record.start_date_time_utc
         when = parse_timestamp(text)
     bucket, reason, details = _decide(record, when, cutoff, done)

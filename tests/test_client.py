@@ -32,7 +32,13 @@ from airflow_provider_leap.errors import (
     LeapPagingError,
 )
 from airflow_provider_leap.retry import RetryPolicy
-from airflow_provider_leap.testing import EMULATOR_API_KEY, Fault, FaultKind, LeapEmulator
+from airflow_provider_leap.testing import (
+    EMULATOR_API_KEY,
+    Fault,
+    FaultKind,
+    LeapEmulator,
+    generate_records,
+)
 from airflow_provider_leap.timeutil import parse_timestamp
 from airflow_provider_leap.triage import triage
 from airflow_provider_leap.wire import WireNames
@@ -614,6 +620,33 @@ def test_a_first_interaction_landing_between_the_active_reads_is_not_lost(
     result = triage(read, now=datetime(2026, 3, 13, tzinfo=UTC))
     kept = [i for items in result.buckets.values() for i in items if i["ref_id"] == "opened-only"]
     assert [i["last_interaction"] for i in kept] == ["2026-03-12T06:00:00Z"]
+
+
+def test_a_renamed_last_interaction_never_counts_a_stall_from_the_start(
+    leap_emulator_factory,
+) -> None:
+    """Review s15b: with Leap's last interaction under another key, every record came from the
+    start read and was counted from its start, and a customer active half an hour before got
+    the 7-day reminder. Only NOT_STARTED customers (who tried no utility) are counted so."""
+    now = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    records = generate_records(seed=3, count=300, now=now)
+    for row in records:
+        row["last_interaction_utc"] = row.pop("last_interaction_date_time_utc")
+    emulator = leap_emulator_factory(records=records)
+    with LeapClient(emulator.url, EMULATOR_API_KEY) as client:
+        result = triage(client.iter_active_records(now - timedelta(days=30)), now=now)
+    attempted = {"PARTIAL", "ERROR"}
+    sorted_by_start = [
+        item
+        for name, items in result.buckets.items()
+        if name not in ("needs_review", "completed")
+        for item in items
+    ]
+    assert sorted_by_start and {i["connection_status"] for i in sorted_by_start} == {"NOT_STARTED"}
+    review = [i for i in result.buckets["needs_review"] if i["connection_status"] in attempted]
+    started = [r for r in records if r["start_date_time_utc"] >= "2026-02-18T12:00:00Z"]
+    assert len(review) == sum(r["connection_status"] in attempted for r in started) > 0
+    assert {i["reason"] for i in review} == {"malformed"}
 
 
 def test_a_refused_connect_query_points_at_the_probe(leap_emulator_factory) -> None:

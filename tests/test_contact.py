@@ -274,6 +274,28 @@ def test_one_instant_is_one_stall_however_leap_writes_it(tmp_path: Path, texts) 
 
 
 @pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("2026-03-02T09:30:05Z", "2026-03-02T09:30:05.412Z"),
+        ("2026-03-02T09:30:05.412Z", "2026-03-02T09:30:05Z"),
+    ],
+)
+def test_leap_adding_or_dropping_milliseconds_is_not_a_new_stall(
+    tmp_path: Path, before: str, after: str
+) -> None:
+    """Review s15b: Leap writing its times with milliseconds from one hour on made every stall
+    a new one, its step sent again; without them from one hour on, an older one, never
+    reminded again."""
+    channel = Channel(tmp_path)
+    start = datetime(2026, 3, 2, 11, 17, tzinfo=timezone.utc)
+    for hour, now in enumerate(hourly(start, 24 * 8)):
+        channel.run(
+            {"not_started": [item("a1b", T0, last_interaction=after if hour > 30 else before)]}, now
+        )
+    assert [step for _, _, step, _ in channel.inbox] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
     ("cadence", "after"),
     [
         ((D, 2 * D, 3 * D, 5 * D, 7 * D), [5 * D, 7 * D]),  # steps added before and after

@@ -114,6 +114,27 @@ CASES: dict[str, Case] = {
         "malformed",
         last_interaction=None,
     ),
+    # Review s15b: Leap renaming or dropping the last interaction counted every customer from
+    # the start; one active half an hour ago got the 7-day reminder. PARTIAL or ERROR says a
+    # utility was tried, so neither is counted from its start.
+    "row0-malformed-partial-without-last-interaction": Case(
+        record("PARTIAL", last=None), "needs_review", "malformed", last_interaction=None
+    ),
+    "row0-malformed-error-with-unreadable-last-interaction": Case(
+        record("ERROR", [utility(status="ERROR", code="USER_CANCELED")], last="03/10/2026 11:47"),
+        "needs_review",
+        "malformed",
+        last_interaction=None,
+    ),
+    "row1-completed-without-last-interaction-counts-from-start": Case(
+        record("COMPLETED", last=None), "completed", "completed", last_interaction=THREE_HOURS_AGO
+    ),
+    "row0-unknown-status-without-last-interaction-counts-from-start": Case(
+        record("CANCELLED", last=None),
+        "needs_review",
+        "unknown_status:CANCELLED",
+        last_interaction=THREE_HOURS_AGO,
+    ),
     "row0-malformed-wrong-shape": Case(
         record(utilities=[{"status": 5}]), "needs_review", "malformed"
     ),
