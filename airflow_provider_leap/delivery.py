@@ -7,6 +7,7 @@ through :func:`deliver`.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,24 @@ class ChannelDown(Exception):
     Not an attempt, and the run stops there: the contacts left are not each charged a failed
     attempt against a channel that is down; they stay due for a retry or the next run.
     """
+
+
+# Raised (or as the cause of what a client library raises) before a connection was made: no
+# message can have gone out, and the next send would meet the same. A channel that is down.
+NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether ``exc`` or one of its causes (``requests``, ``httpx`` and ``smtplib`` keep the
+    socket's error there) says the send found no server to talk to."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if seen is None:
+            return False
+        if isinstance(seen, NEVER_CONNECTED):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
@@ -91,13 +110,13 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). One of
-    ``CODE_ERRORS`` is a failed attempt too, logged with its traceback the first time
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``), nor an error
+    saying no connection was made (``NEVER_CONNECTED``, or caused by one), which stops it too.
+    One of ``CODE_ERRORS`` is a failed attempt too, logged with its traceback the first time
     (``report.code_error``); raised alike by two sends in a row of two buckets before any went
     through, it stops the delivery (the rest ``not_tried``): a bug, not those customers'
-    failures. Anything
-    that is not an ``Exception`` (the task being killed or timing out) leaves the claim
-    ``sending``: that message may have gone out, so it is never sent again.
+    failures. Anything that is not an ``Exception`` (the task being killed or timing out)
+    leaves the claim ``sending``: that message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
@@ -112,13 +131,13 @@ def deliver(
             ledger.release(contact)
             report.unreachable += 1
             report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
-        except ChannelDown as exc:
-            ledger.release(contact)
-            report.channel_down = _describe(exc, whole=True)
-            report.not_tried = len(contacts) - index
-            log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
-            break
         except Exception as exc:
+            if isinstance(exc, ChannelDown) or _never_connected(exc):
+                ledger.release(contact)
+                report.channel_down = _describe(exc, whole=True)
+                report.not_tried = len(contacts) - index
+                log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
+                break
             reason = _describe(exc)
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1

@@ -234,7 +234,7 @@ class Channel:
 
     def __call__(self, contact: Contact) -> None:
         if self.down:
-            raise ConnectionRefusedError("SMTP server down")
+            raise OSError("451 4.3.0 mail server unavailable, try again later")
         self.inbox.append((contact.ref_id, contact.stall, contact.step, contact.contact_key))
         self.offsets.append(timedelta(seconds=contact.offset))
 

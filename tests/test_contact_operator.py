@@ -58,7 +58,8 @@ def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
     # First run: the first customer's attempt 1 fails (no retry, so the run ends red).
     assert run([first], retries=0).task_states["contact"] == "failed"
     # Second run: its first try gives the first customer up (attempt 2 of 2) and fails the
-    # second's attempt 1, so Airflow retries; the retry gives the second customer up.
+    # second's attempt 1, so Airflow retries; the retry gives the second customer up (one
+    # customer's step given up alone: green, and listed).
     result = run([first, second], retries=1)
     assert result.task_states["contact"] == "success"
     counts = result.xcoms[("contact", "return_value")]
@@ -464,6 +465,37 @@ def test_a_try_after_leaps_next_refresh_sends_nothing_from_the_older_read(
     assert result.xcoms[("contact", "return_value")]["sent"] > 0 and outbox.exists()
 
 
+@pytest.mark.parametrize(
+    ("minute", "second", "warned"),
+    [(0, 0, True), (5, 0, True), (15, 59, True), (16, 0, False), (17, 3, False), (59, 0, False)],
+)
+def test_a_read_before_the_hours_refresh_is_warned_of(
+    minute: int, second: int, warned: bool
+) -> None:
+    """Review s15a F3: an @hourly schedule (or a manual run at :05) reads Leap before the hour's
+    refresh lands, on data up to an hour older: customers who had completed were asked to
+    finish, with nothing in the log. The contact task warns, leaving a minute's leeway for the
+    :17 run on clocks seconds apart."""
+    from airflow_provider_leap.operators.contact import _before_refresh
+
+    assert _before_refresh(datetime(2026, 3, 2, 3, minute, second, tzinfo=timezone.utc)) is warned
+
+
+def test_a_run_past_max_run_lag_is_not_told_to_clear_from_triage(monkeypatch) -> None:
+    """Review s15a F4: a contact task cleared six hours after its run was told to clear the
+    run from its triage task to send now; doing so sent nothing, as the run was past
+    max_run_lag. Such a run is told the run for the present sends."""
+    from airflow_provider_leap.operators.contact import LeapContactOperator
+
+    monkeypatch.setenv("AIRFLOW__LEAP__MAX_RUN_LAG", str(2 * 3600))
+    operator = LeapContactOperator(task_id="contact", send=print)
+    clock = datetime.now(timezone.utc)
+    late, recent = clock - timedelta(hours=6), clock - timedelta(minutes=80)
+    why = operator._not_now(late, late, late) or ""
+    assert "behind the clock" in why and "Clear the run" not in why
+    assert "Clear the run from its triage task" in (operator._not_now(recent, recent, recent) or "")
+
+
 def test_a_run_that_answers_later_than_its_run_after_is_for_the_present(
     run_dag, leap_conn, leap_emulator, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -565,6 +597,13 @@ def test_the_triage_task_is_the_one_triage_operator_upstream_unless_named(
     )
     log = "".join(capfd.readouterr())
     assert "set triage_task_id= to the TriageOperator" in log and "['triage_leap']" in log
+    # Review s15a F6: not wired, it was told to set triage_task_id (and then raced the triage)
+    unwired = source.replace(") >> LeapContactOperator(", ")\n    LeapContactOperator(")
+    assert unwired != source
+    outbox.unlink()
+    result = run_dag("leap_contact_ledger", unwired, logical_date=None)
+    assert result.task_states == {"triage_leap": "success", "contact": "failed"}
+    assert "wire `triage >> contact`" in "".join(capfd.readouterr()) and not outbox.exists()
 
 
 def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
@@ -606,6 +645,10 @@ def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
             {"sent": 1, "failed": 5, "code_errors": 5, "code_error": "KeyError: 'ns01'"},
             "Sends on channel email failed, of 6 due: 1 sent and recorded, 5 failed; 5 raised",
         ),
+        (  # review s15a: a last try giving every step up ended green
+            {"failed": 6, "given_up": 6},
+            "Sends on channel email failed, of 6 due: 0 sent and recorded, 6 failed (6 given up",
+        ),
     ],
 )
 def test_the_task_failure_leads_with_its_cause(counts: dict[str, Any], starts: str) -> None:
@@ -618,6 +661,7 @@ def test_the_task_failure_leads_with_its_cause(counts: dict[str, Any], starts: s
     message = operator._failure(DeliveryReport(**counts), 6)
     assert message.startswith(starts), message
     assert ("Fix it before a retry" in message) == ("Two sends" in starts)
+    assert ("no retry or clear sends them" in message) == ("given up" in starts)
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_quickstart_dag_runs_end_to_end(run_dag, leap_emulator) -> None:
 
     not_started = result.xcoms[("triage", "not_started")]
     assert not_started, "the emulator's data always has not_started items"
-    received = result.xcoms[("resend_connect_links", "return_value")]
+    received = result.xcoms[("list_not_started", "return_value")]
     assert received == [item["ref_id"] for item in not_started]
 
     errors = result.xcoms[("triage", "utility_error")]

@@ -1348,6 +1348,35 @@ def test_a_channel_downs_reason_reaches_the_report_whole(tmp_path: Path) -> None
     assert len(report.channel_down) > 300
 
 
+@pytest.mark.parametrize("client", ["requests", "smtplib"])
+def test_a_channel_that_refuses_connections_charges_nobody(tmp_path: Path, client: str) -> None:
+    """Review s15a: a send function of one's own meeting a CRM or relay that refuses
+    connections charged every customer due an attempt, try after try, until their steps were
+    all given up. Nothing can have gone out: the run stops, as for ``ChannelDown``."""
+    import smtplib
+    import socket
+
+    import requests
+
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def send(contact: Contact) -> None:
+        if client == "requests":
+            requests.post(f"http://127.0.0.1:{port}/records", json={}, timeout=5)
+        else:
+            smtplib.SMTP("127.0.0.1", port, timeout=5)
+
+    ledger = DeliveryLedger(tmp_path)
+    plan, report = run(ledger, buckets(3), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 0, 3)
+    assert report.channel_down is not None and "refused" in report.channel_down.lower()
+    outbox = Outbox()
+    plan, report = run(ledger, buckets(3), outbox)
+    assert report.sent == 3 and {c.attempt for c in plan.due} == {1}
+
+
 def test_marks_of_two_senders_join_to_the_higher_count_and_the_later_attempt(
     tmp_path: Path,
 ) -> None:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import DeliveryReport, attention_item, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, LedgerView, Mark, OlderCopy
 from airflow_provider_leap.models import parse_timestamp
 from airflow_provider_leap.triage import BUCKETS
-from airflow_provider_leap.webhooks import LATE_DATA, held_back, stale_from
+from airflow_provider_leap.webhooks import LATE_DATA, REFRESH_LANDED_BY, held_back, stale_from
 from airflow_provider_leap.xcom_store import offloaded
 
 if TYPE_CHECKING:
@@ -124,6 +124,13 @@ RETRY = (
     "A retry sends only what has not gone out; after Leap's next hourly refresh, clear the run "
     "from its triage task instead"
 )
+
+
+def _before_refresh(read_at: datetime) -> bool:
+    """Whether a read came in the minutes of the hour before Leap's refresh lands (a minute's
+    leeway: the hourly run reads at that very minute, on clocks seconds apart)."""
+    into_hour = read_at - read_at.replace(minute=0, second=0, microsecond=0)
+    return into_hour < REFRESH_LANDED_BY - timedelta(minutes=1)
 
 
 def absolute_ledger_url(url: str, setting: str) -> str:
@@ -277,16 +284,23 @@ class LeapContactOperator(BaseOperator):
     ) -> tuple[datetime, datetime | None, dict[str, list[Any]]]:
         """The triage's moment, when it read Leap (None from an older version), its buckets."""
         ti = context["ti"]
+        triages = self._upstream_triages()
         if not self.triage_task_id:
-            triages = self._upstream_triages()
             self.triage_task_id = triages[0] if len(triages) == 1 else "triage"
-        summary = ti.xcom_pull(task_ids=self.triage_task_id)
+        upstream = {task.task_id for task in self.get_flat_relatives(upstream=True)}
+        summary: Any = None  # a task not upstream may not have run yet, or be of another try
+        if self.triage_task_id in upstream:
+            summary = ti.xcom_pull(task_ids=self.triage_task_id)
         when = parse_timestamp(summary.get("now")) if isinstance(summary, dict) else None
         if when is None:
+            fix = (
+                "set triage_task_id= to the TriageOperator upstream of this task whose buckets "
+                f"to read (upstream TriageOperators: {triages})"
+                if triages
+                else f"no TriageOperator is upstream of it: wire `triage >> {self.task_id}`"
+            )
             raise AirflowException(
-                f"No triage summary from task {self.triage_task_id!r} in this run: set "
-                "triage_task_id= to the TriageOperator upstream of this task whose buckets to "
-                f"read (upstream TriageOperators: {self._upstream_triages() or 'none'})"
+                f"No triage summary from task {self.triage_task_id!r} upstream in this run: {fix}"
             )
         buckets = {
             name: ti.xcom_pull(task_ids=self.triage_task_id, key=name) or [] for name in BUCKETS
@@ -326,24 +340,24 @@ class LeapContactOperator(BaseOperator):
         lag, clock = max_run_lag(), datetime.now(timezone.utc)
         if lag is None:
             return None
-        if read_at is not None and stale_from(clock - CLOCK_SKEW) > stale_from(read_at):
-            return (
-                f"its triage read Leap at {read_at.isoformat()}, and Leap's hourly refresh has "
-                "landed since: the buckets may be out of date (a customer may have completed). "
-                "Clear the run from its triage task to send now; else the next run sends"
-            )
         if now - clock > CLOCK_SKEW:
             return (
                 f"its moment {now.isoformat()} is ahead of this worker's clock "
                 f"({clock.isoformat()}): was a wait marked done by hand?"
             )
         latest = max(run_after, now)
-        if clock - latest > lag:
+        if clock - latest > lag:  # before the refresh: clearing the run would not send either
             return (
                 f"it is {(clock - latest) / timedelta(hours=1):.1f} h behind the clock "
                 f"(run_after {run_after.isoformat()}, moment {now.isoformat()}; [leap] "
                 f"max_run_lag {lag / timedelta(hours=1):g} h): a backfill, a catch-up, a late "
                 "retry or a run cleared later; the run for the present sends what is due"
+            )
+        if read_at is not None and stale_from(clock - CLOCK_SKEW) > stale_from(read_at):
+            return (
+                f"its triage read Leap at {read_at.isoformat()}, and Leap's hourly refresh has "
+                "landed since: the buckets may be out of date (a customer may have completed). "
+                "Clear the run from its triage task to send now; else the next run sends"
             )
         return None
 
@@ -395,6 +409,13 @@ class LeapContactOperator(BaseOperator):
                 "Channel %s: %d due customer(s) not sent, as %s", self.channel, len(plan.due), why
             )
             not_now, plan.due = len(plan.due), []
+        elif plan.due and hold is None and read_at is not None and _before_refresh(read_at):
+            self.log.warning(
+                "Channel %s: its triage read Leap at %s, before the hour's refresh lands (by "
+                ":%02d, assumed): its data is up to an hour older than a read after that, and a "
+                "customer who finished since may be asked to. Schedule the DAG at 17 * * * *",
+                *(self.channel, read_at.isoformat(), REFRESH_LANDED_BY.seconds // 60),
+            )
         if plan.held:
             self.log.warning(
                 "Held back %d due customer(s) whose Connect record may predate an event Leap "
@@ -453,8 +474,13 @@ class LeapContactOperator(BaseOperator):
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         retry = report.failed > report.given_up or report.channel_down or report.code_errors
-        if retry and self.fail_on_errors:
+        if self.fail_on_errors and retry:
             raise AirflowException(self._failure(report, len(plan.due)))
+        # Steps of several customers given up, none sent: an outage more likely than their
+        # addresses, and a person's to look at (red, as no retry sends them). One customer's
+        # last attempt failing alone is theirs, reported in ``attention``.
+        if self.fail_on_errors and report.given_up > 1 and not report.sent:
+            raise AirflowFailException(self._failure(report, len(plan.due)))
         return counts
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
@@ -476,9 +502,15 @@ class LeapContactOperator(BaseOperator):
             f"; {report.code_errors} raised errors that often mean a bug in the send function, "
             f"the first: [{report.code_error}] (traceback in the log)"
         )
+        after = RETRY
+        if report.failed == report.given_up and not report.channel_down:
+            after = (
+                "Their attempts are spent, so no retry or clear sends them; each stall's next "
+                "step goes on its cadence. Look at what failed before that one"
+            )
         return (
             f"Sends on channel {self.channel} failed, {done}{bug if report.code_errors else ''}. "
-            + RETRY
+            + after
         )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:

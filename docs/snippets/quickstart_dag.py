@@ -1,4 +1,8 @@
-"""Quickstart: triage Leap Connect statuses every hour and hand two buckets to downstream tasks."""
+"""Quickstart: triage Leap Connect statuses every hour and hand two buckets to downstream tasks.
+
+A bucket lists every customer in that state at each run: it feeds reports and CRM views, not
+messages. To message customers (once per stall, then on a cadence), use LeapContactOperator.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,12 @@ with DAG(
     )
 
     @task
-    def resend_connect_links(items: list[dict[str, Any]]) -> list[str]:
-        """not_started: the customer opened the link but never logged into the utility."""
+    def list_not_started(items: list[dict[str, Any]]) -> list[str]:
+        """not_started: the customer opened the link but never logged into the utility. The
+        same customers are listed again next hour: this task must not message them."""
         ref_ids = [item["ref_id"] for item in items]
         for ref_id in ref_ids:
-            print(f"resend the Connect URL to {ref_id}")
+            print(f"not started: {ref_id}")
         return ref_ids
 
     @task
@@ -48,7 +53,7 @@ with DAG(
         return summary["counts"]
 
     # --8<-- [start:wiring]
-    resend_connect_links(triage.output["not_started"])
+    list_not_started(triage.output["not_started"])
     count_error_codes(triage.output["utility_error"])
     log_summary(triage.output)
     # --8<-- [end:wiring]

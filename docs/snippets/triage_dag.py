@@ -40,9 +40,10 @@ with DAG(
 
     # --8<-- [start:mapped]
     @task
-    def resend_link(item: dict[str, Any]) -> str:
-        """One mapped task instance per Reference ID in the bucket."""
-        print(f"resending the Connect URL to {item['ref_id']}")
+    def open_crm_task(item: dict[str, Any]) -> str:
+        """One mapped task instance per Reference ID in the bucket (each run lists them again:
+        a message to the customer goes through LeapContactOperator)."""
+        print(f"CRM task for {item['ref_id']}: not started")
         return item["ref_id"]
 
     @task
@@ -51,7 +52,7 @@ with DAG(
         return f"{bucket}/{reason} -> {item['ref_id']}"
 
     not_started = bucket_items.override(task_id="not_started_items")(triage.output["not_started"])
-    resend_link.expand(item=not_started)
+    open_crm_task.expand(item=not_started)
 
     errors = bucket_items.override(task_id="utility_error_items")(triage.output["utility_error"])
     tailored_message.partial(bucket="utility_error").expand(item=errors)
