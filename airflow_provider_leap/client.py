@@ -135,7 +135,7 @@ def http_error(
     message = f"Leap {method} {path} answered HTTP {status}" + (f": {title}" if title else "")
     if status in AUTH_HINTS:
         message += f" ({AUTH_HINTS[status]}; base URL {config.base_url})"
-    elif status == 400 and path == config.wire.connections_path:
+    elif status in (400, 422) and path == config.wire.connections_path:
         message += (
             " (the Connect query's parameter names are assumptions: `airflow leap probe` tells "
             "which this account answers to, and the connection extras to set)"
@@ -403,7 +403,10 @@ class ConnectQuery:
             if extra == "ref_id_param":
                 pairs = zip(records, outside, strict=True)
                 why = self._loose_ids([r for r, x in pairs if x == extra])
-            why = why or f"the server seems to ignore that parameter (check the extra {extra})"
+            why = why or (
+                "the server seems to ignore that parameter, or to read it otherwise (check the "
+                f"extra {extra}; `airflow leap probe` tells)"
+            )
             log.warning(
                 "Leap answered %d record(s) outside the %r filter sent: %s; they were dropped",
                 *(count, getattr(self.config.wire, extra), why),

@@ -656,6 +656,9 @@ def test_a_refused_connect_query_points_at_the_probe(leap_emulator_factory) -> N
     with LeapClient(emulator.url, EMULATOR_API_KEY) as client, pytest.raises(LeapAPIError) as err:
         list(client.iter_active_records("2026-03-10"))
     assert err.value.status == 400 and "`airflow leap probe` tells" in str(err.value)
+    refused = fake_leap(lambda seen: Reply(422, {"title": "invalid date"}))  # review s15b
+    with refused as server, pytest.raises(LeapAPIError, match=r"invalid date .*leap probe` tells"):
+        list(LeapClient(server.url, "k:k").iter_active_records("2026-03-10"))
 
 
 def test_active_records_come_once_from_a_server_that_ignores_filters(sleeps, caplog) -> None:
