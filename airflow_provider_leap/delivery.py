@@ -45,8 +45,10 @@ class ChannelDown(Exception):
     """
 
 
-# Raised (or as the cause of what a client library raises) before a connection was made: no
-# message can have gone out, and the next send would meet the same. A channel that is down.
+# Raised (or as the cause of what a client library raises) when a connection could not be
+# made: two sends in a row meeting one is a channel that is down, and the run stops there. Each
+# is still a failed attempt: a send function may have done its part elsewhere first (an email
+# sent, then the CRM refusing the connection), and an attempt bounds how often that repeats.
 NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
 
 
@@ -110,17 +112,18 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``), nor an error
-    saying no connection was made (``NEVER_CONNECTED``, or caused by one), which stops it too.
-    One of ``CODE_ERRORS`` is a failed attempt too, logged with its traceback the first time
-    (``report.code_error``); raised alike by two sends in a row of two buckets before any went
-    through, it stops the delivery (the rest ``not_tried``): a bug, not those customers'
-    failures. Anything that is not an ``Exception`` (the task being killed or timing out)
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``); so do two
+    sends in a row that could not connect (``NEVER_CONNECTED``, or caused by one), each a
+    failed attempt. One of ``CODE_ERRORS`` is a failed attempt too, logged with its traceback
+    the first time (``report.code_error``); raised alike by two sends in a row of two buckets
+    before any went through, it stops the delivery (the rest ``not_tried``): a bug, not those
+    customers' failures. Anything that is not an ``Exception`` (the task being killed or timing out)
     leaves the claim ``sending``: that message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
     previous = ("", "")  # the last attempt's error and bucket, when one of ``CODE_ERRORS``
+    no_server = False  # whether the last attempt met one of ``NEVER_CONNECTED``
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -131,14 +134,14 @@ def deliver(
             ledger.release(contact)
             report.unreachable += 1
             report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
+        except ChannelDown as exc:
+            ledger.release(contact)
+            report.channel_down = _describe(exc, whole=True)
+            report.not_tried = len(contacts) - index
+            log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
+            break
         except Exception as exc:
-            if isinstance(exc, ChannelDown) or _never_connected(exc):
-                ledger.release(contact)
-                report.channel_down = _describe(exc, whole=True)
-                report.not_tried = len(contacts) - index
-                log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
-                break
-            reason = _describe(exc)
+            reason, unconnected = _describe(exc), _never_connected(exc)
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
             log.warning(
@@ -171,10 +174,20 @@ def deliver(
                             report.not_tried,
                         )
                         break
+            elif unconnected and no_server:
+                report.channel_down = _describe(exc, whole=True)
+                report.not_tried = len(contacts) - index - 1
+                log.warning(
+                    "Two sends in a row found no server: channel down, %d contact(s) not tried: %s",
+                    *(report.not_tried, exc),
+                )
+                break
             previous = (reason, contact.bucket) if isinstance(exc, CODE_ERRORS) else ("", "")
+            no_server = unconnected
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
+            no_server = False
     return report
 
 

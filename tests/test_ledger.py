@@ -1352,7 +1352,8 @@ def test_a_channel_downs_reason_reaches_the_report_whole(tmp_path: Path) -> None
 def test_a_channel_that_refuses_connections_charges_nobody(tmp_path: Path, client: str) -> None:
     """Review s15a: a send function of one's own meeting a CRM or relay that refuses
     connections charged every customer due an attempt, try after try, until their steps were
-    all given up. Nothing can have gone out: the run stops, as for ``ChannelDown``."""
+    all given up. The second in a row stops the run: two customers are charged, not all (a
+    send function may have done its part elsewhere first: an attempt bounds the repeats)."""
     import smtplib
     import socket
 
@@ -1369,12 +1370,11 @@ def test_a_channel_that_refuses_connections_charges_nobody(tmp_path: Path, clien
             smtplib.SMTP("127.0.0.1", port, timeout=5)
 
     ledger = DeliveryLedger(tmp_path)
-    plan, report = run(ledger, buckets(3), send)
-    assert (report.sent, report.failed, report.not_tried) == (0, 0, 3)
+    plan, report = run(ledger, buckets(5), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 2, 3)
     assert report.channel_down is not None and "refused" in report.channel_down.lower()
-    outbox = Outbox()
-    plan, report = run(ledger, buckets(3), outbox)
-    assert report.sent == 3 and {c.attempt for c in plan.due} == {1}
+    plan, report = run(ledger, buckets(5), Outbox())
+    assert report.sent == 5 and sorted(c.attempt for c in plan.due) == [1, 1, 1, 2, 2]
 
 
 def test_marks_of_two_senders_join_to_the_higher_count_and_the_later_attempt(
