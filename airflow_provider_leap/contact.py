@@ -206,13 +206,19 @@ _NOTHING_SENT = StallState("")
 
 
 def stall_order(stall: str) -> datetime:
-    """A stall's time, for telling which of two stalls of a customer is the later, to the
-    second: Leap writing its times with milliseconds from one hour on (or no longer) must not
-    make every stall a new one, answered again from the first message."""
-    return (parse_timestamp(stall) or _EPOCH).replace(microsecond=0)
+    """A stall's time, for telling which of two stalls of a customer is the later."""
+    return parse_timestamp(stall) or _EPOCH
+
+
+def same_stall(one: str, other: str) -> bool:
+    """Whether two stall texts are one stall: the same instant in any form, or less than a
+    second apart, as Leap writing its times with milliseconds from one hour on (or no longer,
+    rounded or cut) must not make a stall a new one, or an older one never reminded again."""
+    return one == other or abs(stall_order(one) - stall_order(other)) < _SAME_STALL
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SAME_STALL = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -381,13 +387,11 @@ def plan_contacts(
         if state.in_flight:  # a message of this stall, or of an older one, is being sent
             counts["in_flight"] += 1
             continue
-        if state.stall != stall:
-            answered, this = stall_order(state.stall) if state.stall else None, stall_order(stall)
-            if answered is not None and answered > this:
+        if not same_stall(state.stall, stall):
+            if stall_order(state.stall) > stall_time:
                 counts["waiting"] += 1  # Leap shows an older stall than one already answered
                 continue
-            if answered != this:  # else the same instant in another text: one stall
-                state = _NOTHING_SENT
+            state = _NOTHING_SENT
         offset = offsets[step]
         # After a cadence change: no step the customer is past, no second first contact or
         # last reminder, no more messages before a step than the cadence puts before it.

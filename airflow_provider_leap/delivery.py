@@ -6,6 +6,7 @@ through :func:`deliver`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -50,16 +51,25 @@ class ChannelDown(Exception):
 # is still a failed attempt: a send function may have done its part elsewhere first (an email
 # sent, then the CRM refusing the connection), and an attempt bounds how often that repeats.
 NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
+_NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
+# A timeout while connecting, by its class name in requests and httpx (``ConnectTimeout``) and
+# urllib3 (``ConnectTimeoutError``), none of them imported here; a read timeout is not one.
+_CONNECT_TIMEOUTS = frozenset({"ConnectTimeout", "ConnectTimeoutError"})
 
 
 def _never_connected(exc: BaseException) -> bool:
     """Whether ``exc`` or one of its causes (``requests``, ``httpx`` and ``smtplib`` keep the
-    socket's error there) says the send found no server to talk to."""
+    socket's error there) says the send found no server to talk to: refused, no such host, no
+    route to it, or no answer while connecting (a host that drops packets)."""
     seen: BaseException | None = exc
     for _ in range(8):  # a chain is short; a cycle must not loop
         if seen is None:
             return False
-        if isinstance(seen, NEVER_CONNECTED):
+        if (
+            isinstance(seen, NEVER_CONNECTED)
+            or (isinstance(seen, OSError) and seen.errno in _NO_ROUTE)
+            or type(seen).__name__ in _CONNECT_TIMEOUTS
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -46,7 +46,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from airflow_provider_leap.contact import DEFAULT_HORIZON, DEFAULT_MIN_GAP, Contact, stall_order
+from airflow_provider_leap.contact import (
+    DEFAULT_HORIZON,
+    DEFAULT_MIN_GAP,
+    Contact,
+    same_stall,
+    stall_order,
+)
 from airflow_provider_leap.errors import LeapError
 from airflow_provider_leap.gc_pause import gc_paused
 from airflow_provider_leap.models import parse_timestamp
@@ -223,12 +229,11 @@ def _entry_for(entries: dict[str, Entry], claim: Claim) -> Entry | None:
     for an earlier stall than the one on record no longer matters (None)."""
     entry = entries.get(claim.ref_id)
     if entry is not None and entry.stall != claim.stall:
-        recorded, claimed = stall_order(entry.stall), stall_order(claim.stall)
-        if recorded > claimed:
-            return None
-        if recorded == claimed:  # the same instant in another text (an older version's)
+        if same_stall(entry.stall, claim.stall):  # the same instant in another text
             entry.stall = claim.stall
             return entry
+        if stall_order(entry.stall) > stall_order(claim.stall):
+            return None
         # A later stall: a new entry, which keeps when the customer's last message went out.
         entry = entries[claim.ref_id] = Entry(claim.ref_id, claim.stall, sent_at=entry.sent_at)
     if entry is None:
@@ -243,11 +248,10 @@ def _covers(entry: Entry | None, contact: Contact, recent: int) -> bool:
     sender forgot at the horizon included, whose messages its plan could not see."""
     if entry is None:
         return False
-    if entry.stall != contact.stall:
-        recorded, contacted = stall_order(entry.stall), stall_order(contact.stall)
-        if recorded != contacted:  # an older stall's message, or one carried to a newer stall
-            since = (entry.sent_at or 0) > max(contact.last_sent or 0, recent)
-            return recorded > contacted or since
+    if not same_stall(entry.stall, contact.stall):
+        # an older stall's message, or one carried to a newer stall
+        since = (entry.sent_at or 0) > max(contact.last_sent or 0, recent)
+        return stall_order(entry.stall) > stall_order(contact.stall) or since
     if entry.sent_offset >= contact.offset or entry.failed_offset > contact.offset:
         return True
     if entry.sent_count > contact.sent_before:  # another step went out since the plan

@@ -575,8 +575,5 @@ def flag_for_review(ti: Any = None, run_id: str | None = None, dag: Any = None) 
     print(f"{len(rows)} item(s) for a person -> {path}")
     unfinished = [task for task in senders if ti.xcom_pull(task_ids=task) is None]
     if unfinished:  # a sender returns its counts only when it finished
-        raise AirflowFailException(
-            f"{' and '.join(unfinished)} failed (did not finish, or gave several steps up and "
-            "sent nothing): see its log"
-        )
+        raise AirflowFailException(f"{' and '.join(unfinished)} did not finish: see the log")
     return {"items": len(rows), "path": str(path)}

@@ -278,6 +278,8 @@ def test_one_instant_is_one_stall_however_leap_writes_it(tmp_path: Path, texts) 
     [
         ("2026-03-02T09:30:05Z", "2026-03-02T09:30:05.412Z"),
         ("2026-03-02T09:30:05.412Z", "2026-03-02T09:30:05Z"),
+        ("2026-03-02T09:30:05.612Z", "2026-03-02T09:30:06Z"),  # rounded (review s15c)
+        ("2026-03-02T09:30:06Z", "2026-03-02T09:30:05.612Z"),
     ],
 )
 def test_leap_adding_or_dropping_milliseconds_is_not_a_new_stall(

@@ -1348,12 +1348,13 @@ def test_a_channel_downs_reason_reaches_the_report_whole(tmp_path: Path) -> None
     assert len(report.channel_down) > 300
 
 
-@pytest.mark.parametrize("client", ["requests", "smtplib"])
-def test_a_channel_that_refuses_connections_charges_nobody(tmp_path: Path, client: str) -> None:
+@pytest.mark.parametrize("client", ["requests", "smtplib", "requests-unanswered"])
+def test_a_channel_that_cannot_be_connected_to_stops_the_run(tmp_path: Path, client: str) -> None:
     """Review s15a: a send function of one's own meeting a CRM or relay that refuses
     connections charged every customer due an attempt, try after try, until their steps were
     all given up. The second in a row stops the run: two customers are charged, not all (a
-    send function may have done its part elsewhere first: an attempt bounds the repeats)."""
+    send function may have done its part elsewhere first: an attempt bounds the repeats).
+    Review s15c: a host that does not answer while connecting (a firewall) is the same."""
     import smtplib
     import socket
 
@@ -1362,17 +1363,31 @@ def test_a_channel_that_refuses_connections_charges_nobody(tmp_path: Path, clien
     with socket.socket() as probe:  # a loopback port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    full = socket.socket()  # a listener whose queue is full: a new connection gets no answer
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    waiting = [socket.socket() for _ in range(3)]
+    for queued in waiting:
+        queued.setblocking(False)
+        queued.connect_ex(full.getsockname())
+    session = requests.Session()
+    session.trust_env = False  # no proxy between us and loopback
 
     def send(contact: Contact) -> None:
         if client == "requests":
-            requests.post(f"http://127.0.0.1:{port}/records", json={}, timeout=5)
+            session.post(f"http://127.0.0.1:{port}/records", json={}, timeout=5)
+        elif client == "requests-unanswered":
+            session.post(f"http://127.0.0.1:{full.getsockname()[1]}/", json={}, timeout=(0.3, 5))
         else:
             smtplib.SMTP("127.0.0.1", port, timeout=5)
 
     ledger = DeliveryLedger(tmp_path)
     plan, report = run(ledger, buckets(5), send)
     assert (report.sent, report.failed, report.not_tried) == (0, 2, 3)
-    assert report.channel_down is not None and "refused" in report.channel_down.lower()
+    assert report.channel_down is not None
+    assert client == "requests-unanswered" or "refused" in report.channel_down.lower()
+    for queued in (*waiting, full):
+        queued.close()
     plan, report = run(ledger, buckets(5), Outbox())
     assert report.sent == 5 and sorted(c.attempt for c in plan.due) == [1, 1, 1, 2, 2]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import DeliveryReport, attention_item, deliver
@@ -409,7 +409,7 @@ class LeapContactOperator(BaseOperator):
                 "Channel %s: %d due customer(s) not sent, as %s", self.channel, len(plan.due), why
             )
             not_now, plan.due = len(plan.due), []
-        elif plan.due and hold is None and read_at is not None and _before_refresh(read_at):
+        elif plan.due and self.hold_on_events is None and read_at and _before_refresh(read_at):
             self.log.warning(
                 "Channel %s: its triage read Leap at %s, before the hour's refresh lands (by "
                 ":%02d, assumed): its data is up to an hour older than a read after that, and a "
@@ -476,11 +476,6 @@ class LeapContactOperator(BaseOperator):
         retry = report.failed > report.given_up or report.channel_down or report.code_errors
         if self.fail_on_errors and retry:
             raise AirflowException(self._failure(report, len(plan.due)))
-        # Steps of several customers given up, none sent: an outage more likely than their
-        # addresses, and a person's to look at (red, as no retry sends them). One customer's
-        # last attempt failing alone is theirs, reported in ``attention``.
-        if self.fail_on_errors and report.given_up > 1 and not report.sent:
-            raise AirflowFailException(self._failure(report, len(plan.due)))
         return counts
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
@@ -502,15 +497,9 @@ class LeapContactOperator(BaseOperator):
             f"; {report.code_errors} raised errors that often mean a bug in the send function, "
             f"the first: [{report.code_error}] (traceback in the log)"
         )
-        after = RETRY
-        if report.failed == report.given_up and not report.channel_down:
-            after = (
-                "Their attempts are spent, so no retry or clear sends them; each stall's next "
-                "step goes on its cadence. Look at what failed before that one"
-            )
         return (
             f"Sends on channel {self.channel} failed, {done}{bug if report.code_errors else ''}. "
-            + after
+            + RETRY
         )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:

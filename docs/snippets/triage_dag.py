@@ -47,15 +47,15 @@ with DAG(
         return item["ref_id"]
 
     @task
-    def tailored_message(bucket: str, item: dict[str, Any]) -> str:
-        reason = item["reason"]  # e.g. "error:USER_CANCELED"
+    def tag_in_crm(bucket: str, item: dict[str, Any]) -> str:
+        reason = item["reason"]  # e.g. "error:USER_CANCELED": the CRM's tag, not a message
         return f"{bucket}/{reason} -> {item['ref_id']}"
 
     not_started = bucket_items.override(task_id="not_started_items")(triage.output["not_started"])
     open_crm_task.expand(item=not_started)
 
     errors = bucket_items.override(task_id="utility_error_items")(triage.output["utility_error"])
-    tailored_message.partial(bucket="utility_error").expand(item=errors)
+    tag_in_crm.partial(bucket="utility_error").expand(item=errors)
     # --8<-- [end:mapped]
 
     # --8<-- [start:batch]
