@@ -8,7 +8,7 @@ import logging
 import time
 import traceback
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -617,7 +617,7 @@ def test_a_first_interaction_landing_between_the_active_reads_is_not_lost(
         None,
         "2026-03-12T06:00:00Z",
     ]
-    result = triage(read, now=datetime(2026, 3, 13, tzinfo=UTC))
+    result = triage(read, now=datetime(2026, 3, 13, tzinfo=timezone.utc))
     kept = [i for items in result.buckets.values() for i in items if i["ref_id"] == "opened-only"]
     assert [i["last_interaction"] for i in kept] == ["2026-03-12T06:00:00Z"]
 
@@ -628,7 +628,7 @@ def test_a_renamed_last_interaction_never_counts_a_stall_from_the_start(
     """Review s15b: with Leap's last interaction under another key, every record came from the
     start read and was counted from its start, and a customer active half an hour before got
     the 7-day reminder. Only NOT_STARTED customers (who tried no utility) are counted so."""
-    now = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    now = datetime(2026, 3, 20, 12, tzinfo=timezone.utc)
     records = generate_records(seed=3, count=300, now=now)
     for row in records:
         row["last_interaction_utc"] = row.pop("last_interaction_date_time_utc")
