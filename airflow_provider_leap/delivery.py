@@ -90,6 +90,11 @@ class DeliveryReport:
     code_error: str | None = None  # the first of them
     attention: list[dict[str, Any]] = field(default_factory=list)
 
+    def stop(self, exc: Exception, not_tried: int, why: str) -> None:
+        """The channel is down (``exc`` says why): the delivery stops, ``not_tried`` left."""
+        self.channel_down, self.not_tried = _describe(exc, whole=True), not_tried
+        log.warning("%s, %d contact(s) not tried: %s", why, not_tried, exc)
+
     def counts(self) -> dict[str, int]:
         return {
             "sent": self.sent,
@@ -146,9 +151,7 @@ def deliver(
             report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
         except ChannelDown as exc:
             ledger.release(contact)
-            report.channel_down = _describe(exc, whole=True)
-            report.not_tried = len(contacts) - index
-            log.warning("Channel down, %d contact(s) not tried: %s", report.not_tried, exc)
+            report.stop(exc, len(contacts) - index, "Channel down")
             break
         except Exception as exc:
             reason, unconnected = _describe(exc), _never_connected(exc)
@@ -185,12 +188,8 @@ def deliver(
                         )
                         break
             elif unconnected and no_server:
-                report.channel_down = _describe(exc, whole=True)
-                report.not_tried = len(contacts) - index - 1
-                log.warning(
-                    "Two sends in a row found no server: channel down, %d contact(s) not tried: %s",
-                    *(report.not_tried, exc),
-                )
+                why = "Two sends in a row found no server: channel down"
+                report.stop(exc, len(contacts) - index - 1, why)
                 break
             previous = (reason, contact.bucket) if isinstance(exc, CODE_ERRORS) else ("", "")
             no_server = unconnected

@@ -127,10 +127,10 @@ RETRY = (
 
 
 def _before_refresh(read_at: datetime) -> bool:
-    """Whether a read came in the minutes of the hour before Leap's refresh lands (a minute's
-    leeway: the hourly run reads at that very minute, on clocks seconds apart)."""
-    into_hour = read_at - read_at.replace(minute=0, second=0, microsecond=0)
-    return into_hour < REFRESH_LANDED_BY - timedelta(minutes=1)
+    """Whether a read came before the refresh of its hour landed (``webhooks.stale_from``), with
+    a minute's leeway: the hourly run reads at that very minute, on clocks seconds apart."""
+    landed = stale_from(read_at + timedelta(minutes=1), margin=timedelta(0))
+    return landed < read_at.replace(minute=0, second=0, microsecond=0)
 
 
 def absolute_ledger_url(url: str, setting: str) -> str:
@@ -272,24 +272,20 @@ class LeapContactOperator(BaseOperator):
         self.accept_ledger_id = accept_ledger_id
         self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
 
-    def _upstream_triages(self) -> list[str]:
-        """The TriageOperators upstream, at any depth: the default triage task, or the hint."""
-        from airflow_provider_leap.operators.triage import TriageOperator
-
-        upstream = self.get_flat_relatives(upstream=True)
-        return sorted(task.task_id for task in upstream if isinstance(task, TriageOperator))
-
     def _triage_output(
         self, context: Context
     ) -> tuple[datetime, datetime | None, dict[str, list[Any]]]:
-        """The triage's moment, when it read Leap (None from an older version), its buckets."""
+        """The triage's moment, when it read Leap (None from an older version), its buckets:
+        of ``triage_task_id``, by default the one TriageOperator upstream (at any depth)."""
+        from airflow_provider_leap.operators.triage import TriageOperator
+
         ti = context["ti"]
-        triages = self._upstream_triages()
+        upstream = self.get_flat_relatives(upstream=True)
+        triages = sorted(task.task_id for task in upstream if isinstance(task, TriageOperator))
         if not self.triage_task_id:
             self.triage_task_id = triages[0] if len(triages) == 1 else "triage"
-        upstream = {task.task_id for task in self.get_flat_relatives(upstream=True)}
         summary: Any = None  # a task not upstream may not have run yet, or be of another try
-        if self.triage_task_id in upstream:
+        if self.triage_task_id in {task.task_id for task in upstream}:
             summary = ti.xcom_pull(task_ids=self.triage_task_id)
         when = parse_timestamp(summary.get("now")) if isinstance(summary, dict) else None
         if when is None:
