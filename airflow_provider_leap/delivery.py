@@ -46,33 +46,54 @@ class ChannelDown(Exception):
     """
 
 
-# Raised (or as the cause of what a client library raises) when a connection could not be
-# made: two sends in a row meeting one is a channel that is down, and the run stops there. Each
-# is still a failed attempt: a send function may have done its part elsewhere first (an email
-# sent, then the CRM refusing the connection), and an attempt bounds how often that repeats.
+# A failure that says the channel, not the customer, is in trouble: no connection could be made
+# (refused, no such host, no route, no answer while connecting), the server answered 429 or a
+# 5xx, or it did not answer in time. Found in the exception or its causes (``requests``,
+# ``httpx``, ``urllib`` and ``smtplib`` keep the socket's error or the response there), by
+# attributes and class names: no client library is imported here.
 NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
 _NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
-# A timeout while connecting, by its class name in requests and httpx (``ConnectTimeout``) and
-# urllib3 (``ConnectTimeoutError``), none of them imported here; a read timeout is not one.
+# ``ConnectTimeout`` (requests, httpx), ``ConnectTimeoutError`` (urllib3): checked before the
+# timeouts, which are among their base classes.
 _CONNECT_TIMEOUTS = frozenset({"ConnectTimeout", "ConnectTimeoutError"})
+# Base classes of every timeout in the standard library, requests, httpx and urllib3.
+_TIMEOUTS = frozenset({"TimeoutError", "Timeout", "TimeoutException"})
 
 
-def _never_connected(exc: BaseException) -> bool:
-    """Whether ``exc`` or one of its causes (``requests``, ``httpx`` and ``smtplib`` keep the
-    socket's error there) says the send found no server to talk to: refused, no such host, no
-    route to it, or no answer while connecting (a host that drops packets)."""
+def channel_trouble(exc: BaseException) -> str | None:
+    """What ``exc`` or one of its causes says of the channel (``could not connect``,
+    ``timed out``, ``got a server error (5xx)``, ``were throttled (429)``), or None when it
+    says nothing of it."""
     seen: BaseException | None = exc
     for _ in range(8):  # a chain is short; a cycle must not loop
         if seen is None:
-            return False
+            return None
         if (
             isinstance(seen, NEVER_CONNECTED)
             or (isinstance(seen, OSError) and seen.errno in _NO_ROUTE)
             or type(seen).__name__ in _CONNECT_TIMEOUTS
         ):
-            return True
+            return "could not connect"
+        if any(kind.__name__ in _TIMEOUTS for kind in type(seen).__mro__):
+            return "timed out"
+        status = _status(seen)
+        if status == 429:
+            return "were throttled (429)"
+        if 500 <= status <= 599:
+            return "got a server error (5xx)"
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _status(exc: BaseException) -> int:
+    """The HTTP status an exception carries, else 0: ``requests`` and ``httpx`` keep the
+    response, ``urllib`` and ``aiohttp`` a ``status``."""
+    try:  # a library's property may raise when the exception has no response
+        response = getattr(exc, "response", None)
+        status = getattr(exc, "status", None) if response is None else response.status_code
+    except Exception:
+        return 0
+    return status if isinstance(status, int) else 0
 
 
 @dataclass
@@ -127,18 +148,18 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``); so do two
-    sends in a row that could not connect (``NEVER_CONNECTED``, or caused by one), each a
-    failed attempt. One of ``CODE_ERRORS`` is a failed attempt too, logged with its traceback
-    the first time (``report.code_error``); raised alike by two sends in a row of two buckets
-    before any went through, it stops the delivery (the rest ``not_tried``): a bug, not those
-    customers' failures. Anything that is not an ``Exception`` (the task being killed or timing out)
-    leaves the claim ``sending``: that message may have gone out, so it is never sent again.
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Two failed
+    sends in a row alike, of two buckets when another bucket is left to tell (a record of one
+    bucket may be what breaks the channel), stop it too, the rest ``not_tried``:
+    :func:`channel_trouble` alike (the channel is down or throttling: ``report.channel_down``),
+    or the same one of ``CODE_ERRORS`` before any send went through (a bug in the send
+    function, logged with its traceback: ``report.code_error``). Anything that is not an
+    ``Exception`` (the task being killed or timing out) leaves the claim ``sending``: that
+    message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    previous = ("", "")  # the last attempt's error and bucket, when one of ``CODE_ERRORS``
-    no_server = False  # whether the last attempt met one of ``NEVER_CONNECTED``
+    streak = ("", "")  # what the last failed send was alike in (see above), and its bucket
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -154,7 +175,8 @@ def deliver(
             report.stop(exc, len(contacts) - index, "Channel down")
             break
         except Exception as exc:
-            reason, unconnected = _describe(exc), _never_connected(exc)
+            reason, trouble = _describe(exc), channel_trouble(exc)
+            bug = isinstance(exc, CODE_ERRORS)
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
             log.warning(
@@ -169,34 +191,34 @@ def deliver(
             if contact.attempt >= max_attempts:
                 report.given_up += 1
                 report.attention.append(attention_item(contact, "given_up", reason))
-            if isinstance(exc, CODE_ERRORS):
+            if bug:
                 report.code_errors += 1
                 if report.code_error is None:
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
-                if reason == previous[0] and not report.sent:
-                    other = _other_bucket(contacts, index)
-                    if previous[1] == contact.bucket and other is not None:
-                        contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
-                    else:
-                        report.not_tried = len(contacts) - index - 1
-                        log.error(
-                            "Two sends in a row raised %s before any went through: is the send "
-                            "function broken? Stopping, %d contact(s) not tried",
-                            reason,
-                            report.not_tried,
-                        )
-                        break
-            elif unconnected and no_server:
-                why = "Two sends in a row found no server: channel down"
-                report.stop(exc, len(contacts) - index - 1, why)
-                break
-            previous = (reason, contact.bucket) if isinstance(exc, CODE_ERRORS) else ("", "")
-            no_server = unconnected
+            alike = trouble or (reason if bug and not report.sent else "")
+            if alike and alike == streak[0]:
+                other = _other_bucket(contacts, index) if streak[1] == contact.bucket else None
+                if other is not None:
+                    contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
+                elif trouble:
+                    why = f"Two sends in a row {trouble}: channel down"
+                    report.stop(exc, len(contacts) - index - 1, why)
+                    break
+                else:
+                    report.not_tried = len(contacts) - index - 1
+                    log.error(
+                        "Two sends in a row raised %s before any went through: is the send "
+                        "function broken? Stopping, %d contact(s) not tried",
+                        reason,
+                        report.not_tried,
+                    )
+                    break
+            streak = (alike, contact.bucket)
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
-            no_server = False
+            streak = ("", "")
     return report
 
 

@@ -58,6 +58,7 @@ class FakeLeap:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a POST's body
                 parts = urlsplit(self.path)
                 seen = Seen(self.command, parts.path, parse_qsl(parts.query), dict(self.headers))
                 fake.requests.append(seen)

@@ -1392,6 +1392,82 @@ def test_a_channel_that_cannot_be_connected_to_stops_the_run(tmp_path: Path, cli
     assert report.sent == 5 and sorted(c.attempt for c in plan.due) == [1, 1, 1, 2, 2]
 
 
+def _crm_sender(url: str, client: str):  # type: ignore[no-untyped-def]
+    """A send function as partners write one: post the contact, raise on an error status."""
+    import urllib.request
+
+    import httpx
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # no proxy between us and loopback
+
+    def send(contact: Contact) -> None:
+        body = {"bucket": contact.bucket, "ref_id": contact.ref_id}
+        if client == "requests":
+            session.post(url, json=body, timeout=(5, 0.3)).raise_for_status()
+        elif client == "httpx":
+            httpx.post(url, json=body, timeout=httpx.Timeout(5, read=0.3)).raise_for_status()
+        else:
+            request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+            urllib.request.urlopen(request, timeout=0.3).close()
+
+    return send
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "urllib"])
+@pytest.mark.parametrize("answer", [503, 429, 500, "no answer"])
+def test_a_channel_in_trouble_stops_the_run(tmp_path: Path, client: str, answer: object) -> None:
+    """Review s15a/s16a: a send function of one's own posting to a CRM that answered 503 (or
+    429, or did not answer in time) charged every customer due an attempt, try after try, so a
+    CRM down for the hour of a run gave up every step due in it, in a green run. The second
+    failure in a row alike stops the run; a CRM answering again sends the rest."""
+    from fake_server import Reply, fake_leap
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        if answer == "no answer":  # the head comes after the sender's read timeout
+            return Reply(200, drip_head=True, pause=1.0)
+        return Reply(int(answer), {"error": "try later"})  # type: ignore[call-overload]
+
+    ledger = DeliveryLedger(tmp_path)
+    with fake_leap(respond) as crm:
+        plan, report = run(ledger, buckets(5), _crm_sender(f"{crm.url}/crm", client))
+    assert (report.sent, report.failed, report.not_tried) == (0, 2, 3)
+    expected = "timed out" if answer == "no answer" else str(answer)
+    assert report.channel_down is not None and expected in report.channel_down.lower()
+    with fake_leap(lambda seen: Reply(200, {})) as crm:
+        plan, report = run(ledger, buckets(5), _crm_sender(f"{crm.url}/crm", client))
+    assert report.sent == 5 and sorted(c.attempt for c in plan.due) == [1, 1, 1, 2, 2]
+
+
+def test_a_crm_failing_one_buckets_records_stops_nobody_else(tmp_path: Path) -> None:
+    """A CRM that answers 500 to every record of one bucket (its fields break the CRM) is not
+    down: another bucket's customer is tried between two of them, and goes through, so every
+    customer of the other bucket is sent and each of the failing bucket is charged its own
+    attempt. A 400 is about the record: charged, never a stop."""
+    from fake_server import Reply, fake_leap
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        return Reply(500 if seen.path.endswith("not_started") else 200, {})
+
+    ledger = DeliveryLedger(tmp_path)
+    with fake_leap(respond) as crm:
+
+        def posting(contact: Contact) -> None:
+            import requests
+
+            url = f"{crm.url}/crm/{contact.bucket}"
+            requests.post(url, json={}, timeout=5).raise_for_status()
+
+        _, report = run(ledger, _two_buckets(3, 3), posting)
+    assert (report.sent, report.failed, report.not_tried) == (3, 3, 0)
+    assert report.channel_down is None
+    with fake_leap(lambda seen: Reply(400, {"error": "invalid phone"})) as crm:
+        send = _crm_sender(f"{crm.url}/crm", "httpx")
+        _, report = run(DeliveryLedger(tmp_path / "other"), buckets(5), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 5, 0)
+
+
 def test_marks_of_two_senders_join_to_the_higher_count_and_the_later_attempt(
     tmp_path: Path,
 ) -> None:
