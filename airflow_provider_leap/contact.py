@@ -440,4 +440,8 @@ def plan_contacts(
         else:
             plan.due.append(contact)
             counts["due"] += 1
+    # First attempts before retried ones (stable: buckets stay in blocks): a channel that stops
+    # the run after a failure or two then charges other customers on the next try, so an
+    # outage spreads its attempts over everyone due instead of giving the same steps up.
+    plan.due.sort(key=lambda contact: contact.attempt)
     return plan

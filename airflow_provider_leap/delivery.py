@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,10 +48,11 @@ class ChannelDown(Exception):
 
 
 # A failure that says the channel, not the customer, is in trouble: no connection could be made
-# (refused, no such host, no route, no answer while connecting), the server answered 429 or a
-# 5xx, or it did not answer in time. Found in the exception or its causes (``requests``,
-# ``httpx``, ``urllib`` and ``smtplib`` keep the socket's error or the response there), by
-# attributes and class names: no client library is imported here.
+# (refused, no such host, no route, no answer while connecting), no answer in time, or an HTTP
+# answer refusing our credentials, throttling us or failing (``_STATUSES``, 5xx). Found in the
+# exception or its causes (``requests``, ``httpx``, ``urllib``, ``urllib3``, ``botocore`` and
+# ``smtplib`` keep the socket's error or the response there), by attributes and class names:
+# no client library is imported here.
 NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
 _NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
 # ``ConnectTimeout`` (requests, httpx), ``ConnectTimeoutError`` (urllib3): checked before the
@@ -58,12 +60,19 @@ _NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
 _CONNECT_TIMEOUTS = frozenset({"ConnectTimeout", "ConnectTimeoutError"})
 # Base classes of every timeout in the standard library, requests, httpx and urllib3.
 _TIMEOUTS = frozenset({"TimeoutError", "Timeout", "TimeoutException"})
+_STATUSES = {401: "were refused (401)", 403: "were refused (403)", 429: "were throttled (429)"}
+# urllib3's retries spent on error answers (``Retry(status_forcelist=...)``): the status is
+# only in the text of its ``ResponseError``.
+_RETRIES_SPENT = re.compile(r"too many (\d{3}) error responses")
+# Failed sends alike in a row that stop a delivery: before any send went through, and after
+# (a channel failing now and then, one send in five, must not stop runs: 4 in a row is rare).
+IN_A_ROW = (2, 4)
 
 
 def channel_trouble(exc: BaseException) -> str | None:
     """What ``exc`` or one of its causes says of the channel (``could not connect``,
-    ``timed out``, ``got a server error (5xx)``, ``were throttled (429)``), or None when it
-    says nothing of it."""
+    ``timed out``, ``got a server error (5xx)``, ``were throttled (429)``...), or None when it
+    says nothing of it, or a cause answered about the message itself (a 400, 404, 422)."""
     seen: BaseException | None = exc
     for _ in range(8):  # a chain is short; a cycle must not loop
         if seen is None:
@@ -77,23 +86,34 @@ def channel_trouble(exc: BaseException) -> str | None:
         if any(kind.__name__ in _TIMEOUTS for kind in type(seen).__mro__):
             return "timed out"
         status = _status(seen)
-        if status == 429:
-            return "were throttled (429)"
-        if 500 <= status <= 599:
-            return "got a server error (5xx)"
-        seen = seen.__cause__ or seen.__context__
+        if status:
+            return _STATUSES.get(status, "got a server error (5xx)" if status >= 500 else None)
+        reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError: the last failure
+        seen = (
+            seen.__cause__
+            or (None if seen.__suppress_context__ else seen.__context__)
+            or (reason if isinstance(reason, BaseException) else None)
+        )
     return None
 
 
 def _status(exc: BaseException) -> int:
     """The HTTP status an exception carries, else 0: ``requests`` and ``httpx`` keep the
-    response, ``urllib`` and ``aiohttp`` a ``status``."""
+    response, ``botocore`` its metadata, ``urllib`` and ``aiohttp`` a ``status``."""
     try:  # a library's property may raise when the exception has no response
         response = getattr(exc, "response", None)
-        status = getattr(exc, "status", None) if response is None else response.status_code
+        if isinstance(response, Mapping):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        elif response is not None:
+            status = response.status_code
+        elif type(exc).__name__ == "ResponseError":
+            spent = _RETRIES_SPENT.search(str(exc))
+            status = int(spent.group(1)) if spent else None
+        else:
+            status = getattr(exc, "status", None)
     except Exception:
         return 0
-    return status if isinstance(status, int) else 0
+    return status if isinstance(status, int) and 100 <= status <= 599 else 0
 
 
 @dataclass
@@ -148,18 +168,19 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Two failed
-    sends in a row alike, of two buckets when another bucket is left to tell (a record of one
-    bucket may be what breaks the channel), stop it too, the rest ``not_tried``:
-    :func:`channel_trouble` alike (the channel is down or throttling: ``report.channel_down``),
-    or the same one of ``CODE_ERRORS`` before any send went through (a bug in the send
-    function, logged with its traceback: ``report.code_error``). Anything that is not an
+    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Failed
+    sends in a row alike (``IN_A_ROW``), the last two of two buckets when another bucket is left
+    to tell (a record of one bucket may be what breaks the channel), stop it too, the rest
+    ``not_tried``: each with :func:`channel_trouble` (the channel is down, refusing or
+    throttling us: ``report.channel_down``), or the same one of ``CODE_ERRORS`` before any send
+    went through (a bug in the send function, logged with its traceback:
+    ``report.code_error``). Anything that is not an
     ``Exception`` (the task being killed or timing out) leaves the claim ``sending``: that
     message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    streak = ("", "")  # what the last failed send was alike in (see above), and its bucket
+    streak = ("", "", 0)  # what the last failed sends were alike in, the last's bucket, how many
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -175,8 +196,8 @@ def deliver(
             report.stop(exc, len(contacts) - index, "Channel down")
             break
         except Exception as exc:
-            reason, trouble = _describe(exc), channel_trouble(exc)
-            bug = isinstance(exc, CODE_ERRORS)
+            reason, bug = _describe(exc), isinstance(exc, CODE_ERRORS)
+            trouble = None if bug else channel_trouble(exc)  # a bug handling a timeout: a bug
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
             log.warning(
@@ -196,13 +217,16 @@ def deliver(
                 if report.code_error is None:
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
-            alike = trouble or (reason if bug and not report.sent else "")
-            if alike and alike == streak[0]:
+            alike = "trouble" if trouble else (reason if bug and not report.sent else "")
+            count = streak[2] + 1 if alike and alike == streak[0] else 1
+            if alike and count >= IN_A_ROW[report.sent > 0]:
                 other = _other_bucket(contacts, index) if streak[1] == contact.bucket else None
                 if other is not None:
                     contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
                 elif trouble:
-                    why = f"Two sends in a row {trouble}: channel down"
+                    why = (
+                        f"{count} sends in a row found the channel in trouble (the last {trouble})"
+                    )
                     report.stop(exc, len(contacts) - index - 1, why)
                     break
                 else:
@@ -214,11 +238,11 @@ def deliver(
                         report.not_tried,
                     )
                     break
-            streak = (alike, contact.bucket)
+            streak = (alike, contact.bucket, count)
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
-            streak = ("", "")
+            streak = ("", "", 0)
     return report
 
 

@@ -477,19 +477,14 @@ def _row(contact: Contact) -> dict[str, Any]:
     }
 
 
-# This many CRM requests in a row failing alike (the same status, or timing out) the CRM's way
-# (403, 429, 5xx): it is down, throttling us or refusing our token, not each record.
-CRM_FAILURES = 2
-
-
 class CrmSender:
     """``send`` for the CRM channel: the contact key is the upsert key.
 
     A CRM that cannot be reached (connection refused) or refuses our credentials (401) stops
-    the run at once (``ChannelDown``); 403, 429, a 5xx or a timeout, at the ``CRM_FAILURES``th
-    in a row alike (a ``Streak``: a record that breaks the CRM costs its customer an attempt,
-    and the runs move past it). Any other 4xx (400, 404, 409, 422) is about the record: that
-    customer's failed attempt.
+    the run at once (``ChannelDown``: nobody is charged). 403, 429, a 5xx or a timeout is the
+    record's failed attempt, and the operator stops the run when they come in a row (a record
+    of one bucket that breaks the CRM costs only that bucket's customers). Any other 4xx (400,
+    404, 409, 422) is about the record: that customer's failed attempt.
     """
 
     def __enter__(self) -> CrmSender:
@@ -499,7 +494,6 @@ class CrmSender:
 
             self.url = str(BaseHook.get_connection("leap_crm").host)
         self.records = output_dir("crm") / "records.jsonl"
-        self.failing = Streak(CRM_FAILURES)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -520,27 +514,14 @@ class CrmSender:
             response = requests.post(
                 self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
             )
-        except requests.Timeout as exc:
-            self._failing("timeout", f"timed out ({exc})", exc)
-            raise
         except requests.ConnectionError as exc:
             raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
-        status = response.status_code
-        error = f"answered {status} {response.reason}: {response.text[:200]}"
-        if status == 401:
-            raise ChannelDown(f"the CRM at {self.url} refuses our credentials: it {error}")
-        if status in (403, 429) or status >= 500:
-            self._failing(str(status), error, None)
-        else:
-            self.failing.clear()
-        response.raise_for_status()
-
-    def _failing(self, reason: str, error: str, cause: Exception | None) -> None:
-        if self.failing.add(reason):
+        if response.status_code == 401:
             raise ChannelDown(
-                f"the CRM at {self.url} {error}, for {self.failing.limit} records in a row: "
-                "down, throttling us or refusing our token, not the records"
-            ) from cause
+                f"the CRM at {self.url} refuses our credentials: it answered 401 "
+                f"{response.reason}: {response.text[:200]}"
+            )
+        response.raise_for_status()
 
 
 def _senders(dag: Any) -> list[str]:

@@ -1440,6 +1440,115 @@ def test_a_channel_in_trouble_stops_the_run(tmp_path: Path, client: str, answer:
     assert report.sent == 5 and sorted(c.attempt for c in plan.due) == [1, 1, 1, 2, 2]
 
 
+def test_a_channel_down_through_a_run_and_its_retries_gives_no_step_up(tmp_path: Path) -> None:
+    """Each try of a run met the same first customers, so a CRM down through a run's three
+    tries charged those two three times and gave their steps up. First attempts go before
+    retried ones: each try charges others, and nobody's step is given up."""
+    from fake_server import Reply, fake_leap
+
+    ledger = DeliveryLedger(tmp_path)
+    with fake_leap(lambda seen: Reply(503, {"error": "down"})) as crm:
+        for _retry in range(3):  # a run and its two retries
+            _, report = run(ledger, buckets(8), _crm_sender(f"{crm.url}/crm", "requests"))
+            assert (report.failed, report.given_up, report.not_tried) == (2, 0, 6)
+    with fake_leap(lambda seen: Reply(200, {})) as crm:
+        plan, report = run(ledger, buckets(8), _crm_sender(f"{crm.url}/crm", "requests"))
+    assert report.sent == 8 and [c.attempt for c in plan.due] == [1, 1, 2, 2, 2, 2, 2, 2]
+
+
+def _raised(call) -> BaseException:  # type: ignore[no-untyped-def]
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def test_what_says_a_channel_is_in_trouble() -> None:
+    """Review s16b F1, F3: senders as partners write them, against a CRM on loopback. A
+    session retrying 503s (urllib3's ``Retry``) raises a ``RetryError`` whose status is only
+    text: trouble. A record's own answer (a 400 from a fallback tried after a 503, an error
+    raised ``from None``) is not, whatever was handled before it; nor is a bug in the handler
+    of a timeout (the bug rule stops that)."""
+    import requests
+    from fake_server import Reply, fake_leap
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    from airflow_provider_leap.delivery import channel_trouble
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        return Reply(400 if seen.path == "/fallback" else 503, {"error": seen.path})
+
+    with fake_leap(respond) as crm:
+        retrying = requests.Session()
+        retrying.trust_env = False
+        retry = Retry(total=1, status_forcelist=[503], allowed_methods=None, backoff_factor=0)
+        retrying.mount("http://", HTTPAdapter(max_retries=retry))
+        spent = _raised(lambda: retrying.post(f"{crm.url}/crm", json={}, timeout=5))
+        assert isinstance(spent, requests.exceptions.RetryError)
+        assert channel_trouble(spent) == "got a server error (5xx)"
+
+        def fallback() -> None:
+            try:
+                requests.post(f"{crm.url}/crm", json={}, timeout=5).raise_for_status()
+            except requests.HTTPError:
+                requests.post(f"{crm.url}/fallback", json={}, timeout=5).raise_for_status()
+
+        record = _raised(fallback)
+        assert "400" in str(record) and "503" in str(record.__context__)
+        assert channel_trouble(record) is None
+
+        def from_none() -> None:
+            try:
+                requests.post(f"{crm.url}/crm", json={}, timeout=5).raise_for_status()
+            except requests.HTTPError:
+                raise ValueError("no such lead") from None
+
+        assert channel_trouble(_raised(from_none)) is None
+    throttled = type("ClientError", (Exception,), {})("throttled")  # botocore's shape
+    throttled.response = {"ResponseMetadata": {"HTTPStatusCode": 429}}  # type: ignore[attr-defined]
+    assert channel_trouble(throttled) == "were throttled (429)"
+
+
+def test_a_channel_failing_now_and_then_does_not_stop_the_run(tmp_path: Path) -> None:
+    """Review s16b F4: a CRM answering 503 to one request in five stopped runs at the first two
+    in a row, and customers waited hours. Once a send has gone through, it takes 4 in a row."""
+    from fake_server import Reply, fake_leap
+
+    failing = {2, 3, 7, 8, 9, 14, 15, 16, 17}  # requests answered 503 (0-based)
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        return Reply(503 if len(crm.requests) - 1 in failing else 200, {})
+
+    with fake_leap(respond) as crm:
+        _, report = run(DeliveryLedger(tmp_path), buckets(20), _crm_sender(crm.url, "requests"))
+    assert (report.sent, report.failed, report.not_tried) == (2 + 3 + 4, 2 + 3 + 4, 2)
+    assert report.channel_down is not None
+
+
+def test_a_bug_handling_a_timeout_is_a_bug(tmp_path: Path) -> None:
+    """Review s16b F3: a KeyError raised while handling a timeout stopped the run as a channel
+    down, after sends had gone through; it is the send function's bug (the bug rule)."""
+    import requests
+    from fake_server import Reply, fake_leap
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        slow = len(crm.requests) > 2  # the head comes after the sender's read timeout
+        return Reply(200, {}, drip_head=slow, pause=1.0 if slow else 0.0)
+
+    def send(contact: Contact) -> None:
+        try:
+            requests.post(crm.url, json={}, timeout=(5, 0.3))
+        except requests.Timeout:
+            {}["retry_queue"].append(contact)  # type: ignore[index]
+
+    with fake_leap(respond) as crm:
+        _, report = run(DeliveryLedger(tmp_path), buckets(5), send)
+    assert (report.sent, report.failed, report.code_errors, report.not_tried) == (2, 3, 3, 0)
+    assert report.channel_down is None
+
+
 def test_a_crm_failing_one_buckets_records_stops_nobody_else(tmp_path: Path) -> None:
     """A CRM that answers 500 to every record of one bucket (its fields break the CRM) is not
     down: another bucket's customer is tried between two of them, and goes through, so every

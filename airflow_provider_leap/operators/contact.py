@@ -487,8 +487,8 @@ class LeapContactOperator(BaseOperator):
                 f"Is the send function of channel {self.channel} broken? Two sends in a row "
                 f"raised [{report.code_error}] (traceback in the log), so the run stopped; "
                 f"{done}. Fix it before a retry or a clear: a send that raises is a failed "
-                "attempt (its message may have gone out first), and each try charges the first "
-                "customers due again"
+                "attempt (its message may have gone out first), and each try charges two or "
+                "three more customers"
             )
         bug = (
             f"; {report.code_errors} raised errors that often mean a bug in the send function, "
