@@ -48,19 +48,32 @@ class ChannelDown(Exception):
 
 
 # A failure that says the channel, not the customer, is in trouble: no connection could be made
-# (refused, no such host, no route, no answer while connecting), no answer in time, or an HTTP
-# answer refusing our credentials, throttling us or failing (``_STATUSES``, 5xx). Found in the
-# exception or its causes (``requests``, ``httpx``, ``urllib``, ``urllib3``, ``botocore`` and
-# ``smtplib`` keep the socket's error or the response there), by attributes and class names:
-# no client library is imported here.
-NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror)
+# or kept (refused, reset, no such host, no route, TLS refused, no answer while connecting), no
+# answer in time, or an HTTP answer refusing our credentials, throttling us or failing
+# (``_STATUSES``, 5xx). Found in the exception or its causes (``requests``, ``httpx``,
+# ``urllib``, ``urllib3``, ``botocore`` and ``smtplib`` keep the socket's error or the response
+# there), by attributes and class names: no client library is imported here.
+NEVER_CONNECTED = (ConnectionError, socket.gaierror)  # refused, reset, aborted, broken pipe
 _NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
-# ``ConnectTimeout`` (requests, httpx), ``ConnectTimeoutError`` (urllib3): checked before the
-# timeouts, which are among their base classes.
-_CONNECT_TIMEOUTS = frozenset({"ConnectTimeout", "ConnectTimeoutError"})
+# Class names (in the MRO) of the clients' own: checked before the timeouts, which are among the
+# base classes of some (urllib3's ``NewConnectionError`` is a ``ConnectTimeoutError``).
+_NOT_CONNECTED = frozenset(
+    {
+        "ConnectTimeout",  # requests, httpx
+        "ConnectTimeoutError",  # urllib3
+        "NewConnectionError",  # urllib3
+        "EndpointConnectionError",  # botocore
+        "ConnectError",  # httpx, httpcore
+        "RemoteProtocolError",  # httpx: the server closed the connection without an answer
+        "SSLError",  # ssl, requests, urllib3: the certificate refused
+    }
+)
 # Base classes of every timeout in the standard library, requests, httpx and urllib3.
 _TIMEOUTS = frozenset({"TimeoutError", "Timeout", "TimeoutException"})
-_STATUSES = {401: "were refused (401)", 403: "were refused (403)", 429: "were throttled (429)"}
+# A 403 may be about one record (no permission on that lead): it says the channel refuses us
+# only while no send of the delivery has gone through.
+FORBIDDEN = "were forbidden (403)"
+_STATUSES = {401: "were refused (401)", 403: FORBIDDEN, 429: "were throttled (429)"}
 # urllib3's retries spent on error answers (``Retry(status_forcelist=...)``): the status is
 # only in the text of its ``ResponseError``.
 _RETRIES_SPENT = re.compile(r"too many (\d{3}) error responses")
@@ -72,34 +85,35 @@ IN_A_ROW = (2, 4)
 def channel_trouble(exc: BaseException) -> str | None:
     """What ``exc`` or one of its causes says of the channel (``could not connect``,
     ``timed out``, ``got a server error (5xx)``, ``were throttled (429)``...), or None when it
-    says nothing of it, or a cause answered about the message itself (a 400, 404, 422)."""
+    says nothing of it, or a cause answered about the message itself (a 400, 404, 422). An error
+    the send function raised ``from None`` says nothing of what it handled; a library's does
+    (httpcore raises its ``ConnectError`` so)."""
     seen: BaseException | None = exc
-    for _ in range(8):  # a chain is short; a cycle must not loop
+    for depth in range(8):  # a chain is short; a cycle must not loop
         if seen is None:
             return None
+        names = {kind.__name__ for kind in type(seen).__mro__}
         if (
             isinstance(seen, NEVER_CONNECTED)
             or (isinstance(seen, OSError) and seen.errno in _NO_ROUTE)
-            or type(seen).__name__ in _CONNECT_TIMEOUTS
+            or names & _NOT_CONNECTED
         ):
             return "could not connect"
-        if any(kind.__name__ in _TIMEOUTS for kind in type(seen).__mro__):
+        if names & _TIMEOUTS:
             return "timed out"
         status = _status(seen)
         if status:
             return _STATUSES.get(status, "got a server error (5xx)" if status >= 500 else None)
         reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError: the last failure
-        seen = (
-            seen.__cause__
-            or (None if seen.__suppress_context__ else seen.__context__)
-            or (reason if isinstance(reason, BaseException) else None)
-        )
+        context = None if depth == 0 and seen.__suppress_context__ else seen.__context__
+        seen = seen.__cause__ or context or (reason if isinstance(reason, BaseException) else None)
     return None
 
 
 def _status(exc: BaseException) -> int:
     """The HTTP status an exception carries, else 0: ``requests`` and ``httpx`` keep the
-    response, ``botocore`` its metadata, ``urllib`` and ``aiohttp`` a ``status``."""
+    response, ``botocore`` its metadata, ``urllib`` and ``aiohttp`` a ``status``, SendGrid's
+    client a ``status_code``."""
     try:  # a library's property may raise when the exception has no response
         response = getattr(exc, "response", None)
         if isinstance(response, Mapping):
@@ -109,8 +123,8 @@ def _status(exc: BaseException) -> int:
         elif type(exc).__name__ == "ResponseError":
             spent = _RETRIES_SPENT.search(str(exc))
             status = int(spent.group(1)) if spent else None
-        else:
-            status = getattr(exc, "status", None)
+        else:  # an attribute of the instance: ``AirflowException`` has a class-wide 500
+            status = getattr(exc, "status", None) or vars(exc).get("status_code")
     except Exception:
         return 0
     return status if isinstance(status, int) and 100 <= status <= 599 else 0
@@ -180,7 +194,9 @@ def deliver(
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    streak = ("", "", 0)  # what the last failed sends were alike in, the last's bucket, how many
+    # What the last failed sends were alike in, the last's bucket, how many, whether another
+    # bucket's contact was moved up in this streak.
+    streak = ("", "", 0, False)
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -198,6 +214,8 @@ def deliver(
         except Exception as exc:
             reason, bug = _describe(exc), isinstance(exc, CODE_ERRORS)
             trouble = None if bug else channel_trouble(exc)  # a bug handling a timeout: a bug
+            if trouble == FORBIDDEN and report.sent:
+                trouble = None
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
             log.warning(
@@ -218,11 +236,15 @@ def deliver(
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
             alike = "trouble" if trouble else (reason if bug and not report.sent else "")
-            count = streak[2] + 1 if alike and alike == streak[0] else 1
+            same = bool(alike) and alike == streak[0]
+            count, swapped = (streak[2] + 1, streak[3]) if same else (1, False)
             if alike and count >= IN_A_ROW[report.sent > 0]:
-                other = _other_bucket(contacts, index) if streak[1] == contact.bucket else None
+                other = None  # once per streak: the one moved up may be claimed or unreachable
+                if not swapped and streak[1] == contact.bucket:
+                    other = _other_bucket(contacts, index)
                 if other is not None:
                     contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
+                    swapped = True
                 elif trouble:
                     why = (
                         f"{count} sends in a row found the channel in trouble (the last {trouble})"
@@ -238,11 +260,11 @@ def deliver(
                         report.not_tried,
                     )
                     break
-            streak = (alike, contact.bucket, count)
+            streak = (alike, contact.bucket, count, swapped)
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
-            streak = ("", "", 0)
+            streak = ("", "", 0, False)
     return report
 
 

@@ -225,9 +225,10 @@ class Streak:
     When it is long enough the sender raises ``ChannelDown``: the run stops, and the streak's
     earlier messages stay charged. That is what makes progress: a streak that is about those
     messages after all (a filter on one bucket's wording, whose customers come in a block, as
-    the plan groups buckets) gives its customers up one by one, and the runs move past them; a
-    stop that charged nobody would come at the same customers in every run, for ever. So a
-    streak of 2 costs one attempt per try, whatever the channel's outage.
+    the plan groups buckets) charges its customers one per try, those not charged yet first, so
+    the runs move past them; a stop that charged nobody would come at the same customers in
+    every run, for ever. So a streak of 2 costs one attempt per try, whatever the channel's
+    outage.
     """
 
     def __init__(self, limit: int) -> None:

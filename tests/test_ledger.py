@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from airflow.exceptions import AirflowException
 
 from airflow_provider_leap.contact import Contact, ContactPlan, ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
@@ -1348,16 +1349,21 @@ def test_a_channel_downs_reason_reaches_the_report_whole(tmp_path: Path) -> None
     assert len(report.channel_down) > 300
 
 
-@pytest.mark.parametrize("client", ["requests", "smtplib", "requests-unanswered"])
+@pytest.mark.parametrize(
+    "client", ["requests", "httpx", "urllib", "smtplib", "requests-unanswered"]
+)
 def test_a_channel_that_cannot_be_connected_to_stops_the_run(tmp_path: Path, client: str) -> None:
     """Review s15a: a send function of one's own meeting a CRM or relay that refuses
     connections charged every customer due an attempt, try after try, until their steps were
     all given up. The second in a row stops the run: two customers are charged, not all (a
     send function may have done its part elsewhere first: an attempt bounds the repeats).
-    Review s15c: a host that does not answer while connecting (a firewall) is the same."""
+    Review s15c: a host that does not answer while connecting (a firewall) is the same.
+    Review s16d: httpx's refusal is raised ``from None`` inside httpcore, and was missed."""
     import smtplib
     import socket
+    import urllib.request
 
+    import httpx
     import requests
 
     with socket.socket() as probe:  # a loopback port with nobody listening
@@ -1376,6 +1382,10 @@ def test_a_channel_that_cannot_be_connected_to_stops_the_run(tmp_path: Path, cli
     def send(contact: Contact) -> None:
         if client == "requests":
             session.post(f"http://127.0.0.1:{port}/records", json={}, timeout=5)
+        elif client == "httpx":
+            httpx.post(f"http://127.0.0.1:{port}/records", json={}, timeout=5)
+        elif client == "urllib":
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/records", timeout=5)
         elif client == "requests-unanswered":
             session.post(f"http://127.0.0.1:{full.getsockname()[1]}/", json={}, timeout=(0.3, 5))
         else:
@@ -1509,6 +1519,84 @@ def test_what_says_a_channel_is_in_trouble() -> None:
     throttled = type("ClientError", (Exception,), {})("throttled")  # botocore's shape
     throttled.response = {"ResponseMetadata": {"HTTPStatusCode": 429}}  # type: ignore[attr-defined]
     assert channel_trouble(throttled) == "were throttled (429)"
+    unavailable = type("HTTPError", (Exception,), {})("503")  # SendGrid's client
+    unavailable.status_code = 503  # type: ignore[attr-defined]
+    assert channel_trouble(unavailable) == "got a server error (5xx)"
+    # An AirflowException about a record (its class says 500 for the API server): not trouble.
+    assert channel_trouble(AirflowException("400:Bad Request")) is None
+
+
+def test_a_connection_reset_or_a_certificate_refused_is_trouble(tmp_path: Path) -> None:
+    """Review s16d F2: a server closing the connection without an answer (a crashed process, a
+    load balancer with no backend) and a certificate the client refuses gave every step up."""
+    import socket
+    import threading
+
+    import httpx
+    import requests
+    from fake_server import Reply, fake_leap, self_signed_certificate
+
+    from airflow_provider_leap.delivery import channel_trouble
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def hang_up() -> None:  # read the request, close without a word
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.recv(65536)
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/crm"
+    for post in (requests.post, httpx.post):
+        lost = _raised(lambda post=post: post(url, json={}, timeout=5))  # type: ignore[misc]
+        assert channel_trouble(lost) == "could not connect", repr(lost)
+    listener.close()
+    with fake_leap(lambda seen: Reply(200, {}), self_signed_certificate(tmp_path)) as crm:
+        refused = _raised(lambda: requests.post(crm.url, json={}, timeout=5))
+    assert isinstance(refused, requests.exceptions.SSLError)
+    assert channel_trouble(refused) == "could not connect"
+
+
+def test_a_403_once_a_send_went_through_is_the_records(tmp_path: Path) -> None:
+    """Review s16d F4: a CRM answering 403 to the leads we may not edit stopped every run at
+    the first ones, red for hours. A 403 says the channel refuses us only before anything went
+    through; after, it is each record's failed attempt."""
+    from fake_server import Reply, fake_leap
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        return Reply(200 if len(crm.requests) == 1 else 403, {"error": "forbidden"})
+
+    with fake_leap(respond) as crm:
+        _, report = run(DeliveryLedger(tmp_path), buckets(6), _crm_sender(crm.url, "requests"))
+    assert (report.sent, report.failed, report.not_tried) == (1, 5, 0)
+    with fake_leap(lambda seen: Reply(403, {})) as crm:
+        send = _crm_sender(crm.url, "requests")
+        _, report = run(DeliveryLedger(tmp_path / "token"), buckets(6), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 2, 4)
+
+
+def test_another_bucket_is_moved_up_once_per_streak(tmp_path: Path) -> None:
+    """Review s16d F5: when the customer moved up from another bucket could not be tried (no
+    address, or claimed by another task), each failure moved up the next, and a channel that
+    was down charged the whole first bucket in one try."""
+    from fake_server import Reply, fake_leap
+
+    with fake_leap(lambda seen: Reply(503, {})) as crm:
+        post = _crm_sender(crm.url, "requests")
+
+        def send(contact: Contact) -> None:
+            if contact.bucket != "not_started":
+                raise ContactUnreachable("no address")
+            post(contact)
+
+        _, report = run(DeliveryLedger(tmp_path), _two_buckets(4, 3), send)
+    assert (report.failed, report.unreachable, report.not_tried) == (3, 1, 3)
 
 
 def test_a_channel_failing_now_and_then_does_not_stop_the_run(tmp_path: Path) -> None:
