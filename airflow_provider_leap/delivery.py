@@ -176,6 +176,7 @@ def deliver(
     *,
     now: datetime,
     max_attempts: int,
+    took_before: int = 0,
 ) -> DeliveryReport:
     """Send each contact whose attempt this process can claim; record each outcome at once.
 
@@ -183,20 +184,19 @@ def deliver(
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
     :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Failed
-    sends in a row alike (``IN_A_ROW``), the last two of two buckets when another bucket is left
-    to tell (a record of one bucket may be what breaks the channel), stop it too, the rest
-    ``not_tried``: each with :func:`channel_trouble` (the channel is down, refusing or
-    throttling us: ``report.channel_down``), or the same one of ``CODE_ERRORS`` before any send
-    went through (a bug in the send function, logged with its traceback:
-    ``report.code_error``). Anything that is not an
+    sends in a row alike (``IN_A_ROW``) stop it too, the rest ``not_tried``: each with
+    :func:`channel_trouble` (the channel is down, refusing or throttling us:
+    ``report.channel_down``), or the same one of ``CODE_ERRORS`` before any send went through (a
+    bug in the send function, logged with its traceback: ``report.code_error``). The channel's
+    stop takes more once it took a send of this delivery or ``took_before`` (of earlier tries
+    of the run). A record of one bucket may be what breaks the channel: when they are all of
+    one bucket, a contact of another is tried first (once per streak). Anything that is not an
     ``Exception`` (the task being killed or timing out) leaves the claim ``sending``: that
     message may have gone out, so it is never sent again.
     """
     report = DeliveryReport()
     contacts = list(contacts)
-    # What the last failed sends were alike in, the last's bucket, how many, whether another
-    # bucket's contact was moved up in this streak.
-    streak = ("", "", 0, False)
+    streak = _Streak()
     for index, contact in enumerate(contacts):
         if not ledger.claim(contact, now):
             report.claimed_elsewhere += 1
@@ -214,7 +214,7 @@ def deliver(
         except Exception as exc:
             reason, bug = _describe(exc), isinstance(exc, CODE_ERRORS)
             trouble = None if bug else channel_trouble(exc)  # a bug handling a timeout: a bug
-            if trouble == FORBIDDEN and report.sent:
+            if trouble == FORBIDDEN and (report.sent or took_before):
                 trouble = None
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
@@ -236,22 +236,19 @@ def deliver(
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
             alike = "trouble" if trouble else (reason if bug and not report.sent else "")
-            same = bool(alike) and alike == streak[0]
-            count, swapped = (streak[2] + 1, streak[3]) if same else (1, False)
-            if alike and count >= IN_A_ROW[report.sent > 0]:
+            streak = streak.add(alike, contact.bucket)
+            if alike and streak.count >= IN_A_ROW[report.sent + took_before > 0]:
                 other = None  # once per streak: the one moved up may be claimed or unreachable
-                if not swapped and streak[1] == contact.bucket:
+                if streak.one_bucket and not streak.swapped:
                     other = _other_bucket(contacts, index)
                 if other is not None:
                     contacts.insert(index + 1, contacts.pop(other))  # that bucket's data?
-                    swapped = True
+                    streak.swapped = True
                 elif trouble:
-                    why = (
-                        f"{count} sends in a row found the channel in trouble (the last {trouble})"
-                    )
+                    why = f"{streak.count} sends in a row met the channel in trouble ({trouble})"
                     report.stop(exc, len(contacts) - index - 1, why)
                     break
-                else:
+                elif not trouble:
                     report.not_tried = len(contacts) - index - 1
                     log.error(
                         "Two sends in a row raised %s before any went through: is the send "
@@ -260,12 +257,29 @@ def deliver(
                         report.not_tried,
                     )
                     break
-            streak = (alike, contact.bucket, count, swapped)
         else:
             ledger.settle(contact, now, sent=True)
             report.sent += 1
-            streak = ("", "", 0, False)
+            streak = _Streak()
     return report
+
+
+@dataclass
+class _Streak:
+    """Failed sends in a row alike (see :func:`deliver`)."""
+
+    alike: str = ""  # what they are alike in ("": nothing, a new streak)
+    bucket: str = ""  # the last one's
+    count: int = 0
+    one_bucket: bool = True  # all of ``bucket``
+    swapped: bool = False  # another bucket's contact was moved up in this streak
+
+    def add(self, alike: str, bucket: str) -> _Streak:
+        """The streak with one more failed send, alike in ``alike``."""
+        if not alike or alike != self.alike:
+            return _Streak(alike, bucket, 1)
+        one = self.one_bucket and bucket == self.bucket
+        return _Streak(alike, bucket, self.count + 1, one, self.swapped)
 
 
 def _other_bucket(contacts: list[Contact], index: int) -> int | None:

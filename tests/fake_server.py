@@ -25,6 +25,7 @@ class Seen:
     path: str
     query: list[tuple[str, str]]
     headers: dict[str, str]
+    body: bytes = b""
 
 
 @dataclass
@@ -58,9 +59,11 @@ class FakeLeap:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a POST's body
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 parts = urlsplit(self.path)
-                seen = Seen(self.command, parts.path, parse_qsl(parts.query), dict(self.headers))
+                seen = Seen(
+                    self.command, parts.path, parse_qsl(parts.query), dict(self.headers), body
+                )
                 fake.requests.append(seen)
                 reply = fake.respond(seen)
                 body = reply.encoded()

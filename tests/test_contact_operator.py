@@ -106,6 +106,35 @@ def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
     assert sent.read_text().splitlines() == [ref for ref in ref_ids if ref not in given_up]
 
 
+def test_a_retry_knows_the_channel_took_the_runs_earlier_sends(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s16c: records of the last bucket that break the CRM (it hangs up on them). The
+    first try sends the other bucket and charges each of them; the retry, holding them alone,
+    stopped at the 2nd as a channel down (red, the third never tried). The ledger shows the
+    channel took this run's first sends, so the retry needs 4 in a row: all three given up."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    first = due[0].bucket
+    last = next(c.bucket for c in reversed(due) if c.bucket != first)
+    ref_ids = [c.ref_id for c in due if c.bucket == first][:2]
+    ref_ids += [c.ref_id for c in due if c.bucket == last][:3]
+    assert len(ref_ids) == 5
+    send = (
+        f"    if contact.bucket == {last!r}:\n"
+        "        raise ConnectionResetError('the CRM hung up on this record')"
+    )
+    ledger = (tmp_path / "ledger").as_uri()
+    source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger, retries=1)
+    result = run_dag("leap_contact_retry", source, logical_date=None)
+    assert result.task_states["contact"] == "success"  # the retry gave all three up
+    counts = result.xcoms[("contact", "return_value")]
+    assert (counts["sent"], counts["failed"], counts["given_up"]) == (0, 3, 3)
+    attention = result.xcoms[("contact", "attention")]
+    assert sorted(item["ref_id"] for item in attention) == sorted(ref_ids[2:])
+
+
 def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reported(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

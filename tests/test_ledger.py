@@ -1581,6 +1581,30 @@ def test_a_403_once_a_send_went_through_is_the_records(tmp_path: Path) -> None:
     assert (report.sent, report.failed, report.not_tried) == (0, 2, 4)
 
 
+def test_a_retry_counts_the_sends_of_the_runs_earlier_tries(tmp_path: Path) -> None:
+    """Review s16c: a retry holding only the first try's failures had sent nothing itself, so
+    it stopped at the 2nd failure in a row although the channel took the run's other sends
+    minutes before (a CRM failing one request in five, or the records of the last bucket that
+    break it: red runs, and those steps charged two a try). ``took_before`` counts them."""
+    from fake_server import Reply, fake_leap
+
+    def respond(seen):  # type: ignore[no-untyped-def]
+        return Reply(500 if b"utility_not_connected" in seen.body else 201, {})
+
+    ledger = DeliveryLedger(tmp_path)
+    with fake_leap(respond) as crm:
+        send = _crm_sender(crm.url, "requests")
+        _, report = run(ledger, _two_buckets(3, 6), send)
+        assert (report.sent, report.failed, report.not_tried) == (3, 4, 2)
+        states = ledger.load(T0).states  # the retry: that bucket alone is due
+        for took_before, failed in ((3, 4), (0, 2)):
+            plan = plan_contacts(_two_buckets(3, 6), now=T0, policy=POLICY, ledger=states)
+            assert {c.bucket for c in plan.due} == {"utility_not_connected"}
+            retry = DeliveryLedger(tmp_path / str(took_before))
+            report = deliver(plan.due, send, retry, now=T0, max_attempts=3, took_before=took_before)
+            assert (report.sent, report.failed, report.not_tried) == (0, failed, 6 - failed)
+
+
 def test_another_bucket_is_moved_up_once_per_streak(tmp_path: Path) -> None:
     """Review s16d F5: when the customer moved up from another bucket could not be tried (no
     address, or claimed by another task), each failure moved up the next, and a channel that

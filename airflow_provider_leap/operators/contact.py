@@ -447,11 +447,20 @@ class LeapContactOperator(BaseOperator):
             if plan.due and isinstance(self.send, contextlib.AbstractContextManager)
             else contextlib.nullcontext(self.send)  # nothing due: no session to open
         )
+        # Sends recorded at or after this run's moment: by its earlier tries (or another task
+        # on the channel since). The channel took them minutes ago (see ``deliver``).
+        since = int(now.timestamp())
+        took = sum(1 for state in view.states.values() if (state.sent_at or 0) >= since)
         with contextlib.ExitStack() as stack:
             send = stack.enter_context(opened)
             sent_at = _sending_time(now)
             report = deliver(
-                plan.due, send, ledger, now=sent_at, max_attempts=self.policy.max_attempts
+                plan.due,
+                send,
+                ledger,
+                now=sent_at,
+                max_attempts=self.policy.max_attempts,
+                took_before=took,
             )
             closing = stack.pop_all()
         try:  # every send is recorded: a sender failing to close must not lose the report
