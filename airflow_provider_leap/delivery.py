@@ -71,7 +71,7 @@ _NOT_CONNECTED = frozenset(
 # Base classes of every timeout in the standard library, requests, httpx and urllib3.
 _TIMEOUTS = frozenset({"TimeoutError", "Timeout", "TimeoutException"})
 # A 403 may be about one record (no permission on that lead): it says the channel refuses us
-# only while no send of the delivery has gone through.
+# only while no send of the run has gone through.
 FORBIDDEN = "were forbidden (403)"
 _STATUSES = {401: "were refused (401)", 403: FORBIDDEN, 429: "were throttled (429)"}
 # urllib3's retries spent on error answers (``Retry(status_forcelist=...)``): the status is
@@ -248,7 +248,7 @@ def deliver(
                     why = f"{streak.count} sends in a row met the channel in trouble ({trouble})"
                     report.stop(exc, len(contacts) - index - 1, why)
                     break
-                elif not trouble:
+                else:
                     report.not_tried = len(contacts) - index - 1
                     log.error(
                         "Two sends in a row raised %s before any went through: is the send "

@@ -182,8 +182,9 @@ class LeapContactOperator(BaseOperator):
     :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
     customer (counted, not an attempt). One failing customer never stops the others; a
     channel that can take nothing now does (:class:`~airflow_provider_leap.delivery.ChannelDown`:
-    not an attempt; the task fails so a retry sends the rest), and so do two sends in a row
-    that could not connect, timed out, or got a 5xx or 429 alike (each an attempt).
+    not an attempt; the task fails so a retry sends the rest), and so do sends in a row that
+    find the channel in trouble (each an attempt; see
+    :func:`~airflow_provider_leap.delivery.deliver`).
 
     :param send: called with each due ``Contact``; use ``contact.contact_key`` as the
         idempotency or upsert key downstream. A ``send`` that is also a context manager is
