@@ -29,8 +29,8 @@ def connect_url(
             "No Leap partner account for Connect links: set the connection extra "
             "connect_account (your account name in Leap's Connect URLs)"
         )
-    if not ref_id or not transmission_region:
-        raise LeapConfigError("A Connect link needs the Reference ID and the transmission region")
+    if not ref_id or not transmission_region:  # the customer's record, not the settings
+        raise ValueError("A Connect link needs the Reference ID and the transmission region")
     parts = urlsplit(base_url)
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
         raise LeapConfigError(f"connect_base_url {base_url!r} must be a plain https:// URL")

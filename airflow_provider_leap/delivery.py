@@ -10,12 +10,13 @@ import errno
 import logging
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from airflow_provider_leap.contact import Contact
+from airflow_provider_leap.errors import LeapConfigError
 from airflow_provider_leap.ledger import DeliveryLedger
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,9 @@ class ContactUnreachable(Exception):
 
 
 # Raised by a send function, these most likely say that its code is broken (a misspelt
-# attribute or ``contact.item`` key, a wrong call, a missing import). Each is still a failed
-# attempt, as the message may have gone out before the error; but the same one (message and
-# all: a lookup of one customer's address names that customer) raised by two sends in a row of
-# two buckets, before any send of the delivery went through, stops it: else one bug would spend
-# every due customer's attempts within a few runs. Two of one bucket may be its customers' data
-# (a field only other buckets' items have): a send of another bucket is tried next, to tell.
+# attribute or ``contact.item`` key, a wrong call, a missing import): logged with the traceback,
+# and never the channel's trouble, even while handling it. Each is still a failed attempt, as
+# the message may have gone out before the error (see ``deliver`` for the same failure in a row).
 CODE_ERRORS = (AttributeError, NameError, TypeError, ImportError, LookupError)
 
 
@@ -71,7 +69,7 @@ _NOT_CONNECTED = frozenset(
 # Base classes of every timeout in the standard library, requests, httpx and urllib3.
 _TIMEOUTS = frozenset({"TimeoutError", "Timeout", "TimeoutException"})
 # A 403 may be about one record (no permission on that lead): it says the channel refuses us
-# only while no send of the run has gone through.
+# only while no send of this try has gone through (a retry's 403 wall too: review s17a F1).
 FORBIDDEN = "were forbidden (403)"
 _STATUSES = {401: "were refused (401)", 403: FORBIDDEN, 429: "were throttled (429)"}
 # urllib3's retries spent on error answers (``Retry(status_forcelist=...)``): the status is
@@ -88,10 +86,7 @@ def channel_trouble(exc: BaseException) -> str | None:
     says nothing of it, or a cause answered about the message itself (a 400, 404, 422). An error
     the send function raised ``from None`` says nothing of what it handled; a library's does
     (httpcore raises its ``ConnectError`` so)."""
-    seen: BaseException | None = exc
-    for depth in range(8):  # a chain is short; a cycle must not loop
-        if seen is None:
-            return None
+    for seen in _causes(exc):
         names = {kind.__name__ for kind in type(seen).__mro__}
         if (
             isinstance(seen, NEVER_CONNECTED)
@@ -104,9 +99,30 @@ def channel_trouble(exc: BaseException) -> str | None:
         status = _status(seen)
         if status:
             return _STATUSES.get(status, "got a server error (5xx)" if status >= 500 else None)
-        reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError: the last failure
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling (urllib3's ``MaxRetryError``
+    keeps the last failure as ``reason``); not past the send function's own ``from None``."""
+    seen: BaseException | None = exc
+    for depth in range(8):  # a chain is short; a cycle must not loop
+        if seen is None:
+            return
+        yield seen
+        reason = getattr(seen, "reason", None)
         context = None if depth == 0 and seen.__suppress_context__ else seen.__context__
         seen = seen.__cause__ or context or (reason if isinstance(reason, BaseException) else None)
+
+
+def _stops_at_once(exc: Exception) -> str | None:
+    """Why a send's failure stops the delivery before it is charged to anyone, if it does: the
+    send function says its channel is down, or this provider's settings are unusable (a Connect
+    link with no ``connect_account``: the same for every customer; review s17b F1, F2)."""
+    if isinstance(exc, ChannelDown):
+        return "Channel down"
+    if any(isinstance(seen, LeapConfigError) for seen in _causes(exc)):
+        return "The Leap connection's settings are unusable"
     return None
 
 
@@ -139,15 +155,17 @@ class DeliveryReport:
     given_up: int = 0
     unreachable: int = 0
     claimed_elsewhere: int = 0
-    not_tried: int = 0  # left when the channel went down (``ChannelDown``)
-    channel_down: str | None = None  # why, when it did
+    not_tried: int = 0  # left when the delivery stopped
+    channel_down: str | None = None  # the failure that stopped it, when nobody is to blame
+    stopped: str = ""  # why it stopped (when ``channel_down``)
+    same_failure: str | None = None  # what sends in a row raised alike, when that stopped it
     code_errors: int = 0  # failed sends that raised one of ``CODE_ERRORS`` (in ``failed`` too)
     code_error: str | None = None  # the first of them
     attention: list[dict[str, Any]] = field(default_factory=list)
 
     def stop(self, exc: Exception, not_tried: int, why: str) -> None:
         """The channel is down (``exc`` says why): the delivery stops, ``not_tried`` left."""
-        self.channel_down, self.not_tried = _describe(exc, whole=True), not_tried
+        self.channel_down, self.not_tried, self.stopped = _describe(exc, whole=True), not_tried, why
         log.warning("%s, %d contact(s) not tried: %s", why, not_tried, exc)
 
     def counts(self) -> dict[str, int]:
@@ -183,14 +201,16 @@ def deliver(
     A send that raises counts as a failed attempt (tried again next run, up to
     ``max_attempts``; then that step is given up and reported, once, and the stall's next step
     is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
-    :class:`ChannelDown`, which also stops the delivery (``report.channel_down``). Failed
-    sends in a row alike (``IN_A_ROW``) stop it too, the rest ``not_tried``: each with
-    :func:`channel_trouble` (the channel is down, refusing or throttling us:
-    ``report.channel_down``), or the same one of ``CODE_ERRORS`` before any send went through (a
-    bug in the send function, logged with its traceback: ``report.code_error``). The channel's
-    stop takes more once it took a send of this delivery or ``took_before`` (of earlier tries
-    of the run). A record of one bucket may be what breaks the channel: when they are all of
-    one bucket, a contact of another is tried first (once per streak). Anything that is not an
+    :class:`ChannelDown` or this provider's ``LeapConfigError``, which also stop the delivery
+    (``report.channel_down``). Failed sends in a row alike (``IN_A_ROW``) stop it too, the rest
+    ``not_tried``: each with :func:`channel_trouble` (the channel is down, refusing or
+    throttling us: ``report.channel_down``), or the same failure (message and all: one naming
+    its customer is that customer's) before any send went through (a bug in the send function,
+    or every customer failing alike: ``report.same_failure``), else one fault would spend every
+    due customer's attempts within a run. Either stop takes more once a send of this delivery
+    or ``took_before`` (of earlier tries of the run) went through. A record of one bucket may
+    be what fails: when they are all of one bucket, a contact of another is tried first (once
+    per streak). Anything that is not an
     ``Exception`` (the task being killed or timing out) leaves the claim ``sending``: that
     message may have gone out, so it is never sent again.
     """
@@ -207,14 +227,15 @@ def deliver(
             ledger.release(contact)
             report.unreachable += 1
             report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
-        except ChannelDown as exc:
-            ledger.release(contact)
-            report.stop(exc, len(contacts) - index, "Channel down")
-            break
         except Exception as exc:
+            at_once = _stops_at_once(exc)
+            if at_once:
+                ledger.release(contact)
+                report.stop(exc, len(contacts) - index, at_once)
+                break
             reason, bug = _describe(exc), isinstance(exc, CODE_ERRORS)
             trouble = None if bug else channel_trouble(exc)  # a bug handling a timeout: a bug
-            if trouble == FORBIDDEN and (report.sent or took_before):
+            if trouble == FORBIDDEN and report.sent:  # this try's (review s17a F1)
                 trouble = None
             ledger.settle(contact, now, sent=False, error=reason)
             report.failed += 1
@@ -235,7 +256,7 @@ def deliver(
                 if report.code_error is None:
                     report.code_error = reason
                     log.error("Is the send function broken? It raised:", exc_info=exc)
-            alike = "trouble" if trouble else (reason if bug and not report.sent else "")
+            alike = "trouble" if trouble else ("" if report.sent else reason)
             streak = streak.add(alike, contact.bucket)
             if alike and streak.count >= IN_A_ROW[report.sent + took_before > 0]:
                 other = None  # once per streak: the one moved up may be claimed or unreachable
@@ -249,11 +270,13 @@ def deliver(
                     report.stop(exc, len(contacts) - index - 1, why)
                     break
                 else:
-                    report.not_tried = len(contacts) - index - 1
+                    report.not_tried, report.same_failure = len(contacts) - index - 1, reason
                     log.error(
-                        "Two sends in a row raised %s before any went through: is the send "
-                        "function broken? Stopping, %d contact(s) not tried",
+                        "%d sends in a row raised %s before any went through: %s Stopping, %d "
+                        "contact(s) not tried",
+                        streak.count,
                         reason,
+                        "is the send function broken?" if bug else "does every send fail so?",
                         report.not_tried,
                     )
                     break

@@ -156,6 +156,9 @@ class Entry(msgspec.Struct, array_like=True):
     unconfirmed_by: str | None = None
     sent_count: int = 0  # steps sent (claims are folded in offset order: see ``fold``)
     finished: bool = False  # the final step went out
+    # Who sent ``sent_offset`` (state sent: not a send killed mid-way), while it is within the
+    # gap: a retry of that run counts the sends its earlier tries made (review s17a F2).
+    sent_by: str | None = None
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
@@ -166,6 +169,7 @@ class Entry(msgspec.Struct, array_like=True):
             if claim.offset > self.sent_offset:  # a claim folded again counts once
                 self.unconfirmed_by = None
                 self.sent_count += 1
+            self.sent_by = claim.owner if claim.state == SENT else None
             self.sent_offset = claim.offset
             self.finished = self.finished or claim.final
             when = parse_timestamp(claim.now)
@@ -612,6 +616,9 @@ class DeliveryLedger:
         ]
         for ref_id in expired:
             del entries[ref_id]
+        for entry in entries.values():  # a run's tries are hours apart at most: kept small
+            if entry.sent_by is not None and (entry.sent_at or 0) <= recent:
+                entry.sent_by = None
         view.states, view.sequence = entries, snapshot.sequence
         view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
         why = None if expect is None else view.older_than(expect)

@@ -135,6 +135,30 @@ def test_a_retry_knows_the_channel_took_the_runs_earlier_sends(
     assert sorted(item["ref_id"] for item in attention) == sorted(ref_ids[2:])
 
 
+def test_sends_of_other_runs_since_the_runs_moment_are_not_its_own(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17a F1, F2: the sends another DAG (or a catch-up run, recording at the clock)
+    made after this run's moment counted as this run's earlier tries': its stop on a channel
+    in trouble took 4 in a row instead of 2, and a 403 wall was read as each record's."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    ledger = tmp_path / "ledger"
+    other = DeliveryLedger(ledger, owner="leap_events/manual__1/message/try 1")
+    report = deliver(
+        due[:2], lambda contact: None, other, now=now + timedelta(minutes=1), max_attempts=2
+    )
+    assert report.sent == 2
+    ref_ids = [contact.ref_id for contact in due[:7]]
+    send = "    raise ConnectionResetError('the CRM hung up')"
+    source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger.as_uri(), retries=0)
+    result = run_dag("leap_contact_retry", source, logical_date=None)
+    assert result.task_states["contact"] == "failed"
+    states = DeliveryLedger(ledger).load(datetime.now(timezone.utc)).states
+    assert sorted(state.failures for state in states.values() if state.failures) == [1, 1]
+
+
 def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reported(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -694,10 +718,15 @@ def test_a_relative_ledger_url_is_refused_before_anything_is_sent(
     ("counts", "starts"),
     [
         ({"sent": 4, "failed": 2}, "Sends on channel email failed, of 6 due: 4 sent and recorded"),
-        ({"not_tried": 6, "channel_down": "ChannelDown: 421"}, "Channel email went down (Chan"),
+        ({"not_tried": 6, "channel_down": "ChannelDown: 421"}, "Channel email stopped (Channel "),
         (
-            {"failed": 2, "code_errors": 2, "code_error": "KeyError: 'x'", "not_tried": 4},
-            "Is the send function of channel email broken? Two sends in a row raised [KeyError",
+            {"failed": 2, "code_errors": 2, "code_error": "KeyError: 'x'", "not_tried": 4}
+            | {"same_failure": "KeyError: 'x'"},
+            "Is the send function of channel email broken? Sends in a row raised [KeyError",
+        ),
+        (  # review s17b F2: a CRM refusing every record alike, its error naming no status
+            {"failed": 2, "same_failure": "RuntimeError: CRM said no", "not_tried": 4},
+            "Does every send on channel email fail alike? Sends in a row raised [RuntimeError",
         ),
         (
             {"sent": 1, "failed": 5, "code_errors": 5, "code_error": "KeyError: 'ns01'"},
@@ -714,7 +743,7 @@ def test_the_task_failure_leads_with_its_cause(counts: dict[str, Any], starts: s
     operator = LeapContactOperator(task_id="contact", send=print)
     message = operator._failure(DeliveryReport(**counts), 6)
     assert message.startswith(starts), message
-    assert ("Fix it before a retry" in message) == ("Two sends" in starts)
+    assert ("Fix it before a retry" in message) == ("Sends in a row" in starts)
 
 
 @pytest.mark.parametrize(

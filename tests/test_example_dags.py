@@ -1092,7 +1092,8 @@ def test_a_relay_refusing_every_message_alike_stops_the_try_at_the_second(
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         refused = run_dag("leap_connect_reengagement", source)
         assert refused.state == "failed" and sink.inbox == []
-        errors = [line for line in capfd.readouterr().out.splitlines() if "went down" in line]
+        out = capfd.readouterr().out.splitlines()
+        errors = [line for line in out if "Channel email stopped (" in line]
         assert errors and all("messages in a row alike" in line for line in errors)
         assert all(tail in line for line in errors), errors[0]  # the 2nd reply, to its end
         failures = [state.failures for state in _email_ledger().values() if state.failures]

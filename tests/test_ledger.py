@@ -1578,7 +1578,13 @@ def test_a_403_once_a_send_went_through_is_the_records(tmp_path: Path) -> None:
     with fake_leap(lambda seen: Reply(403, {})) as crm:
         send = _crm_sender(crm.url, "requests")
         _, report = run(DeliveryLedger(tmp_path / "token"), buckets(6), send)
-    assert (report.sent, report.failed, report.not_tried) == (0, 2, 4)
+        assert (report.sent, report.failed, report.not_tried) == (0, 2, 4)
+        # Review s17a F1: a retry meeting a 403 wall after its run's first try sent some (a
+        # WAF after a burst) read each 403 as the record's: every due step given up, green.
+        plan = plan_contacts(buckets(6), now=T0, policy=POLICY, ledger={})
+        retry = DeliveryLedger(tmp_path / "retry")
+        report = deliver(plan.due, send, retry, now=T0, max_attempts=3, took_before=5)
+    assert (report.sent, report.failed, report.not_tried) == (0, 4, 2)  # 4 after the run's sends
 
 
 def test_a_retry_counts_the_sends_of_the_runs_earlier_tries(tmp_path: Path) -> None:
@@ -1603,6 +1609,55 @@ def test_a_retry_counts_the_sends_of_the_runs_earlier_tries(tmp_path: Path) -> N
             retry = DeliveryLedger(tmp_path / str(took_before))
             report = deliver(plan.due, send, retry, now=T0, max_attempts=3, took_before=took_before)
             assert (report.sent, report.failed, report.not_tried) == (0, failed, 6 - failed)
+
+
+def test_the_provider_s_own_settings_error_in_a_send_charges_nobody(tmp_path: Path) -> None:
+    """Review s17b F2: a Connect link on a staging connection with no ``connect_base_url``
+    raised in every send, each a failed attempt: a run gave every due step up. It is this
+    provider's setting, the same for every customer: the delivery stops, nobody charged."""
+    from airflow_provider_leap.errors import LeapConfigError
+
+    def send(contact: Contact) -> None:
+        try:
+            raise LeapConfigError("set the extra connect_base_url")
+        except LeapConfigError as exc:  # as the hook re-raises it, or a send function wraps it
+            raise RuntimeError("could not build the message") from exc
+
+    ledger = DeliveryLedger(tmp_path)
+    _, report = run(ledger, buckets(4), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 0, 4)
+    assert report.stopped == "The Leap connection's settings are unusable"
+    assert report.channel_down == "RuntimeError: could not build the message"
+    assert all(state.failures == 0 for state in ledger.load(T0).states.values())
+
+
+def test_a_send_records_who_sent_it_while_within_the_gap(tmp_path: Path) -> None:
+    """Review s17a F2, F3: a retry counts only its run's earlier sends (``Entry.sent_by``),
+    not another run's or DAG's since its moment, nor a send killed mid-way; kept within the
+    gap only (a snapshot of 100,000 customers holds no owner each)."""
+    owner = "dag/run-1/task/try 1"
+    ledger = DeliveryLedger(tmp_path, owner=owner)
+    _, report = run(ledger, buckets(2), Outbox())
+    assert report.sent == 2
+    states = DeliveryLedger(tmp_path).load(T0).states
+    assert {state.sent_by for state in states.values()} == {owner}
+    later = T0 + POLICY.min_gap + timedelta(seconds=1)
+    states = DeliveryLedger(tmp_path, clock=lambda: later).load(later).states
+    assert {state.sent_by for state in states.values()} == {None}
+
+    class Killed(BaseException):  # what a SIGKILL leaves: a claim still "sending"
+        pass
+
+    def killed(contact: Contact) -> None:
+        raise Killed
+
+    killer = DeliveryLedger(tmp_path / "killed", owner=owner, clock=lambda: T0)
+    plan = plan_contacts(buckets(1), now=T0, policy=POLICY, ledger={})
+    with pytest.raises(Killed):
+        deliver(plan.due, killed, killer, now=T0, max_attempts=3)
+    on = T0 + timedelta(hours=1)  # stale: counted as sent, by nobody
+    states = DeliveryLedger(tmp_path / "killed", clock=lambda: on).load(on).states
+    assert [(state.sent_offset, state.sent_by) for state in states.values()] == [(3600, None)]
 
 
 def test_another_bucket_is_moved_up_once_per_streak(tmp_path: Path) -> None:
@@ -1665,7 +1720,9 @@ def test_a_crm_failing_one_buckets_records_stops_nobody_else(tmp_path: Path) -> 
     """A CRM that answers 500 to every record of one bucket (its fields break the CRM) is not
     down: another bucket's customer is tried between two of them, and goes through, so every
     customer of the other bucket is sent and each of the failing bucket is charged its own
-    attempt. A 400 is about the record: charged, never a stop."""
+    attempt. A 400 is about the record: charged, never the channel's trouble; but the same
+    400 to each send before any went through (the CRM refusing what we send: review s17b F2)
+    stops the delivery, as every customer would be charged so."""
     from fake_server import Reply, fake_leap
 
     def respond(seen):  # type: ignore[no-untyped-def]
@@ -1683,10 +1740,22 @@ def test_a_crm_failing_one_buckets_records_stops_nobody_else(tmp_path: Path) -> 
         _, report = run(ledger, _two_buckets(3, 3), posting)
     assert (report.sent, report.failed, report.not_tried) == (3, 3, 0)
     assert report.channel_down is None
-    with fake_leap(lambda seen: Reply(400, {"error": "invalid phone"})) as crm:
+
+    def invalid(seen):  # type: ignore[no-untyped-def]
+        bad = b"cust-0001" in seen.body or b"cust-0002" in seen.body or b"cust-0004" in seen.body
+        return Reply(400 if bad else 200, {"error": "invalid phone"})
+
+    with fake_leap(invalid) as crm:
         send = _crm_sender(f"{crm.url}/crm", "httpx")
         _, report = run(DeliveryLedger(tmp_path / "other"), buckets(5), send)
-    assert (report.sent, report.failed, report.not_tried) == (0, 5, 0)
+    assert (report.sent, report.failed, report.not_tried) == (2, 3, 0)
+    assert report.channel_down is None and report.same_failure is None
+    with fake_leap(lambda seen: Reply(400, {"error": "invalid phone"})) as crm:
+        send = _crm_sender(f"{crm.url}/crm", "httpx")
+        _, report = run(DeliveryLedger(tmp_path / "third"), buckets(5), send)
+    assert (report.sent, report.failed, report.not_tried) == (0, 2, 3)
+    assert report.channel_down is None and report.same_failure is not None
+    assert report.same_failure.startswith("HTTPStatusError: Client error '400 Bad Request'")
 
 
 def test_marks_of_two_senders_join_to_the_higher_count_and_the_later_attempt(

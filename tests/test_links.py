@@ -64,7 +64,7 @@ with DAG("link_dag", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timez
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({}, None),  # no account: no link
+        ({}, "connect_account"),  # no account: no link (review s17b F1: was None)
         ({"connect_account": "acme"}, "https://connect.leap.energy?"),
         ({"connect_account": "acme", "environment": "staging"}, "connect_base_url"),
         (
@@ -89,8 +89,9 @@ def test_customers_connect_link_follows_the_connections_environment(
     if expected == "connect_base_url":
         with pytest.raises(LeapException, match=r"staging.*set the extra connect_base_url"):
             hook.connect_url("r1", "PJM")
-    elif expected is None:
-        assert hook.connect_url("r1", "PJM") is None
+    elif expected == "connect_account":
+        with pytest.raises(LeapException, match=r"set the connection extra connect_account"):
+            hook.connect_url("r1", "PJM")
     else:
         assert hook.connect_url("r 1", "PJM") == (
             f"{expected}transmissionRegion=PJM&variant=RESIDENTIAL&account=acme&refId=r%201"
@@ -101,3 +102,6 @@ def test_customers_connect_link_follows_the_connections_environment(
         # variant from matching); blank is the connection's
         assert "&variant=COMMERCIAL&" in hook.connect_url("r 1", "PJM", variant=" COMMERCIAL\n")
         assert "&variant=RESIDENTIAL&" in hook.connect_url("r 1", "PJM", variant=" ")
+        # A record with no region is that customer's (a failed send), not the settings'
+        with pytest.raises(ValueError, match="needs the Reference ID and the transmission"):
+            hook.connect_url("r1", "")

@@ -127,11 +127,10 @@ class LeapHook(BaseHook):
         with airflow_errors():
             return check_ref_ids(self.client, ref_ids, targets, fails)
 
-    def connect_url(
-        self, ref_id: str, transmission_region: str, variant: str | None = None
-    ) -> str | None:
-        """The customer's Leap Connect link, from the extras ``connect_account`` (required),
-        ``connect_variant`` and ``connect_base_url``; None when no account is configured.
+    def connect_url(self, ref_id: str, transmission_region: str, variant: str | None = None) -> str:
+        """The customer's Leap Connect link, from the extras ``connect_account`` (required:
+        raises ``LeapException`` without it, as a message with no link asks for what the
+        customer cannot do; review s17b F1), ``connect_variant`` and ``connect_base_url``.
         ``variant``: this customer's, when not the connection's (commercial customers of a
         partner whose connection says ``RESIDENTIAL``, say), spaces around it dropped.
 
@@ -139,8 +138,6 @@ class LeapHook(BaseHook):
         ``connect_base_url`` (raises ``LeapException`` otherwise), or its customers would get
         links to production, which does not know their Reference IDs."""
         config = self.config
-        if not config.connect_account:
-            return None
         with airflow_errors():
             if not config.connect_base_url and config.environment != "production":
                 raise LeapConfigError(
@@ -151,7 +148,7 @@ class LeapHook(BaseHook):
             return connect_url(
                 ref_id,
                 transmission_region=transmission_region,
-                account=config.connect_account,
+                account=config.connect_account or "",
                 variant=(variant or "").strip() or config.connect_variant or DEFAULT_VARIANT,
                 base_url=config.connect_base_url or DEFAULT_CONNECT_BASE_URL,
             )

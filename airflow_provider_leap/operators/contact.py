@@ -448,10 +448,9 @@ class LeapContactOperator(BaseOperator):
             if plan.due and isinstance(self.send, contextlib.AbstractContextManager)
             else contextlib.nullcontext(self.send)  # nothing due: no session to open
         )
-        # Sends recorded at or after this run's moment: by its earlier tries (or another task
-        # on the channel since). The channel took them minutes ago (see ``deliver``).
-        since = int(now.timestamp())
-        took = sum(1 for state in view.states.values() if (state.sent_at or 0) >= since)
+        # Sends of this run's earlier tries: the channel took them minutes ago (see
+        # ``deliver``). Not other runs' (a catch-up's, another DAG's: review s17a F1, F2).
+        took = sum(1 for state in view.states.values() if (state.sent_by or "").startswith(run))
         with contextlib.ExitStack() as stack:
             send = stack.enter_context(opened)
             sent_at = _sending_time(now)
@@ -480,8 +479,8 @@ class LeapContactOperator(BaseOperator):
         ti.xcom_push(key="attention", value=attention)
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
-        retry = report.failed > report.given_up or report.channel_down or report.code_errors
-        if self.fail_on_errors and retry:
+        red = report.channel_down or report.same_failure or report.code_errors
+        if self.fail_on_errors and (red or report.failed > report.given_up):
             raise AirflowException(self._failure(report, len(plan.due)))
         return counts
 
@@ -491,14 +490,25 @@ class LeapContactOperator(BaseOperator):
         done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
         done += f", {report.not_tried} not tried" if report.not_tried else ""
         if report.channel_down:
-            return f"Channel {self.channel} went down ({report.channel_down}); {done}. {RETRY}"
-        if report.code_errors and report.not_tried:
+            why = report.stopped or "Channel down"
+            return f"Channel {self.channel} stopped ({why}: {report.channel_down}); {done}. {RETRY}"
+        charges = (
+            "a send that raises is a failed attempt (its message may have gone out first), and "
+            "each try charges two or three more customers"
+        )
+        if report.same_failure and report.same_failure == report.code_error:
             return (
-                f"Is the send function of channel {self.channel} broken? Two sends in a row "
-                f"raised [{report.code_error}] (traceback in the log), so the run stopped; "
-                f"{done}. Fix it before a retry or a clear: a send that raises is a failed "
-                "attempt (its message may have gone out first), and each try charges two or "
-                "three more customers"
+                f"Is the send function of channel {self.channel} broken? Sends in a row raised "
+                f"[{report.code_error}] (traceback in the log), so the run stopped; {done}. Fix "
+                f"it before a retry or a clear: {charges}"
+            )
+        if report.same_failure:
+            return (
+                f"Does every send on channel {self.channel} fail alike? Sends in a row raised "
+                f"[{report.same_failure}] before any went through, so the run stopped; {done}. "
+                "A setting, the channel's credentials, an outage your send function reports "
+                f"without its cause? Fix it before a retry or a clear: {charges}. Raise "
+                "ChannelDown when the channel can take no message (nobody is charged)"
             )
         bug = (
             f"; {report.code_errors} raised errors that often mean a bug in the send function, "
