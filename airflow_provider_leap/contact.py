@@ -66,6 +66,9 @@ class Outcome(str, Enum):
     IN_FLIGHT = "in_flight"  # another sender holds a fresh claim on this stall
     NO_ACTION = "no_action"  # only records no message is for (needs_review, excluded buckets)
     HELD = "held"  # due, but Leap announced news the data read may not show: the next run decides
+    # An earlier try of this run failed the step due: the next run tries again (one attempt per
+    # step per run, so a channel's quota or a minute's outage cannot spend all three in minutes).
+    FAILED_THIS_RUN = "failed_this_run"
 
 
 def _positive_increasing(name: str, steps: Sequence[timedelta]) -> None:
@@ -353,7 +356,9 @@ def plan_contacts(
     :func:`~airflow_provider_leap.webhooks.held_back`), and nothing is recorded, so a later run
     decides afresh. A mapping holds only stalls before the customer's time (None: any stall).
     ``run`` starts the ledger owner of each try of this run (the operator's ``dag/run/task/``):
-    a step whose last attempt such a try gave up is listed in ``given_up``.
+    a step whose last attempt such a try gave up is listed in ``given_up``, and one such a try
+    failed is counted ``failed_this_run``, not due again (review s17c F2: a run's retries,
+    minutes apart, charged a customer over the relay's quota all three attempts).
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -407,6 +412,9 @@ def plan_contacts(
             counts["given_up_before"] += 1
             if not (spent and run and (state.failed_by or "").startswith(run)):
                 continue
+        elif run and offset == state.failed_offset and (state.failed_by or "").startswith(run):
+            counts["failed_this_run"] += 1
+            continue
         elif last_sent is not None and now.timestamp() - last_sent < min_gap_seconds:
             counts["waiting"] += 1
             continue

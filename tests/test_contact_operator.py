@@ -41,36 +41,79 @@ with DAG("leap_contact_retry", schedule=None, start_date=start) as dag:
 REFUSED = '    raise ConnectionError("the CRM refused the connection")'
 
 
+def _down_once(marker: Path, ref_ids: list[str]) -> str:
+    """Send lines: the channel is down (``ChannelDown``) at the first of ``ref_ids`` sent, once:
+    the try stops there, and Airflow retries it."""
+    return (
+        f"    import os\n"
+        f"    if contact.ref_id in {ref_ids!r} and not os.path.exists({str(marker)!r}):\n"
+        f"        open({str(marker)!r}, 'w').close()\n"
+        f"        from airflow_provider_leap.delivery import ChannelDown\n"
+        f"        raise ChannelDown('the relay is down')\n"
+    )
+
+
 def test_a_step_given_up_in_a_try_that_airflow_retries_is_still_reported(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """A try that gives up one customer's last attempt and fails for another is retried, and
-    Airflow clears its XComs: the report of the given-up step must come back with the retry."""
+    """A try that gives up one customer's last attempt and stops at another's (the channel
+    down) is retried, and Airflow clears its XComs: the report of the given-up step must come
+    back with the retry."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    first, second, third = (contact.ref_id for contact in due[:3])
+    ledger = (tmp_path / "ledger").as_uri()
+
+    def run(send: str, ref_ids: list[str], retries: int):  # type: ignore[no-untyped-def]
+        source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger, retries=retries)
+        return run_dag("leap_contact_retry", source, logical_date=None)
+
+    # First run: attempt 1 of the first two fails (no retry, so the run ends red).
+    assert run(REFUSED, [first, second], retries=0).task_states["contact"] == "failed"
+    # Second run: its first try sends the third (a first attempt goes first), gives the first
+    # up (attempt 2 of 2) and finds the channel down at the second, so Airflow retries; the
+    # retry sends the second, and lists the first customer's step given up.
+    send = _down_once(tmp_path / "down", [second])
+    send += f"    if contact.ref_id == {first!r}:\n        raise ValueError('no such mailbox')"
+    result = run(send, [first, second, third], retries=1)
+    assert result.task_states["contact"] == "success"
+    counts = result.xcoms[("contact", "return_value")]
+    assert (counts["sent"], counts["given_up"], counts["given_up_before"]) == (1, 0, 1)
+    attention = result.xcoms[("contact", "attention")]
+    assert [(a["ref_id"], a["why"], a["attempt"]) for a in attention] == [(first, "given_up", 2)]
+    assert "earlier try of this run" in attention[0]["detail"]
+
+
+def test_a_failed_step_is_tried_again_by_the_next_run_not_by_a_retry(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17c F2: a run's retries, minutes apart, charged a customer over the relay's
+    quota (or meeting a minute's outage) all three attempts: given up, often in a green run.
+    One attempt per step per run: the task fails without a retry, the next run tries again."""
     now = datetime.now(timezone.utc)
     buckets = triage(leap_emulator.records, now=now).buckets
     due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
     first, second = (contact.ref_id for contact in due[:2])
-    ledger = (tmp_path / "ledger").as_uri()
-
-    def run(ref_ids: list[str], retries: int):  # type: ignore[no-untyped-def]
-        source = DAG_SOURCE.format(send=REFUSED, ref_ids=ref_ids, ledger=ledger, retries=retries)
-        return run_dag("leap_contact_retry", source, logical_date=None)
-
-    # First run: the first customer's attempt 1 fails (no retry, so the run ends red).
-    assert run([first], retries=0).task_states["contact"] == "failed"
-    # Second run: its first try gives the first customer up (attempt 2 of 2) and fails the
-    # second's attempt 1, so Airflow retries; the retry gives the second customer up (one
-    # customer's step given up alone: green, and listed).
-    result = run([first, second], retries=1)
-    assert result.task_states["contact"] == "success"
-    counts = result.xcoms[("contact", "return_value")]
-    assert (counts["given_up"], counts["given_up_before"]) == (1, 1)
-    attention = result.xcoms[("contact", "attention")]
-    assert sorted((a["ref_id"], a["why"], a["attempt"]) for a in attention) == sorted(
-        [(first, "given_up", 2), (second, "given_up", 2)]
+    ledger, sent = (tmp_path / "ledger").as_uri(), tmp_path / "sent.txt"
+    quota = tmp_path / "quota"  # the relay takes one message, then refuses until it is reset
+    send = (
+        f"    import os\n    if os.path.exists({str(quota)!r}):\n"
+        "        raise RuntimeError('452 4.3.1 quota exceeded')\n"
+        f"    open({str(quota)!r}, 'w').close()\n"
+        f"    open({str(sent)!r}, 'a').write(contact.ref_id + chr(10))"
     )
-    earlier = next(a for a in attention if a["ref_id"] == first)
-    assert "earlier try of this run" in earlier["detail"]
+    source = DAG_SOURCE.format(send=send, ref_ids=[first, second], ledger=ledger, retries=2)
+    result = run_dag("leap_contact_retry", source, logical_date=None)
+    assert result.task_states["contact"] == "failed"
+    assert "so this task is not retried" in capfd.readouterr().out
+    states = DeliveryLedger(tmp_path / "ledger").load(datetime.now(timezone.utc)).states
+    assert sorted(state.failures for state in states.values()) == [0, 1]  # one attempt, not 2
+    quota.unlink()  # the quota resets: the next run sends the other customer
+    again = run_dag("leap_contact_retry", source, logical_date=None)
+    assert again.task_states["contact"] == "success"
+    assert again.xcoms[("contact", "return_value")]["sent"] == 1
+    assert sorted(sent.read_text().splitlines()) == sorted([first, second])
 
 
 def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
@@ -80,7 +123,7 @@ def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
     every customer; each counted as a failed attempt, so a try and its retry gave every due
     step up (the run ended green), and after the fix the customers were never messaged. Now
     the first two sends raising it alike stop each try: two customers pay, not everyone. The
-    retry tries the customer not charged yet first: one step is given up, not two."""
+    retry tries only the customer not charged yet: none is given up."""
     now = datetime.now(timezone.utc)
     buckets = triage(leap_emulator.records, now=now).buckets
     due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
@@ -96,23 +139,25 @@ def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
     assert buggy.task_states["contact"] == "failed"  # its retry too: loud, not green
     assert not sent.exists()
     assert "Is the send function broken?" in caplog.text and "AttributeError" in caplog.text
-    attention = buggy.xcoms[("contact", "attention")]
-    given_up = {item["ref_id"] for item in attention if item["why"] == "given_up"}
-    assert len(given_up) == 1 and "Fix it before a retry or a clear" in "".join(capfd.readouterr())
+    assert buggy.xcoms[("contact", "attention")] == []  # nobody given up
+    assert "Fix it before a retry or a clear" in "".join(capfd.readouterr())
+    states = DeliveryLedger(Path(ledger.removeprefix("file://"))).load(now).states
+    assert sorted(state.failures for state in states.values()) == [1, 1, 1]
     fixed = run("contact.item['transmission_region']")
     assert fixed.task_states["contact"] == "success"
     counts = fixed.xcoms[("contact", "return_value")]
-    assert (counts["sent"], counts["given_up_before"]) == (2, 1)  # max_attempts=2: both tries
-    assert sent.read_text().splitlines() == [ref for ref in ref_ids if ref not in given_up]
+    assert (counts["sent"], counts["given_up_before"]) == (3, 0)
+    assert sorted(sent.read_text().splitlines()) == ref_ids
 
 
 def test_a_retry_knows_the_channel_took_the_runs_earlier_sends(
     run_dag, leap_conn, leap_emulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Review s16c: records of the last bucket that break the CRM (it hangs up on them). The
-    first try sends the other bucket and charges each of them; the retry, holding them alone,
-    stopped at the 2nd as a channel down (red, the third never tried). The ledger shows the
-    channel took this run's first sends, so the retry needs 4 in a row: all three given up."""
+    first try sends the other bucket, then stops at the channel down; the retry, holding that
+    bucket alone, stopped at the 2nd as a channel down (red, the third never tried). The
+    ledger shows the channel took this run's first sends, so the retry needs 4 in a row: each
+    of the three is charged its attempt."""
     now = datetime.now(timezone.utc)
     buckets = triage(leap_emulator.records, now=now).buckets
     due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
@@ -121,18 +166,17 @@ def test_a_retry_knows_the_channel_took_the_runs_earlier_sends(
     ref_ids = [c.ref_id for c in due if c.bucket == first][:2]
     ref_ids += [c.ref_id for c in due if c.bucket == last][:3]
     assert len(ref_ids) == 5
-    send = (
+    send = _down_once(tmp_path / "down", ref_ids[2:]) + (
         f"    if contact.bucket == {last!r}:\n"
         "        raise ConnectionResetError('the CRM hung up on this record')"
     )
-    ledger = (tmp_path / "ledger").as_uri()
-    source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger, retries=1)
+    ledger = tmp_path / "ledger"
+    source = DAG_SOURCE.format(send=send, ref_ids=ref_ids, ledger=ledger.as_uri(), retries=1)
     result = run_dag("leap_contact_retry", source, logical_date=None)
-    assert result.task_states["contact"] == "success"  # the retry gave all three up
-    counts = result.xcoms[("contact", "return_value")]
-    assert (counts["sent"], counts["failed"], counts["given_up"]) == (0, 3, 3)
-    attention = result.xcoms[("contact", "attention")]
-    assert sorted(item["ref_id"] for item in attention) == sorted(ref_ids[2:])
+    assert result.task_states["contact"] == "failed"  # the next run tries them again
+    states = DeliveryLedger(ledger).load(now).states
+    assert sorted(states[ref].failures for ref in ref_ids[2:]) == [1, 1, 1]
+    assert all(states[ref].sent_by for ref in ref_ids[:2])
 
 
 def test_sends_of_other_runs_since_the_runs_moment_are_not_its_own(
@@ -180,10 +224,10 @@ def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reporte
     with pytest.raises(Killed):
         deliver([first], killed, ledger, now=an_hour_ago, max_attempts=2)
 
-    # The run's first try finds the first customer's send unconfirmed and fails the second's
-    # attempt 1, so Airflow retries; the retry gives the second customer up.
+    # The run's first try finds the first customer's send unconfirmed and stops at the second
+    # (the channel down), so Airflow retries; the retry sends the second.
     source = DAG_SOURCE.format(
-        send=REFUSED,
+        send=_down_once(tmp_path / "down", [second.ref_id]),
         ref_ids=[first.ref_id, second.ref_id],
         ledger=(tmp_path / "ledger").as_uri(),
         retries=1,
@@ -191,9 +235,7 @@ def test_a_send_found_unconfirmed_in_a_try_that_airflow_retries_is_still_reporte
     result = run_dag("leap_contact_retry", source, logical_date=None)
     assert result.task_states["contact"] == "success"
     attention = result.xcoms[("contact", "attention")]
-    assert sorted((a["ref_id"], a["why"]) for a in attention) == sorted(
-        [(first.ref_id, "unconfirmed"), (second.ref_id, "given_up")]
-    )
+    assert [(a["ref_id"], a["why"]) for a in attention] == [(first.ref_id, "unconfirmed")]
     assert result.xcoms[("contact", "return_value")]["unconfirmed"] == 1
     # Another run does not report it again.
     again = run_dag("leap_contact_retry", source, logical_date=None)

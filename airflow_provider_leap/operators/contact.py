@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from airflow.sdk import BaseOperator, ObjectStoragePath, Variable
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_leap.contact import ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import DeliveryReport, attention_item, deliver
@@ -124,6 +124,10 @@ RETRY = (
     "A retry sends only what has not gone out; after Leap's next hourly refresh, clear the run "
     "from its triage task instead"
 )
+NEXT_RUN = (
+    "The next run tries each failed step again (one attempt per step per run), so this task is "
+    "not retried"
+)
 
 
 def _before_refresh(read_at: datetime) -> bool:
@@ -177,8 +181,8 @@ class LeapContactOperator(BaseOperator):
     delivery ledger of ``channel``, so a retry, a clear, a re-run, the next hourly run or a
     second worker never sends the same contact again.
 
-    ``send`` raises to fail one attempt (tried again on a later run, up to
-    ``policy.max_attempts``, then left to a person) and raises
+    ``send`` raises to fail one attempt (tried again by the next run, not by a retry of this
+    one, up to ``policy.max_attempts``, then left to a person) and raises
     :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
     customer (counted, not an attempt). One failing customer never stops the others; a
     channel that can take nothing now does (:class:`~airflow_provider_leap.delivery.ChannelDown`:
@@ -481,7 +485,9 @@ class LeapContactOperator(BaseOperator):
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
         red = report.channel_down or report.same_failure or report.code_errors
         if self.fail_on_errors and (red or report.failed > report.given_up):
-            raise AirflowException(self._failure(report, len(plan.due)))
+            if report.not_tried:  # a retry sends them
+                raise AirflowException(self._failure(report, len(plan.due)))
+            raise AirflowFailException(self._failure(report, len(plan.due)))
         return counts
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
@@ -489,9 +495,10 @@ class LeapContactOperator(BaseOperator):
         done = f"of {due} due: {report.sent} sent and recorded, {report.failed} failed"
         done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
         done += f", {report.not_tried} not tried" if report.not_tried else ""
+        then = RETRY if report.not_tried else NEXT_RUN
         if report.channel_down:
             why = report.stopped or "Channel down"
-            return f"Channel {self.channel} stopped ({why}: {report.channel_down}); {done}. {RETRY}"
+            return f"Channel {self.channel} stopped ({why}: {report.channel_down}); {done}. {then}"
         charges = (
             "a send that raises is a failed attempt (its message may have gone out first), and "
             "each try charges two or three more customers"
@@ -516,7 +523,7 @@ class LeapContactOperator(BaseOperator):
         )
         return (
             f"Sends on channel {self.channel} failed, {done}{bug if report.code_errors else ''}. "
-            + RETRY
+            + then
         )
 
     def _check_same_ledger(self, ti: Any, ledger: DeliveryLedger) -> _LedgerRecord:
