@@ -476,11 +476,13 @@ def _row(contact: Contact) -> dict[str, Any]:
 class CrmSender:
     """``send`` for the CRM channel: the contact key is the upsert key.
 
-    A CRM that cannot be reached (connection refused) or refuses our credentials (401) stops
-    the run at once (``ChannelDown``: nobody is charged). 403, 429, a 5xx or a timeout is the
-    record's failed attempt, and the operator stops the run when they come in a row (a record
-    of one bucket that breaks the CRM costs only that bucket's customers). Any other 4xx (400,
-    404, 409, 422) is about the record: that customer's failed attempt.
+    A CRM that cannot be reached (the request never left: connection refused, no such host,
+    no answer while connecting, its certificate refused) or refuses our credentials (401)
+    stops the run at once (``ChannelDown``: nobody is charged). 403, 429, a 5xx, a timeout or
+    a connection dropped once the record was sent is the record's failed attempt, and the
+    operator stops the run when they come in a row (a record that breaks the CRM costs only
+    its customer, or that bucket's). Any other 4xx (400, 404, 409, 422) is about the record:
+    that customer's failed attempt.
     """
 
     def __enter__(self) -> CrmSender:
@@ -511,13 +513,26 @@ class CrmSender:
                 self.url, json=row, headers={"Idempotency-Key": contact.contact_key}, timeout=30
             )
         except requests.ConnectionError as exc:
-            raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
+            if _never_sent(exc):
+                raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
+            raise  # dropped on this record (review s17c F3: it stopped every run, for a month)
         if response.status_code == 401:
             raise ChannelDown(
                 f"the CRM at {self.url} refuses our credentials: it answered 401 "
                 f"{response.reason}: {response.text[:200]}"
             )
         response.raise_for_status()
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether a ``requests`` connection error came before the request went out."""
+    import requests
+    from urllib3.exceptions import NewConnectionError  # refused, or no such host
+
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+        return True
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, NewConnectionError)
 
 
 def _senders(dag: Any) -> list[str]:

@@ -39,6 +39,7 @@ class Reply:
     pause: float = 0.0
     chunks: int = 0
     drip_head: bool = False
+    hang_up: bool = False  # close the connection without an answer
 
     def encoded(self) -> bytes:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
@@ -66,6 +67,9 @@ class FakeLeap:
                 )
                 fake.requests.append(seen)
                 reply = fake.respond(seen)
+                if reply.hang_up:
+                    self.close_connection = True
+                    return
                 body = reply.encoded()
                 self.send_response(reply.status)
                 for name, value in {"Content-Type": "application/json", **reply.headers}.items():

@@ -880,6 +880,21 @@ def test_a_crm_that_is_down_stops_its_try_and_charges_a_few_customers_at_most(
     assert counts["sent"] == email["sent"] == len(crm.requests) - tried > 0
 
 
+def test_a_crm_hanging_up_on_one_record_charges_that_customer_alone(
+    run_dag, reengagement_env, crm
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17c F3: a CRM closing the connection on one record (a WAF reset, a crash on its
+    fields) was "cannot be reached": every run stopped there, nobody else recorded, for as
+    long as that stall lasted. The request went out: that record's failed attempt."""
+    crm.respond = lambda seen: Reply(201, hang_up=len(crm.requests) == 1)
+    source = _without_retries("leap_connect_reengagement")
+    result = run_dag("leap_connect_reengagement", source)
+    assert result.task_states["record_in_crm"] == "failed"  # one failed: the next run tries it
+    failures = [state.failures for state in _email_ledger("crm").values() if state.failures]
+    email = result.xcoms[("message_customers", "return_value")]
+    assert failures == [1] and len(crm.requests) == email["sent"] > 1
+
+
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
     source = (EXAMPLES / "leap_connect_events.py").read_text()
     conf = {"ref_ids": ["early"], "received_at": "yesterday at ten"}
