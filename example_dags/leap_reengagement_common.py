@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,8 @@ from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
 
 if TYPE_CHECKING:
     import smtplib
+
+log = logging.getLogger(__name__)
 
 # Hourly, once Leap's refresh of the hour has landed.
 HOURLY_SCHEDULE = f"{REFRESH_LANDED_BY.seconds // 60} * * * *"
@@ -132,11 +135,17 @@ def _form(field: str) -> str:
     return "the " + field.removesuffix("_status").replace("_", " ").strip()
 
 
+def _wording_key(bucket: str, reason: str) -> str:
+    """The key in ``MESSAGES`` of the most specific wording of (bucket, reason)."""
+    key = f"{bucket}/{reason}"
+    return key if key in MESSAGES else bucket
+
+
 def _wording(bucket: str, reason: str) -> tuple[str, str]:
     """The most specific wording of (bucket, reason)."""
-    for key in (f"{bucket}/{reason}", bucket):
-        if key in MESSAGES:
-            return MESSAGES[key]
+    key = _wording_key(bucket, reason)
+    if key in MESSAGES:
+        return MESSAGES[key]
     # a failed send, then a person's: never a message without words
     raise LookupError(f"no wording for bucket {bucket!r}: add one to MESSAGES")
 
@@ -211,8 +220,11 @@ def as_html(message: Mapping[str, str]) -> str:
 # throttling or failing, not each recipient, so the run stops instead of charging everyone.
 RELAY_DEFERRALS = 3
 # This many messages in a row refused (5xx) with the same reply, once addresses, ids and numbers
-# are left out (``_refusal``): a refusal of us (a sender not verified, our wording filtered),
-# not of each recipient. Replies about the recipient (``RECIPIENT_STATUS``) count in no streak.
+# are left out (``_refusal``): a refusal of us, not of each recipient. Of one wording, a filter
+# on it, maybe: that wording is not sent again in the run (its customers listed as unreachable,
+# not charged), and the other buckets go on (review s17c F1: one bucket's refused wording held
+# every bucket after it for a day). Of two, the sender is refused: the run stops. Replies about
+# the recipient (``RECIPIENT_STATUS``) count in no streak.
 RELAY_REFUSALS = 2
 # RFC 3463 enhanced status codes (subject.detail) about the recipient's mailbox: bad mailbox,
 # domain or address syntax, moved, not found (Exchange's 5.1.10), disabled, full.
@@ -224,25 +236,28 @@ class Streak:
 
     When it is long enough the sender raises ``ChannelDown``: the run stops, and the streak's
     earlier messages stay charged. That is what makes progress: a streak that is about those
-    messages after all (a filter on one bucket's wording, whose customers come in a block, as
-    the plan groups buckets) charges its customers one per try, those not charged yet first, so
-    the runs move past them; a stop that charged nobody would come at the same customers in
-    every run, for ever. So a streak of 2 costs one attempt per try, whatever the channel's
-    outage.
+    messages after all charges its customers one per try, those not charged yet first, so the
+    runs move past them; a stop that charged nobody would come at the same customers in every
+    run, for ever. So a streak of 2 costs one attempt per try, whatever the channel's outage.
+    ``wordings``: what the streak's messages said (see ``RELAY_REFUSALS``).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.reason, self.count = limit, "", 0
+        self.wordings: set[str] = set()
 
-    def add(self, reason: str = "") -> bool:
+    def add(self, reason: str = "", wording: str = "") -> bool:
         """One more (a new streak if ``reason`` differs); whether the streak is long enough."""
         if reason != self.reason:
-            self.reason, self.count = reason, 0
+            self.clear()
+            self.reason = reason
         self.count += 1
+        self.wordings.add(wording)
         return self.count >= self.limit
 
     def clear(self) -> None:
         self.reason, self.count = "", 0
+        self.wordings = set()
 
 
 class EmailSender:
@@ -270,6 +285,7 @@ class EmailSender:
         self.outbox = output_dir("outbox") / "messages.jsonl"
         self.deferred = Streak(RELAY_DEFERRALS)  # since the relay last took a message
         self.refused = Streak(RELAY_REFUSALS)  # in a row, with the same reply
+        self.refused_wordings: dict[str, str] = {}  # wording -> the relay's refusal of it
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -300,15 +316,18 @@ class EmailSender:
         address = self.addresses.get(contact.ref_id)
         if not address:
             raise ContactUnreachable(f"no address for {contact.ref_id} in leap_contacts")
+        wording = _wording_key(contact.bucket, contact.reason)
+        if wording in self.refused_wordings:
+            raise self._refused(wording)
         try:
             self._send_in_session(address, message, contact)
         except Exception as exc:
-            self._check_relay(exc)
+            self._check_relay(exc, wording)
             raise
         self.deferred.clear()
         self.refused.clear()
 
-    def _check_relay(self, exc: Exception) -> None:
+    def _check_relay(self, exc: Exception, wording: str) -> None:
         """Raise ``ChannelDown`` when the relay's answer is about us, not the recipient."""
         if _sender_refused(exc):
             raise ChannelDown(
@@ -329,12 +348,24 @@ class EmailSender:
         refusal = _refusal(exc)
         if not refusal:
             self.refused.clear()
-        elif self.refused.add(refusal):
+        elif self.refused.add(refusal, wording) and self.refused.wordings == {wording}:
+            self.refused_wordings[wording] = _reply(exc)
+            log.warning("The relay refuses messages worded as MESSAGES[%r]: %s", wording, exc)
+            raise self._refused(wording) from exc  # this one is not charged either
+        elif self.refused.count >= self.refused.limit:
             raise ChannelDown(
-                f"the relay answered {_reply(exc)}, refusing {self.refused.limit} messages in a "
-                "row alike (addresses and ids aside), so it refuses us, not the recipients: "
-                "check the sender address, its verification at the relay and the wording"
+                f"the relay answered {_reply(exc)}, refusing {self.refused.count} messages in a "
+                "row alike (addresses and ids aside) worded as "
+                f"{', '.join(sorted(self.refused.wordings))}, so it refuses us, not the "
+                "recipients: check the sender address and its verification at the relay"
             ) from exc
+
+    def _refused(self, wording: str) -> ContactUnreachable:
+        return ContactUnreachable(
+            f"not sent: the relay refused {RELAY_REFUSALS} messages in a row worded as "
+            f"MESSAGES[{wording!r}] this run, answering {self.refused_wordings[wording]}: check "
+            "that wording against the relay's content filter"
+        )
 
     def _send_in_session(self, address: str, message: dict[str, str], contact: Contact) -> None:
         try:

@@ -121,8 +121,8 @@ def second_run(dag, demo_dir: Path, run_after) -> int:  # type: ignore[no-untype
     email = counts.get("message_customers") or {}
     print(f"DAG run {dagrun.run_id}: {dagrun.state}")
     print(
-        f"  messages sent: {sent}   (already sent: {email.get('already_sent', 0)}, "
-        f"waiting for their next step: {email.get('waiting', 0)})"
+        f"  messages sent: {sent}   (already sent: {email.get('already_sent', 0)}, every step "
+        f"sent: {email.get('finished', 0)}, waiting for their next step: {email.get('waiting', 0)})"
     )
     ok = str(dagrun.state).endswith("success") and sent == 0
     print("  the second run sent nothing: " + ("yes" if ok else "NO"))

@@ -819,3 +819,19 @@ def test_a_ledger_url_is_an_absolute_path_or_a_url(url: str, refused: str | None
     else:
         with pytest.raises(AirflowException, match=f"ledger_url '{re.escape(url)}' is {refused}"):
             absolute_ledger_url(url, "ledger_url")
+
+
+def test_two_tasks_of_a_dag_on_one_channel_are_refused_when_parsed() -> None:
+    """Review s17b F4: a CRM task added without ``channel=`` shared the email task's ledger
+    (the default ``email``): green, each customer sent by one of the two send functions."""
+    from airflow.sdk import DAG
+
+    from airflow_provider_leap.operators.contact import LeapContactOperator
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with DAG("two_senders", schedule=None, start_date=start):
+        LeapContactOperator(task_id="message", send=print)
+        LeapContactOperator(task_id="record_in_crm", send=print, channel="crm")
+        LeapContactOperator(task_id="templated", send=print, channel="{{ params.channel }}")
+        with pytest.raises(ValueError, match="'message' and 'sms' of DAG 'two_senders' both"):
+            LeapContactOperator(task_id="sms", send=print)

@@ -204,9 +204,10 @@ class LeapContactOperator(BaseOperator):
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
     :param fail_on_errors: after trying every contact, fail the task if a send failed that
-        may be tried again, or raised an error that says the send function is broken
-        (``delivery.CODE_ERRORS``), so Airflow's retries try it (those sent stay sent). Default
-        True.
+        may be tried again, raised an error that says the send function is broken
+        (``delivery.CODE_ERRORS``), or stopped the delivery: with a retry when customers were
+        left untried (a retry sends only them), else without (the next run tries each failed
+        step again). Default True.
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
@@ -277,6 +278,24 @@ class LeapContactOperator(BaseOperator):
         self.fail_on_errors = fail_on_errors
         self.accept_ledger_id = accept_ledger_id
         self._lineage: tuple[dict[str, str], str, dict[str, int]] | None = None
+        self._channel_of_its_own()
+
+    def _channel_of_its_own(self) -> None:
+        """Refuse a second task of the DAG on this channel (review s17b F4: one left on the
+        default ``email`` beside the email task shared its ledger, so each customer went to one
+        of the two send functions, and a ``dag.test`` showed the second sending nothing)."""
+        dag = self.get_dag()
+        if "{{" in self.channel or dag is None:
+            return
+        for task in dag.tasks:
+            mine = isinstance(task, LeapContactOperator) and task.channel == self.channel
+            if mine and task is not self:
+                raise ValueError(
+                    f"Tasks {task.task_id!r} and {self.task_id!r} of DAG {dag.dag_id!r} "
+                    f"both send on channel {self.channel!r}: pass each its own channel= "
+                    "('email', 'crm', 'sms' ...: it names the task's ledger). On one channel "
+                    "they would split the customers between them, each customer sent by one"
+                )
 
     def _triage_output(
         self, context: Context
