@@ -462,12 +462,24 @@ def _reply(exc: Exception) -> str:
 
 
 def _about_recipient(exc: Exception) -> bool:
-    """Whether every reply is about the recipient's mailbox (``RECIPIENT_STATUS``)."""
+    """Whether every reply is about the recipient's mailbox: its enhanced status code (in
+    ``RECIPIENT_STATUS``), or, without one, its words (review s17c F5: "550 No such user here"
+    twice in a row read as a relay refusing us)."""
     replies = _replies(exc)
-    return bool(replies) and all(
-        (match := _ENHANCED.match(text)) is not None and match[2] in RECIPIENT_STATUS
-        for _, text in replies
-    )
+    return bool(replies) and all(_about_mailbox(text) for _, text in replies)
+
+
+def _about_mailbox(reply: str) -> bool:
+    match = _ENHANCED.match(reply)
+    return match[2] in RECIPIENT_STATUS if match else _NO_MAILBOX.search(reply) is not None
+
+
+# A reply without an enhanced status code saying the mailbox does not exist.
+_NO_MAILBOX = re.compile(
+    r"no such (user|mailbox|recipient|address)|(user|recipient|mailbox|address) (unknown|not "
+    r"found|does not exist|doesn't exist)|unknown (user|recipient|mailbox)|mailbox unavailable",
+    re.IGNORECASE,
+)
 
 
 def _refusal(exc: Exception) -> str:

@@ -1163,6 +1163,7 @@ def test_a_refused_wording_is_not_sent_again_and_the_other_buckets_go(
     [
         "550 5.1.1 mailbox unavailable",
         "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        "550 No such user here",  # no enhanced code (review s17c F5)
     ],
 )
 def test_a_bounced_address_is_charged_to_its_customer_alone(
