@@ -329,6 +329,13 @@ class EmailSender:
 
     def _check_relay(self, exc: Exception, wording: str) -> None:
         """Raise ``ChannelDown`` when the relay's answer is about us, not the recipient."""
+        import smtplib
+
+        if isinstance(exc, smtplib.SMTPSenderRefused) and 400 <= exc.smtp_code < 500:
+            raise ChannelDown(  # review s17d F3: a throttle or quota charged customers
+                f"the relay defers our messages at MAIL FROM, answering {_reply(exc)}: "
+                "throttled or over a quota, not the recipients"
+            ) from exc
         if _sender_refused(exc):
             raise ChannelDown(
                 f"the relay refuses our sender address {exc.sender}, answering {_reply(exc)}: "
@@ -474,10 +481,11 @@ def _about_mailbox(reply: str) -> bool:
     return match[2] in RECIPIENT_STATUS if match else _NO_MAILBOX.search(reply) is not None
 
 
-# A reply without an enhanced status code saying the mailbox does not exist.
+# A reply without an enhanced status code saying the mailbox does not exist (not RFC 5321's
+# stock "mailbox unavailable", which relays answer for a policy refusal of us too: s17d F1).
 _NO_MAILBOX = re.compile(
     r"no such (user|mailbox|recipient|address)|(user|recipient|mailbox|address) (unknown|not "
-    r"found|does not exist|doesn't exist)|unknown (user|recipient|mailbox)|mailbox unavailable",
+    r"found|does not exist|doesn't exist)|unknown (user|recipient|mailbox)",
     re.IGNORECASE,
 )
 
@@ -521,11 +529,12 @@ class CrmSender:
 
     A CRM that cannot be reached (the request never left: connection refused, no such host,
     no answer while connecting, its certificate refused) or refuses our credentials (401)
-    stops the run at once (``ChannelDown``: nobody is charged). 403, 429, a 5xx, a timeout or
-    a connection dropped once the record was sent is the record's failed attempt, and the
-    operator stops the run when they come in a row (a record that breaks the CRM costs only
-    its customer, or that bucket's). Any other 4xx (400, 404, 409, 422) is about the record:
-    that customer's failed attempt.
+    stops the run at once (``ChannelDown``: nobody is charged). A connection dropped once the
+    record was sent is that record's failed attempt (one that breaks the CRM), but the second
+    in a row stops the run too (it drops every record). 403, 429, a 5xx or a timeout is the
+    record's failed attempt, and the operator stops the run when they come in a row (a record
+    that breaks the CRM costs only its customer, or that bucket's). Any other 4xx (400, 404,
+    409, 422) is about the record: that customer's failed attempt.
     """
 
     def __enter__(self) -> CrmSender:
@@ -535,6 +544,7 @@ class CrmSender:
 
             self.url = str(BaseHook.get_connection("leap_crm").host)
         self.records = output_dir("crm") / "records.jsonl"
+        self.dropped = 0  # requests in a row the CRM dropped after they were sent
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -558,7 +568,13 @@ class CrmSender:
         except requests.ConnectionError as exc:
             if _never_sent(exc):
                 raise ChannelDown(f"the CRM at {self.url} cannot be reached: {exc}") from exc
-            raise  # dropped on this record (review s17c F3: it stopped every run, for a month)
+            self.dropped += 1  # on this record (review s17c F3: it stopped every run, for a month)
+            if self.dropped > 1:  # or on every record (review s17d F4: each was charged)
+                raise ChannelDown(
+                    f"the CRM at {self.url} dropped {self.dropped} requests in a row: {exc}"
+                ) from exc
+            raise
+        self.dropped = 0
         if response.status_code == 401:
             raise ChannelDown(
                 f"the CRM at {self.url} refuses our credentials: it answered 401 "

@@ -116,6 +116,26 @@ def test_a_failed_step_is_tried_again_by_the_next_run_not_by_a_retry(
     assert sorted(sent.read_text().splitlines()) == sorted([first, second])
 
 
+def test_a_retry_after_a_stop_leaves_the_runs_failed_steps_and_says_so(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17e F3: a retry (or a clear) sends only the customers not tried, and a person
+    expecting it to resend the failed ones was told nothing."""
+    now = datetime.now(timezone.utc)
+    buckets = triage(leap_emulator.records, now=now).buckets
+    due = plan_contacts(buckets, now=now, policy=ContactPolicy(), ledger={}).due
+    first, second = (contact.ref_id for contact in due[:2])
+    send = f"    if contact.ref_id == {first!r}:\n        raise RuntimeError('no')\n"
+    send += _down_once(tmp_path / "down", [second])
+    ledger = (tmp_path / "ledger").as_uri()
+    source = DAG_SOURCE.format(send=send, ref_ids=[first, second], ledger=ledger, retries=1)
+    result = run_dag("leap_contact_retry", source, logical_date=None)
+    assert result.task_states["contact"] == "success"  # the retry sent the second
+    counts = result.xcoms[("contact", "return_value")]
+    assert (counts["sent"], counts["failed"], counts["failed_this_run"]) == (1, 0, 1)
+    assert "1 step(s) an earlier try of this run failed wait" in capfd.readouterr().out
+
+
 def test_a_bug_in_the_send_function_charges_no_customer_an_attempt(
     run_dag, leap_conn, leap_emulator, tmp_path: Path, caplog, capfd
 ) -> None:  # type: ignore[no-untyped-def]

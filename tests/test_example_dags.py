@@ -895,6 +895,18 @@ def test_a_crm_hanging_up_on_one_record_charges_that_customer_alone(
     assert failures == [1] and len(crm.requests) == email["sent"] > 1
 
 
+def test_a_crm_hanging_up_on_every_record_stops_at_the_second(
+    run_dag, reengagement_env, crm
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17d F4: a CRM dropping every request once sent charged two or three records a
+    try (seven steps given up in eight hours): the second dropped in a row stops the run."""
+    crm.respond = lambda seen: Reply(201, hang_up=True)
+    result = run_dag("leap_connect_reengagement", _without_retries("leap_connect_reengagement"))
+    assert result.task_states["record_in_crm"] == "failed"
+    failures = [state.failures for state in _email_ledger("crm").values() if state.failures]
+    assert failures == [1] and len(crm.requests) == 2
+
+
 def test_a_mistyped_received_at_fails_the_run_and_sends_nothing(run_dag, reengagement_env) -> None:  # type: ignore[no-untyped-def]
     source = (EXAMPLES / "leap_connect_events.py").read_text()
     conf = {"ref_ids": ["early"], "received_at": "yesterday at ten"}
@@ -1038,8 +1050,16 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     assert failures == [1] * (_common().RELAY_DEFERRALS - 1)
 
 
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        ("550 5.7.1 sender address not verified", "refuses our sender address noreply@partner"),
+        # review s17d F3: a throttle or quota at MAIL FROM charged two customers per try
+        ("452 4.3.1 Insufficient system resources", "defers our messages at MAIL FROM"),
+    ],
+)
 def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
-    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd
+    run_dag, reengagement_env, leap_emulator, monkeypatch, capfd, reply: str, said: str
 ) -> None:  # type: ignore[no-untyped-def]
     # A relay that refuses the From address (not verified, blocked) answers 5xx to MAIL FROM, to
     # every message alike: nothing about the recipients. The try stops at the first (red, naming
@@ -1050,12 +1070,12 @@ def test_a_relay_refusing_our_sender_stops_the_try_and_charges_nobody(
     source = _without_retries("leap_connect_reengagement")
     _give_everyone_an_address(leap_emulator, monkeypatch)
     with SmtpSink() as sink:
-        sink.refuse_sender = "550 5.7.1 sender address not verified"
+        sink.refuse_sender = reply
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         refused = run_dag("leap_connect_reengagement", source)
         assert refused.task_states["message_customers"] == "failed"
         assert refused.state == "failed" and sink.inbox == []
-        assert "refuses our sender address noreply@partner.example" in capfd.readouterr().out
+        assert said in capfd.readouterr().out
         assert sum(state.failures for state in _email_ledger().values()) == 0
         sink.refuse_sender = None
         fixed = _again(run_dag, refused, source)

@@ -121,8 +121,8 @@ class _LedgerRecord:
 
 # What a try of a failed contact task does; after the next refresh its triage is out of date.
 RETRY = (
-    "A retry sends only what has not gone out; after Leap's next hourly refresh, clear the run "
-    "from its triage task instead"
+    "A retry sends only the customers not tried (a failed step waits for the next run); after "
+    "Leap's next hourly refresh, clear the run from its triage task instead"
 )
 NEXT_RUN = (
     "The next run tries each failed step again (one attempt per step per run), so this task is "
@@ -453,6 +453,13 @@ class LeapContactOperator(BaseOperator):
             url,
             view.stalls,
         )
+        if plan.outcomes["failed_this_run"]:  # review s17e F3: a clear sent none of them
+            self.log.warning(
+                "Channel %s: %d step(s) an earlier try of this run failed wait for the next run "
+                "(one attempt per step per run), not sent by this try",
+                self.channel,
+                plan.outcomes["failed_this_run"],
+            )
         earlier_try = "given up by an earlier try of this run (its log has the error)"
         interrupted = "a send was interrupted; not repeated"
         step_of = {offset: step for step, offset in enumerate(self.policy.offsets)}
@@ -514,6 +521,7 @@ class LeapContactOperator(BaseOperator):
         done = f"of {due} due: {report.sent} sent and recorded, {report.failed} failed"
         done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
         done += f", {report.not_tried} not tried" if report.not_tried else ""
+        done += f", {report.unreachable} unreachable (see attention)" if report.unreachable else ""
         then = RETRY if report.not_tried else NEXT_RUN
         if report.channel_down:
             why = report.stopped or "Channel down"
