@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_provider_leap.contact import Contact
-from airflow_provider_leap.errors import LeapConfigError
+from airflow_provider_leap.errors import LeapConfigError, LeapRefIdError
 from airflow_provider_leap.ledger import DeliveryLedger
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,9 @@ def _stops_at_once(exc: Exception) -> str | None:
     link with no ``connect_account``: the same for every customer; review s17b F1, F2)."""
     if isinstance(exc, ChannelDown):
         return "Channel down"
-    if any(isinstance(seen, LeapConfigError) for seen in _causes(exc)):
-        return "The Leap connection's settings are unusable"
+    for seen in _causes(exc):  # not one customer's Reference ID (a record triage keeps)
+        if isinstance(seen, LeapConfigError) and not isinstance(seen, LeapRefIdError):
+            return "The Leap connection's settings are unusable"
     return None
 
 

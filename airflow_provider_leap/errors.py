@@ -14,6 +14,11 @@ class LeapConfigError(LeapError):
     """The connection or arguments are not usable (bad URL, plain HTTP to a remote host...)."""
 
 
+class LeapRefIdError(LeapConfigError):
+    """A Reference ID Leap would reject: an argument's, or one customer's record's (so a send
+    raising it is that customer's failure, not the settings': ``delivery``)."""
+
+
 @dataclass(eq=False)  # eq=False: an exception stays hashable, compared by identity
 class LeapAPIError(LeapError):
     """Leap answered with an error, or could not be reached within the retry bound.

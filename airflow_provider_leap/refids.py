@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 
-from airflow_provider_leap.errors import LeapConfigError
+from airflow_provider_leap.errors import LeapConfigError, LeapRefIdError
 
 MIN_LENGTH = 3
 MAX_LENGTH = 256
@@ -33,7 +33,7 @@ def validate_ref_ids(ref_ids: Iterable[str] | str) -> list[str]:
     unique = dict.fromkeys(ref_ids)
     for ref_id in unique:
         if not is_valid_ref_id(ref_id):
-            raise LeapConfigError(f"Reference ID {ref_id!r} is not valid for Leap: {RULE}")
+            raise LeapRefIdError(f"Reference ID {ref_id!r} is not valid for Leap: {RULE}")
     return list(unique)
 
 

@@ -17,6 +17,7 @@ from airflow.exceptions import AirflowException
 from airflow_provider_leap.contact import Contact, ContactPlan, ContactPolicy, plan_contacts
 from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
+from airflow_provider_leap.refids import FORBIDDEN, validate_ref_ids
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 POLICY = ContactPolicy()
@@ -1629,6 +1630,12 @@ def test_the_provider_s_own_settings_error_in_a_send_charges_nobody(tmp_path: Pa
     assert report.stopped == "The Leap connection's settings are unusable"
     assert report.channel_down == "RuntimeError: could not build the message"
     assert all(state.failures == 0 for state in ledger.load(T0).states.values())
+
+    def lookup(contact: Contact) -> None:  # Leap's record holds an ID our rule refuses
+        validate_ref_ids([f"{contact.ref_id}{FORBIDDEN[0]}"])
+
+    _, report = run(DeliveryLedger(tmp_path / "one"), _two_buckets(1, 3), lookup)
+    assert (report.failed, report.not_tried, report.channel_down) == (4, 0, None)  # each its own
 
 
 def test_a_send_records_who_sent_it_while_within_the_gap(tmp_path: Path) -> None:
