@@ -609,16 +609,15 @@ class DeliveryLedger:
         # A stall past the horizon is forgotten, once the gap has passed since its last message:
         # until then it spaces the customer's next one (a new stall's first contact).
         recent = self._gap_start(now)
-        expired = [
-            ref_id
-            for ref_id, entry in entries.items()
-            if entry.stall[:19] < cutoff and (entry.sent_at or 0) <= recent
-        ]
+        expired = []
+        for ref_id, entry in entries.items():
+            if (entry.sent_at or 0) > recent:
+                continue
+            if entry.stall[:19] < cutoff:
+                expired.append(ref_id)
+            entry.sent_by = None  # a run's tries are hours apart at most: kept small
         for ref_id in expired:
             del entries[ref_id]
-        for entry in entries.values():  # a run's tries are hours apart at most: kept small
-            if entry.sent_by is not None and (entry.sent_at or 0) <= recent:
-                entry.sent_by = None
         view.states, view.sequence = entries, snapshot.sequence
         view.forgotten_before = parse_timestamp(cutoff + "Z") if cutoff else None
         why = None if expect is None else view.older_than(expect)
