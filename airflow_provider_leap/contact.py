@@ -34,6 +34,7 @@ DEFAULT_QUIET_PERIOD = timedelta(hours=1)
 DEFAULT_CADENCE = (timedelta(days=1), timedelta(days=3), timedelta(days=7))
 DEFAULT_HORIZON = timedelta(days=30)
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_LAST_ATTEMPT_AFTER = timedelta(minutes=50)
 
 # Most actionable first: the bucket whose message a customer with several records (one per
 # region) receives. Closest to completion wins: a signature beats a utility login beats a click.
@@ -66,9 +67,9 @@ class Outcome(str, Enum):
     IN_FLIGHT = "in_flight"  # another sender holds a fresh claim on this stall
     NO_ACTION = "no_action"  # only records no message is for (needs_review, excluded buckets)
     HELD = "held"  # due, but Leap announced news the data read may not show: the next run decides
-    # An earlier try of this run failed the step due: the next run tries again (one attempt per
-    # step per run, so a channel's quota or a minute's outage cannot spend all three in minutes).
-    FAILED_THIS_RUN = "failed_this_run"
+    # The step due failed all its attempts but the last, which waits ``last_attempt_after``
+    # after the one before (a relay's hourly quota or a short outage cannot spend them all).
+    RETRY_LATER = "retry_later"
 
 
 def _positive_increasing(name: str, steps: Sequence[timedelta]) -> None:
@@ -95,6 +96,10 @@ class ContactPolicy:
         Must exceed the last step, so a stall found late still gets its one message.
     :param max_attempts: failed sends of one step before that step is given up (reported for a
         person); the stall's next step, when due, is tried afresh.
+    :param last_attempt_after: a step's last attempt waits this long after its previous
+        failure (by the runs' moments, whichever run or DAG failed it): the next hourly run,
+        not a retry minutes later, so a relay's hourly quota or a short outage cannot spend
+        every attempt. The earlier attempts come as soon as a retry or a run plans them.
     :param buckets: the triage buckets that get messages, most actionable first: a tuple,
         from ``CONTACT_BUCKETS`` (completed, too_recent and needs_review never get one).
     """
@@ -103,6 +108,7 @@ class ContactPolicy:
     cadence: tuple[timedelta, ...] = DEFAULT_CADENCE
     horizon: timedelta = DEFAULT_HORIZON
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    last_attempt_after: timedelta = DEFAULT_LAST_ATTEMPT_AFTER
     buckets: tuple[str, ...] = DEFAULT_CONTACT_BUCKETS
 
     def __post_init__(self) -> None:
@@ -130,6 +136,9 @@ class ContactPolicy:
             raise ValueError(f"quiet_period and cadence must be whole seconds, got {self.steps}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        spacing = self.last_attempt_after
+        if not isinstance(spacing, timedelta) or spacing < timedelta(0):
+            raise ValueError(f"last_attempt_after must be a timedelta >= 0, got {spacing!r}")
         if not self.buckets or not set(self.buckets) <= set(CONTACT_BUCKETS):
             raise ValueError(
                 f"buckets must name the triage buckets that may get messages, "
@@ -186,6 +195,7 @@ class StallRecord(Protocol):
     failures: int
     in_flight: bool  # a claim another sender holds right now
     failed_by: str | None  # the ledger owner of the latest failed attempt
+    failed_at: int | None  # its run's moment, as ``sent_at``
     sent_count: int  # messages of the stall delivered (or unconfirmed)
     finished: bool  # one of them was the final step of the cadence it was sent under
 
@@ -201,6 +211,7 @@ class StallState:
     failures: int = 0
     in_flight: bool = False
     failed_by: str | None = None
+    failed_at: int | None = None
     sent_count: int = 0
     finished: bool = False
 
@@ -356,9 +367,10 @@ def plan_contacts(
     :func:`~airflow_provider_leap.webhooks.held_back`), and nothing is recorded, so a later run
     decides afresh. A mapping holds only stalls before the customer's time (None: any stall).
     ``run`` starts the ledger owner of each try of this run (the operator's ``dag/run/task/``):
-    a step whose last attempt such a try gave up is listed in ``given_up``, and one such a try
-    failed is counted ``failed_this_run``, not due again (review s17c F2: a run's retries,
-    minutes apart, charged a customer over the relay's quota all three attempts).
+    a step whose last attempt such a try gave up is listed in ``given_up``. A step whose next
+    attempt is its last is counted ``retry_later`` until ``policy.last_attempt_after`` has passed
+    since its previous failure (review s17c F2: a run's retries, minutes apart, charged a
+    customer over the relay's quota all three attempts).
     """
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
@@ -370,6 +382,7 @@ def plan_contacts(
     offsets = policy.offsets
     last_step = len(offsets) - 1
     min_gap_seconds = policy.min_gap.total_seconds()
+    last_attempt_after = policy.last_attempt_after.total_seconds()
     for ref_id, group in customers.items():
         items = [group] if isinstance(group, tuple) else group
         stall, stall_time, completed = _stall(items)
@@ -412,8 +425,13 @@ def plan_contacts(
             counts["given_up_before"] += 1
             if not (spent and run and (state.failed_by or "").startswith(run)):
                 continue
-        elif run and offset == state.failed_offset and (state.failed_by or "").startswith(run):
-            counts["failed_this_run"] += 1
+        elif (
+            offset == state.failed_offset
+            and state.failures == policy.max_attempts - 1
+            and state.failed_at is not None
+            and now.timestamp() - state.failed_at < last_attempt_after
+        ):
+            counts["retry_later"] += 1
             continue
         elif last_sent is not None and now.timestamp() - last_sent < min_gap_seconds:
             counts["waiting"] += 1

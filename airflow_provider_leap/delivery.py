@@ -154,6 +154,9 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     given_up: int = 0
+    # Failed sends whose step's next attempt is not its last: a retry of the run may make it
+    # (the last waits ``ContactPolicy.last_attempt_after``: see ``plan_contacts``).
+    retry_soon: int = 0
     unreachable: int = 0
     claimed_elsewhere: int = 0
     not_tried: int = 0  # left when the delivery stopped
@@ -199,9 +202,10 @@ def deliver(
 ) -> DeliveryReport:
     """Send each contact whose attempt this process can claim; record each outcome at once.
 
-    A send that raises counts as a failed attempt (tried again next run, up to
-    ``max_attempts``; then that step is given up and reported, once, and the stall's next step
-    is planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
+    A send that raises counts as a failed attempt (tried again by a retry or the next run, up
+    to ``max_attempts``, the last spaced from the one before: ``retry_soon`` counts those a
+    retry may make; then that step is given up and reported, once, and the stall's next step is
+    planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
     :class:`ChannelDown` or this provider's ``LeapConfigError``, which also stop the delivery
     (``report.channel_down``). Failed sends in a row alike (``IN_A_ROW``) stop it too, the rest
     ``not_tried``: each with :func:`channel_trouble` (the channel is down, refusing or
@@ -252,6 +256,8 @@ def deliver(
             if contact.attempt >= max_attempts:
                 report.given_up += 1
                 report.attention.append(attention_item(contact, "given_up", reason))
+            elif contact.attempt + 1 < max_attempts:
+                report.retry_soon += 1
             if bug:
                 report.code_errors += 1
                 if report.code_error is None:

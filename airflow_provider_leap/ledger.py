@@ -159,12 +159,13 @@ class Entry(msgspec.Struct, array_like=True):
     # Who sent ``sent_offset`` (state sent: not a send killed mid-way), while it is within the
     # gap: a retry of that run counts the sends its earlier tries made (review s17a F2).
     sent_by: str | None = None
+    failed_at: int | None = None  # epoch s of the latest failed attempt's run moment (spacing)
 
     def fold(self, claim: Claim) -> None:
         if claim.state == FAILED:
             if (claim.offset, claim.attempt) > (self.failed_offset, self.failures):
                 self.failed_offset, self.failures = claim.offset, claim.attempt
-                self.failed_by = claim.owner
+                self.failed_by, self.failed_at = claim.owner, _epoch(claim.now)
         elif claim.offset >= self.sent_offset:  # sent, or sending and stale (counted as sent)
             if claim.offset > self.sent_offset:  # a claim folded again counts once
                 self.unconfirmed_by = None
@@ -172,10 +173,14 @@ class Entry(msgspec.Struct, array_like=True):
             self.sent_by = claim.owner if claim.state == SENT else None
             self.sent_offset = claim.offset
             self.finished = self.finished or claim.final
-            when = parse_timestamp(claim.now)
-            sent_at = None if when is None else int(when.timestamp())
+            sent_at = _epoch(claim.now)
             if self.sent_at is None or (sent_at is not None and sent_at > self.sent_at):
                 self.sent_at = sent_at
+
+
+def _epoch(text: str) -> int | None:
+    when = parse_timestamp(text)
+    return None if when is None else int(when.timestamp())
 
 
 class Snapshot(msgspec.Struct):

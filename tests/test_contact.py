@@ -358,40 +358,73 @@ def test_a_ledger_written_with_another_text_of_the_instant_is_the_same_stall() -
     assert result.due == [] and result.outcomes["already_sent"] == 1
 
 
-def test_a_short_outage_gives_up_one_step_and_the_reminders_still_go(tmp_path: Path) -> None:
-    """A ten-minute outage spends a step's attempts (the run and Airflow's two retries): that
-    step is given up and reported once; the day-1, day-3 and day-7 reminders still go, each
-    from attempt 1, and a reminder that fails in turn is given up alone."""
+def test_a_short_outage_costs_no_step_and_a_long_one_gives_up_one(tmp_path: Path) -> None:
+    """A ten-minute outage meets the run and Airflow's retry (two attempts); the last attempt
+    waits ``last_attempt_after``, so the second retry sends nothing and the next hour's run
+    sends the message. An outage of three hours gives the day-1 reminder up, reported once;
+    the day-3 and day-7 reminders still go, each from attempt 1."""
     channel = Channel(tmp_path)
     buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
     channel.down = True
-    reports = [channel.run(buckets, T0)[1] for _ in range(3)]  # the try and two retries
-    assert [r.failed for r in reports] == [1, 1, 1]
-    attention = [a for r in reports for a in r.attention]
+    tries = [channel.run(buckets, T0) for _ in range(3)]  # the try and two retries
+    assert [report.failed for _, report in tries] == [1, 1, 0]
+    assert tries[2][0].outcomes["retry_later"] == 1
     channel.down = False
-    planned = []
+    planned, attention = [], []
     for now in hourly(T0 + H, 8 * 24):
-        channel.down = T0 + 22 * H <= now < T0 + 25 * H  # the day-1 reminder fails three times
+        # The day-1 reminder, due 23 h after the first contact, fails three times.
+        channel.down = T0 + 24 * H <= now < T0 + 27 * H
         plan, report = channel.run(buckets, now)
         planned += [(c.step, c.attempt) for c in plan.due]
         attention += report.attention
     assert [(a["why"], a["step"], a["attempt"], a["first"]) for a in attention] == [
-        ("given_up", 0, 3, True),  # both given up: nothing of the stall has reached them
-        ("given_up", 1, 3, True),
+        ("given_up", 1, 3, False),  # the first contact reached them
     ]
-    assert planned == [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]  # a spent step is never retried
-    assert [step for _, _, step, _ in channel.inbox] == [2, 3]
+    assert planned == [(0, 3), (1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]  # a spent step: never
+    assert [step for _, _, step, _ in channel.inbox] == [0, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("failures", "since", "outcome"),
+    [
+        (1, timedelta(0), "due"),  # a step's second attempt: as soon as a retry plans it
+        (2, timedelta(minutes=49, seconds=59), "retry_later"),  # its last: spaced
+        (2, timedelta(minutes=50), "due"),
+        (2, -H, "retry_later"),  # failed by a run whose moment is later (another DAG's)
+        (3, H, "given_up_before"),
+    ],
+)
+def test_a_steps_last_attempt_waits_after_its_failure_whoever_failed_it(
+    failures: int, since: timedelta, outcome: str
+) -> None:
+    """Review s17e F1 and S7: the last attempt is spaced by time from the one before, not by
+    run: another DAG's or a manual run's failure spaces it too, and a retry minutes later may
+    make every attempt but the last (a flaky channel's failures, sent within the hour)."""
+    stall = T0 - 2 * H
+    failed_at = int((T0 - since).timestamp())
+    ledger = {
+        "a1b": StallState(
+            iso(stall),
+            failed_offset=OFF[0],
+            failures=failures,
+            failed_at=failed_at,
+            failed_by="other_dag/manual__x/contact/try 1",
+        )
+    }
+    result = plan({"not_started": [item("a1b", stall)]}, T0, ledger)
+    assert {k: v for k, v in result.outcomes.items() if v} == {outcome: 1}
+    assert [c.attempt for c in result.due] == ([failures + 1] if outcome == "due" else [])
 
 
 def test_a_retry_of_the_run_that_gave_a_step_up_lists_it_again(tmp_path: Path) -> None:
     """Airflow clears a failed try's XComs, the give-up report with them: a retry of the run
     that gave the step up lists it again, at its last attempt. No other run does: not one at
-    the same ``now`` (webhook runs answer at one moment), nor one that failed an earlier attempt,
-    even when a cleared older run made the last attempt after it."""
+    the same ``now`` (webhook runs answer at one moment), nor one that failed an earlier
+    attempt."""
     channel = Channel(tmp_path)
     channel.down = True
     buckets = {"not_started": [item("a1b", T0 - 2 * H)]}
-    runs = [("d/r1/t/", T0), ("d/r3/t/", T0 + 2 * H), ("d/r2/t/", T0 + H)]  # r2 cleared, late
+    runs = [("d/r1/t/", T0), ("d/r2/t/", T0 + H), ("d/r3/t/", T0 + 2 * H)]
     reports = [channel.run(buckets, now, name)[1] for name, now in runs]
     assert [r.given_up for r in reports] == [0, 0, 1]
     key = reports[2].attention[0]["contact_key"]
@@ -401,8 +434,8 @@ def test_a_retry_of_the_run_that_gave_a_step_up_lists_it_again(tmp_path: Path) -
         assert report.failed == 0  # nothing is sent again, listed or not
         return [(c.contact_key, c.step, c.attempt) for c in plan.given_up]
 
-    assert listed("d/r2/t/", T0 + H) == [(key, 0, 3)]
-    assert listed("d/r3/t/", T0 + 2 * H) == listed("d/other/t/", T0 + H) == []
+    assert listed("d/r3/t/", T0 + 2 * H) == [(key, 0, 3)]
+    assert listed("d/r2/t/", T0 + H) == listed("d/other/t/", T0 + 2 * H) == []
 
 
 def test_a_claim_held_elsewhere_is_not_planned_twice() -> None:

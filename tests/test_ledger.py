@@ -92,12 +92,12 @@ def test_one_refused_address_blocks_nobody_and_is_retried_then_given_up(tmp_path
     outbox = Outbox(fail={"cust-0002"})
     _, report = run(DeliveryLedger(tmp_path), buckets(5), outbox)
     assert (report.sent, report.failed, report.given_up) == (4, 1, 0)
-    for attempt in (2, 3):
-        plan, report = run(DeliveryLedger(tmp_path), buckets(5), outbox)
+    for attempt, now in ((2, T0), (3, T0 + H)):  # a retry, then the next run: the last waits
+        plan, report = run(DeliveryLedger(tmp_path), buckets(5), outbox, now)
         assert [(c.ref_id, c.attempt) for c in plan.due] == [("cust-0002", attempt)]
     assert report.given_up == 1 and report.attention[0]["why"] == "given_up"
     assert "550" in report.attention[0]["detail"]
-    plan, _ = run(DeliveryLedger(tmp_path), buckets(5), outbox)
+    plan, _ = run(DeliveryLedger(tmp_path), buckets(5), outbox, T0 + H)
     assert plan.due == [] and plan.outcomes["given_up_before"] == 1
     assert len(outbox.sent) == 4
 

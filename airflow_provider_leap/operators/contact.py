@@ -121,13 +121,11 @@ class _LedgerRecord:
 
 # What a try of a failed contact task does; after the next refresh its triage is out of date.
 RETRY = (
-    "A retry sends only the customers not tried (a failed step waits for the next run); after "
-    "Leap's next hourly refresh, clear the run from its triage task instead"
+    "A retry sends the customers not tried and tries the failed steps again, bar a step's last "
+    "attempt, which waits for a later run (ContactPolicy.last_attempt_after); after Leap's next "
+    "hourly refresh, clear the run from its triage task instead"
 )
-NEXT_RUN = (
-    "The next run tries each failed step again (one attempt per step per run), so this task is "
-    "not retried"
-)
+NEXT_RUN = "A later run tries each failed step's last attempt, so this task is not retried"
 
 
 def _before_refresh(read_at: datetime) -> bool:
@@ -181,8 +179,9 @@ class LeapContactOperator(BaseOperator):
     delivery ledger of ``channel``, so a retry, a clear, a re-run, the next hourly run or a
     second worker never sends the same contact again.
 
-    ``send`` raises to fail one attempt (tried again by the next run, not by a retry of this
-    one, up to ``policy.max_attempts``, then left to a person) and raises
+    ``send`` raises to fail one attempt (tried again by a retry of the task or the next run, up
+    to ``policy.max_attempts``, the last no sooner than ``policy.last_attempt_after`` after the
+    one before, then left to a person) and raises
     :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
     customer (counted, not an attempt). One failing customer never stops the others; a
     channel that can take nothing now does (:class:`~airflow_provider_leap.delivery.ChannelDown`:
@@ -198,16 +197,18 @@ class LeapContactOperator(BaseOperator):
     :param triage_task_id: the TriageOperator whose buckets to read. Default: the one
         TriageOperator upstream of this task (``triage`` when there are none or several), found
         when the task runs. Templated.
-    :param policy: quiet period, cadence, horizon and attempt limit (default: 1 h, then 1, 3
-        and 7 days, within 30 days, 3 attempts).
+    :param policy: quiet period, cadence, horizon and attempts (default: 1 h, then 1, 3 and 7
+        days, within 30 days, 3 attempts, the last 50 minutes or more after the one before).
     :param ledger_url: where the ledger lives: an absolute folder path or a URL (``file:///...``,
         ``s3://conn_id@bucket/prefix``). Default: the ``[leap] ledger_url`` option, else
         ``$AIRFLOW_HOME/leap_ledger``, which suits only a single-machine deployment. Templated.
-    :param fail_on_errors: after trying every contact, fail the task if a send failed that
-        may be tried again, raised an error that says the send function is broken
-        (``delivery.CODE_ERRORS``), or stopped the delivery: with a retry when customers were
-        left untried (a retry sends only them), else without (the next run tries each failed
-        step again). Default True.
+    :param fail_on_errors: after trying every contact, fail the task when the delivery stopped
+        (the channel down or in trouble, every send failing alike), a send raised an error that
+        says the send function is broken (``delivery.CODE_ERRORS``), or a send failed whose
+        next attempt a retry may make (not the step's last). With a retry when one has something
+        to send (customers not tried, such failed steps), else without. A try with failed sends
+        and nothing else wrong does not fail when no retry is left: the next run tries them.
+        Steps given up are listed in ``attention``, not failed on. Default True.
     :param hold_on_events: the asset Leap's webhooks update, ``leap_asset("leap_default")``
         (the webhook receiver must be set up). A customer who is due but for whom an event was
         received after the hourly refresh the triaged data reflects (less a margin:
@@ -453,12 +454,13 @@ class LeapContactOperator(BaseOperator):
             url,
             view.stalls,
         )
-        if plan.outcomes["failed_this_run"]:  # review s17e F3: a clear sent none of them
+        if plan.outcomes["retry_later"]:  # review s17e F3: a clear sent none of them
             self.log.warning(
-                "Channel %s: %d step(s) an earlier try of this run failed wait for the next run "
-                "(one attempt per step per run), not sent by this try",
+                "Channel %s: %d failed step(s) whose last attempt waits until %s after the one "
+                "before (ContactPolicy.last_attempt_after): not sent by this try",
                 self.channel,
-                plan.outcomes["failed_this_run"],
+                plan.outcomes["retry_later"],
+                self.policy.last_attempt_after,
             )
         earlier_try = "given up by an earlier try of this run (its log has the error)"
         interrupted = "a send was interrupted; not repeated"
@@ -509,12 +511,25 @@ class LeapContactOperator(BaseOperator):
         ti.xcom_push(key="attention", value=attention)
         # For lineage: where the buckets read were stored, the ledger written, the counts.
         self._lineage = (offloaded(ti, self.triage_task_id, BUCKETS), str(ledger.folder), counts)
-        red = report.channel_down or report.same_failure or report.code_errors
-        if self.fail_on_errors and (red or report.failed > report.given_up):
-            if report.not_tried:  # a retry sends them
-                raise AirflowException(self._failure(report, len(plan.due)))
-            raise AirflowFailException(self._failure(report, len(plan.due)))
+        if self.fail_on_errors:
+            self._fail_on_errors(report, len(plan.due), retries_left=ti.try_number <= ti.max_tries)
         return counts
+
+    def _fail_on_errors(self, report: DeliveryReport, due: int, *, retries_left: bool) -> None:
+        """Fail the task for a stop or a bug; for failed sends a retry may try again, only while
+        a retry is left (a channel failing one send in five made every hourly run red)."""
+        red = report.channel_down or report.same_failure or report.code_errors
+        if not red and not (report.retry_soon and retries_left):
+            if report.retry_soon:
+                self.log.warning(
+                    "Channel %s: %d failed send(s), and no retry left: the next run tries them",
+                    self.channel,
+                    report.retry_soon,
+                )
+            return
+        if report.not_tried or report.retry_soon:  # a retry has something to send
+            raise AirflowException(self._failure(report, due))
+        raise AirflowFailException(self._failure(report, due))
 
     def _failure(self, report: DeliveryReport, due: int) -> str:
         """Why the task fails after its sends, the cause first, and what a retry does."""
@@ -522,7 +537,7 @@ class LeapContactOperator(BaseOperator):
         done += f" ({report.given_up} given up: see attention)" if report.given_up else ""
         done += f", {report.not_tried} not tried" if report.not_tried else ""
         done += f", {report.unreachable} unreachable (see attention)" if report.unreachable else ""
-        then = RETRY if report.not_tried else NEXT_RUN
+        then = RETRY if report.not_tried or report.retry_soon else NEXT_RUN
         if report.channel_down:
             why = report.stopped or "Channel down"
             return f"Channel {self.channel} stopped ({why}: {report.channel_down}); {done}. {then}"
