@@ -771,6 +771,27 @@ def test_a_contact_task_mapped_over_channels_sends_on_each_once(
     assert sent and all(sent.count(ref_id) == 2 for ref_id in sent)  # once per channel
 
 
+def test_a_contact_task_mapped_over_send_functions_on_one_channel_sends_nothing(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path, capfd
+) -> None:  # type: ignore[no-untyped-def]
+    """Review s17e F4: mapped over ``send`` on one channel, the map indexes shared its ledger
+    and split the customers, each sent by one of the send functions."""
+    outbox = tmp_path / "outbox.txt"
+    source = MOVING_SOURCE.format(
+        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
+    )
+    mapped = source.replace(
+        'LeapContactOperator(\n        task_id="contact", send=send,',
+        'LeapContactOperator.partial(\n        task_id="contact",',
+    ).replace(
+        "accept_ledger_id=None\n    )", "accept_ledger_id=None\n    ).expand(send=[send, send])"
+    )
+    assert ".expand(send=" in mapped
+    result = run_dag("leap_contact_ledger", mapped, logical_date=None)
+    assert result.task_states["contact"] == "failed" and not outbox.exists()
+    assert "every map index sends on channel 'email'" in capfd.readouterr().out
+
+
 def test_a_run_on_time_records_its_sends_at_its_moment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Review s11d: an on-time run's sends recorded at the clock (seconds after its moment) left
     the next step's run, one cadence gap later, short of min_gap: each reminder went a run late.

@@ -298,6 +298,23 @@ class LeapContactOperator(BaseOperator):
                     "they would split the customers between them, each customer sent by one"
                 )
 
+    def _channel_per_map_index(self) -> None:
+        """Refuse a mapped task whose map indexes share one channel (``expand`` over ``send``,
+        say: review s17e F4): as two tasks on one channel, they would split the customers,
+        each sent by one send function. Checked when it runs: a mapped task is never built
+        at parse time. Mapped over ``channel`` (or with ``expand_kwargs``), it is let be."""
+        dag = self.get_dag()
+        task = dag.task_dict.get(self.task_id) if dag else None
+        mapped = getattr(getattr(task, "expand_input", None), "value", None)
+        if isinstance(mapped, dict) and "channel" not in mapped:
+            raise AirflowFailException(
+                f"Task {self.task_id!r} is mapped over {', '.join(sorted(mapped))} and every "
+                f"map index sends on channel {self.channel!r}: they would split the customers "
+                "between them, each customer sent by one index. Nothing was sent. Map channel= "
+                "too (one per index: .expand(channel=['email', 'sms'], ...)), or give each send "
+                "function a task of its own"
+            )
+
     def _triage_output(
         self, context: Context
     ) -> tuple[datetime, datetime | None, dict[str, list[Any]]]:
@@ -384,6 +401,7 @@ class LeapContactOperator(BaseOperator):
         return None
 
     def execute(self, context: Context) -> dict[str, int]:
+        self._channel_per_map_index()
         now, read_at, buckets = self._triage_output(context)
         hold = self._announced(context, now)
         ti = context["ti"]
