@@ -748,22 +748,26 @@ def test_a_late_run_spaces_the_next_message_from_when_it_sent(
     assert sent_at and all(when is not None and when >= clock.timestamp() for when in sent_at)
 
 
-def test_a_contact_task_mapped_over_channels_sends_on_each_once(
-    run_dag, leap_conn, leap_emulator, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    """Each map index is a sender of its own: its own ledger record, its own owner prefix."""
+def _mapped(tmp_path: Path, partial: str, expand: str) -> tuple[Path, str]:
+    """``MOVING_SOURCE`` with its contact task mapped: ``partial``'s arguments after its task_id,
+    then ``.expand(<expand>)``; and the outbox its send writes."""
     outbox = tmp_path / "outbox.txt"
     source = MOVING_SOURCE.format(
         outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
     )
     mapped = source.replace(
         'LeapContactOperator(\n        task_id="contact", send=send,',
-        'LeapContactOperator.partial(\n        task_id="contact", send=send,',
-    ).replace(
-        "accept_ledger_id=None\n    )",
-        'accept_ledger_id=None\n    ).expand(channel=["email", "sms"])',
-    )
-    assert ".expand(channel=" in mapped
+        f'LeapContactOperator.partial(\n        task_id="contact",{partial}',
+    ).replace("accept_ledger_id=None\n    )", f"accept_ledger_id=None\n    ).expand({expand})")
+    assert f".expand({expand})" in mapped
+    return outbox, mapped
+
+
+def test_a_contact_task_mapped_over_channels_sends_on_each_once(
+    run_dag, leap_conn, leap_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Each map index is a sender of its own: its own ledger record, its own owner prefix."""
+    outbox, mapped = _mapped(tmp_path, " send=send,", 'channel=["email", "sms"]')
     for _ in range(2):
         result = run_dag("leap_contact_ledger", mapped, logical_date=None)
         assert result.state == "success", result.task_states
@@ -776,17 +780,7 @@ def test_a_contact_task_mapped_over_send_functions_on_one_channel_sends_nothing(
 ) -> None:  # type: ignore[no-untyped-def]
     """Review s17e F4: mapped over ``send`` on one channel, the map indexes shared its ledger
     and split the customers, each sent by one of the send functions."""
-    outbox = tmp_path / "outbox.txt"
-    source = MOVING_SOURCE.format(
-        outbox=str(outbox), ledger=(tmp_path / "ledger").as_uri(), accept=None, ref_ids=None
-    )
-    mapped = source.replace(
-        'LeapContactOperator(\n        task_id="contact", send=send,',
-        'LeapContactOperator.partial(\n        task_id="contact",',
-    ).replace(
-        "accept_ledger_id=None\n    )", "accept_ledger_id=None\n    ).expand(send=[send, send])"
-    )
-    assert ".expand(send=" in mapped
+    outbox, mapped = _mapped(tmp_path, "", "send=[send, send]")
     result = run_dag("leap_contact_ledger", mapped, logical_date=None)
     assert result.task_states["contact"] == "failed" and not outbox.exists()
     assert "every map index sends on channel 'email'" in capfd.readouterr().out
