@@ -353,6 +353,11 @@ class EmailSender:
                 ) from exc
             return
         refusal = _refusal(exc)
+        if refusal and _OUR_LIMITS.search(refusal):  # review s17d F5: not the wording
+            raise ChannelDown(
+                f"the relay refuses our messages, answering {_reply(exc)}: a sending quota or "
+                "an account setting of ours (a sandbox?), not the recipients nor the wording"
+            ) from exc
         if not refusal:
             self.refused.clear()
         elif self.refused.add(refusal, wording) and self.refused.wordings == {wording}:
@@ -488,6 +493,12 @@ _NO_MAILBOX = re.compile(
     r"found|does not exist|doesn't exist)|unknown (user|recipient|mailbox)",
     re.IGNORECASE,
 )
+
+
+# A refusal of any message we send, whatever it says and to whom: a sending quota or rate of
+# ours (Microsoft 365's SubmissionQuotaExceeded), or an account that may send to verified
+# addresses only (Amazon SES's sandbox: "Email address is not verified").
+_OUR_LIMITS = re.compile(r"quota|rate limit|limit (exceeded|reached)|not verified")
 
 
 def _refusal(exc: Exception) -> str:

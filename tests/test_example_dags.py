@@ -1178,6 +1178,36 @@ def test_a_refused_wording_is_not_sent_again_and_the_other_buckets_go(
 
 
 @pytest.mark.parametrize(
+    "reply",
+    [
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
+        "process message due to a permanent exception",
+        "554 Message rejected: Email address is not verified. The following identities failed "
+        "the check in region US-EAST-1: {to}",
+    ],
+)
+def test_a_relay_refusing_us_for_a_quota_or_a_sandbox_stops_at_once(
+    run_dag, reengagement_env, leap_emulator, monkeypatch, reply: str
+) -> None:  # type: ignore[no-untyped-def]
+    # Review s17d F5: such refusals, alike for every message, were read as a content filter on
+    # the first wording they met: its customers were listed "check that wording", and the
+    # run stopped only at the next wording. Now the first stops the run, nobody charged.
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    source = _without_retries("leap_connect_reengagement")
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    with SmtpSink() as sink:
+        sink.refuse_message = lambda to, message: reply.format(to=to[0])
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
+        result = run_dag("leap_connect_reengagement", source)
+        assert sink.inbox == []
+    assert result.task_states["message_customers"] == "failed"
+    assert not [state for state in _email_ledger().values() if state.failures]
+    attention = result.xcoms[("message_customers", "attention")]
+    assert [a for a in attention if a["why"] == "unreachable"] == []
+
+
+@pytest.mark.parametrize(
     "bounce",
     [
         "550 5.1.1 mailbox unavailable",
