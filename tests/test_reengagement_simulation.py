@@ -134,21 +134,16 @@ def expected(oracle: tuple[Expected, list[tuple[str, datetime]]]) -> Expected:
     return oracle[0]
 
 
-def test_only_steps_given_up_make_a_run_red(sim: dict[str, Any]) -> None:
-    """Failed sends are tried again by Airflow's retries, and the last attempt by a later run:
-    no send task ends red. The runs that give the refused address's steps up are red, at
-    their review task only (what needs a person, listed). Everything else succeeds."""
+def test_no_run_is_red(sim: dict[str, Any]) -> None:
+    """Failed sends are tried again by Airflow's retries, a step's last attempt by a later run,
+    and a step given up is listed for a person (the review file): no run ends red, though a
+    relay deferred sends mid-batch and an address is refused every time."""
     runs = sim["runs"]
     assert len({r["hour"] for r in runs}) == DAYS * 24 - DOWN_HOURS
-    red = [r for r in runs if not r["state"].endswith("success")]
+    assert [r for r in runs if not r["state"].endswith("success")] == []
     first = next(r for r in runs if r["hour"] == FAIL_HOUR)
     # Stopped at the third 451, retried: two more 451s, then the retry's failures retried.
     assert first["tasks"]["message_customers"] == ["success", 3]
-    assert len(red) == len(POLICY.steps)  # one give-up per step of the refused address
-    for run in red:
-        states = {task: state for task, (state, _) in run["tasks"].items()}
-        assert states.pop("flag_for_review") == "failed", run
-        assert set(states.values()) == {"success"}, run
     assert sum(r["rerun"] for r in runs) == len(CLEAR_HOURS)
 
 
