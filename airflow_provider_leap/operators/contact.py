@@ -125,7 +125,10 @@ RETRY = (
     "attempt, which waits for a later run (ContactPolicy.last_attempt_after); after Leap's next "
     "hourly refresh, clear the run from its triage task instead"
 )
-NEXT_RUN = "A later run tries each failed step's last attempt, so this task is not retried"
+NEXT_RUN = (
+    "A retry would have nothing to send, so this task is not retried: a later run makes each "
+    "failed step's last attempt (ContactPolicy.last_attempt_after)"
+)
 
 
 def _before_refresh(read_at: datetime) -> bool:
