@@ -29,6 +29,15 @@ class ContactUnreachable(Exception):
     """
 
 
+class SendUnconfirmed(Exception):
+    """Raised by a send function that handed its message over but lost the connection before the
+    answer (an SMTP session gone while the relay had the whole message): it may have gone out.
+
+    Recorded as sent, so never sent again (a customer missing one message is better off than one
+    getting it twice), and listed for a person (``unconfirmed`` in ``attention``).
+    """
+
+
 # Raised by a send function, these most likely say that its code is broken (a misspelt
 # attribute or ``contact.item`` key, a wrong call, a missing import): logged with the traceback,
 # and never the channel's trouble, even while handling it. Each is still a failed attempt, as
@@ -158,6 +167,7 @@ class DeliveryReport:
     # (the last waits ``ContactPolicy.last_attempt_after``: see ``plan_contacts``).
     retry_soon: int = 0
     unreachable: int = 0
+    unconfirmed: int = 0  # sends that raised ``SendUnconfirmed``: recorded as sent
     claimed_elsewhere: int = 0
     not_tried: int = 0  # left when the delivery stopped
     channel_down: str | None = None  # the failure that stopped it, when nobody is to blame
@@ -178,6 +188,7 @@ class DeliveryReport:
             "failed": self.failed,
             "given_up": self.given_up,
             "unreachable": self.unreachable,
+            "unconfirmed": self.unconfirmed,
             "claimed_elsewhere": self.claimed_elsewhere,
             "not_tried": self.not_tried,
             "code_errors": self.code_errors,
@@ -205,7 +216,8 @@ def deliver(
     A send that raises counts as a failed attempt (tried again by a retry or the next run, up
     to ``max_attempts``, the last spaced from the one before: ``retry_soon`` counts those a
     retry may make; then that step is given up and reported, once, and the stall's next step is
-    planned afresh); :class:`ContactUnreachable` is not an attempt, nor is
+    planned afresh); :class:`SendUnconfirmed` is recorded as sent and listed for a person;
+    :class:`ContactUnreachable` is not an attempt, nor is
     :class:`ChannelDown` or this provider's ``LeapConfigError``, which also stop the delivery
     (``report.channel_down``). Failed sends in a row alike (``IN_A_ROW``) stop it too, the rest
     ``not_tried``: each with :func:`channel_trouble` (the channel is down, refusing or
@@ -232,6 +244,12 @@ def deliver(
             ledger.release(contact)
             report.unreachable += 1
             report.attention.append(attention_item(contact, "unreachable", _describe(exc)))
+        except SendUnconfirmed as exc:  # the channel had it whole: no failure in a row
+            ledger.settle(contact, now, sent=True)
+            report.unconfirmed += 1
+            report.attention.append(attention_item(contact, "unconfirmed", _describe(exc)))
+            log.warning("Sending %s may have gone out; not repeated: %s", contact.contact_key, exc)
+            streak = _Streak()
         except Exception as exc:
             at_once = _stops_at_once(exc)
             if at_once:
@@ -319,8 +337,8 @@ def _other_bucket(contacts: list[Contact], index: int) -> int | None:
 
 
 def attention_item(contact: Contact, why: str, detail: str) -> dict[str, Any]:
-    """What a person needs to act on one contact (``why``: ``given_up``, ``unreachable``);
-    ``first``: no message of this stall has reached the customer yet."""
+    """What a person needs to act on one contact (``why``: ``given_up``, ``unreachable``,
+    ``unconfirmed``); ``first``: no message of this stall has reached the customer yet."""
     return {
         "why": why,
         "detail": detail,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from airflow.sdk import task
 
 from airflow_provider_leap.contact import Contact, ContactPolicy
-from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable
+from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, SendUnconfirmed
 from airflow_provider_leap.models import record_region
 from airflow_provider_leap.triage import UNKNOWN_ERROR_CODE, Bucket, Reason, format_reason
 from airflow_provider_leap.webhooks import REFRESH_LANDED_BY
@@ -397,37 +397,69 @@ class EmailSender:
             self._send(address, message, contact)
 
     def _send(self, address: str, message: dict[str, str], contact: Contact) -> None:
-        self.smtp.send_email_smtp(
-            to=address,
-            subject=message["subject"],
-            html_content=as_html(message),
-            custom_headers={
-                "X-Leap-Contact-Key": contact.contact_key,
-                "Message-ID": message_id(contact.contact_key, self.smtp.from_email),
-            },
-        )
+        try:
+            self.smtp.send_email_smtp(
+                to=address,
+                subject=message["subject"],
+                html_content=as_html(message),
+                custom_headers={
+                    "X-Leap-Contact-Key": contact.contact_key,
+                    "Message-ID": message_id(contact.contact_key, self.smtp.from_email),
+                },
+            )
+        except Exception as exc:
+            if _unanswered(exc):  # the next message finds the session gone and opens another
+                raise SendUnconfirmed(
+                    f"the connection to the relay was lost after it had the whole message, "
+                    f"before its answer ({exc}): it may have been sent, so it is not sent again"
+                ) from exc
+            raise
 
 
 def message_id(contact_key: str, sender: str | None) -> str:
-    """One Message-ID per contact key, in the sender's domain: a message sent again (the
-    connection lost after the relay took it) is the same message to mail systems that drop
-    duplicates of a Message-ID, as some mailbox providers do."""
+    """One Message-ID per contact key, in the sender's domain: a message that goes out twice
+    after all (a relay that took it and answered an error) is the same message to mail systems
+    that drop duplicates of a Message-ID, as some mailbox providers do."""
     domain = parseaddr(sender or "")[1].rpartition("@")[2] or "localhost"
     return f"<{contact_key}@{domain}>"
 
 
 def _smtp_session() -> Any:
-    """An open session of the ``smtp_default`` connection."""
+    """An open session of the ``smtp_default`` connection, sending each message once whatever
+    the connection's ``retry_limit`` (the hook's own resend, after a lost answer, would hide the
+    loss from ``_unanswered`` and send the message twice; the ledger does the retrying)."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    return SmtpHook(smtp_conn_id="smtp_default").__enter__()
+    class OnceSmtpHook(SmtpHook):
+        @property
+        def smtp_retry_limit(self) -> int:
+            return 0
+
+    return OnceSmtpHook(smtp_conn_id="smtp_default").__enter__()
+
+
+def _unanswered(exc: Exception) -> bool:
+    """Whether the session was lost while waiting for the relay's answer to a message it had
+    whole (smtplib's ``data`` had sent it, end mark and all): the relay may have taken it. Read
+    from the traceback, as smtplib raises the same error for a session lost before the message
+    (a relay closing idle sessions), which is safe to send again."""
+    import smtplib
+
+    if not isinstance(exc, smtplib.SMTPServerDisconnected):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        if tb.tb_frame.f_code is smtplib.SMTP.data.__code__:
+            sent = "q" in tb.tb_frame.f_locals  # the message as sent (smtplib 3.10 to 3.13)
+            return sent and tb.tb_next.tb_frame.f_code is smtplib.SMTP.getreply.__code__
+        tb = tb.tb_next
+    return False
 
 
 def _session_ended(exc: Exception) -> bool:
     """Whether the SMTP server closed the session instead of taking the message: a 421 reply at
-    any step, or the connection gone. (A connection lost after the whole message was sent is
-    unknowable here; it is resent, as a retried attempt would resend it, under the same
-    Message-ID.)"""
+    any step, or the connection gone before the relay had the whole message (after it:
+    ``_unanswered``)."""
     import smtplib
 
     return isinstance(exc, smtplib.SMTPServerDisconnected) or getattr(exc, "smtp_code", 0) == 421

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -77,6 +78,21 @@ def _give_everyone_an_address(leap_emulator, monkeypatch) -> None:  # type: igno
 def _outbox(folder: Path) -> list[dict[str, object]]:
     path = folder / "outbox" / "messages.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@contextlib.contextmanager
+def _relay(leap_emulator, monkeypatch, *, hook_resends: bool = False):  # type: ignore[no-untyped-def]
+    """An SMTP sink as the example's ``smtp_default``, every customer with an address; set its
+    faults on the sink. ``hook_resends``: keep the SMTP hook's default ``retry_limit`` (5)."""
+    from airflow_provider_leap.testing.smtp import SmtpSink
+
+    _give_everyone_an_address(leap_emulator, monkeypatch)
+    with SmtpSink() as sink:
+        connection = sink.connection()
+        if hook_resends:
+            del connection["extra"]["retry_limit"]
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
+        yield sink
 
 
 def _email_ledger(channel: str = "email") -> dict[str, Any]:
@@ -985,13 +1001,9 @@ def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attem
     # Relays limit messages per connection: after 3 the sink answers 421 and closes. The example
     # sends the rest on new sessions, in the same try: everyone due gets one message, and no
     # attempt is spent on a message the relay never took.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         sink.session_limit = 3
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         result = run_dag("leap_connect_reengagement", source)
         inbox = sink.inbox
     assert result.state == "success", result.task_states
@@ -1003,18 +1015,39 @@ def test_a_relay_ending_sessions_after_a_few_messages_costs_no_customer_an_attem
     assert {m.message_id for m in inbox} == {f"<{m.contact_key}@partner.example>" for m in inbox}
 
 
+def test_a_message_the_relay_had_whole_before_hanging_up_is_never_sent_twice(
+    run_dag, reengagement_env, leap_emulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # The relay takes two messages whole, then closes the connection instead of answering (a
+    # crash or a cut line after queueing): each may have gone out, so neither is sent again, in
+    # this run or the next, and a person is told. The connection keeps the SMTP hook's default
+    # retry_limit (5): the example sends each message once all the same. The customers after
+    # each hang-up go on a new session.
+    source = _without_retries("leap_connect_reengagement")
+    with _relay(leap_emulator, monkeypatch, hook_resends=True) as sink:
+        sink.hang_up_next = 2
+        first = run_dag("leap_connect_reengagement", source)
+        later = _again(run_dag, first, source)
+        inbox = sink.inbox
+    counts = _clean_run(first)
+    assert counts["unconfirmed"] == 2
+    assert counts["sent"] + 2 == counts["due"] == len(inbox) > 2
+    assert len({m.contact_key for m in inbox}) == len(inbox)  # none twice
+    attention = first.xcoms[("message_customers", "attention")]
+    assert [a["why"] for a in attention] == ["unconfirmed", "unconfirmed"]
+    assert {a["contact_key"] for a in attention} == {m.contact_key for m in inbox[:2]}
+    assert "may have been sent" in attention[0]["detail"]
+    assert _clean_run(later)["sent"] == 0
+
+
 def test_a_relay_that_goes_down_mid_batch_stops_the_try_and_charges_nobody(
     run_dag, reengagement_env, leap_emulator, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     # One session of 3 messages, then the relay refuses new sessions: the try stops (red, so
     # Airflow retries), nobody is charged an attempt, and the next run sends the rest once.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         sink.session_limit, sink.sessions_left = 3, 1
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         down = run_dag("leap_connect_reengagement", source)
         assert down.task_states["message_customers"] == "failed"
         assert len(sink.inbox) == 3
@@ -1036,13 +1069,9 @@ def test_a_relay_deferring_every_message_stops_the_try_after_a_few(
     # as for a relay that is down, instead of charging every due customer an attempt (three
     # tries minutes apart would give them all up). The streak's messages before the stop stay
     # charged (``Streak``): two customers per try.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         sink.defer_after = taken_first
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         throttled = run_dag("leap_connect_reengagement", source)
         assert throttled.task_states["message_customers"] == "failed"
         assert len(sink.inbox) == taken_first
@@ -1090,13 +1119,9 @@ def test_a_relay_refusing_us_stops_the_try_and_charges_nobody(
     # a quota of ours or a sandboxed account. The try stops at the first (red, saying what to
     # fix) and charges nobody, where each customer was charged an attempt, and three tries gave
     # everyone due up; once it is fixed, the next run sends everyone.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         setattr(sink, refuse, reply)
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         refused = run_dag("leap_connect_reengagement", source)
         assert refused.task_states["message_customers"] == "failed"
         assert refused.state == "failed" and sink.inbox == []
@@ -1135,13 +1160,9 @@ def test_a_relay_refusing_every_message_alike_stops_the_try_at_the_second(
     # holds that wording (not charged: it may be a filter on it), and one alike of another
     # wording stops the try: only the first customer is charged. The task's error quotes the
     # reply whole, however long.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         sink.refuse_message = _refusing(GMAIL)
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         refused = run_dag("leap_connect_reengagement", source)
         assert refused.state == "failed" and sink.inbox == []
         out = capfd.readouterr().out.splitlines()
@@ -1166,19 +1187,15 @@ def test_a_refused_wording_is_not_sent_again_and_the_other_buckets_go(
     # messages). Two refusals alike of one wording: that wording is not sent again in the run
     # (its customers listed as unreachable, naming it, not charged: the first is, as for any
     # refusal), and the rest go out.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
     filtered = _common().MESSAGES["not_started"][0]
 
     def content_filter(to: list[str], message: Any) -> str | None:
         refused = filtered in str(message["Subject"])
         return "554 5.7.1 Message rejected: content policy" if refused else None
 
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
         sink.refuse_message = content_filter
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         result = run_dag("leap_connect_reengagement", source)
         inbox = sink.inbox
     assert result.task_states["message_customers"] == "success"  # no retry left: the next run
@@ -1208,15 +1225,11 @@ def test_a_bounced_address_is_charged_to_its_customer_alone(
     # about that recipient, even when many in a row read the same: their attempt is charged,
     # and the relay goes on taking everyone else's message. Half the addresses bounce, so
     # some come three and more in a row: the run does not stop at them.
-    from airflow_provider_leap.testing.smtp import SmtpSink
-
     source = _without_retries("leap_connect_reengagement")
-    _give_everyone_an_address(leap_emulator, monkeypatch)
-    addresses = json.loads(os.environ["AIRFLOW_VAR_LEAP_CONTACTS"])
-    bounced = set(sorted(addresses)[1::2])
-    with SmtpSink() as sink:
+    with _relay(leap_emulator, monkeypatch) as sink:
+        addresses = json.loads(os.environ["AIRFLOW_VAR_LEAP_CONTACTS"])
+        bounced = set(sorted(addresses)[1::2])
         sink.refuse, sink.bounce = {addresses[ref_id] for ref_id in bounced}, bounce
-        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection()))
         result = run_dag("leap_connect_reengagement", source)
         inbox = sink.inbox
         # No retry left: the task succeeds, and the next run tries the bounced again.

@@ -15,7 +15,12 @@ import pytest
 from airflow.exceptions import AirflowException
 
 from airflow_provider_leap.contact import Contact, ContactPlan, ContactPolicy, plan_contacts
-from airflow_provider_leap.delivery import ChannelDown, ContactUnreachable, deliver
+from airflow_provider_leap.delivery import (
+    ChannelDown,
+    ContactUnreachable,
+    SendUnconfirmed,
+    deliver,
+)
 from airflow_provider_leap.ledger import DeliveryLedger, LedgerError, Mark, OlderCopy
 from airflow_provider_leap.refids import FORBIDDEN, validate_ref_ids
 
@@ -187,6 +192,25 @@ class Killed(BaseException):  # what a SIGTERM or a timeout raises in a task
 
 def killed(contact) -> None:  # type: ignore[no-untyped-def]
     raise Killed
+
+
+def test_an_unconfirmed_send_counts_as_sent_and_is_listed_not_failed(tmp_path: Path) -> None:
+    def send(contact) -> None:  # type: ignore[no-untyped-def]
+        if contact.ref_id in ("cust-0001", "cust-0002"):  # in a row: no streak stops the run
+            raise SendUnconfirmed("connection lost before the answer")
+        outbox(contact)
+
+    outbox = Outbox()
+    _, report = run(DeliveryLedger(tmp_path), buckets(5), send)
+    assert (report.sent, report.unconfirmed, report.failed, report.not_tried) == (3, 2, 0, 0)
+    assert report.counts()["unconfirmed"] == 2
+    assert [(a["ref_id"], a["why"]) for a in report.attention] == [
+        ("cust-0001", "unconfirmed"),
+        ("cust-0002", "unconfirmed"),
+    ]
+    assert "connection lost" in report.attention[0]["detail"]
+    plan, _ = run(DeliveryLedger(tmp_path), buckets(5), send, T0 + H)
+    assert plan.due == [] and plan.outcomes["already_sent"] == 5
 
 
 def test_a_send_killed_midway_is_never_repeated_and_reported_once(tmp_path: Path) -> None:

@@ -186,9 +186,12 @@ class LeapContactOperator(BaseOperator):
     to ``policy.max_attempts``, the last no sooner than ``policy.last_attempt_after`` after the
     one before, then left to a person) and raises
     :class:`~airflow_provider_leap.delivery.ContactUnreachable` when it has no address for the
-    customer (counted, not an attempt). One failing customer never stops the others; a
-    channel that can take nothing now does (:class:`~airflow_provider_leap.delivery.ChannelDown`:
-    not an attempt; the task fails so a retry sends the rest), and so do sends in a row that
+    customer (counted, not an attempt), and
+    :class:`~airflow_provider_leap.delivery.SendUnconfirmed` when its message may have gone out
+    unanswered (recorded as sent, never repeated, listed for a person). One failing customer
+    never stops the others; a channel that can take nothing now does
+    (:class:`~airflow_provider_leap.delivery.ChannelDown`: not an attempt; the task fails so a
+    retry sends the rest), and so do sends in a row that
     find the channel in trouble (each an attempt; see
     :func:`~airflow_provider_leap.delivery.deliver`).
 
@@ -521,7 +524,8 @@ class LeapContactOperator(BaseOperator):
         except Exception as exc:
             self.log.warning("Closing the %s sender failed (sends recorded): %r", self.channel, exc)
         record.keep(ledger.mark(view, earlier), replace=bool(older))
-        counts = {**plan.outcomes, **report.counts(), "unconfirmed": len(view.unconfirmed)}
+        counts = {**plan.outcomes, **report.counts()}
+        counts["unconfirmed"] += len(view.unconfirmed)  # interrupted in an earlier run
         counts["not_now"] = not_now
         attention = [*report.attention, *found]
         self.log.info(

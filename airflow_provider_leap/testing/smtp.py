@@ -6,7 +6,9 @@ address); answer 451 (try later) to the next ``fail_next`` messages, to fail a s
 mid-batch; end each session after ``session_limit`` messages (421, then closed), as relays
 limiting messages per connection do; refuse new sessions (421) after ``sessions_left``, as a
 relay going down; answer ``refuse_sender`` (a reply, say ``550 5.7.1 sender not verified``) to
-every MAIL FROM, as a relay refusing the From address; and answer ``refuse_message`` to a
+every MAIL FROM, as a relay refusing the From address; take the next ``hang_up_next`` messages
+and close the connection before answering (the relay had each one whole: a crash or a cut line
+after queueing it); and answer ``refuse_message`` to a
 message's DATA: one reply to every message, or a function of the message that words each reply
 (naming the recipient, as Amazon SES does, or carrying a message id, as Gmail does) or takes the
 message (None). Plain SMTP only: point an ``smtp`` connection at it with
@@ -75,6 +77,8 @@ class _Handler(socketserver.StreamRequestHandler):
             elif verb == "DATA":
                 self._reply("354 end with <CRLF>.<CRLF>")
                 reply = self.server.sink.deliver(sender, recipients, self._data())
+                if reply.startswith("250") and self.server.sink.hang_up():
+                    return
                 self._reply(reply)
                 accepted += reply.startswith("250")
                 if accepted == self.server.sink.session_limit:
@@ -116,6 +120,7 @@ class SmtpSink:
         self.fail_next = 0
         self.defer_after: int | None = None  # then every message is deferred (451): a quota
         self.session_limit: int | None = None
+        self.hang_up_next = 0  # take this many more messages, each answered by a hang-up
         self.sessions_left: int | None = None  # then new sessions are refused (421)
         self.tag: Any = None
         self.log = log
@@ -145,6 +150,12 @@ class SmtpSink:
                 return True
             self.sessions_left -= 1
             return self.sessions_left >= 0
+
+    def hang_up(self) -> bool:
+        """Whether to close the connection instead of answering the message just taken."""
+        with self._lock:
+            self.hang_up_next, hang_up = max(0, self.hang_up_next - 1), self.hang_up_next > 0
+            return hang_up
 
     def deliver(self, sender: str, recipients: list[str], data: bytes) -> str:
         """Keep one message (called by the server): the SMTP reply to its DATA."""
